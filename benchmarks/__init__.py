@@ -1,0 +1,1 @@
+"""Benchmarks behind `shadowscale bench`: each prints one JSON object."""

@@ -1,0 +1,80 @@
+"""Autoscaling policies, one per module, and a registry by name.
+
+``make_policy(name, demand)`` builds a policy with its real defaults; ``knob`` sets the one parameter a sweep
+varies (HPA target utilization, KEDA lag threshold, KPA target concurrency). ``static`` and ``oracle`` are sized
+from the whole trace (``demand``), which only the simulator has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from policies.scaling.base import Decisions, Reason, ScalingPolicy, Signals
+from policies.scaling.demand import Demand
+from policies.scaling.hpa import HPA
+from policies.scaling.keda import KEDA
+from policies.scaling.kpa import KPA
+from policies.scaling.oracle import Oracle, oracle_schedule
+from policies.scaling.static import Static, peak_replicas
+
+POLICY_NAMES: tuple[str, ...] = ("hpa", "keda", "kpa", "static", "oracle")
+HINDSIGHT_POLICIES: frozenset[str] = frozenset({"static", "oracle"})
+
+ORACLE_BIN_S = 10.0
+
+
+class UnknownPolicyError(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
+
+
+def make_policy(name: str, demand: Demand | None = None, knob: float | None = None) -> ScalingPolicy[Any]:
+    """The policy called ``name`` with its documented defaults (``knob`` overrides its main parameter)."""
+    if name == "hpa":
+        hpa = HPA()
+        return hpa if knob is None else replace(hpa, target_utilization=knob)
+    if name == "keda":
+        keda = KEDA()
+        return keda if knob is None else replace(keda, lag_threshold=knob)
+    if name == "kpa":
+        kpa = KPA()
+        return kpa if knob is None else replace(kpa, target_concurrency=knob)
+    if name in HINDSIGHT_POLICIES:
+        if demand is None:
+            raise ValueError(f"policy {name!r} is sized from the whole trace and needs it (simulator only)")
+        if name == "static":
+            return Static(peak_replicas(demand))
+        return Oracle(oracle_schedule(demand, ORACLE_BIN_S), ORACLE_BIN_S)
+    raise UnknownPolicyError(name)
+
+
+def parse_policies(text: str) -> list[str]:
+    """Split a comma-separated list and check every name; raises :class:`UnknownPolicyError`."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if not names:
+        raise ValueError(f"no policy given; valid policies: {', '.join(POLICY_NAMES)}")
+    for n in names:
+        if n not in POLICY_NAMES:
+            raise UnknownPolicyError(n)
+    return names
+
+
+__all__ = [
+    "HPA",
+    "KEDA",
+    "KPA",
+    "ORACLE_BIN_S",
+    "POLICY_NAMES",
+    "Decisions",
+    "Demand",
+    "Oracle",
+    "Reason",
+    "ScalingPolicy",
+    "Signals",
+    "Static",
+    "UnknownPolicyError",
+    "make_policy",
+    "oracle_schedule",
+    "parse_policies",
+]

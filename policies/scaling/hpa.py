@@ -1,0 +1,210 @@
+"""Kubernetes' HorizontalPodAutoscaler (autoscaling/v2), on a GPU-utilization metric.
+
+Faithful to kube-controller-manager's defaults (pkg/controller/podautoscaler, Kubernetes 1.30):
+- ``--horizontal-pod-autoscaler-sync-period`` = 15 s (``tick_s``); metrics-server ``--metric-resolution`` = 15 s:
+  utilization is the busy fraction of the *ready* replicas over the last 15 s window.
+- ``desired = ceil(current * metric / target)``; no change while ``|metric / target - 1| <= 0.1``
+  (``--horizontal-pod-autoscaler-tolerance``).
+- Replicas that are not ready yet have no usable metric: on a scale-up they count as 0 % utilization, on a
+  scale-down they are left out; a scale that would flip direction because of them is dropped
+  (replica_calculator.go ``GetResourceReplicas``).
+- Default behavior (``behavior`` unset): scale-up has no stabilization window and may add at most
+  ``max(100 % of current, 4 pods)`` per 15 s period; scale-down uses the highest recommendation of the last
+  300 s (``stabilizationWindowSeconds: 300``) and may remove up to 100 % per 15 s.
+- ``minReplicas`` defaults to 1; the HPA never scales to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.scaling.base import (
+    Decisions,
+    Reason,
+    Sample,
+    Signals,
+    bounds,
+    ceil_int,
+    full,
+    push,
+)
+from policies.types import FloatArray, IntArray, ServiceConfig
+
+_HOLD = int(Reason.HOLD)
+_WITHIN = int(Reason.WITHIN_TOLERANCE)
+_NO_METRICS = int(Reason.NO_METRICS)
+_UP = int(Reason.SCALE_UP)
+_DOWN = int(Reason.SCALE_DOWN)
+_STABILIZED = int(Reason.STABILIZED)
+_RATE_LIMITED = int(Reason.RATE_LIMITED)
+_BOUNDS = int(Reason.BOUNDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Behavior:
+    """HPA ``behavior`` defaults (autoscaling/v2 ``HPAScalingRules``)."""
+
+    scale_up_stabilization_s: float = 0.0
+    scale_down_stabilization_s: float = 300.0
+    scale_up_percent: float = 100.0
+    scale_up_pods: int = 4
+    scale_down_percent: float = 100.0
+    period_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendations:
+    """What the HPA controller remembers between syncs: its raw recommendations over the stabilization window."""
+
+    history: tuple[Sample, ...] = ()
+
+
+def normalize(
+    now: float,
+    current: IntArray,
+    raw: IntArray,
+    recs: Recommendations,
+    behavior: Behavior,
+    lo: IntArray,
+    hi: IntArray,
+) -> tuple[IntArray, IntArray, Recommendations]:
+    """HPA's ``normalizeDesiredReplicasWithBehaviors``: stabilize, then rate-limit, then clamp.
+
+    Returns (replicas, reason-override code or -1, new recommendations). Shared by HPA and KEDA (whose scaling
+    between 1 and N is an HPA with default behavior).
+    """
+    keep = max(behavior.scale_down_stabilization_s, behavior.scale_up_stabilization_s)
+    history = push(recs.history, Sample(now, raw.astype(np.float64)), keep)
+    up_cut = now - behavior.scale_up_stabilization_s
+    down_cut = now - behavior.scale_down_stabilization_s
+    up_rec = raw.astype(np.float64)
+    down_rec = up_rec
+    # The controller keeps recommendations strictly after the cutoff.
+    ups = [s.values for s in history[:-1] if s.t > up_cut]
+    downs = [s.values for s in history[:-1] if s.t > down_cut]
+    if ups:
+        up_rec = np.minimum(up_rec, np.minimum.reduce(ups))
+    if downs:
+        down_rec = np.maximum(down_rec, np.maximum.reduce(downs))
+    rec = current.astype(np.float64)
+    rec = np.where(rec < up_rec, up_rec, rec)
+    stabilized = rec > down_rec
+    rec = np.where(stabilized, down_rec, rec).astype(np.int64)
+
+    # Rate limits. The sync period equals the policy period, so replicas at the period start = current.
+    up_limit = np.maximum(
+        ceil_int(current * (1.0 + behavior.scale_up_percent / 100.0)), current + behavior.scale_up_pods
+    )
+    if behavior.scale_down_percent >= 100.0:
+        down_limit = np.zeros_like(current)
+    else:
+        down_limit = np.floor(current * (1.0 - behavior.scale_down_percent / 100.0) + 1e-9).astype(np.int64)
+    limited = (rec > up_limit) | (rec < down_limit)
+    out = np.minimum(np.maximum(rec, down_limit), up_limit)
+    clamped = (out < lo) | (out > hi)
+    out = np.minimum(np.maximum(out, lo), hi)
+    code = np.where(clamped, _BOUNDS, np.where(limited, _RATE_LIMITED,
+                                               np.where(stabilized & (raw < current), _STABILIZED, -1)))
+    return out, code, Recommendations(history)
+
+
+@dataclass(frozen=True, slots=True)
+class HPAState:
+    last: Sample | None
+    """Counters (busy_s, ready_s) at the previous metrics sample."""
+    recs: Recommendations
+    lo: IntArray
+    hi: IntArray
+
+
+@dataclass(frozen=True, slots=True)
+class HPA:
+    """HorizontalPodAutoscaler on average GPU utilization of ready replicas (target 70 % by default)."""
+
+    target_utilization: float = 0.70
+    tolerance: float = 0.10
+    sync_s: float = 15.0
+    min_replicas: int = 1
+    behavior: Behavior = Behavior()
+
+    @property
+    def name(self) -> str:
+        return "hpa"
+
+    @property
+    def tick_s(self) -> float:
+        return self.sync_s
+
+    @property
+    def hindsight(self) -> bool:
+        return False
+
+    def init(self, services: Sequence[ServiceConfig]) -> tuple[IntArray, HPAState]:
+        lo, hi = bounds(services)
+        lo = np.maximum(lo, self.min_replicas)
+        return lo.copy(), HPAState(None, Recommendations(), lo, hi)
+
+    def decide(self, signals: Signals, state: HPAState) -> tuple[Decisions, HPAState]:
+        n = signals.n_models
+        now = signals.now
+        current = signals.replicas
+        sample = Sample(now, np.stack([signals.busy_s, signals.ready_s]))
+        target = full(n, self.target_utilization)
+        if state.last is None:
+            hold = Decisions(self.name, now, current.copy(), full_codes(n, Reason.NO_METRICS), full(n, 0.0),
+                             target, current.astype(np.float64))
+            return hold, HPAState(sample, state.recs, state.lo, state.hi)
+        d_busy = signals.busy_s - state.last.values[0]
+        d_ready = signals.ready_s - state.last.values[1]
+        has_metrics = d_ready > 1e-9
+        util = np.divide(d_busy, d_ready, out=np.zeros(n), where=has_metrics)
+        raw, code = replica_calculator(util, self.target_utilization, self.tolerance, current, signals.ready)
+        code = np.where(has_metrics, code, _NO_METRICS)
+        raw = np.where(has_metrics & (current > 0), raw, current)
+        out, override, recs = normalize(now, current, raw, state.recs, self.behavior, state.lo, state.hi)
+        code = label_direction(np.where(override >= 0, override, code), out, current)
+        decisions = Decisions(self.name, now, out, code, util, target, raw.astype(np.float64))
+        return decisions, HPAState(sample, recs, state.lo, state.hi)
+
+
+def label_direction(code: IntArray, out: IntArray, current: IntArray) -> IntArray:
+    """Turn a plain HOLD into SCALE_UP/SCALE_DOWN where the replicas did change."""
+    hold = code == _HOLD
+    return np.where(hold & (out > current), _UP, np.where(hold & (out < current), _DOWN, code))
+
+
+def full_codes(n: int, reason: Reason) -> IntArray:
+    return np.full(n, int(reason), np.int64)
+
+
+def replica_calculator(
+    metric: FloatArray, target: float | FloatArray, tolerance: float, current: IntArray, ready: IntArray
+) -> tuple[IntArray, IntArray]:
+    """``GetResourceReplicas``: desired replicas from the ready pods' average metric, unready pods handled.
+
+    ``metric`` is the average over ready pods. Returns (raw desired, reason code).
+    """
+    ratio = metric / target
+    unready = current - ready
+    if not (unready > 0).any():
+        raw = ceil_int(ratio * ready)
+        hold = np.abs(ratio - 1.0) <= tolerance
+    else:
+        has_unready = unready > 0
+        plain = ceil_int(ratio * ready)
+        within = np.abs(ratio - 1.0) <= tolerance
+        # Unready pods on a scale-up count as 0 usage (scale-down leaves them out).
+        up = ratio > 1.0
+        new_ratio = np.where(up, ratio * ready / np.maximum(ready + unready, 1), ratio)
+        adjusted = ceil_int(new_ratio * np.where(up, ready + unready, ready))
+        flipped = ((new_ratio < 1.0) & up) | ((new_ratio > 1.0) & (ratio < 1.0))
+        adj_within = np.abs(new_ratio - 1.0) <= tolerance
+        wrong_way = ((new_ratio < 1.0) & (adjusted > current)) | ((new_ratio > 1.0) & (adjusted < current))
+        raw = np.where(has_unready, adjusted, plain)
+        hold = np.where(has_unready, flipped | adj_within | wrong_way, within)
+    raw = np.where(hold, current, raw)
+    code = np.where(hold, _WITHIN, _HOLD)
+    return raw, code

@@ -1,0 +1,3 @@
+from shadowscale.cli import main
+
+raise SystemExit(main())

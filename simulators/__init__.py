@@ -1,0 +1,1 @@
+"""Trace-driven simulator: traces, profiles, the simulated cluster and reports."""

@@ -1,0 +1,462 @@
+"""The fast simulator: tick-sliced, lazy per-model serving with vectorised policy evaluation.
+
+Semantics (the event-loop reference in :mod:`simulators.reference` implements the same and tests compare them):
+
+- Requests of a model wait in one FIFO queue (the Knative activator / a shared load balancer queue).
+- A replica that is ready and idle takes up to ``max_batch`` requests from the queue; the batch runs for
+  ``L(b) × max(size)`` (the profile's batch latency scaled by the largest request in it). Requests arriving at the
+  same instant join the queue before a batch forms.
+- A new replica serves only after its cold start. A request still queued ``timeout_s`` after it arrived is
+  dropped at that moment (an SLO miss).
+- The policy is evaluated every ``tick_s`` from t = 0 on the signals at that instant (everything that happened
+  up to and including it) and its targets take effect at once (replicas created or removed at that instant).
+- GPU time: every replica holds ``gpu_fraction`` of a GPU from creation (cold start included) until removal,
+  or until the batch it was running when removed ends; counted up to the end of the trace.
+- After the last tick the replicas stay as they are and every remaining request is served or dropped.
+
+Fast path: between two ticks only models with arrivals or work in flight are advanced (a pure-Python loop per
+request); quiet models cost nothing but one vectorised counter update; the policy sees all models at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from heapq import heapreplace
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from policies.scaling.base import ScalingPolicy, Signals
+from policies.types import FloatArray, IntArray, ServiceConfig
+from simulators.cluster import Replicas
+
+INF = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Simulation knobs. ``cold_start_s`` overrides every service's own when set."""
+
+    timeout_s: float = 30.0
+    cold_start_s: float | None = None
+    record_decisions: bool = False
+
+
+@dataclass(slots=True)
+class SimResult:
+    policy: str
+    latency_s: FloatArray
+    """Per request: completion minus arrival; NaN when dropped."""
+    dropped: npt_bool
+    met: npt_bool
+    gpu_s: FloatArray
+    """Per model: GPU-seconds held."""
+    scale_events: int
+    cold_starts: int
+    tick_t: FloatArray
+    tick_replicas: IntArray
+    tick_ready: IntArray
+    tick_gpu: FloatArray
+    decisions: list[tuple[float, int, int]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return int(self.latency_s.shape[0])
+
+
+npt_bool = Any  # numpy bool arrays; numpy's typing of bool arrays is noisy under --strict
+
+
+class _Model:
+    """Serving state of one model: its queue, replicas and the raw sums behind its counters."""
+
+    __slots__ = (
+        "arrived",
+        "busy_started",
+        "end",
+        "inflight_started",
+        "max_batch",
+        "ptr",
+        "q",
+        "q_sum_a",
+        "reps",
+        "slo",
+        "table",
+    )
+
+    def __init__(self, start: int, end: int, table: list[float], max_batch: int, slo: float) -> None:
+        self.ptr = start
+        self.end = end
+        self.arrived = 0
+        self.q: deque[int] = deque()
+        self.q_sum_a = 0.0
+        self.reps = Replicas()
+        self.busy_started = 0.0
+        self.inflight_started = 0.0
+        self.table = table
+        self.max_batch = max_batch
+        self.slo = slo
+
+
+class Engine:
+    """Runs one policy over one workload. Build with the workload arrays; ``run`` is deterministic."""
+
+    def __init__(
+        self,
+        services: tuple[ServiceConfig, ...],
+        arrival_s: FloatArray,
+        model: IntArray,
+        size: FloatArray,
+        duration_s: float,
+        config: SimConfig = SimConfig(),
+    ) -> None:
+        self.services = services
+        self.arrival_s = arrival_s
+        self.model = model
+        self.size = size
+        self.duration_s = duration_s
+        self.config = config
+        n = len(services)
+        # Requests grouped by model, in arrival order within each model.
+        self.order = np.argsort(model, kind="stable")
+        counts = np.bincount(model, minlength=n) if model.size else np.zeros(n, np.int64)
+        self.seg = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.gpu_fraction = np.array([s.profile.gpu_fraction for s in services])
+
+    def cold_start(self, i: int) -> float:
+        c = self.config.cold_start_s
+        return self.services[i].cold_start_s if c is None else c
+
+    def run(
+        self, policy: ScalingPolicy[Any], progress: Callable[[float], None] | None = None
+    ) -> SimResult:
+        wall0 = time.perf_counter()
+        services = self.services
+        n = len(services)
+        n_req = int(self.arrival_s.shape[0])
+        arr: list[float] = self.arrival_s.tolist()
+        sz: list[float] = self.size.tolist()
+        order: list[int] = self.order.tolist()
+        seg: list[int] = self.seg.tolist()
+        timeout = self.config.timeout_s
+        hindsight = policy.hindsight
+        lat = np.full(n_req, np.nan)
+        lat_list: list[float] = lat.tolist()
+
+        models: list[_Model] = []
+        for i, s in enumerate(services):
+            table: list[float] = s.profile.latency_table().tolist()
+            models.append(_Model(seg[i], seg[i + 1], table, s.profile.max_batch, s.profile.slo_s))
+
+        # Vectorised counters (index = model).
+        arrivals = np.zeros(n)
+        busy = np.zeros(n)
+        ready_s = np.zeros(n)
+        inflight = np.zeros(n)
+        outstanding = np.zeros(n, np.int64)
+        held = np.zeros(n, np.int64)
+        ready = np.zeros(n, np.int64)
+        gpu_s = np.zeros(n)
+
+        initial, state = policy.init(services)
+        for i in np.nonzero(initial)[0].tolist():
+            reps = models[i].reps
+            for _ in range(int(initial[i])):
+                reps.add(0.0, 0.0)  # the run starts from a warm, already deployed state
+        held[:] = initial
+        ready[:] = initial
+
+        tick = policy.tick_s
+        duration = self.duration_s
+        n_ticks = max(1, math.ceil(duration / tick - 1e-9))
+        tick_times = np.arange(n_ticks, dtype=np.float64) * tick
+        # Index of the first request after each tick (requests at exactly a tick time belong to it).
+        cut = np.searchsorted(self.arrival_s, tick_times, side="right").tolist()
+        model_list: list[int] = self.model.tolist()
+
+        # Between two events of a model its counters grow linearly: busy at the number of running batches,
+        # concurrency-seconds at the number outstanding, ready-seconds at the ready count. So only models with
+        # an event due (next_event <= now) or with arrivals are advanced; the rest move by one vector update.
+        running = np.zeros(n, np.int64)
+        next_event = np.full(n, INF)
+        scale_events = 0
+        cold_starts = 0
+        decisions_log: list[tuple[float, int, int]] = []
+        rec_t = tick_times
+        rec_rep = np.zeros(n_ticks, np.int64)
+        rec_ready = np.zeros(n_ticks, np.int64)
+        rec_gpu = np.zeros(n_ticks)
+        prev_t = 0.0
+        prev_cut = 0
+        report_every = max(1, n_ticks // 200)
+        frac = self.gpu_fraction
+
+        advance = _advance
+        for k in range(n_ticks):
+            now = float(tick_times[k])
+            dt = now - prev_t
+            if dt > 0:
+                ready_s += ready * dt
+                gpu_s += held * frac * dt
+                busy += running * dt
+                inflight += outstanding * dt
+            touched = set(model_list[prev_cut : cut[k]])
+            prev_cut = cut[k]
+            touched.update(np.flatnonzero(next_event <= now).tolist())
+            if touched:
+                idx = list(touched)
+                res = [advance(models[i], prev_t, now, arr, sz, order, lat_list, timeout) for i in idx]
+                a_, b_, fl_, out_, run_, nxt_, rdy_n, rdy_s = zip(*res, strict=True)
+                arrivals[idx] = a_
+                busy[idx] = b_
+                inflight[idx] = fl_
+                outstanding[idx] = out_
+                running[idx] = run_
+                next_event[idx] = nxt_
+                # exact ready-seconds for the interval replace the linear estimate added above
+                ready_s[idx] += np.array(rdy_s) - ready[idx] * dt
+                ready[idx] = rdy_n
+
+            signals = Signals(now, held.copy(), ready.copy(), arrivals.copy(), busy.copy(), ready_s.copy(),
+                              inflight.copy(), outstanding.copy())
+            decisions, state = policy.decide(signals, state)
+            target = decisions.replicas
+            changed = np.flatnonzero(target != held).tolist()
+            for i in changed:
+                m = models[i]
+                reps = m.reps
+                want = int(target[i])
+                cold = 0.0 if hindsight else self.cold_start(i)
+                if self.config.record_decisions:
+                    decisions_log.append((now, i, want))
+                scale_events += 1
+                while len(reps) < want:
+                    reps.add(now, cold)
+                    if cold > 0:
+                        cold_starts += 1
+                while len(reps) > want:
+                    release = reps.remove_one(now)
+                    if release > now:
+                        gpu_s[i] += (min(release, duration) - now) * frac[i]
+                held[i] = want
+                ready[i] = reps.ready_count(now)
+                next_event[i] = _next_event(m, now, arr, timeout)
+            rec_rep[k] = held.sum()
+            rec_ready[k] = ready.sum()
+            rec_gpu[k] = float(held @ frac)
+            prev_t = now
+            if progress is not None and k % report_every == 0:
+                progress(k / n_ticks)
+
+        # Last interval: GPU held until the end of the trace; then serve or drop everything left.
+        if duration > prev_t:
+            gpu_s += held * self.gpu_fraction * (duration - prev_t)
+        for i in range(n):
+            m = models[i]
+            if m.ptr < m.end or m.q:
+                advance(m, prev_t, INF, arr, sz, order, lat_list, timeout)
+        if progress is not None:
+            progress(1.0)
+
+        lat = np.array(lat_list, dtype=np.float64)
+        dropped = np.isnan(lat)
+        slo_per_req = np.array([s.profile.slo_s for s in services])[self.model] * self.size
+        met = ~dropped & (np.nan_to_num(lat, nan=INF) <= slo_per_req + 1e-12)
+        return SimResult(
+            policy=policy.name,
+            latency_s=lat,
+            dropped=dropped,
+            met=met,
+            gpu_s=gpu_s,
+            scale_events=scale_events,
+            cold_starts=cold_starts,
+            tick_t=rec_t,
+            tick_replicas=rec_rep,
+            tick_ready=rec_ready,
+            tick_gpu=rec_gpu,
+            decisions=decisions_log,
+            wall_s=time.perf_counter() - wall0,
+        )
+
+
+def _advance(
+    m: _Model, prev: float, until: float, arr: list[float], sz: list[float], order: list[int], lat: list[float],
+    timeout: float,
+) -> tuple[float, float, float, int, int, float, int, float]:
+    """Process the model's arrivals, batch starts and time-outs up to and including ``until``; return the exact
+    counters at ``until`` and the model's next event.
+
+    Returns (arrivals, busy_s, inflight_s, outstanding, running batches, time of the next event: a batch end,
+    a cold-start end or a time-out, INF if none; ready replicas, ready-replica-seconds over [prev, until]).
+    The replica set is the one since ``prev`` (it changes only at ticks). With ``until`` = INF (the final drain)
+    the counters are meaningless.
+
+    The hot loop of the simulator: attribute reads and writes are hoisted into locals.
+    """
+    q = m.q
+    reps = m.reps
+    free = reps.free
+    rdy = reps.ready
+    nb = reps.batch
+    ptr = m.ptr
+    end = m.end
+    nxt = order[ptr] if ptr < end else -1
+    na = arr[nxt] if nxt >= 0 else INF
+    table = m.table
+    maxb = m.max_batch
+    q_sum_a = m.q_sum_a
+    arrived = m.arrived
+    busy_started = m.busy_started
+    inflight_started = m.inflight_started
+    while True:
+        if q:
+            k = len(free)
+            if k == 1:
+                s = 0
+                f = free[0]
+                r = rdy[0]
+                st = f if f > r else r
+            elif k == 0:
+                s = -1
+                st = INF
+            else:
+                heap = reps.heap if reps.heap_ok else reps.rebuild_heap()
+                st, s = heap[0]
+            head = q[0]
+            a0 = arr[head]
+            if a0 > st:
+                st = a0
+            if nxt >= 0 and na <= st:
+                if na > until:
+                    break
+                q.append(nxt)
+                q_sum_a += na
+                arrived += 1
+                ptr += 1
+                nxt = order[ptr] if ptr < end else -1
+                na = arr[nxt] if nxt >= 0 else INF
+                continue
+            if s < 0 or st > until:
+                break
+            # Drop requests whose wait ran out before this batch could start.
+            if a0 + timeout < st:
+                q.popleft()
+                q_sum_a -= a0
+                inflight_started += timeout
+                continue
+            b = len(q)
+            if b == 1:
+                q.popleft()
+                dur = table[1] * sz[head]
+                done = st + dur
+                lat[head] = done - a0
+                q_sum_a -= a0
+                inflight_started += done - a0
+            else:
+                if b > maxb:
+                    b = maxb
+                batch = [q.popleft() for _ in range(b)]
+                smax = max([sz[j] for j in batch])
+                dur = table[b] * smax
+                done = st + dur
+                tot = 0.0
+                for j in batch:
+                    a = arr[j]
+                    lat[j] = done - a
+                    tot += a
+                q_sum_a -= tot
+                inflight_started += b * done - tot
+            free[s] = done
+            nb[s] = b
+            busy_started += dur
+            if k > 1:
+                heapreplace(heap, (done, s))
+        else:
+            if nxt < 0 or na > until:
+                break
+            q.append(nxt)
+            q_sum_a += na
+            arrived += 1
+            ptr += 1
+            nxt = order[ptr] if ptr < end else -1
+            na = arr[nxt] if nxt >= 0 else INF
+    # Time-outs up to ``until`` (FIFO: the oldest are at the head).
+    while q:
+        a0 = arr[q[0]]
+        if a0 + timeout >= until:
+            break
+        q.popleft()
+        q_sum_a -= a0
+        inflight_started += timeout
+    m.ptr = ptr
+    m.q_sum_a = q_sum_a
+    m.arrived = arrived
+    m.busy_started = busy_started
+    m.inflight_started = inflight_started
+    if until == INF:
+        return float(arrived), busy_started, inflight_started, 0, 0, INF, 0, 0.0
+
+    now = until
+    busy = busy_started
+    out = len(q)
+    inflight = inflight_started + out * now - q_sum_a if out else inflight_started
+    running = 0
+    nxt = arr[q[0]] + timeout if out else INF
+    for i in range(len(free)):
+        f = free[i]
+        if f > now and nb[i] > 0:
+            busy -= f - now
+            inflight -= nb[i] * (f - now)
+            out += nb[i]
+            running += 1
+            if f < nxt:
+                nxt = f
+    n_ready = 0
+    ready_s = 0.0
+    for r in rdy:
+        if r <= now:
+            n_ready += 1
+            ready_s += now - (r if r > prev else prev)
+        elif r < nxt:
+            nxt = r
+    if reps.draining:
+        keep = []
+        for f, b in reps.draining:
+            if f > now:
+                busy -= f - now
+                inflight -= b * (f - now)
+                out += b
+                running += 1
+                keep.append((f, b))
+                if f < nxt:
+                    nxt = f
+        reps.draining = keep
+    return float(arrived), busy, inflight, out, running, nxt, n_ready, ready_s
+
+
+def _next_event(m: _Model, now: float, arr: list[float], timeout: float) -> float:
+    """After a scale change at ``now``: when the model must be looked at again."""
+    reps = m.reps
+    nxt = INF
+    if m.q:
+        s = reps.earliest()
+        if s >= 0:
+            f = reps.free[s]
+            r = reps.ready[s]
+            nxt = max(f if f > r else r, now)
+        nxt = min(nxt, arr[m.q[0]] + timeout)
+    for f in reps.free:
+        if now < f < nxt:
+            nxt = f
+    for r in reps.ready:
+        if now < r < nxt:
+            nxt = r
+    for f, _ in reps.draining:
+        if now < f < nxt:
+            nxt = f
+    return nxt

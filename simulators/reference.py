@@ -1,0 +1,246 @@
+"""The event-loop reference simulator: one heap of timed events, counters integrated between events.
+
+It implements the semantics documented in :mod:`simulators.engine` the plain way (SimPy-style heap ordered by
+``(time, priority, sequence)``) and is slow; tests run both on the same workloads and require the same
+per-request latencies and the same decisions. Priorities at one instant: batch ends and cold-start ends,
+then arrivals, then batch formation, then the policy tick (and batch formation for replicas it started warm),
+then request time-outs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from policies.scaling.base import ScalingPolicy, Signals
+from policies.types import FloatArray, IntArray, ServiceConfig
+from simulators.cluster import Replicas
+from simulators.engine import SimConfig, SimResult
+
+_END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE = range(7)
+
+
+class _M:
+    def __init__(self, table: list[float], max_batch: int, end: float) -> None:
+        self.end = end
+        self.q: deque[int] = deque()
+        self.reps = Replicas()
+        self.table = table
+        self.max_batch = max_batch
+        self.last = 0.0
+        self.n_out = 0
+        self.n_busy = 0
+        self.n_ready = 0
+        self.n_held = 0
+        self.arrivals = 0
+        self.busy_s = 0.0
+        self.ready_s = 0.0
+        self.inflight_s = 0.0
+        self.gpu_s = 0.0
+
+    def integrate(self, t: float, frac: float) -> None:
+        dt = t - self.last
+        if dt > 0:
+            self.inflight_s += self.n_out * dt
+            self.busy_s += self.n_busy * dt
+            self.ready_s += self.n_ready * dt
+            self.gpu_s += self.n_held * frac * max(0.0, min(t, self.end) - min(self.last, self.end))
+            self.last = t
+
+
+def simulate_reference(
+    services: tuple[ServiceConfig, ...],
+    arrival_s: FloatArray,
+    model: IntArray,
+    size: FloatArray,
+    duration_s: float,
+    policy: ScalingPolicy[Any],
+    config: SimConfig = SimConfig(),
+) -> SimResult:
+    wall0 = time.perf_counter()
+    n = len(services)
+    arr = arrival_s.tolist()
+    sz = size.tolist()
+    mdl = model.tolist()
+    timeout = config.timeout_s
+    frac = [s.profile.gpu_fraction for s in services]
+    ms = [_M(s.profile.latency_table().tolist(), s.profile.max_batch, duration_s) for s in services]
+    lat = [math.nan] * len(arr)
+    state_of = [0] * len(arr)  # 0 queued, 1 started, 2 dropped
+    heap: list[tuple[float, int, int, int, int]] = []
+    seq = 0
+
+    def push(t: float, prio: int, a: int, b: int) -> None:
+        nonlocal seq
+        heapq.heappush(heap, (t, prio, seq, a, b))
+        seq += 1
+
+    def cold(i: int) -> float:
+        if policy.hindsight:
+            return 0.0
+        return services[i].cold_start_s if config.cold_start_s is None else config.cold_start_s
+
+    def dispatch(i: int, t: float) -> None:
+        m = ms[i]
+        reps = m.reps
+        while m.q:
+            s = reps.earliest()
+            if s < 0:
+                return
+            avail = max(reps.free[s], reps.ready[s])
+            if avail > t:
+                return
+            # drop what already timed out (their expiry events come later at this instant or were skipped)
+            while m.q and arr[m.q[0]] + timeout < t:
+                j = m.q.popleft()
+                _drop(i, j, arr[j] + timeout)
+            if not m.q:
+                return
+            b = min(len(m.q), m.max_batch)
+            batch = [m.q.popleft() for _ in range(b)]
+            dur = m.table[b] * max(sz[j] for j in batch)
+            reps.free[s] = t + dur
+            reps.batch[s] = b
+            m.n_busy += 1
+            for j in batch:
+                state_of[j] = 1
+                lat[j] = t + dur - arr[j]
+            push(t + dur, _END, i, b)
+
+    def _drop(i: int, j: int, at: float) -> None:
+        # integrate up to the drop time would need past time; the drop happened at ``at`` <= now:
+        # correct the integral for the time it was counted after it left.
+        m = ms[i]
+        m.inflight_s -= m.last - at
+        m.n_out -= 1
+        state_of[j] = 2
+
+    initial, state = policy.init(services)
+    for i in range(n):
+        for _ in range(int(initial[i])):
+            ms[i].reps.add(0.0, 0.0)
+        ms[i].n_ready = ms[i].n_held = int(initial[i])
+    for j in range(len(arr)):
+        push(arr[j], _ARRIVAL, mdl[j], j)
+    tick = policy.tick_s
+    n_ticks = max(1, math.ceil(duration_s / tick - 1e-9))
+    for k in range(n_ticks):
+        push(k * tick, _TICK, k, 0)
+
+    scale_events = 0
+    cold_starts = 0
+    log: list[tuple[float, int, int]] = []
+    rec_rep = np.zeros(n_ticks, np.int64)
+    rec_ready = np.zeros(n_ticks, np.int64)
+    rec_gpu = np.zeros(n_ticks)
+    last_tick_t = 0.0
+
+    while heap:
+        t, prio, _, a, b = heapq.heappop(heap)
+        if prio == _END:
+            m = ms[a]
+            m.integrate(t, frac[a])
+            m.n_out -= b
+            m.n_busy -= 1
+            # a draining replica lets go of its GPU when its batch ends
+            for idx, (f, nb) in enumerate(m.reps.draining):
+                if f == t and nb == b:
+                    del m.reps.draining[idx]
+                    m.n_held -= 1
+                    break
+            push(t, _DISPATCH, a, 0)
+        elif prio == _READY:
+            m = ms[a]
+            m.integrate(t, frac[a])
+            m.n_ready = m.reps.ready_count(t)
+            push(t, _DISPATCH, a, 0)
+        elif prio == _ARRIVAL:
+            m = ms[a]
+            m.integrate(t, frac[a])
+            m.q.append(b)
+            m.n_out += 1
+            m.arrivals += 1
+            push(t, _DISPATCH, a, 0)
+            push(t + timeout, _EXPIRE, a, b)
+        elif prio in (_DISPATCH, _DISPATCH_AFTER_TICK):
+            ms[a].integrate(t, frac[a])
+            dispatch(a, t)
+        elif prio == _EXPIRE:
+            if state_of[b] == 0:
+                m = ms[a]
+                m.integrate(t, frac[a])
+                assert m.q and m.q[0] == b, "FIFO: the request timing out is the oldest queued"
+                m.q.popleft()
+                m.n_out -= 1
+                state_of[b] = 2
+        else:  # tick
+            for i in range(n):
+                ms[i].integrate(t, frac[i])
+            signals = Signals(
+                t,
+                np.array([len(m.reps) for m in ms], np.int64),
+                np.array([m.n_ready for m in ms], np.int64),
+                np.array([float(m.arrivals) for m in ms]),
+                np.array([m.busy_s for m in ms]),
+                np.array([m.ready_s for m in ms]),
+                np.array([m.inflight_s for m in ms]),
+                np.array([m.n_out for m in ms], np.int64),
+            )
+            decisions, state = policy.decide(signals, state)
+            for i in range(n):
+                m = ms[i]
+                reps = m.reps
+                want = int(decisions.replicas[i])
+                if want == len(reps):
+                    continue
+                scale_events += 1
+                if config.record_decisions:
+                    log.append((t, i, want))
+                c = cold(i)
+                while len(reps) < want:
+                    reps.add(t, c)
+                    m.n_held += 1
+                    if c > 0:
+                        cold_starts += 1
+                        push(t + c, _READY, i, 0)
+                while len(reps) > want:
+                    before = len(reps.draining)
+                    reps.remove_one(t)
+                    if len(reps.draining) == before:
+                        m.n_held -= 1
+                m.n_ready = reps.ready_count(t)
+                push(t, _DISPATCH_AFTER_TICK, i, 0)
+            rec_rep[a] = sum(len(m.reps) for m in ms)
+            rec_ready[a] = sum(m.n_ready for m in ms)
+            rec_gpu[a] = sum(len(m.reps) * frac[i] for i, m in enumerate(ms))
+            last_tick_t = t
+
+    del last_tick_t
+    gpu_s = np.zeros(n)
+    for i, m in enumerate(ms):
+        m.integrate(max(duration_s, m.last), frac[i])  # GPU time is capped at the end of the trace
+        gpu_s[i] = m.gpu_s
+    lat_a = np.array(lat, dtype=np.float64)
+    dropped = np.isnan(lat_a)
+    slo = np.array([s.profile.slo_s for s in services])[model] * size
+    met = ~dropped & (np.nan_to_num(lat_a, nan=math.inf) <= slo + 1e-12)
+    return SimResult(
+        policy=policy.name,
+        latency_s=lat_a,
+        dropped=dropped,
+        met=met,
+        gpu_s=gpu_s,
+        scale_events=scale_events,
+        cold_starts=cold_starts,
+        tick_t=np.arange(n_ticks, dtype=np.float64) * tick,
+        tick_replicas=rec_rep,
+        tick_ready=rec_ready,
+        tick_gpu=rec_gpu,
+        decisions=log,
+        wall_s=time.perf_counter() - wall0,
+    )

@@ -1,0 +1,128 @@
+"""The input of a simulation run: which services exist and which requests arrive when.
+
+A :class:`Workload` is built by :func:`simulators.traces.load_trace` from a public trace or a generic CSV. It
+is a value: frozen, with read-only arrays, so a simulator or a policy cannot change it by accident.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.types import FloatArray, IntArray, ServiceConfig
+
+
+def _read_only(*arrays: npt.NDArray[Any]) -> None:
+    for array in arrays:
+        array.setflags(write=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Requests of one trace, one row per request, sorted by arrival time.
+
+    ``services[i]`` describes model ``i``; ``model[j]`` is the index of the model request ``j`` is for.
+    ``size[j]`` is the work of request ``j`` relative to the unit request of its model's profile (1.0 for
+    fixed-size inference; LLM requests scale with their tokens). Every arrival lies in ``[0, duration_s)``.
+    """
+
+    name: str
+    duration_s: float
+    services: tuple[ServiceConfig, ...]
+    arrival_s: FloatArray
+    model: IntArray
+    size: FloatArray
+
+    def __post_init__(self) -> None:
+        n = self.arrival_s.shape[0] if self.arrival_s.ndim == 1 else -1
+        if n < 0 or self.model.shape != (n,) or self.size.shape != (n,):
+            raise ValueError(f"workload {self.name}: arrival_s, model and size must be 1-D and equally long")
+        if self.arrival_s.dtype != np.float64 or self.size.dtype != np.float64:
+            raise ValueError(f"workload {self.name}: arrival_s and size must be float64")
+        if self.model.dtype != np.int64:
+            raise ValueError(f"workload {self.name}: model must be int64")
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ValueError(f"workload {self.name}: duration_s must be positive and finite")
+        names = [s.model for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"workload {self.name}: service model names must be unique")
+        if n == 0:
+            return
+        if not np.all(np.isfinite(self.arrival_s)) or np.any(np.diff(self.arrival_s) < 0):
+            raise ValueError(f"workload {self.name}: arrival_s must be finite and sorted ascending")
+        if self.arrival_s[0] < 0 or self.arrival_s[-1] >= self.duration_s:
+            raise ValueError(f"workload {self.name}: arrivals must lie in [0, duration_s)")
+        if self.model.min() < 0 or self.model.max() >= len(self.services):
+            raise ValueError(f"workload {self.name}: model indices must be in [0, {len(self.services)})")
+        if not np.all(np.isfinite(self.size)) or np.any(self.size <= 0):
+            raise ValueError(f"workload {self.name}: sizes must be positive and finite")
+
+    @property
+    def n_requests(self) -> int:
+        return int(self.arrival_s.shape[0])
+
+    @property
+    def n_models(self) -> int:
+        return len(self.services)
+
+    def requests_per_model(self) -> IntArray:
+        """Number of requests of each model (index = model id)."""
+        return np.bincount(self.model, minlength=len(self.services)).astype(np.int64)
+
+    def subset(self, models: int) -> Workload:
+        """The ``models`` models with the most requests (ties: by name), re-indexed 0..models-1 in that order.
+
+        Requests of the other models are dropped; arrival order is kept.
+        """
+        if models < 1:
+            raise ValueError(f"models must be >= 1, got {models}")
+        counts = self.requests_per_model()
+        order = sorted(range(len(self.services)), key=lambda i: (-int(counts[i]), self.services[i].model))
+        keep = order[:models]
+        remap = np.full(len(self.services), -1, dtype=np.int64)
+        remap[np.asarray(keep, dtype=np.int64)] = np.arange(len(keep), dtype=np.int64)
+        new_model = remap[self.model]
+        mask = new_model >= 0
+        return make_workload(
+            name=self.name,
+            duration_s=self.duration_s,
+            services=tuple(self.services[i] for i in keep),
+            arrival_s=self.arrival_s[mask],
+            model=new_model[mask],
+            size=self.size[mask],
+        )
+
+    def truncate(self, duration_s: float) -> Workload:
+        """Only the requests that arrive before ``duration_s``; the result lasts ``duration_s``."""
+        end = int(np.searchsorted(self.arrival_s, duration_s, side="left"))
+        return make_workload(
+            name=self.name,
+            duration_s=duration_s,
+            services=self.services,
+            arrival_s=self.arrival_s[:end],
+            model=self.model[:end],
+            size=self.size[:end],
+        )
+
+
+def make_workload(
+    *,
+    name: str,
+    duration_s: float,
+    services: tuple[ServiceConfig, ...],
+    arrival_s: FloatArray,
+    model: IntArray,
+    size: FloatArray,
+) -> Workload:
+    """Build a :class:`Workload` from (possibly shared) arrays: copies them contiguous and read-only."""
+    arrival = np.ascontiguousarray(arrival_s, dtype=np.float64).copy()
+    idx = np.ascontiguousarray(model, dtype=np.int64).copy()
+    sz = np.ascontiguousarray(size, dtype=np.float64).copy()
+    _read_only(arrival, idx, sz)
+    return Workload(
+        name=name, duration_s=float(duration_s), services=services, arrival_s=arrival, model=idx, size=sz
+    )
