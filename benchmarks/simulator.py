@@ -17,8 +17,9 @@ from simulators.traces import load_trace
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("simulator", help="simulated requests per second (24 h azure-functions-2019, hpa)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "simulator", help="simulated requests per second (24 h azure-functions-2019, hpa)", description=__doc__
+    )
     p.add_argument("--trace", default="azure-functions-2019", help="trace to replay (default: the 24 h sample)")
     p.add_argument("--policy", default="hpa", help="policy to run (default hpa)")
     p.add_argument("--repeat", type=int, default=1, help="runs; the fastest is reported (default 1)")
@@ -38,13 +39,17 @@ def main(args: argparse.Namespace) -> int:
         result = run_policy(workload, args.policy, SimConfig())
         best = min(best, time.perf_counter() - t1)
     n = result.requests
-    print(json.dumps({
-        "requests": n,
-        "wall_s": round(best, 4),
-        "simulated_requests_per_s": round(n / best, 1),
-        "load_s": round(load_s, 4),
-        "policy": args.policy,
-        "trace": workload.name,
-        "models": len(workload.services),
-    }))
+    print(
+        json.dumps(
+            {
+                "requests": n,
+                "wall_s": round(best, 4),
+                "simulated_requests_per_s": round(n / best, 1),
+                "load_s": round(load_s, 4),
+                "policy": args.policy,
+                "trace": workload.name,
+                "models": len(workload.services),
+            }
+        )
+    )
     return 0

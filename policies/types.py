@@ -55,7 +55,9 @@ class ModelProfile:
     def latency_table(self) -> FloatArray:
         """Batch latency for every batch size 0..max_batch (index = batch size; index 0 is unused, 0.0)."""
         sizes = np.arange(self.max_batch + 1, dtype=np.float64)
-        table = np.interp(sizes, np.asarray(self.batch_sizes, np.float64), np.asarray(self.batch_latency_s))
+        table = np.asarray(
+            np.interp(sizes, np.asarray(self.batch_sizes, np.float64), np.asarray(self.batch_latency_s)), np.float64
+        )
         table[0] = 0.0
         return table
 

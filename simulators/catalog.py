@@ -316,9 +316,7 @@ class Catalog:
                 raise KeyError(f"unknown CNN {model!r}; known: {', '.join(self.cnn_models)}") from None
             raise KeyError(f"CNN {model!r} has no profile at {share_pct}% (measured: {shares})") from None
 
-    def cnn(
-        self, model: str, share_pct: int = 100, *, scale: float = 1.0, slo_s: float | None = None
-    ) -> ModelProfile:
+    def cnn(self, model: str, share_pct: int = 100, *, scale: float = 1.0, slo_s: float | None = None) -> ModelProfile:
         """CNN ``model`` at ``share_pct`` % of a GPU (``gpu_fraction = share_pct / 100``).
 
         Latencies are multiplied by ``scale``. ``slo_s`` defaults to the SLO rule at this spec
@@ -440,9 +438,7 @@ def read_gpulet(path: Path) -> dict[tuple[str, int], CnnCurve]:
         sizes = tuple(sorted(by_batch))
         if sizes[0] != 1:
             raise DataError(path, 1, f"{model} at {share}%: no measurement at batch size 1", "batch_size")
-        curves[(model, share)] = CnnCurve(
-            model, share, sizes, tuple(float(np.mean(by_batch[b])) for b in sizes)
-        )
+        curves[(model, share)] = CnnCurve(model, share, sizes, tuple(float(np.mean(by_batch[b])) for b in sizes))
     return curves
 
 
@@ -490,14 +486,10 @@ def read_llm_bench(path: Path) -> list[BenchRow]:
             BenchRow(
                 line=line,
                 hardware=hw.strip(),
-                num_hardware=int(
-                    parse_number(num, path, line, "Num of Hardware", integer=True, positive=True)
-                ),
+                num_hardware=int(parse_number(num, path, line, "Num of Hardware", integer=True, positive=True)),
                 framework=fw.strip(),
                 model=model.strip(),
-                length=int(
-                    parse_number(length, path, line, "Input Output Length", integer=True, positive=True)
-                ),
+                length=int(parse_number(length, path, line, "Input Output Length", integer=True, positive=True)),
                 batch=int(parse_number(batch, path, line, "Batch Size", integer=True, positive=True)),
                 latency_s=parse_number(latency, path, line, "Latency", positive=True),
             )
@@ -569,9 +561,7 @@ def derive_prompt_weight(path: Path, bench: Sequence[BenchRow]) -> PromptWeight:
     idx = [column_index(header, c, path, header_line, required=False) for c in names]
     if any(i is None for i in idx):
         return fallback
-    reference = {
-        (r.hardware, r.num_hardware, r.framework, r.model, r.length, r.batch): r.latency_s for r in bench
-    }
+    reference = {(r.hardware, r.num_hardware, r.framework, r.model, r.length, r.batch): r.latency_s for r in bench}
     best: tuple[tuple[int, int, int, int], float, str] | None = None
     for line, row in rows:
         try:

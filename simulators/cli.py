@@ -71,16 +71,30 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "output_tokens and service_ms are optional.",
     )
     p.add_argument("--trace", required=True, metavar="NAME|PATH", help="bundled trace name or a CSV file")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, metavar="LIST",
-                   help=f"comma-separated policies (default: {DEFAULT_POLICIES})")
+    p.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        metavar="LIST",
+        help=f"comma-separated policies (default: {DEFAULT_POLICIES})",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     p.add_argument("--hours", type=positive_float, help="simulate only the first H hours")
     p.add_argument("--models", type=positive_int, metavar="N", help="keep the N busiest models")
     p.add_argument("--seed", type=seed_int, default=0, help="seed for spreading per-minute counts (default 0)")
-    p.add_argument("--cold-start", type=non_negative_float, default=60.0, metavar="S",
-                   help="seconds before a new replica serves (default 60, a GPU model)")
-    p.add_argument("--timeout", type=positive_float, default=30.0, metavar="S",
-                   help="a request still queued after S seconds is dropped (default 30)")
+    p.add_argument(
+        "--cold-start",
+        type=non_negative_float,
+        default=60.0,
+        metavar="S",
+        help="seconds before a new replica serves (default 60, a GPU model)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="a request still queued after S seconds is dropped (default 30)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(func=main)
@@ -93,37 +107,56 @@ def main(args: argparse.Namespace) -> int:
 
     names = parse_policies(args.policies)
     t0 = time.perf_counter()
-    workload = load_trace(args.trace, seed=args.seed, hours=args.hours, models=args.models,
-                          cold_start_s=args.cold_start)
+    workload = load_trace(
+        args.trace, seed=args.seed, hours=args.hours, models=args.models, cold_start_s=args.cold_start
+    )
     config = SimConfig(timeout_s=args.timeout)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     err = Console(stderr=True, quiet=args.quiet)
-    with Progress(TextColumn("{task.description:>8}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=err, transient=False, disable=args.quiet) as bar:
+    with Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=args.quiet,
+    ) as bar:
         tasks = {n: bar.add_task(n, total=1.0) for n in names}
-        results = run_policies(workload, names, config,
-                               progress=lambda n, f: bar.update(tasks[n], completed=f))
+        results = run_policies(workload, names, config, progress=lambda n, f: bar.update(tasks[n], completed=f))
     summaries = {n: summarize(r) for n, r in results.items()}
     for n, r in results.items():
         write_timeseries(out / f"timeseries_{n}.csv", timeseries(r, workload))
     if not args.no_plots:
         plot(out, results, workload.name)
     wall = time.perf_counter() - t0
-    cfg = {"hours": args.hours, "models": len(workload.services), "cold_start_s": args.cold_start,
-           "timeout_s": args.timeout, "duration_s": workload.duration_s}
+    cfg = {
+        "hours": args.hours,
+        "models": len(workload.services),
+        "cold_start_s": args.cold_start,
+        "timeout_s": args.timeout,
+        "duration_s": workload.duration_s,
+    }
     path = write_summary(out, workload, args.seed, summaries, wall, cfg)
 
     if not args.quiet:
-        table = Table(title=f"{workload.name}: {len(workload.services)} models, "
-                            f"{workload.arrival_s.shape[0]:,} requests, {workload.duration_s / 3600:.2f} h")
-        for col in ("policy", "SLO attainment", "GPU-hours", "p99 (ms)", "dropped", "scale events",
-                    "cold starts"):
+        table = Table(
+            title=f"{workload.name}: {len(workload.services)} models, "
+            f"{workload.arrival_s.shape[0]:,} requests, {workload.duration_s / 3600:.2f} h"
+        )
+        for col in ("policy", "SLO attainment", "GPU-hours", "p99 (ms)", "dropped", "scale events", "cold starts"):
             table.add_column(col, justify="right" if col != "policy" else "left")
         for n, s in summaries.items():
-            table.add_row(n, f"{s.slo_attainment * 100:.3f} %", f"{s.gpu_hours:,.1f}",
-                          f"{s.p99_latency_ms:,.0f}" if math.isfinite(s.p99_latency_ms) else "inf",
-                          f"{s.dropped:,}", f"{s.scale_events:,}", f"{s.cold_starts:,}")
+            table.add_row(
+                n,
+                f"{s.slo_attainment * 100:.3f} %",
+                f"{s.gpu_hours:,.1f}",
+                f"{s.p99_latency_ms:,.0f}" if math.isfinite(s.p99_latency_ms) else "inf",
+                f"{s.dropped:,}",
+                f"{s.scale_events:,}",
+                f"{s.cold_starts:,}",
+            )
         Console().print(table)
         print(f"wrote {path} and the time series/plots in {out}/ in {wall:.1f} s", file=sys.stdout)
     return 0

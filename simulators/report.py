@@ -62,7 +62,11 @@ def read_timeseries(path: Path) -> dict[str, FloatArray]:
 
 
 def write_summary(
-    out: Path, workload: Workload, seed: int, summaries: Mapping[str, PolicySummary], wall_s: float,
+    out: Path,
+    workload: Workload,
+    seed: int,
+    summaries: Mapping[str, PolicySummary],
+    wall_s: float,
     config: Mapping[str, Any],
 ) -> Path:
     doc = {
@@ -93,8 +97,7 @@ def plot(out: Path, results: Mapping[str, SimResult], trace_name: str) -> list[P
         hours = series["t_s"] / 3600.0
         ax.step(hours, series["replicas"], where="post", label=name, linewidth=1.0)
         if not demand_drawn:
-            ax2.fill_between(hours, series["arrivals_per_s"], step="post", color="grey", alpha=0.25,
-                             label="demand")
+            ax2.fill_between(hours, series["arrivals_per_s"], step="post", color="grey", alpha=0.25, label="demand")
             demand_drawn = True
     ax.set_xlabel("time (h)")
     ax.set_ylabel("replicas (all models)")

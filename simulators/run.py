@@ -60,8 +60,7 @@ def demand_of(workload: Workload) -> Demand:
 
 
 def engine_for(workload: Workload, config: SimConfig) -> Engine:
-    return Engine(workload.services, workload.arrival_s, workload.model, workload.size, workload.duration_s,
-                  config)
+    return Engine(workload.services, workload.arrival_s, workload.model, workload.size, workload.duration_s, config)
 
 
 def run_policy(

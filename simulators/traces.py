@@ -208,9 +208,7 @@ def _csv(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
     return header, header_line, rows
 
 
-def _column(
-    header: list[str], name: str, path: Path, header_line: int, *, required: bool = True
-) -> int | None:
+def _column(header: list[str], name: str, path: Path, header_line: int, *, required: bool = True) -> int | None:
     try:
         return column_index(header, name, path, header_line, required=required)
     except DataError as e:
@@ -299,9 +297,7 @@ def _read_invocations(path: Path) -> tuple[list[str], IntArray]:
         if not _HEX.fullmatch(h):
             raise TraceError(path, line, f"{h!r} is not a hex hash of at least 12 digits", "HashFunction")
         if h[:12] in seen:
-            raise TraceError(
-                path, line, f"function fn-{h[:12]} already on line {seen[h[:12]]}", "HashFunction"
-            )
+            raise TraceError(path, line, f"function fn-{h[:12]} already on line {seen[h[:12]]}", "HashFunction")
         seen[h[:12]] = line
         hashes.append(h)
         tails.append(parts[first])
@@ -363,9 +359,7 @@ def _read_azure_llm(kind: str) -> Callable[[Path, int], _Parsed]:
         del seed  # real arrivals: nothing random
         path = root / LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv"
         header, header_line, rows = _csv(path)
-        cols = [
-            _column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-        ]
+        cols = [_column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")]
         t_col, in_col, out_col = (c for c in cols if c is not None)
         time = _TimeColumn(path, "TIMESTAMP")
         n = len(rows)
@@ -492,9 +486,7 @@ def _read_generic(path: Path, root: Path) -> _Parsed:
                 for i, m in enumerate(names)
             ]
         size = np.ones(n, np.float64)
-    return _Parsed(
-        names=names, profiles=profiles, arrival_s=arrival, model=model, size=size, span_s=_span(arrival)
-    )
+    return _Parsed(names=names, profiles=profiles, arrival_s=arrival, model=model, size=size, span_s=_span(arrival))
 
 
 _READERS: dict[str, Callable[[Path, int], _Parsed]] = {

@@ -123,6 +123,4 @@ def make_workload(
     idx = np.ascontiguousarray(model, dtype=np.int64).copy()
     sz = np.ascontiguousarray(size, dtype=np.float64).copy()
     _read_only(arrival, idx, sz)
-    return Workload(
-        name=name, duration_s=float(duration_s), services=services, arrival_s=arrival, model=idx, size=sz
-    )
+    return Workload(name=name, duration_s=float(duration_s), services=services, arrival_s=arrival, model=idx, size=sz)

@@ -26,4 +26,5 @@ def work_per_bin(demand: Demand, bin_s: float) -> FloatArray:
     n_bins = max(1, int(np.ceil(demand.duration_s / bin_s - 1e-9)))
     b = np.minimum((demand.arrival_s // bin_s).astype(np.int64), n_bins - 1)
     flat = np.bincount(b * n_models + demand.model, weights=demand.size, minlength=n_bins * n_models)
-    return flat.reshape(n_bins, n_models)
+    out: FloatArray = np.asarray(flat, np.float64).reshape(n_bins, n_models)
+    return out

@@ -16,6 +16,7 @@ Faithful to kube-controller-manager's defaults (pkg/controller/podautoscaler, Ku
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,12 +25,10 @@ import numpy as np
 from policies.scaling.base import (
     Decisions,
     Reason,
-    Sample,
     Signals,
     bounds,
     ceil_int,
     full,
-    push,
 )
 from policies.types import FloatArray, IntArray, ServiceConfig
 
@@ -57,9 +56,13 @@ class Behavior:
 
 @dataclass(frozen=True, slots=True)
 class Recommendations:
-    """What the HPA controller remembers between syncs: its raw recommendations over the stabilization window."""
+    """What the HPA controller remembers between syncs: its raw recommendations over the stabilization window.
 
-    history: tuple[Sample, ...] = ()
+    ``values[k]`` holds the recommendation for every model made at ``times[k]`` (oldest first).
+    """
+
+    times: tuple[float, ...] = ()
+    values: IntArray | None = None
 
 
 def normalize(
@@ -77,44 +80,44 @@ def normalize(
     between 1 and N is an HPA with default behavior).
     """
     keep = max(behavior.scale_down_stabilization_s, behavior.scale_up_stabilization_s)
-    history = push(recs.history, Sample(now, raw.astype(np.float64)), keep)
-    up_cut = now - behavior.scale_up_stabilization_s
-    down_cut = now - behavior.scale_down_stabilization_s
-    up_rec = raw.astype(np.float64)
-    down_rec = up_rec
-    # The controller keeps recommendations strictly after the cutoff.
-    ups = [s.values for s in history[:-1] if s.t > up_cut]
-    downs = [s.values for s in history[:-1] if s.t > down_cut]
-    if ups:
-        up_rec = np.minimum(up_rec, np.minimum.reduce(ups))
-    if downs:
-        down_rec = np.maximum(down_rec, np.maximum.reduce(downs))
-    rec = current.astype(np.float64)
-    rec = np.where(rec < up_rec, up_rec, rec)
+    start = bisect.bisect_left(recs.times, now - keep - 1e-9)
+    times = (*recs.times[start:], now)
+    values = raw[None, :] if recs.values is None else np.concatenate((recs.values[start:], raw[None, :]))
+    # The controller keeps recommendations strictly after the cutoff (the new one included).
+    down_rec = values[bisect.bisect_right(times, now - behavior.scale_down_stabilization_s) :].max(axis=0)
+    if behavior.scale_up_stabilization_s > 0:
+        up_rec = values[bisect.bisect_right(times, now - behavior.scale_up_stabilization_s) :].min(axis=0)
+    else:
+        up_rec = raw
+    rec = np.maximum(current, up_rec)
     stabilized = rec > down_rec
-    rec = np.where(stabilized, down_rec, rec).astype(np.int64)
+    rec = np.minimum(rec, down_rec)
 
     # Rate limits. The sync period equals the policy period, so replicas at the period start = current.
     up_limit = np.maximum(
-        ceil_int(current * (1.0 + behavior.scale_up_percent / 100.0)), current + behavior.scale_up_pods
+        ceil_int(current * np.float64(1.0 + behavior.scale_up_percent / 100.0)), current + behavior.scale_up_pods
     )
     if behavior.scale_down_percent >= 100.0:
-        down_limit = np.zeros_like(current)
+        limited = rec > up_limit
+        out = np.minimum(rec, up_limit)
     else:
         down_limit = np.floor(current * (1.0 - behavior.scale_down_percent / 100.0) + 1e-9).astype(np.int64)
-    limited = (rec > up_limit) | (rec < down_limit)
-    out = np.minimum(np.maximum(rec, down_limit), up_limit)
-    clamped = (out < lo) | (out > hi)
-    out = np.minimum(np.maximum(out, lo), hi)
-    code = np.where(clamped, _BOUNDS, np.where(limited, _RATE_LIMITED,
-                                               np.where(stabilized & (raw < current), _STABILIZED, -1)))
-    return out, code, Recommendations(history)
+        limited = (rec > up_limit) | (rec < down_limit)
+        out = np.clip(rec, down_limit, up_limit)
+    bounded = np.clip(out, lo, hi)
+    code = np.where(stabilized & (raw < current), _STABILIZED, -1)
+    code[limited] = _RATE_LIMITED
+    code[bounded != out] = _BOUNDS
+    return bounded, code, Recommendations(times, values)
 
 
 @dataclass(frozen=True, slots=True)
 class HPAState:
-    last: Sample | None
-    """Counters (busy_s, ready_s) at the previous metrics sample."""
+    last_t: float | None
+    """Time of the previous metrics sample (None before the first)."""
+    last_busy: FloatArray
+    last_ready: FloatArray
+    """Counters busy_s and ready_s at the previous metrics sample."""
     recs: Recommendations
     lo: IntArray
     hi: IntArray
@@ -145,35 +148,46 @@ class HPA:
     def init(self, services: Sequence[ServiceConfig]) -> tuple[IntArray, HPAState]:
         lo, hi = bounds(services)
         lo = np.maximum(lo, self.min_replicas)
-        return lo.copy(), HPAState(None, Recommendations(), lo, hi)
+        zero = np.zeros(len(services))
+        return lo.copy(), HPAState(None, zero, zero, Recommendations(), lo, hi)
 
     def decide(self, signals: Signals, state: HPAState) -> tuple[Decisions, HPAState]:
         n = signals.n_models
         now = signals.now
         current = signals.replicas
-        sample = Sample(now, np.stack([signals.busy_s, signals.ready_s]))
         target = full(n, self.target_utilization)
-        if state.last is None:
-            hold = Decisions(self.name, now, current.copy(), full_codes(n, Reason.NO_METRICS), full(n, 0.0),
-                             target, current.astype(np.float64))
-            return hold, HPAState(sample, state.recs, state.lo, state.hi)
-        d_busy = signals.busy_s - state.last.values[0]
-        d_ready = signals.ready_s - state.last.values[1]
+        if state.last_t is None:
+            hold = Decisions(
+                self.name,
+                now,
+                current.copy(),
+                full_codes(n, Reason.NO_METRICS),
+                full(n, 0.0),
+                target,
+                current.astype(np.float64),
+            )
+            return hold, HPAState(now, signals.busy_s, signals.ready_s, state.recs, state.lo, state.hi)
+        d_busy = signals.busy_s - state.last_busy
+        d_ready = signals.ready_s - state.last_ready
         has_metrics = d_ready > 1e-9
         util = np.divide(d_busy, d_ready, out=np.zeros(n), where=has_metrics)
         raw, code = replica_calculator(util, self.target_utilization, self.tolerance, current, signals.ready)
-        code = np.where(has_metrics, code, _NO_METRICS)
-        raw = np.where(has_metrics & (current > 0), raw, current)
+        # no metrics from ready replicas (none ready over the window): hold
+        code[~has_metrics] = _NO_METRICS
+        raw = np.where(has_metrics, raw, current)
         out, override, recs = normalize(now, current, raw, state.recs, self.behavior, state.lo, state.hi)
         code = label_direction(np.where(override >= 0, override, code), out, current)
         decisions = Decisions(self.name, now, out, code, util, target, raw.astype(np.float64))
-        return decisions, HPAState(sample, recs, state.lo, state.hi)
+        return decisions, HPAState(now, signals.busy_s, signals.ready_s, recs, state.lo, state.hi)
+
+
+_DIRECTION = np.array([int(Reason.SCALE_DOWN), int(Reason.HOLD), int(Reason.SCALE_UP)], np.int64)
 
 
 def label_direction(code: IntArray, out: IntArray, current: IntArray) -> IntArray:
     """Turn a plain HOLD into SCALE_UP/SCALE_DOWN where the replicas did change."""
-    hold = code == _HOLD
-    return np.where(hold & (out > current), _UP, np.where(hold & (out < current), _DOWN, code))
+    labelled: IntArray = np.where(code == _HOLD, _DIRECTION[np.sign(out - current) + 1], code)
+    return labelled
 
 
 def full_codes(n: int, reason: Reason) -> IntArray:

@@ -88,8 +88,7 @@ class KEDA:
         within = np.abs(ratio - 1.0) <= self.tolerance
         raw = np.where(within, current, raw)
         hpa_lo = np.maximum(state.lo, 1)
-        out, override, recs = normalize(now, np.maximum(current, 1), raw, state.recs, self.behavior, hpa_lo,
-                                        state.hi)
+        out, override, recs = normalize(now, np.maximum(current, 1), raw, state.recs, self.behavior, hpa_lo, state.hi)
         code = np.where(within, _WITHIN_TOLERANCE, _HOLD)
         code = np.where(override >= 0, override, code)
         out = np.where(scaled, out, current)

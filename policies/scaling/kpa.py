@@ -97,10 +97,10 @@ class KPA:
         if now - first.t <= 1e-9:
             # No window yet ("no data" is a result, not an error): keep the current scale.
             code = np.full(n, int(Reason.NO_METRICS), np.int64)
-            decisions = Decisions(self.name, now, current.copy(), code, np.zeros(n), target,
-                                  current.astype(np.float64))
-            return decisions, KPAState(history, state.panic_since, state.max_panic_pods, state.zero_since,
-                                       state.lo, state.hi)
+            decisions = Decisions(self.name, now, current.copy(), code, np.zeros(n), target, current.astype(np.float64))
+            return decisions, KPAState(
+                history, state.panic_since, state.max_panic_pods, state.zero_since, state.lo, state.hi
+            )
         p0 = window_start(history, now, self.panic_window_s)
         stable = (signals.inflight_s - first.values) / (now - first.t)
         panic = (signals.inflight_s - p0.values) / max(now - p0.t, 1e-9)
@@ -143,7 +143,7 @@ class KPA:
         out = np.minimum(np.maximum(desired, state.lo), state.hi)
         code = np.where(out != desired, _BOUNDS, code)
         code = label_direction(code, out, current)
-        decisions = Decisions(self.name, now, out.astype(np.int64), code, stable, target,
-                              np.where(panicking, panic, stable) / target)
-        return decisions, KPAState(history, panic_since, max_panic.astype(np.int64), zero_since,
-                                   state.lo, state.hi)
+        decisions = Decisions(
+            self.name, now, out.astype(np.int64), code, stable, target, np.where(panicking, panic, stable) / target
+        )
+        return decisions, KPAState(history, panic_since, max_panic.astype(np.int64), zero_since, state.lo, state.hi)

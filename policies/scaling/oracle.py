@@ -57,5 +57,3 @@ class Oracle:
         n = signals.n_models
         r = out.astype(np.float64)
         return Decisions(self.name, signals.now, out, np.full(n, int(Reason.SCHEDULE), np.int64), r, r, r), None
-
-

@@ -48,7 +48,6 @@ class Static:
         n = signals.n_models
         r = self.replicas.astype(np.float64)
         return (
-            Decisions(self.name, signals.now, self.replicas.copy(), np.full(n, int(Reason.HOLD), np.int64),
-                      r, r, r),
+            Decisions(self.name, signals.now, self.replicas.copy(), np.full(n, int(Reason.HOLD), np.int64), r, r, r),
             None,
         )

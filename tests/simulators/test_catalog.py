@@ -264,9 +264,7 @@ def test_bad_gpulet_row(tmp_path: Path, row: str, field: str | None) -> None:
 def test_bad_profile_file_surfaces_as_trace_error(tmp_path: Path) -> None:
     root = tmp_path / "data"
     (root / "profiles" / "gpulet-reimpl").mkdir(parents=True)
-    (root / "profiles" / "gpulet-reimpl" / "inference.csv").write_text(
-        "resnet50,1,100,throughput,1,latency,bad,1\n"
-    )
+    (root / "profiles" / "gpulet-reimpl" / "inference.csv").write_text("resnet50,1,100,throughput,1,latency,bad,1\n")
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("timestamp,model\n0,a\n")
     with pytest.raises(TraceError, match=r"inference\.csv:1: field 'latency_s'"):

@@ -52,9 +52,7 @@ def test_functions_totals(functions: Workload) -> None:
     assert all(s.cold_start_s == 60.0 and s.max_replicas == 1000 for s in functions.services)
 
 
-def test_functions_every_arrival_in_its_minute(
-    functions: Workload, inv_counts: tuple[list[str], IntArray]
-) -> None:
+def test_functions_every_arrival_in_its_minute(functions: Workload, inv_counts: tuple[list[str], IntArray]) -> None:
     names, counts = inv_counts
     assert [s.model for s in functions.services] == names
     minute = np.floor(functions.arrival_s / 60).astype(np.int64)
@@ -63,9 +61,7 @@ def test_functions_every_arrival_in_its_minute(
     # spot checks, one function and minute at a time
     busiest = int(np.argmax(counts.sum(axis=1)))
     for fn, m in [(busiest, 0), (busiest, 719), (0, int(np.argmax(counts[0]))), (999, 1439)]:
-        in_cell = (
-            (functions.model == fn) & (functions.arrival_s >= 60 * m) & (functions.arrival_s < 60 * (m + 1))
-        )
+        in_cell = (functions.model == fn) & (functions.arrival_s >= 60 * m) & (functions.arrival_s < 60 * (m + 1))
         assert int(in_cell.sum()) == counts[fn, m]
 
 
@@ -197,17 +193,13 @@ def test_generic_naive_iso_is_utc(tmp_path: Path) -> None:
 
 
 def test_generic_tokens(tmp_path: Path) -> None:
-    w = load_trace(
-        str(_write(tmp_path, "timestamp,model,input_tokens,output_tokens\n0,x,256,256\n1,y,0,0\n"))
-    )
+    w = load_trace(str(_write(tmp_path, "timestamp,model,input_tokens,output_tokens\n0,x,256,256\n1,y,0,0\n")))
     assert [s.profile for s in w.services] == [load_catalog().llm] * 2
     np.testing.assert_allclose(w.size, [1.0, 0.01])
 
 
 def test_generic_hours_and_models(tmp_path: Path) -> None:
-    rows = "".join(
-        f"{t},{m}\n" for t, m in [(0, "a"), (10, "b"), (20, "b"), (4000, "a"), (4001, "a"), (30, "c")]
-    )
+    rows = "".join(f"{t},{m}\n" for t, m in [(0, "a"), (10, "b"), (20, "b"), (4000, "a"), (4001, "a"), (30, "c")])
     path = _write(tmp_path, "timestamp,model\n" + rows)
     w = load_trace(str(path), hours=1)
     assert w.duration_s == 3600 and w.n_requests == 4
@@ -243,9 +235,7 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("content", "line", "field"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
-)
+@pytest.mark.parametrize(("content", "line", "field"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
 def test_generic_bad_input(tmp_path: Path, content: str, line: int, field: str | None) -> None:
     path = _write(tmp_path, content, "bad_input.csv")
     with pytest.raises(TraceError) as e:
@@ -275,9 +265,7 @@ def _data_dir(tmp_path: Path) -> Path:
 def _functions_files(root: Path, rows: list[str], run_rows: list[str] | None = None) -> None:
     d = root / "traces" / "azure-functions-2019"
     d.mkdir(parents=True)
-    (d / "1000_inv.csv").write_text(
-        "HashFunction,HashOwner,HashApp,minute_1,minute_2,minute_3\n" + "".join(rows)
-    )
+    (d / "1000_inv.csv").write_text("HashFunction,HashOwner,HashApp,minute_1,minute_2,minute_3\n" + "".join(rows))
     run_header = "HashOwner,HashApp,HashFunction,Average,Count\n"
     (d / "1000_run.csv").write_text(run_header + "".join(run_rows or []))
 

@@ -1,0 +1,134 @@
+"""The ``shadowscale`` command line: a small real run, and bad input that ends in exit status 2 without a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shadowscale.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shadowscale", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli(
+        "simulate",
+        "--trace",
+        "azure-functions-2019",
+        "--policies",
+        "hpa,keda,kpa,static,oracle",
+        "--out",
+        str(out),
+        "--hours",
+        "0.5",
+        "--models",
+        "20",
+        "--seed",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["trace"] == "azure-functions-2019"
+    assert doc["seed"] == 3
+    assert isinstance(doc["wall_s"], float)
+    assert list(doc["policies"]) == ["hpa", "keda", "kpa", "static", "oracle"]
+    requests = {p["requests"] for p in doc["policies"].values()}
+    assert len(requests) == 1 and requests.pop() > 0
+    for p in doc["policies"].values():
+        assert set(p) == {
+            "slo_attainment",
+            "gpu_hours",
+            "p99_latency_ms",
+            "requests",
+            "dropped",
+            "scale_events",
+            "cold_starts",
+        }
+        assert 0.0 <= p["slo_attainment"] <= 1.0
+    oracle = doc["policies"]["oracle"]
+    for name, p in doc["policies"].items():
+        if p["slo_attainment"] >= oracle["slo_attainment"]:
+            assert oracle["gpu_hours"] <= p["gpu_hours"] + 1e-9, name
+    for name in doc["policies"]:
+        header = (out / f"timeseries_{name}.csv").read_text().splitlines()[0]
+        assert header == "t_s,arrivals_per_s,replicas,ready_replicas,gpus,slo_attainment,dropped"
+    assert (out / "replicas_demand.png").stat().st_size > 10_000
+    assert (out / "latency_cdf.png").stat().st_size > 10_000
+    assert "SLO" in proc.stdout
+
+
+def test_generic_csv_trace(tmp_path: Path) -> None:
+    csv = tmp_path / "mine.csv"
+    rows = ["timestamp,model,service_ms"] + [f"{i * 0.5},{'a' if i % 3 else 'b'},120" for i in range(400)]
+    csv.write_text("\n".join(rows) + "\n")
+    assert (
+        main(
+            [
+                "simulate",
+                "--trace",
+                str(csv),
+                "--policies",
+                "hpa,oracle",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-plots",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    doc = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert doc["policies"]["hpa"]["requests"] == 400
+
+
+BAD = [
+    (["simulate", "--trace", "no-such-trace", "--out", "x"], "azure-functions-2019"),
+    (["simulate", "--trace", "azure-functions-2019", "--policies", "hpa,nope", "--out", "x"], "valid policies"),
+    (["simulate", "--trace", "azure-functions-2019", "--hours", "-1", "--out", "x"], "--hours"),
+    (["simulate", "--trace", "azure-functions-2019", "--hours", "nan", "--out", "x"], "--hours"),
+    (["simulate", "--trace", "azure-functions-2019", "--models", "0", "--out", "x"], "--models"),
+    (["simulate", "--trace", "azure-functions-2019", "--cold-start", "inf", "--out", "x"], "--cold-start"),
+    (["simulate", "--out", "x"], "--trace"),
+    (["bench", "simulator", "--policy", "nope"], "valid policies"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), BAD, ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(BAD)])
+def test_bad_arguments_exit_2_with_a_clear_message(argv: list[str], needle: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowscale", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_trace_row_names_file_line_and_field(tmp_path: Path) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("timestamp,model\n0.5,a\n1.0,b\n-3,a\n")
+    proc = run_cli("simulate", "--trace", str(csv), "--out", str(tmp_path / "o"), "--quiet")
+    assert proc.returncode == 2
+    assert "bad.csv:4" in proc.stderr and "timestamp" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_simulator_prints_the_documented_json() -> None:
+    proc = run_cli("bench", "simulator", "--trace", "azure-llm-2023-code", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["requests"] == 8819
+    assert doc["wall_s"] > 0
+    assert doc["simulated_requests_per_s"] == pytest.approx(doc["requests"] / doc["wall_s"], rel=1e-3)
+
+
+def test_help_lists_commands() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "simulate" in proc.stdout and "bench" in proc.stdout
