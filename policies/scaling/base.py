@@ -175,3 +175,50 @@ def push(history: tuple[Sample, ...], sample: Sample, keep_s: float) -> tuple[Sa
     while start < len(history) and history[start].t < cut:
         start += 1
     return (*history[start:], sample)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowMax:
+    """Element-wise maximum of the arrays pushed within a sliding time window — an immutable two-stack queue.
+
+    ``push`` and ``expire`` return new values (amortised O(1) array operations each); nothing is mutated, so a
+    policy state holding one can be decided from twice with the same result.
+    """
+
+    front_t: tuple[float, ...] = ()
+    front_max: tuple[IntArray, ...] = ()
+    """``front_max[i]`` = maximum of front entries ``i..``; the front holds the oldest entries."""
+    back_t: tuple[float, ...] = ()
+    back_vals: tuple[IntArray, ...] = ()
+    back_max: IntArray | None = None
+
+    def push(self, t: float, values: IntArray) -> WindowMax:
+        back_max = values if self.back_max is None else np.maximum(self.back_max, values)
+        return WindowMax(self.front_t, self.front_max, (*self.back_t, t), (*self.back_vals, values), back_max)
+
+    def expire(self, cut: float) -> WindowMax:
+        """Drop the entries at or before ``cut``."""
+        w = self
+        while True:
+            k = 0
+            while k < len(w.front_t) and w.front_t[k] <= cut:
+                k += 1
+            if k:
+                w = WindowMax(w.front_t[k:], w.front_max[k:], w.back_t, w.back_vals, w.back_max)
+            if w.front_t or not w.back_t or w.back_t[0] > cut:
+                return w
+            # front exhausted and the back has expired entries: move the back to the front
+            suffix: list[IntArray] = []
+            running: IntArray | None = None
+            for v in reversed(w.back_vals):
+                running = v if running is None else np.maximum(running, v)
+                suffix.append(running)
+            w = WindowMax(w.back_t, tuple(reversed(suffix)), (), (), None)
+
+    def max(self) -> IntArray | None:
+        if self.front_max and self.back_max is not None:
+            out: IntArray = np.maximum(self.front_max[0], self.back_max)
+            return out
+        if self.front_max:
+            return self.front_max[0]
+        return self.back_max

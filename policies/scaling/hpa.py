@@ -8,15 +8,22 @@ Faithful to kube-controller-manager's defaults (pkg/controller/podautoscaler, Ku
 - Replicas that are not ready yet have no usable metric: on a scale-up they count as 0 % utilization, on a
   scale-down they are left out; a scale that would flip direction because of them is dropped
   (replica_calculator.go ``GetResourceReplicas``).
-- Default behavior (``behavior`` unset): scale-up has no stabilization window and may add at most
-  ``max(100 % of current, 4 pods)`` per 15 s period; scale-down uses the highest recommendation of the last
-  300 s (``stabilizationWindowSeconds: 300``) and may remove up to 100 % per 15 s.
+- ``spec.behavior`` unset (the default, ``behavior=None``): the controller's legacy path
+  (horizontal.go ``normalizeDesiredReplicas``): the target is the highest recommendation of the last 300 s
+  (``--horizontal-pod-autoscaler-downscale-stabilization``), the current one included — so after a rate-limited
+  spike it keeps climbing towards the spike's recommendation — capped per 15 s sync at
+  ``max(2 × current, 4)`` (``calculateScaleUpLimit``).
+- ``spec.behavior`` set (``behavior=Behavior()``, the autoscaling/v2 default rules the docs list): scale-up
+  has no stabilization window and may add ``max(100 % of current, 4 pods)`` per 15 s; scale-down uses the highest
+  recommendation of the last 300 s and may remove up to 100 % per 15 s. For 4 or more replicas both paths allow
+  the same doubling.
+- The first sync records the current replica count as a recommendation (``recordInitialRecommendation``), so a
+  workload found above its need is held for the window before it shrinks.
 - ``minReplicas`` defaults to 1; the HPA never scales to zero.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,10 +32,13 @@ import numpy as np
 from policies.scaling.base import (
     Decisions,
     Reason,
+    Sample,
     Signals,
+    WindowMax,
     bounds,
     ceil_int,
     full,
+    push,
 )
 from policies.types import FloatArray, IntArray, ServiceConfig
 
@@ -40,6 +50,10 @@ _DOWN = int(Reason.SCALE_DOWN)
 _STABILIZED = int(Reason.STABILIZED)
 _RATE_LIMITED = int(Reason.RATE_LIMITED)
 _BOUNDS = int(Reason.BOUNDS)
+
+
+DOWNSCALE_STABILIZATION_S = 300.0
+"""``--horizontal-pod-autoscaler-downscale-stabilization`` default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +72,12 @@ class Behavior:
 class Recommendations:
     """What the HPA controller remembers between syncs: its raw recommendations over the stabilization window.
 
-    ``values[k]`` holds the recommendation for every model made at ``times[k]`` (oldest first).
+    The scale-down window is kept as a sliding maximum; a scale-up window (0 s by default) as the plain
+    history of (time, recommendation).
     """
 
-    times: tuple[float, ...] = ()
-    values: IntArray | None = None
+    down: WindowMax = WindowMax()
+    up: tuple[Sample, ...] = ()
 
 
 def normalize(
@@ -79,19 +94,18 @@ def normalize(
     Returns (replicas, reason-override code or -1, new recommendations). Shared by HPA and KEDA (whose scaling
     between 1 and N is an HPA with default behavior).
     """
-    keep = max(behavior.scale_down_stabilization_s, behavior.scale_up_stabilization_s)
-    start = bisect.bisect_left(recs.times, now - keep - 1e-9)
-    times = (*recs.times[start:], now)
-    values = raw[None, :] if recs.values is None else np.concatenate((recs.values[start:], raw[None, :]))
     # The controller keeps recommendations strictly after the cutoff (the new one included).
-    down_rec = values[bisect.bisect_right(times, now - behavior.scale_down_stabilization_s) :].max(axis=0)
+    down = recs.down.expire(now - behavior.scale_down_stabilization_s).push(now, raw)
+    down_rec = down.max()
+    assert down_rec is not None
+    up = recs.up
     if behavior.scale_up_stabilization_s > 0:
-        up_rec = values[bisect.bisect_right(times, now - behavior.scale_up_stabilization_s) :].min(axis=0)
+        up = push(recs.up, Sample(now, raw.astype(np.float64)), behavior.scale_up_stabilization_s)
+        cut = now - behavior.scale_up_stabilization_s
+        up_rec = np.minimum.reduce([s.values for s in up if s.t > cut]).astype(np.int64)
     else:
         up_rec = raw
-    rec = np.maximum(current, up_rec)
-    stabilized = rec > down_rec
-    rec = np.minimum(rec, down_rec)
+    rec = np.minimum(np.maximum(current, up_rec), down_rec)
 
     # Rate limits. The sync period equals the policy period, so replicas at the period start = current.
     up_limit = np.maximum(
@@ -105,10 +119,55 @@ def normalize(
         limited = (rec > up_limit) | (rec < down_limit)
         out = np.clip(rec, down_limit, up_limit)
     bounded = np.clip(out, lo, hi)
-    code = np.where(stabilized & (raw < current), _STABILIZED, -1)
+    # held by the window: a scale-down was recommended and the stabilized value is above it
+    code = np.where((raw < current) & (rec > raw), _STABILIZED, -1)
     code[limited] = _RATE_LIMITED
     code[bounded != out] = _BOUNDS
-    return bounded, code, Recommendations(times, values)
+    return bounded, code, Recommendations(down, up)
+
+
+def normalize_legacy(
+    now: float,
+    current: IntArray,
+    raw: IntArray,
+    recs: Recommendations,
+    window_s: float,
+    lo: IntArray,
+    hi: IntArray,
+) -> tuple[IntArray, IntArray, Recommendations]:
+    """The controller's path with ``spec.behavior`` unset: ``stabilizeRecommendation`` (the highest
+    recommendation of the window, the new one included), then ``convertDesiredReplicasWithRules`` (at most
+    ``max(2 × current, 4)``, within min/max). Returns like :func:`normalize`."""
+    down = recs.down.expire(now - window_s).push(now, raw)
+    stabilized = down.max()
+    assert stabilized is not None
+    up_limit = np.maximum(2 * current, 4)
+    allowed_max = np.minimum(hi, up_limit)
+    out = np.where(stabilized < lo, lo, np.minimum(stabilized, allowed_max))
+    code = np.where((raw < current) & (stabilized > raw), _STABILIZED, -1)
+    code[stabilized > up_limit] = _RATE_LIMITED
+    code[(stabilized < lo) | (stabilized > hi)] = _BOUNDS
+    return out, code, Recommendations(down, recs.up)
+
+
+def stabilize(
+    now: float,
+    current: IntArray,
+    raw: IntArray,
+    recs: Recommendations,
+    behavior: Behavior | None,
+    lo: IntArray,
+    hi: IntArray,
+) -> tuple[IntArray, IntArray, Recommendations]:
+    """The HPA controller's normalisation for ``behavior`` (``None`` = unset, the legacy path)."""
+    if behavior is None:
+        return normalize_legacy(now, current, raw, recs, DOWNSCALE_STABILIZATION_S, lo, hi)
+    return normalize(now, current, raw, recs, behavior, lo, hi)
+
+
+def initial_recommendations(now: float, current: IntArray) -> Recommendations:
+    """``recordInitialRecommendation``: the first sync remembers the current replica count."""
+    return Recommendations(WindowMax().push(now, current.copy()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +190,8 @@ class HPA:
     tolerance: float = 0.10
     sync_s: float = 15.0
     min_replicas: int = 1
-    behavior: Behavior = Behavior()
+    behavior: Behavior | None = None
+    """None: ``spec.behavior`` unset (Kubernetes' default, the legacy path); ``Behavior()``: the v2 rules."""
 
     @property
     def name(self) -> str:
@@ -166,7 +226,8 @@ class HPA:
                 target,
                 current.astype(np.float64),
             )
-            return hold, HPAState(now, signals.busy_s, signals.ready_s, state.recs, state.lo, state.hi)
+            recs0 = initial_recommendations(now, current)
+            return hold, HPAState(now, signals.busy_s, signals.ready_s, recs0, state.lo, state.hi)
         d_busy = signals.busy_s - state.last_busy
         d_ready = signals.ready_s - state.last_ready
         has_metrics = d_ready > 1e-9
@@ -175,7 +236,7 @@ class HPA:
         # no metrics from ready replicas (none ready over the window): hold
         code[~has_metrics] = _NO_METRICS
         raw = np.where(has_metrics, raw, current)
-        out, override, recs = normalize(now, current, raw, state.recs, self.behavior, state.lo, state.hi)
+        out, override, recs = stabilize(now, current, raw, state.recs, self.behavior, state.lo, state.hi)
         code = label_direction(np.where(override >= 0, override, code), out, current)
         decisions = Decisions(self.name, now, out, code, util, target, raw.astype(np.float64))
         return decisions, HPAState(now, signals.busy_s, signals.ready_s, recs, state.lo, state.hi)

@@ -6,8 +6,8 @@ Faithful to KEDA's defaults (keda.sh/docs/2.14/reference/scaledobject-spec, Kafk
 - ``cooldownPeriod`` = 300 s: scale to zero only after 300 s without activity.
 - Between 1 and N replicas the HPA that KEDA creates scales on an ``AverageValue`` external metric with target
   ``lagThreshold`` (Kafka default 10): ``desired = ceil(lag / lagThreshold)``. That HPA syncs every 15 s
-  (``tick_s``) with HPA's default behavior (300 s scale-down stabilization, scale-up max(x2, +4) per 15 s,
-  tolerance 0.1), and reads the lag live from KEDA's metrics adapter (``useCachedMetrics: false``).
+  (``tick_s``) with HPA's defaults (``behavior`` unset unless ``advanced.horizontalPodAutoscalerConfig`` sets it:
+  300 s scale-down stabilization, scale-up at most max(2 × current, 4) per 15 s, tolerance 0.1), and reads the lag live from KEDA's metrics adapter (``useCachedMetrics: false``).
 - ``minReplicaCount`` = 0.
 
 Lag in the simulator = requests accepted and not yet completed (unacknowledged messages).
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int, full
-from policies.scaling.hpa import Behavior, Recommendations, label_direction, normalize
+from policies.scaling.hpa import Behavior, Recommendations, label_direction, stabilize
 from policies.types import FloatArray, IntArray, ServiceConfig
 
 _WITHIN_TOLERANCE = int(Reason.WITHIN_TOLERANCE)
@@ -47,7 +47,7 @@ class KEDA:
     hpa_sync_s: float = 15.0
     tolerance: float = 0.10
     initial_replicas: int = 1
-    behavior: Behavior = Behavior()
+    behavior: Behavior | None = None
 
     @property
     def name(self) -> str:
@@ -65,8 +65,9 @@ class KEDA:
         lo, hi = bounds(services)
         n = len(services)
         initial = np.minimum(np.maximum(np.full(n, self.initial_replicas, np.int64), lo), hi)
-        # A freshly applied workload counts as active at t=0: the cooldown runs from there.
-        return initial, KEDAState(np.zeros(n), Recommendations(), lo, hi)
+        # No activity recorded yet: with initialCooldownPeriod 0 (default) an idle workload goes to zero at the
+        # first poll (scale_executor scaleToZeroOrIdle).
+        return initial, KEDAState(np.full(n, -np.inf), Recommendations(), lo, hi)
 
     def decide(self, signals: Signals, state: KEDAState) -> tuple[Decisions, KEDAState]:
         n = signals.n_models
@@ -88,7 +89,7 @@ class KEDA:
         within = np.abs(ratio - 1.0) <= self.tolerance
         raw = np.where(within, current, raw)
         hpa_lo = np.maximum(state.lo, 1)
-        out, override, recs = normalize(now, np.maximum(current, 1), raw, state.recs, self.behavior, hpa_lo, state.hi)
+        out, override, recs = stabilize(now, np.maximum(current, 1), raw, state.recs, self.behavior, hpa_lo, state.hi)
         code = np.where(within, _WITHIN_TOLERANCE, _HOLD)
         code = np.where(override >= 0, override, code)
         out = np.where(scaled, out, current)

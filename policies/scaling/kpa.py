@@ -122,7 +122,8 @@ class KPA:
         stop = panicking_before & ~over & (now > state.panic_since + self.stable_window_s)
         panic_since[stop] = math.nan
         panicking = ~np.isnan(panic_since)
-        max_panic = np.where(panicking, np.maximum(dppc_l, state.max_panic_pods), 0)
+        # In panic provision for the larger of the stable and panic counts, and never below the panic peak.
+        max_panic = np.where(panicking, np.maximum(np.maximum(dppc_l, dspc_l), state.max_panic_pods), 0)
         desired = np.where(panicking, max_panic, dspc_l)
         code = np.where(panicking, _PANIC, np.where(limited, _RATE_LIMITED, _HOLD))
 

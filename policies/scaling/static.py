@@ -1,8 +1,8 @@
 """A fixed deployment sized for the trace's peak: what an operator without an autoscaler runs.
 
 Replicas per model = ceil(peak work rate / capacity per replica at the SLO), at least 1, where the peak work rate
-is the highest request work (sum of request sizes) in any ``window_s`` window of the trace, per second. The
-replicas exist and are warm for the whole run.
+is the highest request work (sum of request sizes) in any of the trace's ``window_s`` bins (aligned to t = 0),
+per second. The replicas exist and are warm for the whole run.
 """
 
 from __future__ import annotations
