@@ -7,7 +7,8 @@ Faithful to KEDA's defaults (keda.sh/docs/2.14/reference/scaledobject-spec, Kafk
 - Between 1 and N replicas the HPA that KEDA creates scales on an ``AverageValue`` external metric with target
   ``lagThreshold`` (Kafka default 10): ``desired = ceil(lag / lagThreshold)``. That HPA syncs every 15 s
   (``tick_s``) with HPA's defaults (``behavior`` unset unless ``advanced.horizontalPodAutoscalerConfig`` sets it:
-  300 s scale-down stabilization, scale-up at most max(2 × current, 4) per 15 s, tolerance 0.1), and reads the lag live from KEDA's metrics adapter (``useCachedMetrics: false``).
+  300 s scale-down stabilization, scale-up at most max(2 × current, 4) per 15 s, tolerance 0.1), and reads the
+  lag live from KEDA's metrics adapter (``useCachedMetrics: false``).
 - ``minReplicaCount`` = 0.
 
 Lag in the simulator = requests accepted and not yet completed (unacknowledged messages).
