@@ -1,7 +1,9 @@
 """Replica bookkeeping for one model, shared by the fast simulator and its event-loop reference.
 
 A model's replicas are parallel lists (index = replica slot): ``free`` (time its current batch ends),
-``ready`` (time its cold start ends), ``batch`` (requests in its current batch) and ``created``. A replica is
+``ready`` (time its cold start ends), ``batch`` (requests in its current batch), ``ends`` (when each request of
+that batch finishes, or None when all finish at ``free``) and ``created``. Each request of a batch finishes when
+its own work is done (``L(b) × size``); the replica takes its next batch when the largest is done. A replica is
 available to start a batch at ``max(free, ready)``. Removing a replica that is mid-batch lets it finish the
 batch (graceful termination): it moves to the ``draining`` list and holds its GPU until then.
 """
@@ -12,14 +14,15 @@ import heapq
 
 
 class Replicas:
-    __slots__ = ("batch", "created", "draining", "free", "heap", "heap_ok", "ready")
+    __slots__ = ("batch", "created", "draining", "ends", "free", "heap", "heap_ok", "ready")
 
     def __init__(self) -> None:
         self.free: list[float] = []
         self.ready: list[float] = []
         self.batch: list[int] = []
+        self.ends: list[tuple[float, ...] | None] = []
         self.created: list[float] = []
-        self.draining: list[tuple[float, int]] = []
+        self.draining: list[tuple[float, int, tuple[float, ...] | None]] = []
         self.heap: list[tuple[float, int]] = []
         """(time the replica can start a batch, slot): valid while ``heap_ok``; the fast path keeps it."""
         self.heap_ok = False
@@ -31,6 +34,7 @@ class Replicas:
         self.free.append(now)
         self.ready.append(now + cold_start_s)
         self.batch.append(0)
+        self.ends.append(None)
         self.created.append(now)
         self.heap_ok = False
 
@@ -51,9 +55,9 @@ class Replicas:
                 best, best_key = i, key
         release = now
         if self.free[best] > now and self.batch[best] > 0:
-            self.draining.append((self.free[best], self.batch[best]))
+            self.draining.append((self.free[best], self.batch[best], self.ends[best]))
             release = self.free[best]
-        del self.free[best], self.ready[best], self.batch[best], self.created[best]
+        del self.free[best], self.ready[best], self.batch[best], self.ends[best], self.created[best]
         self.heap_ok = False
         return release
 

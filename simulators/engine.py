@@ -358,6 +358,7 @@ def _advance(
     free = reps.free
     rdy = reps.ready
     nb = reps.batch
+    ends = reps.ends
     ptr = m.ptr
     end = m.end
     nxt = order[ptr] if ptr < end else -1
@@ -405,6 +406,7 @@ def _advance(
                 inflight_started += timeout
                 continue
             b = len(q)
+            ends_s: tuple[float, ...] | None = None
             if b == 1:
                 q.popleft()
                 dur = table[1] * sz[head]
@@ -416,18 +418,34 @@ def _advance(
                 if b > maxb:
                     b = maxb
                 batch = [q.popleft() for _ in range(b)]
-                smax = max([sz[j] for j in batch])
-                dur = table[b] * smax
+                sizes = [sz[j] for j in batch]
+                smax = max(sizes)
+                lb = table[b]
+                dur = lb * smax
                 done = st + dur
                 tot = 0.0
-                for j in batch:
-                    a = arr[j]
-                    lat[j] = done - a
-                    tot += a
-                q_sum_a -= tot
-                inflight_started += b * done - tot
+                if min(sizes) == smax:
+                    for j in batch:
+                        a = arr[j]
+                        lat[j] = done - a
+                        tot += a
+                    q_sum_a -= tot
+                    inflight_started += b * done - tot
+                else:
+                    # each request leaves when its own work is done
+                    ends_l = []
+                    for j, sj in zip(batch, sizes, strict=True):
+                        a = arr[j]
+                        c = st + lb * sj
+                        lat[j] = c - a
+                        tot += c - a
+                        q_sum_a -= a
+                        ends_l.append(c)
+                    inflight_started += tot
+                    ends_s = tuple(ends_l)
             free[s] = done
             nb[s] = b
+            ends[s] = ends_s
             busy_started += dur
             if k > 1:
                 heapreplace(heap, (done, s))
@@ -466,11 +484,20 @@ def _advance(
         f = free[i]
         if f > now and nb[i] > 0:
             busy -= f - now
-            inflight -= nb[i] * (f - now)
-            out += nb[i]
             running += 1
             if f < next_t:
                 next_t = f
+            e = ends[i]
+            if e is None:
+                inflight -= nb[i] * (f - now)
+                out += nb[i]
+            else:
+                for c in e:
+                    if c > now:
+                        inflight -= c - now
+                        out += 1
+                        if c < next_t:
+                            next_t = c
     n_ready = 0
     ready_s = 0.0
     for r in rdy:
@@ -481,15 +508,23 @@ def _advance(
             next_t = r
     if reps.draining:
         keep = []
-        for f, b in reps.draining:
+        for f, b, e in reps.draining:
             if f > now:
                 busy -= f - now
-                inflight -= b * (f - now)
-                out += b
                 running += 1
-                keep.append((f, b))
+                keep.append((f, b, e))
                 if f < next_t:
                     next_t = f
+                if e is None:
+                    inflight -= b * (f - now)
+                    out += b
+                else:
+                    for c in e:
+                        if c > now:
+                            inflight -= c - now
+                            out += 1
+                            if c < next_t:
+                                next_t = c
         reps.draining = keep
     single, free_0 = _single(m, now)
     return float(arrived), busy, inflight, out, running, next_t, n_ready, ready_s, single, free_0
@@ -509,12 +544,20 @@ def _next_event(m: _Model, now: float, arr: list[float], timeout: float) -> floa
     for f in reps.free:
         if now < f < nxt:
             nxt = f
+    for e in reps.ends:
+        if e is not None:
+            for c in e:
+                if now < c < nxt:
+                    nxt = c
     for r in reps.ready:
         if now < r < nxt:
             nxt = r
-    for f, _ in reps.draining:
+    for f, _, e in reps.draining:
         if now < f < nxt:
             nxt = f
+        for c in e or ():
+            if now < c < nxt:
+                nxt = c
     return nxt
 
 
@@ -621,5 +664,6 @@ class _VectorPath:
         m.inflight_started += total
         m.reps.free[0] = float(self.free0[i])
         m.reps.batch[0] = 1
+        m.reps.ends[0] = None
         self.pend_cnt[i] = 0
         self.pend_sum[i] = 0.0

@@ -22,7 +22,7 @@ from policies.types import FloatArray, IntArray, ServiceConfig
 from simulators.cluster import Replicas
 from simulators.engine import SimConfig, SimResult
 
-_END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE = range(7)
+_DONE, _END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE = range(8)
 
 
 class _M:
@@ -109,7 +109,9 @@ def simulate_reference(
             m.n_busy += 1
             for j in batch:
                 state_of[j] = 1
-                lat[j] = t + dur - arr[j]
+                done = t + m.table[b] * sz[j]  # each request leaves when its own work is done
+                lat[j] = done - arr[j]
+                push(done, _DONE, i, j)
             push(t + dur, _END, i, b)
 
     def _drop(i: int, j: int, at: float) -> None:
@@ -142,13 +144,16 @@ def simulate_reference(
 
     while heap:
         t, prio, _, a, b = heapq.heappop(heap)
-        if prio == _END:
+        if prio == _DONE:
             m = ms[a]
             m.integrate(t, frac[a])
-            m.n_out -= b
+            m.n_out -= 1
+        elif prio == _END:
+            m = ms[a]
+            m.integrate(t, frac[a])
             m.n_busy -= 1
             # a draining replica lets go of its GPU when its batch ends
-            for idx, (f, nb) in enumerate(m.reps.draining):
+            for idx, (f, nb, _) in enumerate(m.reps.draining):
                 if f == t and nb == b:
                     del m.reps.draining[idx]
                     m.n_held -= 1

@@ -13,7 +13,7 @@ from policies.scaling.base import ScalingPolicy
 from simulators.engine import Engine, SimConfig, SimResult
 from simulators.workload import Workload
 
-ORACLE_REFINE_PASSES = 3
+ORACLE_REFINE_PASSES = 4
 """How often the oracle adds a replica to the bins where it still missed the SLO before settling."""
 
 
@@ -97,10 +97,16 @@ def _run_oracle(
         missed = ~result.met
         if not missed.any():
             break
-        b = np.minimum((workload.arrival_s[missed] // ORACLE_BIN_S).astype(np.int64), schedule.shape[0] - 1)
-        flat = np.zeros(schedule.size, np.int64)
-        np.add.at(flat, b * n_models + workload.model[missed], 1)
-        bump = (flat.reshape(schedule.shape) > 0).astype(np.int64)
+        n_bins = schedule.shape[0]
+        b_all = np.minimum((workload.arrival_s // ORACLE_BIN_S).astype(np.int64), n_bins - 1)
+        cell = b_all * n_models + workload.model
+        misses = np.bincount(cell[missed], minlength=schedule.size).reshape(schedule.shape)
+        total = np.bincount(cell, minlength=schedule.size).reshape(schedule.shape)
+        # add replicas in proportion to the share missed (at least one), here and in the bin before it (whose
+        # backlog may have caused the misses)
+        share = np.divide(misses, total, out=np.zeros(schedule.shape), where=total > 0)
+        bump = np.where(misses > 0, np.maximum(1, np.ceil(share * np.maximum(schedule, 1))), 0).astype(np.int64)
+        bump[:-1] = np.maximum(bump[:-1], bump[1:])
         hi = np.array([s.max_replicas for s in workload.services])
         schedule = np.minimum(schedule + bump, hi)
         candidate = engine.run(Oracle(schedule, ORACLE_BIN_S), step(i + 1))
