@@ -73,13 +73,18 @@ class ModelProfile:
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """How one model is deployed: its profile, replica bounds and cold-start time."""
+    """How one model is deployed: its profile, replica bounds and cold-start time.
+
+    ``specs`` are the measured alternatives to ``profile`` (the same model at other GPU shares, same SLO) that
+    right-sizing may choose from; empty when only ``profile`` was measured.
+    """
 
     model: str
     profile: ModelProfile
     min_replicas: int = 0
     max_replicas: int = 1000
     cold_start_s: float = 60.0
+    specs: tuple[ModelProfile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

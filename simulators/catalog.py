@@ -353,6 +353,13 @@ class Catalog:
         moved = self.cnn(model, share_pct, scale=scale, slo_s=profile.slo_s)
         return moved
 
+    def specs_of(self, profile: ModelProfile) -> tuple[ModelProfile, ...]:
+        """The measured alternatives of a profile for right-sizing: a CNN profile at every GPU share (keeping its
+        SLO, smallest share first); nothing for profiles measured at one spec only (the LLM)."""
+        if not profile.name.startswith("gpulet/"):
+            return ()
+        return tuple(self.at_share(profile, share) for share in CNN_SHARES)
+
     def cnn_by_hash(self, hex_digest: str) -> str:
         """The CNN a hex hash maps to: ``int(hex[:8], 16) % 10`` over the sorted CNN names."""
         models = self.cnn_models

@@ -15,7 +15,7 @@ from simulators.report import plot, timeseries, write_summary, write_timeseries
 from simulators.run import run_policies, summarize
 from simulators.traces import TRACE_NAMES, load_trace
 
-DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle"
+DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle,shadowscale"
 
 
 def positive_float(text: str) -> float:
@@ -95,6 +95,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="S",
         help="a request still queued after S seconds is dropped (default 30)",
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also run each policy across its main knob (HPA target utilization, KEDA lag threshold, "
+        "KPA target concurrency, shadowscale headroom), on the traced and on right-sized specs, and "
+        "compare at equal SLO attainment (sweep.png, summary.json 'sweep')",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(func=main)
@@ -130,6 +137,25 @@ def main(args: argparse.Namespace) -> int:
         write_timeseries(out / f"timeseries_{n}.csv", timeseries(r, workload))
     if not args.no_plots:
         plot(out, results, workload.name)
+    extra: dict[str, Any] = {}
+    if args.sweep:
+        from simulators.sweep import compare, plot_sweep, run_sweep
+
+        with Progress(
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=args.quiet,
+        ) as bar:
+            task = bar.add_task("sweep", total=1.0)
+            plain, sized = run_sweep(workload, names, config, progress=lambda f: bar.update(task, completed=f))
+        extra["sweep"] = {n: [p.as_dict() for p in pts] for n, pts in plain.items()}
+        extra["sweep_right_sized"] = {n: [p.as_dict() for p in pts] for n, pts in sized.items()}
+        extra["comparison"] = compare(plain, sized)
+        if not args.no_plots:
+            plot_sweep(out / "sweep.png", plain, sized, workload.name)
     wall = time.perf_counter() - t0
     cfg = {
         "hours": args.hours,
@@ -138,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
         "timeout_s": args.timeout,
         "duration_s": workload.duration_s,
     }
-    path = write_summary(out, workload, args.seed, summaries, wall, cfg)
+    path = write_summary(out, workload, args.seed, summaries, wall, cfg, extra)
 
     if not args.quiet:
         table = Table(
@@ -158,5 +184,25 @@ def main(args: argparse.Namespace) -> int:
                 f"{s.cold_starts:,}",
             )
         Console().print(table)
+        if extra.get("comparison"):
+            _print_comparison(extra["comparison"])
         print(f"wrote {path} and the time series/plots in {out}/ in {wall:.1f} s", file=sys.stdout)
     return 0
+
+
+def _print_comparison(c: dict[str, Any]) -> None:
+    print(f"shadowscale (headroom {c['knob']:g}) at SLO attainment {c['slo_attainment'] * 100:.3f} %:")
+    for key in ("gpu_hours", "gpus_held_hours"):
+        e = c[key]
+        best = e["best_baseline"]
+        ratio = e["ratio_to_best_baseline"]
+        line = f"  {key}: {e['shadowscale']:,.1f}"
+        if best is None:
+            line += "; no baseline reaches this SLO attainment on its sweep"
+        else:
+            line += f"; best baseline at equal SLO: {best} -> ratio {ratio:.3f}"
+        if e.get("ratio_to_oracle") is not None:
+            line += f"; ratio to oracle {e['ratio_to_oracle']:.2f}"
+        if e.get("scaling_gain") is not None:
+            line += f"; right-sizing gain x{e['right_sizing_gain']:.2f}, scaling gain x{e['scaling_gain']:.2f}"
+        print(line)

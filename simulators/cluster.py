@@ -14,7 +14,7 @@ import heapq
 
 
 class Replicas:
-    __slots__ = ("batch", "created", "draining", "ends", "free", "heap", "heap_ok", "ready")
+    __slots__ = ("batch", "created", "draining", "ends", "free", "gpu", "heap", "heap_ok", "last_removed_gpu", "ready")
 
     def __init__(self) -> None:
         self.free: list[float] = []
@@ -22,6 +22,9 @@ class Replicas:
         self.batch: list[int] = []
         self.ends: list[tuple[float, ...] | None] = []
         self.created: list[float] = []
+        self.gpu: list[int] = []
+        """GPU id each replica's share sits on (simulated placement; -1 when not placed)."""
+        self.last_removed_gpu = -1
         self.draining: list[tuple[float, int, tuple[float, ...] | None]] = []
         self.heap: list[tuple[float, int]] = []
         """(time the replica can start a batch, slot): valid while ``heap_ok``; the fast path keeps it."""
@@ -30,17 +33,18 @@ class Replicas:
     def __len__(self) -> int:
         return len(self.free)
 
-    def add(self, now: float, cold_start_s: float) -> None:
+    def add(self, now: float, cold_start_s: float, gpu: int = -1) -> None:
         self.free.append(now)
         self.ready.append(now + cold_start_s)
         self.batch.append(0)
         self.ends.append(None)
         self.created.append(now)
+        self.gpu.append(gpu)
         self.heap_ok = False
 
     def remove_one(self, now: float) -> float:
         """Remove the replica Kubernetes' ReplicaSet controller would delete first; return when it lets go of
-        its GPU.
+        its GPU (its GPU id is left in ``last_removed_gpu``).
 
         Ranking (controller_utils ``ActivePods``, simplified to what the simulator knows): a replica that is not
         ready yet goes before a ready one; among not-ready ones the newest; among ready ones the most recently
@@ -57,7 +61,8 @@ class Replicas:
         if self.free[best] > now and self.batch[best] > 0:
             self.draining.append((self.free[best], self.batch[best], self.ends[best]))
             release = self.free[best]
-        del self.free[best], self.ready[best], self.batch[best], self.ends[best], self.created[best]
+        self.last_removed_gpu = self.gpu[best]
+        del self.free[best], self.ready[best], self.batch[best], self.ends[best], self.created[best], self.gpu[best]
         self.heap_ok = False
         return release
 

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from heapq import heapreplace
+from heapq import heappop, heappush, heapreplace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ import numpy as np
 from policies.scaling.base import ScalingPolicy, Signals
 from policies.types import FloatArray, IntArray, ServiceConfig
 from simulators.cluster import Replicas
+from simulators.gpus import GpuPool, to_milli
 
 INF = math.inf
 
@@ -57,7 +58,9 @@ class SimResult:
     dropped: npt_bool
     met: npt_bool
     gpu_s: FloatArray
-    """Per model: GPU-seconds held."""
+    """Per model: GPU-seconds held (each replica's GPU fraction × time)."""
+    gpus_held_s: float
+    """GPU-seconds of whole GPUs holding at least one replica (simulated best-fit placement)."""
     scale_events: int
     cold_starts: int
     tick_t: FloatArray
@@ -164,11 +167,15 @@ class Engine:
         ready = np.zeros(n, np.int64)
         gpu_s = np.zeros(n)
 
+        pool = GpuPool()
+        milli = [to_milli(s.profile.gpu_fraction) for s in services]
+        releases: list[tuple[float, int, int]] = []  # (time, gpu, milli) of draining replicas
+        gpus_held_s = 0.0
         initial, state = policy.init(services)
         for i in np.nonzero(initial)[0].tolist():
             reps = models[i].reps
             for _ in range(int(initial[i])):
-                reps.add(0.0, 0.0)  # the run starts from a warm, already deployed state
+                reps.add(0.0, 0.0, pool.place(milli[i]))  # the run starts from a warm, already deployed state
         held[:] = initial
         ready[:] = initial
         # Mirrors for the vectorised path: a model is "single" when it has exactly one replica, ready, no queue
@@ -232,6 +239,13 @@ class Engine:
             if dt > 0:
                 ready_s += ready * dt
                 gpu_s += held * frac * dt
+                t_held = prev_t
+                while releases and releases[0][0] <= now:
+                    t_rel, g, mi = heappop(releases)
+                    gpus_held_s += pool.used * (t_rel - t_held)
+                    t_held = t_rel
+                    pool.release(g, mi)
+                gpus_held_s += pool.used * (now - t_held)
                 busy += running * dt
                 inflight += outstanding * dt
             lo, hi = prev_cut, cut[k]
@@ -281,13 +295,16 @@ class Engine:
                     decisions_log.append((now, i, want))
                 scale_events += 1
                 while len(reps) < want:
-                    reps.add(now, cold)
+                    reps.add(now, cold, pool.place(milli[i]))
                     if cold > 0:
                         cold_starts += 1
                 while len(reps) > want:
                     release = reps.remove_one(now)
                     if release > now:
                         gpu_s[i] += (min(release, duration) - now) * frac[i]
+                        heappush(releases, (release, reps.last_removed_gpu, milli[i]))
+                    else:
+                        pool.release(reps.last_removed_gpu, milli[i])
                 held[i] = want
                 ready[i] = reps.ready_count(now)
                 next_event[i] = _next_event(m, now, arr, timeout)
@@ -302,6 +319,13 @@ class Engine:
         # Last interval: GPU held until the end of the trace; then serve or drop everything left.
         if duration > prev_t:
             gpu_s += held * self.gpu_fraction * (duration - prev_t)
+            t_held = prev_t
+            while releases and releases[0][0] <= duration:
+                t_rel, g, mi = heappop(releases)
+                gpus_held_s += pool.used * (t_rel - t_held)
+                t_held = t_rel
+                pool.release(g, mi)
+            gpus_held_s += pool.used * (duration - t_held)
         for i in np.flatnonzero(pend_cnt).tolist():
             vec.sync(i)
         for i in range(n):
@@ -322,6 +346,7 @@ class Engine:
             dropped=dropped,
             met=met,
             gpu_s=gpu_s,
+            gpus_held_s=gpus_held_s,
             scale_events=scale_events,
             cold_starts=cold_starts,
             tick_t=rec_t,

@@ -240,6 +240,7 @@ def simulate_reference(
         dropped=dropped,
         met=met,
         gpu_s=gpu_s,
+        gpus_held_s=float("nan"),  # placement is accounted by the fast engine only
         scale_events=scale_events,
         cold_starts=cold_starts,
         tick_t=np.arange(n_ticks, dtype=np.float64) * tick,

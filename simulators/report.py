@@ -68,6 +68,7 @@ def write_summary(
     summaries: Mapping[str, PolicySummary],
     wall_s: float,
     config: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     doc = {
         "trace": workload.name,
@@ -75,6 +76,7 @@ def write_summary(
         "policies": {name: s.as_dict() for name, s in summaries.items()},
         "wall_s": wall_s,
         "config": dict(config),
+        **(extra or {}),
     }
     path = out / "summary.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.scaling import ORACLE_BIN_S, Demand, Oracle, make_policy, oracle_schedule
+from policies.scaling import ORACLE_BIN_S, RIGHT_SIZED_POLICIES, Demand, Oracle, make_policy, oracle_schedule
 from policies.scaling.base import ScalingPolicy
+from policies.scaling.rightsize import right_size
+from policies.types import FloatArray
 from simulators.engine import Engine, SimConfig, SimResult
 from simulators.workload import Workload
 
@@ -21,6 +23,7 @@ ORACLE_REFINE_PASSES = 4
 class PolicySummary:
     slo_attainment: float
     gpu_hours: float
+    gpus_held_hours: float
     p99_latency_ms: float
     requests: int
     dropped: int
@@ -31,6 +34,7 @@ class PolicySummary:
         return {
             "slo_attainment": self.slo_attainment,
             "gpu_hours": self.gpu_hours,
+            "gpus_held_hours": self.gpus_held_hours,
             "p99_latency_ms": self.p99_latency_ms,
             "requests": self.requests,
             "dropped": self.dropped,
@@ -47,6 +51,7 @@ def summarize(result: SimResult) -> PolicySummary:
     return PolicySummary(
         slo_attainment=float(result.met.mean()) if n else 1.0,
         gpu_hours=float(result.gpu_s.sum()) / 3600.0,
+        gpus_held_hours=result.gpus_held_s / 3600.0,
         p99_latency_ms=p99,
         requests=n,
         dropped=int(result.dropped.sum()),
@@ -71,13 +76,50 @@ def run_policy(
     progress: Callable[[float], None] | None = None,
     engine: Engine | None = None,
 ) -> SimResult:
-    """Simulate one policy; the oracle is refined until it stops missing (or after a few passes)."""
+    """Simulate one policy; the oracle is refined until it stops missing (or after a few passes).
+
+    Policies that right-size (``RIGHT_SIZED_POLICIES``) run on the right-sized services; ``right_sized(w)`` gives
+    the same workload to any other policy.
+    """
+    if name in RIGHT_SIZED_POLICIES and not _is_right_sized(workload):
+        workload = right_sized(workload)
+        engine = None
     engine = engine or engine_for(workload, config)
     demand = demand_of(workload)
     if name != "oracle":
         policy: ScalingPolicy[Any] = make_policy(name, demand, knob)
         return engine.run(policy, progress)
     return _run_oracle(workload, engine, demand, progress)
+
+
+LEARN_S = 3600.0
+"""Right-sizing looks at the first hour of traffic (the history a deployed agent would have)."""
+PEAK_BIN_S = 10.0
+
+
+def learned_peaks(workload: Workload, learn_s: float = LEARN_S) -> FloatArray:
+    """Per model, the highest request rate in any 10 s bin of the first ``learn_s`` seconds (a quarter of the
+    trace when it is shorter than four hours)."""
+    horizon = min(learn_s, workload.duration_s / 4.0)
+    keep = workload.arrival_s < horizon
+    n = len(workload.services)
+    n_bins = max(1, int(np.ceil(horizon / PEAK_BIN_S)))
+    b = np.minimum((workload.arrival_s[keep] // PEAK_BIN_S).astype(np.int64), n_bins - 1)
+    counts = np.bincount(b * n + workload.model[keep], minlength=n_bins * n).reshape(n_bins, n)
+    peaks: FloatArray = counts.max(axis=0) / PEAK_BIN_S
+    return peaks
+
+
+def right_sized(workload: Workload) -> Workload:
+    """The workload with every model on its right-sized spec (see :mod:`policies.scaling.rightsize`), sized from
+    the peaks of the first hour of traffic."""
+    if all(not s.specs for s in workload.services):
+        return workload
+    return replace(workload, services=right_size(workload.services, learned_peaks(workload)))
+
+
+def _is_right_sized(workload: Workload) -> bool:
+    return workload.services == right_sized(workload).services
 
 
 def _run_oracle(

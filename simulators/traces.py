@@ -125,8 +125,16 @@ def load_trace(
         duration = hours * 3600.0
         end = int(np.searchsorted(arrival, duration, side="left"))
         arrival, model, size = arrival[:end], model[:end], size[:end]
+    catalog = load_catalog(root)
     services = tuple(
-        ServiceConfig(model=n, profile=p, min_replicas=0, max_replicas=1000, cold_start_s=cold_start_s)
+        ServiceConfig(
+            model=n,
+            profile=p,
+            min_replicas=0,
+            max_replicas=1000,
+            cold_start_s=cold_start_s,
+            specs=catalog.specs_of(p),
+        )
         for n, p in zip(parsed.names, parsed.profiles, strict=True)
     )
     workload = make_workload(

@@ -1,8 +1,8 @@
 """Autoscaling policies, one per module, and a registry by name.
 
 ``make_policy(name, demand)`` builds a policy with its real defaults; ``knob`` sets the one parameter a sweep
-varies (HPA target utilization, KEDA lag threshold, KPA target concurrency). ``static`` and ``oracle`` are sized
-from the whole trace (``demand``), which only the simulator has.
+varies (HPA target utilization, KEDA lag threshold, KPA target concurrency, shadowscale's headroom). ``static``
+and ``oracle`` are sized from the whole trace (``demand``), which only the simulator has.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from policies.scaling.hpa import HPA
 from policies.scaling.keda import KEDA
 from policies.scaling.kpa import KPA
 from policies.scaling.oracle import Oracle, oracle_schedule
+from policies.scaling.shadowscale import Shadowscale
 from policies.scaling.static import Static, peak_replicas
 
-POLICY_NAMES: tuple[str, ...] = ("hpa", "keda", "kpa", "static", "oracle")
+POLICY_NAMES: tuple[str, ...] = ("hpa", "keda", "kpa", "static", "oracle", "shadowscale")
+RIGHT_SIZED_POLICIES: frozenset[str] = frozenset({"shadowscale"})
+"""Policies that choose each model's spec (GPU share) themselves; the simulator right-sizes their services."""
 HINDSIGHT_POLICIES: frozenset[str] = frozenset({"static", "oracle"})
 
 ORACLE_BIN_S = 10.0
@@ -40,6 +43,9 @@ def make_policy(name: str, demand: Demand | None = None, knob: float | None = No
     if name == "kpa":
         kpa = KPA()
         return kpa if knob is None else replace(kpa, target_concurrency=knob)
+    if name == "shadowscale":
+        ss = Shadowscale()
+        return ss if knob is None else replace(ss, headroom=knob)
     if name in HINDSIGHT_POLICIES:
         if demand is None:
             raise ValueError(f"policy {name!r} is sized from the whole trace and needs it (simulator only)")
@@ -66,11 +72,13 @@ __all__ = [
     "KPA",
     "ORACLE_BIN_S",
     "POLICY_NAMES",
+    "RIGHT_SIZED_POLICIES",
     "Decisions",
     "Demand",
     "Oracle",
     "Reason",
     "ScalingPolicy",
+    "Shadowscale",
     "Signals",
     "Static",
     "UnknownPolicyError",
