@@ -45,6 +45,7 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
         assert set(p) == {
             "slo_attainment",
             "gpu_hours",
+            "gpus_held_hours",
             "p99_latency_ms",
             "requests",
             "dropped",
@@ -62,6 +63,25 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
     assert (out / "replicas_demand.png").stat().st_size > 10_000
     assert (out / "latency_cdf.png").stat().st_size > 10_000
     assert "SLO" in proc.stdout
+
+
+def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = run_cli("simulate", "--trace", "azure-functions-2019", "--policies", "hpa,kpa,oracle,shadowscale",
+                   "--out", str(out), "--hours", "0.25", "--models", "8", "--sweep", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    assert set(doc["sweep"]) == {"hpa", "kpa", "oracle", "shadowscale"}
+    assert [p["knob"] for p in doc["sweep"]["hpa"]] == [0.3, 0.5, 0.7, 0.9]
+    for pts in doc["sweep"].values():
+        for p in pts:
+            assert set(p) == {"knob", "slo_attainment", "gpu_hours", "gpus_held_hours"}
+            assert p["gpus_held_hours"] >= p["gpu_hours"] - 1e-9  # whole GPUs cost at least their shares
+    assert set(doc["sweep_right_sized"]) == {"hpa", "kpa"}
+    comp = doc["comparison"]
+    assert comp["policy"] == "shadowscale" and comp["knob"] == 2.0
+    assert set(comp) >= {"gpu_hours", "gpus_held_hours", "slo_attainment"}
+    assert (out / "sweep.png").stat().st_size > 10_000
 
 
 def test_generic_csv_trace(tmp_path: Path) -> None:

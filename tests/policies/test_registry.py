@@ -23,11 +23,12 @@ EXPECTED = {
     "kpa": (2.0, False),
     "static": (60.0, None),
     "oracle": (10.0, True),
+    "shadowscale": (2.0, False),
 }
 
 
-def test_registry_lists_the_five_baselines() -> None:
-    assert POLICY_NAMES == ("hpa", "keda", "kpa", "static", "oracle")
+def test_registry_lists_the_five_baselines_and_shadowscale() -> None:
+    assert POLICY_NAMES == ("hpa", "keda", "kpa", "static", "oracle", "shadowscale")
     assert frozenset({"static", "oracle"}) == HINDSIGHT_POLICIES
 
 

@@ -56,7 +56,7 @@ def _assert_same(fast: SimResult, ref: SimResult) -> None:
     np.testing.assert_array_equal(fast.tick_replicas, ref.tick_replicas)
 
 
-KNOBS = {"kpa": 3.0, "keda": 5.0, "hpa": None, "static": None, "oracle": None}
+KNOBS = {"kpa": 3.0, "keda": 5.0, "hpa": None, "static": None, "oracle": None, "shadowscale": None}
 
 
 @pytest.mark.parametrize("vector_min", [0, 10**9], ids=["vector-path", "per-request-path"])
