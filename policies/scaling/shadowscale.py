@@ -4,10 +4,10 @@ Where HPA, KEDA and Knative scale on a proxy with fixed windows, this policy pla
 replica of the model can serve within its SLO (its measured profile) and from a forecast of demand over the
 time a new replica needs to warm up:
 
-- **Capacity** per replica = the profile's requests/s at the SLO (``max_batch / L(max_batch)``), corrected online:
-  while replicas are saturated (GPU busy ≥ ``saturated_busy``) the observed requests per busy replica-second
-  replace the profile's figure (heavy or variable requests serve fewer per second than the profile's unit
-  request); the correction relaxes back towards the profile when not saturated.
+- **Capacity** per replica = the profile's requests/s at the SLO (``max_batch / L(max_batch)``), corrected online
+  by observed latency: while requests spend longer in the system than ``latency_target`` of their SLO (mean time
+  in system from the counters, by Little's law) the capacity a replica is credited with shrinks; it relaxes back
+  towards the profile otherwise (heavy or variable requests serve fewer per second than the unit request).
 - **Demand forecast** over the cold-start horizon: a fast and a slow exponentially weighted arrival rate, the
   larger of the two plus the rising trend extrapolated over the horizon, plus queued requests to drain.
 - **Headroom** from observed burstiness: ``headroom`` standard deviations of the per-tick arrival rate (the sweep
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class ShadowscaleState:
     last_t: float | None
     last_arrivals: FloatArray
     last_busy: FloatArray
+    last_inflight: FloatArray
     fast: FloatArray
     """Arrival rate, exponentially weighted over ``fast_tau_s`` (requests/s)."""
     slow: FloatArray
@@ -65,6 +66,8 @@ class ShadowscaleState:
     last_active: FloatArray
     needs: WindowMax
     capacity: FloatArray
+    max_batch: FloatArray
+    slo: FloatArray
     horizon: FloatArray
     lo: IntArray
     hi: IntArray
@@ -84,10 +87,11 @@ class Shadowscale:
     scale_down_window_s: float = 180.0
     idle_to_zero_s: float = 6 * 3600.0
     zero_burst_requests: float = 1.0
-    saturated_busy: float = 0.85
     correction_tau_s: float = 300.0
     relax_tau_s: float = 1800.0
     min_correction: float = 0.1
+    latency_target: float = 0.3
+    """Mean time in system, as a share of the SLO, above which capacity is corrected down."""
     peak_tau_s: float = 6 * 3600.0
 
     @property
@@ -106,11 +110,29 @@ class Shadowscale:
         lo, hi = bounds(services)
         n = len(services)
         capacity = np.array([s.profile.capacity_rps for s in services])
+        max_batch = np.array([float(s.profile.max_batch) for s in services])
         horizon = np.array([s.cold_start_s for s in services])
         zero = np.zeros(n)
         initial = np.minimum(np.maximum(np.ones(n, np.int64), lo), hi)
         state = ShadowscaleState(
-            None, zero, zero, zero, zero, zero, np.ones(n), zero, zero, zero, WindowMax(), capacity, horizon, lo, hi
+            last_t=None,
+            last_arrivals=zero,
+            last_busy=zero,
+            last_inflight=zero,
+            fast=zero,
+            slow=zero,
+            var=zero,
+            correction=np.ones(n),
+            peak=zero,
+            max_peak=zero,
+            last_active=zero,
+            needs=WindowMax(),
+            capacity=capacity,
+            max_batch=max_batch,
+            slo=np.array([s.profile.slo_s for s in services]),
+            horizon=horizon,
+            lo=lo,
+            hi=hi,
         )
         return initial, state
 
@@ -140,20 +162,21 @@ class Shadowscale:
         # burstiness: the tick-to-tick error of the fast estimate (a level shift counts once, noise keeps counting)
         var = state.var + a_slow * ((rate - state.fast) ** 2 - state.var)
 
-        # Online capacity: requests per busy replica-second while saturated.
-        d_busy = signals.busy_s - state.last_busy
-        ready_s = np.maximum(signals.ready, 0) * dt
-        busy_share = np.divide(d_busy, ready_s, out=np.zeros(n), where=ready_s > 0)
-        saturated = (busy_share >= self.saturated_busy) & (d_busy > 0)
-        observed = np.divide(arrived, d_busy * state.capacity, out=np.ones(n), where=saturated)
-        observed = np.clip(observed, self.min_correction, 1.0)
+        # Online capacity from observed latency (Little's law: mean time in system = Δ concurrency-seconds /
+        # Δ arrivals): while requests spend longer than ``latency_target`` of the SLO, a replica is worth less
+        # than the profile says; the correction shrinks, and relaxes back towards the profile otherwise.
+        d_inflight = signals.inflight_s - state.last_inflight
+        sojourn = np.divide(d_inflight, arrived, out=np.zeros(n), where=arrived > 0)
+        slow_down = sojourn > self.latency_target * state.slo
+        ratio = np.divide(self.latency_target * state.slo, sojourn, out=np.ones(n), where=slow_down)
         a_corr = 1.0 - math.exp(-dt / self.correction_tau_s)
         a_relax = 1.0 - math.exp(-dt / self.relax_tau_s)
         correction = np.where(
-            saturated,
-            state.correction + a_corr * (observed - state.correction),
+            slow_down,
+            state.correction * (1.0 - a_corr + a_corr * ratio),
             state.correction + a_relax * (1.0 - state.correction),
         )
+        correction = np.clip(correction, self.min_correction, 1.0)
 
         # Forecast over the cold-start horizon, headroom from burstiness, queued work to drain.
         trend = np.maximum(fast - slow, 0.0) / (self.slow_tau_s - self.fast_tau_s)
@@ -182,41 +205,25 @@ class Shadowscale:
         code = np.where((current == 0) & (out > 0), _ACTIVATE, code)
         code = label_direction(code, out, current)
         decisions = Decisions(self.name, now, out.astype(np.int64), code, demand, per_replica, need.astype(np.float64))
-        new_state = ShadowscaleState(
-            now,
-            signals.arrivals,
-            signals.busy_s,
-            fast,
-            slow,
-            var,
-            correction,
-            peak,
-            max_peak,
-            last_active,
-            needs,
-            state.capacity,
-            state.horizon,
-            state.lo,
-            state.hi,
+        new_state = replace(
+            state,
+            last_t=now,
+            last_arrivals=signals.arrivals,
+            last_busy=signals.busy_s,
+            last_inflight=signals.inflight_s,
+            fast=fast,
+            slow=slow,
+            var=var,
+            correction=correction,
+            peak=peak,
+            max_peak=max_peak,
+            last_active=last_active,
+            needs=needs,
         )
         return decisions, new_state
 
 
 def _replace_sample(state: ShadowscaleState, now: float, signals: Signals) -> ShadowscaleState:
-    return ShadowscaleState(
-        now,
-        signals.arrivals,
-        signals.busy_s,
-        state.fast,
-        state.slow,
-        state.var,
-        state.correction,
-        state.peak,
-        state.max_peak,
-        state.last_active,
-        state.needs,
-        state.capacity,
-        state.horizon,
-        state.lo,
-        state.hi,
+    return replace(
+        state, last_t=now, last_arrivals=signals.arrivals, last_busy=signals.busy_s, last_inflight=signals.inflight_s
     )
