@@ -67,8 +67,21 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
 
 def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    proc = run_cli("simulate", "--trace", "azure-functions-2019", "--policies", "hpa,kpa,oracle,shadowscale",
-                   "--out", str(out), "--hours", "0.25", "--models", "8", "--sweep", "--quiet")
+    proc = run_cli(
+        "simulate",
+        "--trace",
+        "azure-functions-2019",
+        "--policies",
+        "hpa,kpa,oracle,shadowscale",
+        "--out",
+        str(out),
+        "--hours",
+        "0.25",
+        "--models",
+        "8",
+        "--sweep",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc["sweep"]) == {"hpa", "kpa", "oracle", "shadowscale"}
