@@ -25,7 +25,7 @@ KNOBS: dict[str, tuple[float, ...]] = {
     "hpa": (0.3, 0.5, 0.7, 0.9),  # target GPU utilization
     "keda": (1.0, 3.0, 10.0, 30.0),  # lagThreshold
     "kpa": (1.0, 5.0, 20.0, 100.0),  # target concurrency per replica
-    "shadowscale": (0.0, 1.0, 2.0, 4.0),  # headroom (standard deviations)
+    "shadowscale": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0),  # headroom (standard deviations)
 }
 """The main knob of each policy and the values swept (each includes the system's default)."""
 BASELINES = ("hpa", "keda", "kpa")
