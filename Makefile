@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= out
 PY_DIRS := shadowscale agent policies simulators benchmarks tests
 
-.PHONY: setup test unit lint demo bench clean help
+.PHONY: setup test unit lint demo demo-agent demo-simulate bench clean help
 
 help:
-	@echo "make demo   - replay the Azure Functions 2019 trace through hpa, keda, kpa, static and oracle"
+	@echo "make demo   - the live agent: bundled Kafka broker, simulated cluster, a real trace replayed x30 (60 s)"
+	@echo "make demo-simulate - replay the 24 h Azure Functions trace through hpa, keda, kpa, static, oracle, shadowscale"
 	@echo "make test   - lint, type-check, layering contracts and the test suite (what CI runs)"
 	@echo "make bench  - benchmarks, JSON to stdout"
 	@echo "make setup  - create .venv and install shadowscale with its dev extras"
@@ -33,8 +34,14 @@ unit: setup
 
 test: lint unit
 
-demo: setup
-	$(BIN)/shadowscale simulate --trace azure-functions-2019 --policies hpa,keda,kpa,static,oracle --out $(OUT)/demo
+demo: demo-agent
+
+demo-agent: setup
+	$(BIN)/python -m shadowscale.demo --seconds 60 --speed 30 --out $(OUT)/demo-agent
+
+demo-simulate: setup
+	$(BIN)/shadowscale simulate --trace azure-functions-2019 --policies hpa,keda,kpa,static,oracle,shadowscale \
+		--out $(OUT)/demo-simulate
 
 bench: setup
 	$(BIN)/shadowscale bench simulator --json

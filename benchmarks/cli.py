@@ -7,10 +7,11 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    from benchmarks import placement, simulator
+    from benchmarks import agent, placement, simulator
 
     parser = sub.add_parser("bench", help="run a benchmark and print JSON", description=__doc__)
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench_sub.required = True
     simulator.register(bench_sub)
     placement.register(bench_sub)
+    agent.register(bench_sub)

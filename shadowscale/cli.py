@@ -19,7 +19,9 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agent import cli as agent_cli
     from benchmarks import cli as bench_cli
+    from shadowscale import replay
     from simulators import cli as sim_cli
 
     parser = argparse.ArgumentParser(
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     sim_cli.register(sub)
     bench_cli.register(sub)
+    agent_cli.register(sub, simulated=replay.simulated_cluster)
+    replay.register(sub)
     return parser
 
 

@@ -1,0 +1,249 @@
+"""The agent's configuration: YAML, then environment overrides, validated in one step with msgspec.
+
+``load_config(path, environ)`` reads the YAML file, applies every ``SHADOWSCALE_AGENT__SECTION__KEY=value``
+variable (keys lower-cased; the value parsed as a YAML scalar, so ``true`` and ``5`` keep their types), and converts
+the result into :class:`AgentConfig`. Any problem raises :class:`ConfigError` (a ``ValueError``) whose message names
+the file or variable and the offending field, e.g. ``agent.yaml: Expected `int`, got `str` - at `$.kafka.max_batch```.
+The CLI turns it into exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+ENV_PREFIX = "SHADOWSCALE_AGENT__"
+LIVE_POLICIES = ("hpa", "keda", "kpa")
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message says where and why."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Topics(_Section, frozen=True, kw_only=True):
+    traffic: str = "shadowscale.traffic"
+    gpu: str = "shadowscale.gpu"
+    decisions: str = "shadowscale.decisions"
+    dead_letter: str = "shadowscale.dead-letter"
+
+
+class KafkaConfig(_Section, frozen=True, kw_only=True):
+    bootstrap: str = "127.0.0.1:9092"
+    group_id: str = "shadowscale-agent"
+    client_id: str = "shadowscale-agent"
+    topics: Topics = Topics()
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2_000
+    """Most records handled per loop iteration (one poll): bounds how long a flash crowd waits behind a batch."""
+    poll_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 0.1
+    """Longest wait for records before the loop looks at its tick and its retries again."""
+    commit_interval_s: NonNegFloat = 0.2
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=100)] = 3_000
+    fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
+    create_topics: bool = False
+    """Create the four topics at start (handy against a development broker)."""
+    partitions: PositiveInt = 4
+    """Partitions of topics the agent creates."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+
+
+class KubernetesConfig(_Section, frozen=True, kw_only=True):
+    namespace: str | None = None
+    """Only this namespace (None: every namespace the agent may list)."""
+    label: str = "shadowscale.io/model"
+    """Workloads carry this label; its value is the model name."""
+    host: str | None = None
+    """API server URL without credentials (tests, ``kubectl proxy``); otherwise in-cluster or kubeconfig."""
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+    request_timeout_s: PositiveFloat = 5.0
+    retry_delays_s: tuple[NonNegFloat, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
+    """Back-off before each retry of a scale call answered 409/429/5xx or timed out; then it is left pending."""
+
+
+class ActuatorConfig(_Section, frozen=True, kw_only=True):
+    kind: Literal["simulated", "kubernetes"] = "simulated"
+    cold_start_s: NonNegFloat = 0.0
+    """Simulated cluster only: seconds before a new replica is ready."""
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+
+class GuardConfig(_Section, frozen=True, kw_only=True):
+    max_step: NonNegInt = 0
+    """Largest change of one model's replicas per decision (0: unlimited)."""
+    scale_up_cooldown_s: NonNegFloat = 0.0
+    scale_down_cooldown_s: NonNegFloat = 30.0
+    """No change in that direction sooner than this after the model's last change."""
+    gpu_budget: NonNegFloat | None = None
+    """GPUs all managed workloads together may hold (replicas x gpu_fraction); None: no limit."""
+
+
+class IngestConfig(_Section, frozen=True, kw_only=True):
+    max_future_s: PositiveFloat = 60.0
+    max_age_s: PositiveFloat = 3600.0
+    pod_stale_s: PositiveFloat = 30.0
+    dedupe_s: PositiveFloat = 60.0
+
+
+class TriggerConfig(_Section, frozen=True, kw_only=True):
+    enabled: bool = True
+    """Decide a model at once when its demand crosses its capacity (either way), besides the reconcile tick."""
+    headroom: PositiveFloat = 1.0
+    """Capacity = ready replicas x capacity_rps x headroom."""
+
+
+class HttpConfig(_Section, frozen=True, kw_only=True):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+
+
+class LeaderConfig(_Section, frozen=True, kw_only=True):
+    enabled: bool = False
+    namespace: str = "default"
+    name: str = "shadowscale-agent"
+    lease_duration_s: PositiveFloat = 15.0
+    renew_period_s: PositiveFloat = 2.0
+
+
+class LogConfig(_Section, frozen=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class ModelConfig(_Section, frozen=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    namespace: str = "default"
+    min_replicas: NonNegInt = 1
+    max_replicas: NonNegInt = 100
+    capacity_rps: PositiveFloat
+    """Requests per second one replica serves within its SLO (from the model's profile)."""
+    gpu_fraction: Annotated[float, msgspec.Meta(gt=0.0, le=8.0)] = 1.0
+
+
+class AgentConfig(_Section, frozen=True, kw_only=True):
+    models: Annotated[tuple[ModelConfig, ...], msgspec.Meta(min_length=1)]
+    policy: str = "kpa"
+    policy_knob: float | None = None
+    """Overrides the policy's main parameter (HPA target utilization, KEDA lag threshold, KPA target concurrency)."""
+    dry_run: bool = False
+    agent_id: str | None = None
+    audit_file: str | None = None
+    """Also append every decision record to this JSON-lines file."""
+    audit_holds: bool = True
+    """Audit reconcile-tick decisions that keep the replica count (event-triggered ones are always audited)."""
+    kafka: KafkaConfig = KafkaConfig()
+    actuator: ActuatorConfig = ActuatorConfig()
+    guards: GuardConfig = GuardConfig()
+    ingest: IngestConfig = IngestConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    http: HttpConfig = HttpConfig()
+    leader_election: LeaderConfig = LeaderConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def identity(self) -> str:
+        return self.agent_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _check(cfg: AgentConfig) -> None:
+    if cfg.policy not in LIVE_POLICIES:
+        hint = " (it is sized from the whole trace: simulator only)" if cfg.policy in ("static", "oracle") else ""
+        raise ConfigError(f"policy {cfg.policy!r} cannot run live{hint}; valid policies: {', '.join(LIVE_POLICIES)}")
+    if cfg.policy_knob is not None and not (math.isfinite(cfg.policy_knob) and cfg.policy_knob > 0):
+        raise ConfigError("policy_knob must be a positive, finite number")
+    names = [m.name for m in cfg.models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"models listed twice: {', '.join(dupes)}")
+    for m in cfg.models:
+        if m.min_replicas > m.max_replicas:
+            raise ConfigError(f"model {m.name!r}: min_replicas {m.min_replicas} > max_replicas {m.max_replicas}")
+    k = cfg.kafka
+    if k.heartbeat_interval_ms >= k.session_timeout_ms:
+        raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
+    if k.security_protocol.startswith("SASL") and (k.sasl_mechanism is None or k.sasl_username is None):
+        raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and kafka.sasl_username")
+    if not k.bootstrap.strip():
+        raise ConfigError("kafka.bootstrap must name at least one HOST:PORT")
+
+
+def parse_config(data: object, *, source: str = "config") -> AgentConfig:
+    """Validate an already-parsed mapping (YAML/JSON) into :class:`AgentConfig`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = msgspec.convert(data, AgentConfig)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        _check(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Apply ``SHADOWSCALE_AGENT__A__B=value`` overrides to ``data`` in place; return the variables used."""
+    used = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: empty key in the path")
+        try:
+            value = yaml.safe_load(environ[name]) if environ[name].strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"environment variable {name}: not a YAML value: {e}") from None
+        node = data
+        for key in path[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {name}: {key!r} is not a section")
+            node = child
+        node[path[-1]] = value
+        used.append(name)
+    return used
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read, override from the environment and validate; raises :class:`ConfigError` with a clear message."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    used = apply_env(data, os.environ if environ is None else environ)
+    source = f"{p}" + (f" (with {', '.join(used)})" if used else "")
+    return parse_config(data, source=source)

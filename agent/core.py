@@ -1,0 +1,199 @@
+"""The decision core: windows in, guarded targets out. Synchronous and clock-free (``now`` is an argument).
+
+:class:`DecisionCore` owns, for the configured models (index = position in the configuration):
+
+- the :class:`~agent.windows.Windows` fed by traffic events;
+- the last observed workload state (replicas asked for, ready replicas) from the actuator;
+- the policy (any live policy from :func:`policies.scaling.make_policy`) and the state it returns each call;
+- the guard rails.
+
+``ingest`` adds an event and says whether the model's demand just crossed its capacity (either way): the caller
+decides such models at once. ``decide`` evaluates the policy for every model — policies are vectorised and keep
+windowed samples in their state, so every call advances that state for all of them — and returns guarded plans
+for the models in scope (the triggered ones, or every owned model at a reconcile tick). The async loop
+(:mod:`agent.loop`) applies the plans and tells the core what was applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.events import TrafficEvent
+from agent.guards import Guards, Proposal
+from agent.windows import Windows
+from policies.ports import WorkloadState
+from policies.scaling import Decisions, ScalingPolicy, Signals, make_policy
+from policies.types import ModelProfile, ServiceConfig
+
+Trigger = Literal["event", "tick"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One guarded decision for one model, ready to apply and to audit."""
+
+    index: int
+    model: str
+    at: float
+    trigger: Trigger
+    current: int
+    ready: int
+    recommended: int
+    target: int
+    guard: str | None
+    demand_rps: float
+    capacity_rps: float
+    outstanding: int
+    decisions: Decisions
+
+    @property
+    def changes(self) -> bool:
+        return self.target != self.current
+
+    @property
+    def reason(self) -> str:
+        """The audit reason: ``Decisions.explain`` and the guard rail that changed the target, if one did
+        (rendered on demand: a reconcile tick over many models audits only the changes by default)."""
+        text = self.decisions.explain(self.index)
+        if self.guard is not None:
+            text = f"{text}; guard: {self.guard} -> {self.target} replicas"
+        return text
+
+
+def services_of(cfg: AgentConfig) -> list[ServiceConfig]:
+    """Policy-side :class:`ServiceConfig` per configured model (a one-point profile at the configured capacity)."""
+    out = []
+    for m in cfg.models:
+        profile = ModelProfile(
+            name=m.name,
+            source="agent configuration",
+            batch_sizes=(1,),
+            batch_latency_s=(1.0 / m.capacity_rps,),
+            slo_s=2.0 / m.capacity_rps,
+            max_batch=1,
+            gpu_fraction=min(m.gpu_fraction, 1.0),
+        )
+        out.append(ServiceConfig(m.name, profile, m.min_replicas, m.max_replicas, cold_start_s=0.0))
+    return out
+
+
+class DecisionCore:
+    def __init__(self, cfg: AgentConfig, policy: ScalingPolicy[Any] | None = None) -> None:
+        self.cfg = cfg
+        self.models = [m.name for m in cfg.models]
+        self.policy: ScalingPolicy[Any] = policy or make_policy(cfg.policy, knob=cfg.policy_knob)
+        services = services_of(cfg)
+        initial, self.state = self.policy.init(services)
+        n = len(self.models)
+        self.windows = Windows(self.models, pod_stale_s=cfg.ingest.pod_stale_s, dedupe_s=cfg.ingest.dedupe_s)
+        self.replicas = np.asarray(initial, dtype=np.int64).copy()
+        self.ready = self.replicas.copy()
+        self.known = np.zeros(n, dtype=bool)
+        """Models the actuator has a workload for (observed at least once)."""
+        self.capacity_rps = np.array([m.capacity_rps for m in cfg.models])
+        self.gpu_fraction = np.array([m.gpu_fraction for m in cfg.models])
+        self.guards = Guards(
+            cfg.guards,
+            [m.min_replicas for m in cfg.models],
+            [m.max_replicas for m in cfg.models],
+            [m.gpu_fraction for m in cfg.models],
+        )
+        self._over = [False] * n
+        self._headroom = cfg.trigger.headroom
+        self.last_now = -np.inf
+        self.last_decisions: Decisions | None = None
+        self.other_gpus = 0.0
+        """GPUs held by labelled workloads this agent does not manage (counted against the budget)."""
+
+    # -- observations ---------------------------------------------------------------------------------------
+    def observe(self, workloads: Mapping[str, WorkloadState]) -> None:
+        """Take the actuator's view: replicas and ready replicas per model, and GPUs held by other workloads."""
+        other = 0.0
+        for name, w in workloads.items():
+            i = self.windows.index.get(name, -1)
+            if i < 0:
+                other += w.replicas * w.gpu_fraction
+                continue
+            self.replicas[i] = w.replicas
+            self.ready[i] = w.ready
+            self.known[i] = True
+        self.other_gpus = other
+
+    def ingest(self, events: Sequence[TrafficEvent]) -> list[int]:
+        """Add traffic events; return the models whose demand crossed their capacity (either way) with them."""
+        return [i for i in self.windows.add_all(events) if self._crossed(i)]
+
+    def _crossed(self, i: int) -> bool:
+        demand = self.windows.demand(i)
+        ready = int(self.ready[i])
+        over = demand > ready * float(self.capacity_rps[i]) * self._headroom if ready > 0 else demand > 0
+        if over != self._over[i]:
+            self._over[i] = over
+            return True
+        return False
+
+    def capacity(self, i: int) -> float:
+        return int(self.ready[i]) * float(self.capacity_rps[i]) * self._headroom
+
+    def gpus_in_use(self) -> float:
+        return float(self.replicas @ self.gpu_fraction) + self.other_gpus
+
+    # -- deciding -------------------------------------------------------------------------------------------
+    def signals(self, now: float) -> Signals:
+        arrivals, busy, ready_s, inflight = self.windows.counters()
+        return Signals(
+            now,
+            self.replicas.copy(),
+            self.ready.copy(),
+            arrivals,
+            busy,
+            ready_s,
+            inflight,
+            self.windows.outstanding(),
+        )
+
+    def decide(self, now: float, trigger: Trigger, scope: Iterable[int], owned: Collection[str]) -> list[Plan]:
+        """Evaluate the policy at ``now`` (never earlier than the previous call) and guard the models in ``scope``
+        that this agent owns and has a workload for."""
+        now = max(now, self.last_now)
+        self.last_now = now
+        if trigger == "tick":
+            self.windows.expire(now)
+        decisions, self.state = self.policy.decide(self.signals(now), self.state)
+        self.last_decisions = decisions
+        idx = sorted({i for i in scope if self.known[i] and self.models[i] in owned})
+        proposals = [Proposal(i, int(self.replicas[i]), int(decisions.replicas[i])) for i in idx]
+        guarded = self.guards.apply(now, proposals, self.gpus_in_use())
+        outstanding = self.windows.outstanding()
+        plans = []
+        for g, p in zip(guarded, proposals, strict=True):
+            i = g.index
+            plans.append(
+                Plan(
+                    index=i,
+                    model=self.models[i],
+                    at=now,
+                    trigger=trigger,
+                    current=p.current,
+                    ready=int(self.ready[i]),
+                    recommended=p.proposed,
+                    target=g.target,
+                    guard=g.note if g.target != p.proposed else None,
+                    demand_rps=self.windows.demand(i),
+                    capacity_rps=self.capacity(i),
+                    outstanding=int(outstanding[i]),
+                    decisions=decisions,
+                )
+            )
+        return plans
+
+    def applied(self, index: int, replicas: int, now: float) -> None:
+        """The actuator set model ``index`` to ``replicas`` (the next observation confirms it)."""
+        if int(self.replicas[index]) != replicas:
+            self.guards.changed(index, now)
+        self.replicas[index] = replicas

@@ -1,0 +1,237 @@
+"""The one module that talks to aiokafka (it ships no type hints): its types never leave this file.
+
+- :class:`KafkaSource` — an :class:`~policies.ports.EventSource` over a consumer group: batches from ``getmany``,
+  explicit commits (auto-commit off), and ``owns`` from the current partition assignment (keys are routed to
+  partitions with Kafka's default murmur2 partitioner, as producers keying by model do).
+- :class:`KafkaSink` — an :class:`~policies.ports.AuditSink` and the replayer's producer: sends a batch and returns
+  once the broker acknowledged all of it (``acks=all``).
+- :func:`ensure_topics` — create topics that do not exist yet.
+
+Nothing here depends on a particular broker: the idempotent producer is left off because not every
+Kafka-protocol broker offers it, and the loop is at-least-once by design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
+from aiokafka.partitioner import murmur2
+
+from agent.config import KafkaConfig
+from policies.ports import Position, RecordBatch
+
+log = structlog.get_logger("shadowscale.kafka")
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker could not be reached (bad address, broker down) within the start-up time limit."""
+
+
+def _security(cfg: KafkaConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"security_protocol": cfg.security_protocol}
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        out["ssl_context"] = ssl.create_default_context(cafile=cfg.ssl_cafile)
+    if cfg.security_protocol.startswith("SASL"):
+        out["sasl_mechanism"] = cfg.sasl_mechanism
+        out["sasl_plain_username"] = cfg.sasl_username
+        out["sasl_plain_password"] = cfg.sasl_password
+    return out
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` among ``partitions`` partitions."""
+    return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
+
+
+class KafkaSource:
+    """Consumer-group source over ``topics``; ``owns`` is answered for keys of ``key_topic``."""
+
+    def __init__(self, cfg: KafkaConfig, topics: Sequence[str], *, key_topic: str | None = None) -> None:
+        self.cfg = cfg
+        self.topics = list(topics)
+        self.key_topic = key_topic or self.topics[0]
+        self.assigned_event = asyncio.Event()
+        """Set while this consumer has partitions assigned (cleared on revocation)."""
+        self._consumer: Any = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=cfg.group_id,
+            client_id=cfg.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=cfg.max_batch,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            **_security(cfg),
+        )
+        self._owned_cache: tuple[frozenset[Any], int, tuple[str, ...], frozenset[str]] | None = None
+        self._consumer.subscribe(self.topics, listener=_Listener(self.assigned_event))
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self._consumer.start(), timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            await self._consumer.stop()
+            raise KafkaUnavailable(f"cannot reach Kafka at {self.cfg.bootstrap}: {e or type(e).__name__}") from e
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self._consumer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("consumer did not stop in time", timeout_s=timeout_s)
+
+    async def poll(self, max_records: int, timeout_s: float) -> Sequence[RecordBatch]:
+        batches = await self._consumer.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
+        return [
+            RecordBatch(
+                tp.topic,
+                tp.partition,
+                [m.offset for m in msgs],
+                [m.key for m in msgs],
+                [m.value for m in msgs],
+            )
+            for tp, msgs in batches.items()
+            if msgs
+        ]
+
+    async def commit(self, offsets: Mapping[Position, int]) -> None:
+        """Commit next offsets for the partitions still assigned (a revoked one is the new owner's to replay)."""
+        assigned = self._consumer.assignment()
+        tps = {TopicPartition(t, p): o for (t, p), o in offsets.items()}
+        mine = {tp: o for tp, o in tps.items() if tp in assigned}
+        if not mine:
+            return
+        try:
+            await self._consumer.commit(mine)
+        except (CommitFailedError, IllegalStateError) as e:
+            log.warning("commit failed after a rebalance; the records will be delivered again", error=str(e))
+
+    def owns(self, keys: Sequence[str]) -> frozenset[str]:
+        assigned = frozenset(self._consumer.assignment())
+        parts = self._consumer.partitions_for_topic(self.key_topic)
+        n = len(parts) if parts else 0
+        cache = self._owned_cache
+        key_tuple = tuple(keys)
+        if cache is not None and cache[0] == assigned and cache[1] == n and cache[2] == key_tuple:
+            return cache[3]
+        mine = {tp.partition for tp in assigned if tp.topic == self.key_topic}
+        owned = frozenset(k for k in keys if n and partition_for(k, n) in mine)
+        self._owned_cache = (assigned, n, key_tuple, owned)
+        return owned
+
+    def assigned(self) -> int:
+        """Partitions currently assigned to this consumer."""
+        return len(self._consumer.assignment())
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.event.clear()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        if assigned:
+            self.event.set()
+
+
+class KafkaSink:
+    """Producer for decisions, dead letters and replayed events; ``write`` waits for the broker's acks."""
+
+    def __init__(self, cfg: KafkaConfig, *, linger_ms: int = 0) -> None:
+        self.cfg = cfg
+        self._producer: Any = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap,
+            client_id=cfg.client_id,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=linger_ms,
+            max_batch_size=262_144,
+            request_timeout_ms=30_000,
+            **_security(cfg),
+        )
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self._producer.start(), timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            await self._producer.stop()
+            raise KafkaUnavailable(f"cannot reach Kafka at {self.cfg.bootstrap}: {e or type(e).__name__}") from e
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self._producer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("producer did not stop in time (unsent records dropped)", timeout_s=timeout_s)
+
+    async def write(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Send ``(key, value)`` records and wait until the broker acknowledged all of them.
+
+        Records are routed by key with Kafka's default partitioner (keyless ones round-robin) and appended to one
+        batch per partition: far cheaper than a ``send`` per record.
+        """
+        if not records:
+            return
+        producer = self._producer
+        parts = sorted(await producer.partitions_for(topic))
+        n = len(parts)
+        by_part: dict[int, list[tuple[bytes | None, bytes]]] = {}
+        for j, (key, value) in enumerate(records):
+            p = parts[(murmur2(key) & 0x7FFFFFFF) % n] if key is not None else parts[j % n]
+            by_part.setdefault(p, []).append((key, value))
+        futures = []
+        for p, recs in by_part.items():
+            batch = producer.create_batch()
+            for key, value in recs:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit in one batch")
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+        await asyncio.gather(*futures)
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send one message and wait for its acknowledgement (the lowest-latency path)."""
+        await self._producer.send_and_wait(topic, value, key=key)
+
+
+async def ensure_topics(cfg: KafkaConfig, names: Sequence[str], partitions: int) -> None:
+    """Create the topics in ``names`` that do not exist yet, with ``partitions`` partitions each."""
+    admin: Any = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap, client_id=cfg.client_id, **_security(cfg))
+    try:
+        await admin.start()
+    except (KafkaError, OSError) as e:
+        await admin.close()
+        raise KafkaUnavailable(f"cannot reach Kafka at {cfg.bootstrap}: {e or type(e).__name__}") from e
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(name=n, num_partitions=partitions, replication_factor=1) for n in missing]
+                )
+    finally:
+        await admin.close()

@@ -1,0 +1,356 @@
+"""The Kubernetes actuator: Deployments and StatefulSets labelled with their model, scaled through ``/scale``.
+
+:class:`KubeActuator` implements :class:`policies.ports.Actuator` with kubernetes-asyncio:
+
+- **Finding workloads**: every Deployment and StatefulSet carrying the label ``shadowscale.io/model`` (configurable);
+  the label's value is the model. A configured model is matched in its own namespace; several matches are
+  reported once and the first by (kind, name) is used.
+- **State from a watch**: one named task per kind lists, then watches, and keeps ``spec.replicas`` and
+  ``status.readyReplicas`` in memory; on an error or an expired watch it lists again after a back-off. ``observe``
+  reads that memory (no API call on the decision path).
+- **Scaling**: a strategic-merge patch of the ``scale`` subresource setting ``spec.replicas`` — an absolute target,
+  so a retried call is harmless. Answers 409, 429 and 5xx, connection errors and time-outs are retried after each
+  delay of ``retry_delays_s`` ("attempt 2/6 failed; will retry"); after the last one the model is reported as
+  failed and the loop keeps the target pending. A target is clamped to the model's min/max before any call.
+
+Only this module and :mod:`agent.leader` import kubernetes-asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from kubernetes_asyncio import client, config
+
+from agent.config import KubernetesConfig, ModelConfig
+from agent.tasks import guarded
+from policies.ports import ScaleResult, WorkloadState
+
+log = structlog.get_logger("shadowscale.kubernetes")
+
+RETRYABLE = frozenset({409, 429})
+KINDS = ("deployments", "statefulsets")
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes API call failed; ``status`` is the HTTP status (0 for a connection error or time-out)."""
+
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {reason}" if status else reason)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status in RETRYABLE or self.status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    kind: str
+    namespace: str
+    name: str
+    model: str
+    replicas: int
+    ready: int
+    gpu_fraction: float = 1.0
+
+
+GPU_ANNOTATION = "shadowscale.io/gpu-fraction"
+
+
+async def api_client(cfg: KubernetesConfig) -> Any:
+    """A kubernetes-asyncio ``ApiClient``: ``host`` (no credentials), in-cluster service account, or kubeconfig."""
+    if cfg.host is not None:
+        return client.ApiClient(client.Configuration(host=cfg.host.rstrip("/")))
+    if cfg.in_cluster:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    conf = client.Configuration()
+    await config.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
+    return client.ApiClient(conf)
+
+
+async def _json(resp: Any) -> Any:
+    """Body of a raw (``_preload_content=False``) response as JSON; non-2xx raises :class:`KubeError`."""
+    try:
+        body = await resp.read()
+    finally:
+        resp.release()
+    if not 200 <= resp.status <= 299:
+        retry_after = None
+        with contextlib.suppress(TypeError, ValueError):
+            retry_after = float(resp.headers.get("Retry-After"))
+        reason = resp.reason or ""
+        with contextlib.suppress(ValueError, AttributeError):
+            reason = json.loads(body).get("message", reason)
+        raise KubeError(resp.status, str(reason), retry_after)
+    return json.loads(body) if body else {}
+
+
+class KubeActuator:
+    """Scale labelled workloads; ``start`` lists them and starts the watches, ``stop`` ends them."""
+
+    def __init__(self, cfg: KubernetesConfig, models: Sequence[ModelConfig], api: Any = None) -> None:
+        self.cfg = cfg
+        self.models = {m.name: m for m in models}
+        self._api = api
+        self._owns_api = api is None
+        self._objects: dict[tuple[str, str, str], Ref] = {}
+        self._view: dict[str, WorkloadState] = {}
+        self._dirty = True
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._synced = {k: asyncio.Event() for k in KINDS}
+        self._changed = asyncio.Condition()
+        self.version = 0
+        self._warned: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self, timeout_s: float = 30.0) -> None:
+        if self._api is None:
+            self._api = await api_client(self.cfg)
+        self._apps: Any = client.AppsV1Api(self._api)
+        for kind in KINDS:
+            self._tasks.append(guarded(self._watch(kind), f"kube-watch-{kind}", self._stop, fatal=False))
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._synced.values())), timeout_s)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._owns_api and self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    # -- the watch ------------------------------------------------------------------------------------------
+    def _list_call(self, kind: str) -> Any:
+        ns = self.cfg.namespace
+        if kind == "deployments":
+            return (
+                self._apps.list_deployment_for_all_namespaces
+                if ns is None
+                else lambda **kw: self._apps.list_namespaced_deployment(ns, **kw)
+            )
+        return (
+            self._apps.list_stateful_set_for_all_namespaces
+            if ns is None
+            else lambda **kw: self._apps.list_namespaced_stateful_set(ns, **kw)
+        )
+
+    async def _watch(self, kind: str) -> None:
+        delays = self.cfg.retry_delays_s or (1.0,)
+        failures = 0
+        list_call = self._list_call(kind)
+        while not self._stop.is_set():
+            try:
+                listing = await _json(
+                    await list_call(
+                        label_selector=self.cfg.label,
+                        _preload_content=False,
+                        _request_timeout=self.cfg.request_timeout_s,
+                    )
+                )
+                fresh = {}
+                for item in listing.get("items", []):
+                    ref = self._ref(kind, item)
+                    if ref is not None:
+                        fresh[(kind, ref.namespace, ref.name)] = ref
+                await self._replace_kind(kind, fresh)
+                self._synced[kind].set()
+                failures = 0
+                rv = listing.get("metadata", {}).get("resourceVersion")
+                resp = await list_call(
+                    label_selector=self.cfg.label,
+                    watch=True,
+                    resource_version=rv if rv and rv.isdigit() else None,
+                    timeout_seconds=300,
+                    _preload_content=False,
+                )
+                if resp.status != 200:
+                    await _json(resp)  # raises
+                try:
+                    async for line in resp.content:
+                        if line.strip():
+                            await self._on_event(kind, json.loads(line))
+                finally:
+                    resp.release()
+            except asyncio.CancelledError:
+                raise
+            except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as e:
+                delay = delays[min(failures, len(delays) - 1)]
+                failures += 1
+                log.warning("watch failed; will list again", kind=kind, attempt=failures, delay_s=delay, error=str(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _on_event(self, kind: str, event: Mapping[str, Any]) -> None:
+        etype = event.get("type")
+        obj = event.get("object") or {}
+        if etype == "ERROR":
+            raise KubeError(int(obj.get("code", 0) or 0), str(obj.get("message", "watch error")))
+        meta = obj.get("metadata", {})
+        key = (kind, meta.get("namespace") or "default", meta.get("name", ""))
+        if etype == "DELETED":
+            self._objects.pop(key, None)
+        else:
+            ref = self._ref(kind, obj)
+            if ref is None:
+                self._objects.pop(key, None)
+            else:
+                self._objects[key] = ref
+        await self._bump()
+
+    async def _replace_kind(self, kind: str, fresh: dict[tuple[str, str, str], Ref]) -> None:
+        for key in [k for k in self._objects if k[0] == kind]:
+            del self._objects[key]
+        self._objects.update(fresh)
+        await self._bump()
+
+    async def _bump(self) -> None:
+        self._dirty = True
+        async with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    async def wait_changed(self, since: int, timeout_s: float = 10.0) -> int:
+        """Wait until the watch saw a change after version ``since``; return the new version."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self.version > since), timeout_s)
+            return self.version
+
+    def _ref(self, kind: str, obj: Mapping[str, Any]) -> Ref | None:
+        meta = obj.get("metadata", {})
+        model = (meta.get("labels") or {}).get(self.cfg.label)
+        if not model:
+            return None
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        gpu = 1.0
+        with contextlib.suppress(TypeError, ValueError):
+            gpu = float((meta.get("annotations") or {}).get(GPU_ANNOTATION, 1.0))
+        return Ref(
+            kind=kind,
+            namespace=meta.get("namespace") or "default",
+            name=meta.get("name", ""),
+            model=str(model),
+            replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+            ready=int(status.get("readyReplicas") or 0),
+            gpu_fraction=gpu,
+        )
+
+    def _target(self, model: str) -> Ref | None:
+        m = self.models.get(model)
+        if m is None:
+            return None
+        found = sorted(
+            (r for r in self._objects.values() if r.model == model and r.namespace == m.namespace),
+            key=lambda r: (r.kind, r.name),
+        )
+        if len(found) > 1 and model not in self._warned:
+            self._warned.add(model)
+            log.warning(
+                "several workloads for one model; using the first", model=model, workloads=[r.name for r in found]
+            )
+        return found[0] if found else None
+
+    # -- the actuator port ----------------------------------------------------------------------------------
+    async def observe(self) -> Mapping[str, WorkloadState]:
+        """Managed models by name; other labelled workloads as ``model@namespace/kind/name`` (for the GPU budget)."""
+        if self._dirty:
+            view: dict[str, WorkloadState] = {}
+            for model, m in self.models.items():
+                ref = self._target(model)
+                if ref is not None:
+                    view[model] = WorkloadState(model, ref.replicas, ref.ready, m.gpu_fraction)
+            for ref in self._objects.values():
+                if ref.model not in self.models:
+                    key = f"{ref.model}@{ref.namespace}/{ref.kind}/{ref.name}"
+                    view[key] = WorkloadState(ref.model, ref.replicas, ref.ready, ref.gpu_fraction)
+            self._view = view
+            self._dirty = False
+        return self._view
+
+    async def scale(self, targets: Mapping[str, int]) -> ScaleResult:
+        applied: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        missing: list[str] = []
+        sem = asyncio.Semaphore(16)
+
+        async def one(model: str, want: int) -> None:
+            ref = self._target(model)
+            if ref is None:
+                missing.append(model)
+                return
+            m = self.models[model]
+            want = min(max(want, m.min_replicas), m.max_replicas)
+            async with sem:
+                err = await self._patch_scale(ref, want)
+            if err is None:
+                applied[model] = want
+            else:
+                failed[model] = err
+
+        await asyncio.gather(*(one(m, t) for m, t in targets.items()))
+        return ScaleResult(applied=applied, failed=failed, missing=tuple(missing))
+
+    async def _patch_scale(self, ref: Ref, want: int) -> str | None:
+        """Patch ``/scale`` with retries; return None on success, else the last error."""
+        patch = (
+            self._apps.patch_namespaced_deployment_scale
+            if ref.kind == "deployments"
+            else self._apps.patch_namespaced_stateful_set_scale
+        )
+        delays = self.cfg.retry_delays_s
+        attempts = len(delays) + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = await patch(
+                    ref.name,
+                    ref.namespace,
+                    {"spec": {"replicas": want}},
+                    _preload_content=False,
+                    _request_timeout=self.cfg.request_timeout_s,
+                )
+                await _json(resp)
+            except KubeError as e:
+                err: KubeError = e
+            except (aiohttp.ClientError, TimeoutError) as e:
+                err = KubeError(0, f"{type(e).__name__}: {e}".rstrip(": "))
+            else:
+                key = (ref.kind, ref.namespace, ref.name)
+                cur = self._objects.get(key)
+                if cur is not None:  # the watch confirms it; until then observe() shows the new target
+                    self._objects[key] = Ref(
+                        cur.kind, cur.namespace, cur.name, cur.model, want, cur.ready, cur.gpu_fraction
+                    )
+                    self._dirty = True
+                return None
+            if not err.retryable or attempt == attempts:
+                log.warning(
+                    "scale failed",
+                    model=ref.model,
+                    workload=ref.name,
+                    attempt=attempt,
+                    attempts=attempts,
+                    error=str(err),
+                )
+                return str(err)
+            delay = delays[attempt - 1]
+            if err.retry_after is not None:
+                delay = max(delay, min(err.retry_after, 2.0))
+            log.info(f"attempt {attempt}/{attempts} failed; will retry", model=ref.model, delay_s=delay, error=str(err))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return "stopping"
+        return "unreachable"  # pragma: no cover

@@ -1,0 +1,390 @@
+"""The decision loop: records in, guarded scale calls out, offsets committed only after they took effect.
+
+One task owns all decision state (no locks). Each iteration:
+
+1. ``poll`` the source for a batch (waiting at most until the next reconcile tick or ``kafka.poll_timeout_s``);
+2. refresh the actuator's view, decode every record (a bad one becomes a dead-letter record and the loop goes on),
+   feed traffic events to the windows;
+3. decide: at a reconcile tick (multiples of the policy's ``tick_s`` on the clock) every owned model; otherwise
+   only the models whose demand just crossed their capacity;
+4. apply the targets that change something (absolute targets: repeating one is harmless); a target the actuator
+   could not apply stays pending and is retried every iteration, and a newer decision replaces it;
+5. write the audit records and dead letters, and commit the batch's offsets — only when nothing is pending and
+   every record was written, so a crash replays, never loses, the events behind a decision (at-least-once).
+
+Dry-run decides and audits but never calls the actuator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.core import DecisionCore, Plan
+from agent.events import DecisionRecord, Decoder, GpuEvent, Rejected, TrafficEvent, dead_letter, encode
+from agent.metrics import Metrics
+from policies.ports import Actuator, AuditSink, Clock, EventSource, Position, RecordBatch, ScaleResult
+
+log = structlog.get_logger("shadowscale.agent")
+
+MAX_UNSENT = 100_000
+OBSERVE_S = 0.25
+"""Between reconcile ticks the actuator's view is refreshed at most this often (wall seconds)."""
+
+
+@dataclass(slots=True)
+class Counts:
+    """Totals since start (the benchmark reads them)."""
+
+    events_in: int = 0
+    traffic: int = 0
+    gpu: int = 0
+    dead_lettered: int = 0
+    decisions: int = 0
+    scale_calls: int = 0
+    commits: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+
+class JsonLinesAudit:
+    """Appends records to a file, one JSON object per line (the audit log left behind by the demo)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: TextIO | None = path.open("a", encoding="utf-8")
+
+    def append(self, values: Sequence[bytes]) -> None:
+        if self._fh is None or not values:
+            return
+        self._fh.write("".join(v.decode() + "\n" for v in values))
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class Agent:
+    """Wires ports to a :class:`DecisionCore`; ``run(stop)`` loops until ``stop`` is set."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        source: EventSource,
+        actuator: Actuator,
+        sink: AuditSink,
+        clock: Clock,
+        *,
+        metrics: Metrics | None = None,
+        core: DecisionCore | None = None,
+        audit_file: Path | None = None,
+        is_leader: Callable[[], bool] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.actuator = actuator
+        self.sink = sink
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.core = core or DecisionCore(cfg)
+        self.decoder = Decoder(self.core.models, max_future_s=cfg.ingest.max_future_s, max_age_s=cfg.ingest.max_age_s)
+        self.audit_file = JsonLinesAudit(audit_file) if audit_file is not None else None
+        self.is_leader = is_leader or (lambda: True)
+        self.identity = cfg.identity
+        self.counts = Counts()
+        self.ready = asyncio.Event()
+        """Set once the first observation and poll succeeded (``/readyz``)."""
+        self.last_iteration = time.monotonic()
+        self.pending: dict[int, Plan] = {}
+        self.gpus: dict[tuple[str, str], GpuEvent] = {}
+        self._offsets: dict[Position, int] = {}
+        self._unsent: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        self._last_commit = -math.inf
+        self._topics = cfg.kafka.topics
+        self._observed_at = -math.inf
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        tick = self.core.policy.tick_s
+        await self._observe()
+        next_tick = self.clock.now()  # the first iteration ticks; later ticks fall on multiples of tick_s
+        cfg = self.cfg.kafka
+        poll_failures = 0
+        try:
+            while not stop.is_set():
+                wait = min(cfg.poll_timeout_s, self.clock.wall_timeout(next_tick))
+                try:
+                    records = await self.source.poll(cfg.max_batch, wait)
+                    poll_failures = 0
+                except Exception as e:  # the broker is away: keep deciding on what we have, retry with back-off
+                    poll_failures += 1
+                    delay = min(0.1 * 2**poll_failures, 5.0)
+                    log.warning("poll failed; will retry", attempt=poll_failures, delay_s=delay, error=f"{e!r}")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+                    records = []
+                t0 = time.perf_counter()
+                self.last_iteration = time.monotonic()
+                now = self.clock.now()
+                tick_due = now >= next_tick - 1e-9
+                if tick_due or self.pending or (records and time.monotonic() - self._observed_at >= OBSERVE_S):
+                    await self._observe(gauges=tick_due)
+                triggered = self._ingest(records, now)
+                plans: list[Plan] = []
+                if tick_due:
+                    owned = self.source.owns(self.core.models)
+                    plans = self.core.decide(next_tick, "tick", range(len(self.core.models)), owned)
+                    next_tick = (math.floor(now / tick + 1e-9) + 1) * tick
+                    if self.is_leader():
+                        self._cluster_wide()
+                elif triggered and self.cfg.trigger.enabled:
+                    owned = self.source.owns(self.core.models)
+                    plans = self.core.decide(now, "event", triggered, owned)
+                await self._apply(plans, t0, now)
+                await self._flush()
+                await self._maybe_commit(now)
+                if not self.ready.is_set():
+                    self.ready.set()
+        finally:
+            await self._final_commit()
+            if self.audit_file is not None:
+                self.audit_file.close()
+
+    def _ingest(self, batches: Sequence[RecordBatch], now: float) -> list[int]:
+        """Decode the batches, dead-letter what is bad, feed the windows; return the models that crossed capacity."""
+        if not batches:
+            return []
+        counts = self.counts
+        metrics = self.metrics
+        traffic_topic = self._topics.traffic
+        gpu_topic = self._topics.gpu
+        dec_traffic = self.decoder.traffic
+        offsets = self._offsets
+        events: list[TrafficEvent] = []
+        append = events.append
+        dead: list[tuple[bytes | None, bytes]] = []
+        n = n_traffic = n_gpu = 0
+        for b in batches:
+            if not len(b):
+                continue
+            n += len(b)
+            offsets[(b.topic, b.partition)] = b.offsets[-1] + 1
+            if b.topic == traffic_topic:
+                n_traffic += len(b)
+                for k, value in enumerate(b.values):
+                    ev = dec_traffic(value, now)
+                    if type(ev) is TrafficEvent:
+                        append(ev)
+                    else:
+                        assert isinstance(ev, Rejected)
+                        dead.append(self._dead(b, k, ev, now))
+            elif b.topic == gpu_topic:
+                n_gpu += len(b)
+                for k, value in enumerate(b.values):
+                    g = self.decoder.gpu(value, now)
+                    if isinstance(g, Rejected):
+                        dead.append(self._dead(b, k, g, now))
+                    else:
+                        self.gpus[(g.node, g.gpu_uuid)] = g
+            else:
+                for k in range(len(b)):
+                    dead.append(self._dead(b, k, Rejected("topic", f"unexpected topic {b.topic!r}"), now))
+        windows = self.core.windows
+        dup0, late0 = windows.stats.duplicates, windows.stats.late
+        triggered = self.core.ingest(events)
+        counts.events_in += n
+        counts.traffic += n_traffic
+        counts.gpu += n_gpu
+        counts.dead_lettered += len(dead)
+        if n_traffic:
+            metrics.events_in.labels(traffic_topic).inc(n_traffic)
+        if n_gpu:
+            metrics.events_in.labels(gpu_topic).inc(n_gpu)
+        if windows.stats.duplicates != dup0:
+            metrics.duplicates.inc(windows.stats.duplicates - dup0)
+        if windows.stats.late != late0:
+            metrics.late.inc(windows.stats.late - late0)
+        if dead:
+            self._unsent.setdefault(self._topics.dead_letter, []).extend(dead)
+        return triggered
+
+    def _dead(self, b: RecordBatch, k: int, why: Rejected, now: float) -> tuple[bytes | None, bytes]:
+        self.metrics.dead_lettered.labels(why.kind).inc()
+        offset = b.offsets[k]
+        log.warning("dead-lettered", topic=b.topic, partition=b.partition, offset=offset, reason=why.reason)
+        key = b.keys[k]
+        rec = dead_letter(self.identity, now, b.topic, b.partition, offset, key, b.values[k], why.reason)
+        return key, encode(rec)
+
+    async def _observe(self, *, gauges: bool = True) -> None:
+        self._observed_at = time.monotonic()
+        try:
+            observed = await self.actuator.observe()
+        except Exception as e:  # a flaky actuator must not stop the loop; decide on the last view
+            log.warning("observe failed; keeping the last view", error=f"{type(e).__name__}: {e}")
+            return
+        self.core.observe(observed)
+        if gauges:
+            index = self.core.windows.index
+            for name, w in observed.items():
+                if name in index:
+                    self.metrics.actual.labels(name).set(w.replicas)
+                    self.metrics.ready.labels(name).set(w.ready)
+
+    def _cluster_wide(self) -> None:
+        """Work only the leader does: today, the cluster GPU gauge and a warning when over budget."""
+        budget = self.cfg.guards.gpu_budget
+        used = self.core.gpus_in_use()
+        if budget is not None and used > budget + 1e-9:
+            log.warning("cluster over its GPU budget", gpus=used, budget=budget)
+
+    # -- acting -----------------------------------------------------------------------------------------------
+    async def _apply(self, plans: list[Plan], t0: float, now: float) -> None:
+        for p in plans:
+            if p.index in self.pending and not p.changes:
+                # a newer decision keeps today's count: nothing left to retry
+                del self.pending[p.index]
+        if not plans and not self.pending:
+            return
+        changes: dict[str, int] = {self.core.models[i]: p.target for i, p in self.pending.items()}
+        by_model = {p.model: p for p in self.pending.values()}
+        for p in plans:
+            self.metrics.desired.labels(p.model).set(p.target)
+            if p.changes:
+                changes[p.model] = p.target
+                by_model[p.model] = p
+        result = ScaleResult()
+        if changes and not self.cfg.dry_run:
+            self.counts.scale_calls += 1
+            try:
+                result = await self.actuator.scale(changes)
+            except Exception as e:
+                why = f"{type(e).__name__}: {e}"
+                log.error("scale call failed", error=why, models=sorted(changes))
+                result = ScaleResult(failed={m: why for m in changes})
+        latency = time.perf_counter() - t0
+        if changes and not self.cfg.dry_run:
+            self.metrics.decision_latency.observe(latency)
+        for model, replicas in result.applied.items():
+            p = by_model[model]
+            self.core.applied(p.index, replicas, now)
+            self.pending.pop(p.index, None)
+            log.info("scaled", model=model, decision=replicas, current=p.current, trigger=p.trigger, reason=p.reason)
+        for model, why in result.failed.items():
+            p = by_model[model]
+            self.pending[p.index] = p
+            self.metrics.scale_failures.labels(model).inc()
+            log.warning("scale pending", model=model, decision=p.target, error=why)
+        for model in result.missing:
+            p = by_model[model]
+            self.pending.pop(p.index, None)
+            log.warning("no workload for model; decision dropped", model=model, decision=p.target)
+        self.metrics.pending.set(len(self.pending))
+        records = []
+        audit_holds = self.cfg.audit_holds
+        for p in plans:
+            applied = p.model in result.applied
+            outcome = (
+                "dry_run" if self.cfg.dry_run else ("applied" if applied else "hold" if not p.changes else "pending")
+            )
+            self.metrics.decisions.labels(p.trigger, outcome).inc()
+            if p.trigger == "tick" and not p.changes and not audit_holds:
+                continue
+            rec = DecisionRecord(
+                agent=self.identity,
+                model=p.model,
+                policy=self.core.policy.name,
+                at=p.at,
+                trigger=p.trigger,
+                current=p.current,
+                ready=p.ready,
+                recommended=p.recommended,
+                target=p.target,
+                applied=applied,
+                dry_run=self.cfg.dry_run,
+                reason=p.reason,
+                guard=p.guard,
+                demand_rps=round(p.demand_rps, 6),
+                capacity_rps=round(p.capacity_rps, 6),
+                outstanding=p.outstanding,
+                latency_ms=round(latency * 1000.0, 3),
+            )
+            records.append((p.model.encode(), encode(rec)))
+        self.counts.decisions += len(plans)
+        if records:
+            self._unsent.setdefault(self._topics.decisions, []).extend(records)
+            if self.audit_file is not None:
+                self.audit_file.append([v for _, v in records])
+
+    async def _flush(self) -> None:
+        """Write buffered audit and dead-letter records; on failure keep them (bounded) for the next iteration."""
+        for topic in list(self._unsent):
+            batch = self._unsent[topic]
+            if not batch:
+                continue
+            try:
+                await self.sink.write(topic, batch)
+            except Exception as e:
+                log.warning("audit write failed; will retry", topic=topic, error=f"{type(e).__name__}: {e}")
+                if len(batch) > MAX_UNSENT:
+                    del batch[: len(batch) - MAX_UNSENT]
+                continue
+            self._unsent[topic] = []
+
+    async def _maybe_commit(self, now: float) -> None:
+        if not self._offsets or self.pending or any(self._unsent.values()):
+            return
+        if time.monotonic() - self._last_commit < self.cfg.kafka.commit_interval_s:
+            return
+        await self._commit()
+
+    async def _commit(self) -> None:
+        offsets, self._offsets = self._offsets, {}
+        try:
+            await self.source.commit(offsets)
+        except Exception as e:
+            log.warning("commit failed; will retry", error=f"{type(e).__name__}: {e}")
+            for k, v in offsets.items():
+                self._offsets[k] = max(v, self._offsets.get(k, 0))
+            return
+        self._last_commit = time.monotonic()
+        self.counts.commits += 1
+        self.metrics.lag_commits.inc()
+
+    async def _final_commit(self, timeout_s: float = 5.0) -> None:
+        """On a clean stop: flush what can be flushed and commit if nothing is pending (bounded: a broker that is
+        gone must not hold the shutdown)."""
+        try:
+            await asyncio.wait_for(self._flush(), timeout_s)
+            if self._offsets and not self.pending and not any(self._unsent.values()):
+                await asyncio.wait_for(self._commit(), timeout_s)
+        except Exception as e:
+            log.warning("final flush/commit failed", error=f"{type(e).__name__}: {e}")
+
+    # -- views for the demo and /metrics ----------------------------------------------------------------------
+    def snapshot(self) -> list[dict[str, float | int | str]]:
+        """Per model: demand (req/s), replicas, ready, p99 (ms) — what the demo's live table shows."""
+        core = self.core
+        w = core.windows
+        return [
+            {
+                "model": m,
+                "demand_rps": w.demand(i),
+                "replicas": int(core.replicas[i]),
+                "ready": int(core.ready[i]),
+                "p99_ms": w.p99_ms(i),
+                "pods": w.pods(i),
+            }
+            for i, m in enumerate(core.models)
+        ]

@@ -1,0 +1,39 @@
+"""Prometheus metrics of one agent, in their own registry (several agents can live in one test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Counters and gauges the loop updates; ``render`` gives the text exposition for ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.events_in = Counter("shadowscale_events_in", "Messages consumed, by topic", ["topic"], registry=r)
+        self.dead_lettered = Counter(
+            "shadowscale_events_dead_lettered", "Messages sent to the dead-letter topic, by kind", ["kind"], registry=r
+        )
+        self.duplicates = Counter("shadowscale_events_duplicate", "Traffic events dropped as duplicates", registry=r)
+        self.late = Counter("shadowscale_events_late", "Traffic events dropped as too late to deduplicate", registry=r)
+        self.decisions = Counter(
+            "shadowscale_decisions", "Decisions made, by trigger and outcome", ["trigger", "outcome"], registry=r
+        )
+        self.decision_latency = Histogram(
+            "shadowscale_decision_latency_seconds",
+            "From receiving the batch (or the tick) to the actuator's answer",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.desired = Gauge("shadowscale_desired_replicas", "Target replicas last decided", ["model"], registry=r)
+        self.actual = Gauge("shadowscale_actual_replicas", "Replicas the actuator reports", ["model"], registry=r)
+        self.ready = Gauge("shadowscale_ready_replicas", "Ready replicas the actuator reports", ["model"], registry=r)
+        self.scale_failures = Counter(
+            "shadowscale_scale_failures", "Scale calls that failed after retries", ["model"], registry=r
+        )
+        self.pending = Gauge("shadowscale_pending_targets", "Targets not applied yet (retrying)", registry=r)
+        self.leader = Gauge("shadowscale_leader", "1 while this agent holds the leader lease", registry=r)
+        self.lag_commits = Counter("shadowscale_commits", "Offset commits", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,215 @@
+"""The live-agent demo (``make demo-agent``): broker, agent, simulated cluster and a trace replay, on one machine.
+
+It starts the bundled broker on a free loopback port, runs the agent against the simulated cluster while a real
+trace is replayed ``--speed`` times faster than real time (agent, replayer and cluster share one sped-up clock, so
+every policy window stays in trace time), shows a live table (model, demand, replicas, p99), stops by itself after
+``--seconds`` (or on Ctrl-C) and leaves the audit log (one JSON decision record per line) in ``--out``.
+
+    python -m shadowscale.demo --seconds 60 --speed 30 --out out/demo-agent
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from agent.broker import LocalBroker
+from agent.clock import ScaledClock
+from agent.config import AgentConfig, LogConfig, parse_config
+from agent.kafka import KafkaSink, KafkaSource, ensure_topics
+from agent.logs import configure
+from agent.loop import Agent
+from agent.tasks import guarded
+from policies.scaling import make_policy
+from shadowscale.replay import Replayer
+from simulators.actuator import SimulatedCluster
+from simulators.traces import load_trace
+from simulators.workload import Workload
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m shadowscale.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--trace", default="azure-functions-2019", help="bundled trace or CSV (default azure-functions-2019)"
+    )
+    p.add_argument("--models", type=int, default=8, help="the N busiest models (default 8)")
+    p.add_argument("--policy", default="kpa", choices=("hpa", "keda", "kpa"), help="policy (default kpa)")
+    p.add_argument("--speed", type=float, default=30.0, help="trace seconds per wall second (default 30)")
+    p.add_argument("--seconds", type=float, default=60.0, help="stop after this many wall seconds (default 60)")
+    p.add_argument("--cold-start", type=float, default=30.0, help="trace seconds before a new replica serves")
+    p.add_argument("--out", type=Path, default=Path("out/demo-agent"), help="directory for audit.jsonl")
+    p.add_argument("--quiet", action="store_true", help="no live table, only the summary")
+    args = p.parse_args(argv)
+    if not (args.speed > 0 and args.seconds > 0 and args.models >= 1 and args.cold_start >= 0):
+        p.error("--speed, --seconds and --models must be positive, --cold-start >= 0")
+    return args
+
+
+def demo_config(workload: Workload, bootstrap: str, policy: str, audit: Path) -> AgentConfig:
+    return parse_config(
+        {
+            "policy": policy,
+            "agent_id": "demo-agent",
+            "audit_file": str(audit),
+            "audit_holds": False,
+            "models": [
+                {
+                    "name": s.model,
+                    "capacity_rps": round(s.profile.capacity_rps, 6),
+                    "min_replicas": 0 if policy != "hpa" else 1,
+                    "max_replicas": 50,
+                    "gpu_fraction": s.profile.gpu_fraction,
+                }
+                for s in workload.services
+            ],
+            "kafka": {
+                "bootstrap": bootstrap,
+                "group_id": f"demo-{time.time_ns()}",
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 1000,
+                "partitions": 4,
+            },
+            "guards": {"scale_down_cooldown_s": 30.0},
+            "http": {"enabled": False},
+        }
+    )
+
+
+def table(agent: Agent, clock: ScaledClock, started: float, speed: float) -> Table:
+    trace_s = clock.now() - started
+    hh, rem = divmod(int(trace_s), 3600)
+    mm, ss = divmod(rem, 60)
+    c = agent.counts
+    t = Table(
+        title=f"shadowscale agent — {agent.core.policy.name} — trace time {hh:02d}:{mm:02d}:{ss:02d} (x{speed:g})",
+        caption=f"events in {c.events_in:,} · dead-lettered {c.dead_lettered:,} · decisions {c.decisions:,} · "
+        f"scale calls {c.scale_calls:,}",
+    )
+    for col in ("model", "demand (req/s)", "capacity (req/s)", "replicas (ready/asked)", "p99 (ms)"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for row in agent.snapshot():
+        cap = float(row["ready"]) * float(agent.core.capacity_rps[agent.core.windows.index[str(row["model"])]])
+        demand = float(row["demand_rps"])
+        style = "bold red" if demand > cap else ""
+        t.add_row(
+            str(row["model"]),
+            f"{demand:,.1f}",
+            f"{cap:,.1f}",
+            f"{row['ready']}/{row['replicas']}",
+            f"{float(row['p99_ms']):,.0f}",
+            style=style,
+        )
+    return t
+
+
+async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, Any]:
+    hours = min(24.0, args.seconds * args.speed / 3600.0 + 0.05)
+    workload = load_trace(args.trace, hours=hours, models=args.models, cold_start_s=args.cold_start)
+    args.out.mkdir(parents=True, exist_ok=True)
+    audit = args.out / "audit.jsonl"
+    audit.unlink(missing_ok=True)
+    cfg = demo_config(workload, broker.bootstrap, args.policy, audit)
+    t = cfg.kafka.topics
+    await ensure_topics(cfg.kafka, [t.traffic, t.gpu, t.decisions, t.dead_letter], cfg.kafka.partitions)
+
+    clock = ScaledClock(args.speed)
+    initial, _ = make_policy(args.policy).init(workload.services)
+    services = [
+        replace(s, min_replicas=m.min_replicas, max_replicas=m.max_replicas)
+        for s, m in zip(workload.services, cfg.models, strict=True)
+    ]
+    cluster = SimulatedCluster(
+        services, clock, initial={s.model: int(r) for s, r in zip(services, initial, strict=True)}
+    )
+    source = KafkaSource(cfg.kafka, [t.traffic, t.gpu])
+    sink = KafkaSink(cfg.kafka)
+    producer = KafkaSink(cfg.kafka, linger_ms=5)
+    await source.start()
+    await sink.start()
+    await producer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    agent = Agent(cfg, source, cluster, sink, clock, audit_file=audit)
+    console = Console()
+    live_console = Console(quiet=args.quiet)
+    try:
+        agent_task = guarded(agent.run(stop), "decision-loop", stop)
+        await asyncio.wait_for(source.assigned_event.wait(), 30)  # the consumer group has formed
+        started = clock.now()
+        replayer = Replayer(workload, cluster, clock, start=started)
+
+        async def send(batch: Sequence[tuple[bytes | None, bytes]]) -> None:
+            await producer.write(t.traffic, batch)
+
+        replay_task = guarded(_replay(replayer, send, stop), "replayer", stop)
+        loop.call_later(args.seconds, stop.set)
+        with Live(table(agent, clock, started, args.speed), console=live_console, refresh_per_second=4) as live:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+                live.update(table(agent, clock, started, args.speed))
+        await asyncio.gather(agent_task, replay_task, return_exceptions=True)
+    finally:
+        stop.set()
+        await producer.stop()
+        await sink.stop()
+        await source.stop()
+    lines = audit.read_text().splitlines() if audit.exists() else []
+    changes = sum(1 for x in lines if json.loads(x)["target"] != json.loads(x)["current"])
+    if args.quiet:
+        console.print(table(agent, clock, started, args.speed))
+    return {
+        "trace_seconds": round(clock.now() - started, 1),
+        "events_in": agent.counts.events_in,
+        "dead_lettered": agent.counts.dead_lettered,
+        "decisions": agent.counts.decisions,
+        "scale_calls": len(cluster.calls),
+        "audit_records": len(lines),
+        "scale_changes_audited": changes,
+        "audit_log": str(audit),
+    }
+
+
+async def _replay(replayer: Replayer, send: Any, stop: asyncio.Event) -> None:
+    await replayer.run(send, stop)
+    stop.set()  # the trace slice is over
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = (args.out / "agent.log").open("w", encoding="utf-8")
+    configure(LogConfig(level="info", format="json"), log_file)
+    broker = LocalBroker()
+    broker.start()
+    print(f"broker: tansu on {broker.bootstrap}", file=sys.stderr)
+    try:
+        summary = asyncio.run(run_demo(args, broker))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        broker.stop()
+        log_file.close()
+    print("\n" + json.dumps(summary, indent=2))
+    print(f"audit log left in {summary['audit_log']}, agent log in {args.out / 'agent.log'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Fixtures for the agent's tests: the bundled tansu broker (one per test session and xdist worker) and kmock's
+Kubernetes emulator with the two test-side fixes kmock 0.8 needs (see ``_fixed_guess_k8s``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from agent_k8s import K8s
+
+from agent.broker import LocalBroker
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    b = LocalBroker()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+# -- Kubernetes: kmock's emulator ---------------------------------------------------------------------------------
+
+
+def _fixed_guess_k8s(original: Any) -> Any:
+    """kmock 0.8 gaps, fixed on the test side (private API, hence the pin): kubernetes-asyncio sends ``watch=True``
+    where kmock expects ``true``, and kmock answers PUT (``replace_*``) with 404 instead of treating it as an
+    update of the named object."""
+    from kmock._internal import enums
+
+    def guess(k8s: Any, method: Any, query: dict[str, str]) -> Any:
+        query = dict(query)
+        if "watch" in query:
+            query["watch"] = query["watch"].lower()
+        if method == enums.method.PUT and k8s.group is not None and k8s.name is not None:
+            return enums.action.UPDATE
+        return original(k8s, method, query)
+
+    return guess
+
+
+@pytest_asyncio.fixture
+async def k8s(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[K8s]:
+    import importlib.metadata
+
+    import kmock
+    from kmock._internal import parsing
+
+    assert importlib.metadata.version("kmock") == "0.8", "the test-side fixes below are written for kmock 0.8"
+    monkeypatch.setattr(parsing, "guess_k8s", _fixed_guess_k8s(parsing.guess_k8s))
+    async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
+        emulator: Any = emu
+        emulator.resources["apps/v1/deployments"] = {}
+        emulator.resources["apps/v1/statefulsets"] = {}
+        emulator.resources["coordination.k8s.io/v1/leases"] = {}
+        async with aiohttp.ClientSession() as http:
+            yield K8s(emulator, str(server.url).rstrip("/"), http)

@@ -1,0 +1,181 @@
+"""The decision loop with fake ports: event-triggered and tick decisions, audit, dead letters, dry-run, retries
+and at-least-once commits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, VirtualClock, config, record, traffic
+
+from agent.loop import Agent
+
+pytestmark = pytest.mark.asyncio
+
+DECISIONS = "shadowscale.decisions"
+DEAD = "shadowscale.dead-letter"
+
+
+def audits(sink: MemorySink) -> list[dict[str, Any]]:
+    return [json.loads(v) for _, v in sink.records.get(DECISIONS, [])]
+
+
+async def run(agent: Agent, stop: asyncio.Event) -> None:
+    await asyncio.wait_for(agent.run(stop), 10)
+
+
+async def test_demand_crossing_capacity_is_decided_at_once() -> None:
+    cfg = config(["m1", "m2"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(100.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(100.0, [record(traffic("m1", 99.9, arrivals=5, concurrency_s=5.0), 0)]),  # tick at 100: primes the policy
+        Step(100.5, [record(traffic("m1", 100.5, arrivals=6, concurrency_s=6.0), 1)]),  # within capacity: no decision
+        Step(101.0, [record(traffic("m1", 101.0, arrivals=400, concurrency_s=700.0), 2)]),  # a step: decided now
+    ]
+    source = ScriptedSource(clock, steps, stop)
+    act = RecordingActuator({"m1": 1, "m2": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, source, act, sink, clock)
+    await run(agent, stop)
+
+    recs = audits(sink)
+    assert [r["trigger"] for r in recs] == ["tick", "tick", "event"]
+    step = recs[-1]
+    assert step["model"] == "m1" and step["at"] == 101.0 and step["applied"] is True
+    assert step["target"] > 1 and act.replicas["m1"] == step["target"]
+    assert str(step["reason"]).startswith("kpa: panic mode")
+    assert act.calls == [{"m1": step["target"]}]
+    assert source.committed() == {("shadowscale.traffic", 0): 3}
+    assert agent.metrics.decision_latency._sum.get() > 0
+
+
+async def test_failed_scale_is_retried_and_blocks_the_commit() -> None:
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]),
+        Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 1)]),
+        Step(1.1, [record(traffic("m1", 1.1, arrivals=1, pod="other"), 2)]),
+        Step(1.2, []),
+    ]
+    source = ScriptedSource(clock, steps, stop)
+    act = RecordingActuator({"m1": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, source, act, sink, clock)
+    act.fail_next = 2
+    await run(agent, stop)
+
+    # the decision at 1.0 failed, was retried at 1.1 (failed again) and applied at 1.2
+    target = act.calls[0]["m1"]
+    assert target > 1 and act.calls == [{"m1": target}] * 3 and act.replicas["m1"] == target
+    # offsets of the step's batch were committed only after it was applied
+    assert source.commits == [{("shadowscale.traffic", 0): 1}, {("shadowscale.traffic", 0): 3}]
+    assert agent.metrics.scale_failures.labels("m1")._value.get() == 2
+
+
+async def test_dry_run_audits_but_never_scales(tmp_path: Path) -> None:
+    cfg = config(["m1"], dry_run=True, kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [Step(0.0, []), Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 0)])]
+    source = ScriptedSource(clock, steps, stop)
+    act = RecordingActuator({"m1": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, source, act, sink, clock, audit_file=tmp_path / "audit.jsonl")
+    await run(agent, stop)
+
+    assert act.calls == []
+    step = audits(sink)[-1]
+    assert step["dry_run"] is True and step["applied"] is False and step["target"] > 1
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == audits(sink)
+    assert source.committed() == {("shadowscale.traffic", 0): 1}
+
+
+async def test_bad_records_are_dead_lettered_and_the_loop_goes_on() -> None:
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(10.0)
+    stop = asyncio.Event()
+    bad = [b"\x00\xffnot json", b'{"schema": "shadowscale.traffic/v1"}', traffic("nope", 10.0), traffic("m1", 9999.0)]
+    recs = [record(v, k) for k, v in enumerate(bad)]
+    recs.append(record(traffic("m1", 10.0, arrivals=3), len(bad)))
+    recs.append(record(b"{}", 0, topic="shadowscale.gpu"))
+    steps = [Step(10.0, recs)]
+    source = ScriptedSource(clock, steps, stop)
+    sink = MemorySink()
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), sink, clock)
+    await run(agent, stop)
+
+    dead = [json.loads(v) for _, v in sink.records[DEAD]]
+    assert [d["offset"] for d in dead] == [0, 1, 2, 3, 0]
+    assert "not JSON" in dead[0]["reason"] and "unknown model 'nope'" in dead[2]["reason"]
+    assert "future" in dead[3]["reason"] and dead[4]["topic"] == "shadowscale.gpu"
+    assert agent.counts.dead_lettered == 5 and agent.counts.events_in == 6
+    assert agent.core.windows.counters()[0].tolist() == [3.0]
+    text = agent.metrics.render().decode()
+    assert 'shadowscale_events_dead_lettered_total{kind="malformed"} 1.0' in text
+    assert source.committed() == {("shadowscale.traffic", 0): 5, ("shadowscale.gpu", 0): 1}
+
+
+async def test_audit_write_failure_holds_the_commit_until_written() -> None:
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]), Step(0.5, [])]
+    source = ScriptedSource(clock, steps, stop)
+    sink = MemorySink()
+    sink.fail_next = 1
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), sink, clock)
+    await run(agent, stop)
+    assert len(audits(sink)) == 1
+    assert source.commits == [{("shadowscale.traffic", 0): 1}]  # after the retry at 0.5, not at 0.0
+
+
+async def test_only_owned_models_with_a_workload_are_decided() -> None:
+    cfg = config(["m1", "m2", "m3"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    source = ScriptedSource(clock, [Step(0.0, [])], stop, owned={"m1", "m3"})
+    sink = MemorySink()
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1, "m2": 1}), sink, clock)  # no workload for m3
+    await run(agent, stop)
+    assert [r["model"] for r in audits(sink)] == ["m1"]
+
+
+async def test_reconcile_ticks_follow_the_policy_period() -> None:
+    cfg = config(["m1"], policy="hpa", kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(7.0)
+    stop = asyncio.Event()
+    steps = [Step(t, []) for t in (7.0, 14.0, 15.0, 29.0, 31.0, 46.0)]
+    source = ScriptedSource(clock, steps, stop)
+    sink = MemorySink()
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), sink, clock)
+    await run(agent, stop)
+    # HPA syncs every 15 s: the first iteration, then 15, 30, 45 (a late tick runs once, at its own time)
+    assert [r["at"] for r in audits(sink)] == [7.0, 15.0, 30.0, 45.0]
+    assert all("hpa:" in str(r["reason"]) for r in audits(sink))
+
+
+async def test_a_failing_source_does_not_stop_the_loop() -> None:
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+
+    class Flaky(ScriptedSource):
+        async def poll(self, max_records: int, timeout_s: float) -> Any:
+            if self.polls == 1 and not getattr(self, "failed", False):
+                self.failed = True
+                raise ConnectionError("broker went away (injected)")
+            return await super().poll(max_records, timeout_s)
+
+    steps = [Step(0.0, []), Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 0)])]
+    source = Flaky(clock, steps, stop)
+    act = RecordingActuator({"m1": 1})
+    agent = Agent(cfg, source, act, MemorySink(), clock)
+    await run(agent, stop)
+    assert act.replicas["m1"] > 1 and source.committed() == {("shadowscale.traffic", 0): 1}

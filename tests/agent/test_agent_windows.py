@@ -1,0 +1,78 @@
+"""Windows: counters from every accepted event, gauges from each pod's newest window, duplicates and late events
+dropped and counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.events import TRAFFIC_V1, TrafficEvent
+from agent.windows import Windows
+
+
+def ev(t: float, pod: str = "a", arrivals: int = 10, queue: int = 0, model: str = "m", **kw: float) -> TrafficEvent:
+    return TrafficEvent(
+        schema=TRAFFIC_V1,
+        model=model,
+        pod=pod,
+        event_time=t,
+        window_s=1.0,
+        arrivals=arrivals,
+        completions=arrivals,
+        queue_depth=queue,
+        busy_s=kw.get("busy", 0.5),
+        concurrency_s=kw.get("conc", 2.0),
+        latency_p99_ms=kw.get("p99", 10.0),
+    )
+
+
+def test_counters_and_gauges() -> None:
+    w = Windows(["m", "n"])
+    assert w.add(ev(1.0, "a", 10, queue=3)) == 0
+    assert w.add(ev(1.0, "b", 20, queue=1)) == 0
+    assert w.add(ev(1.0, "a", 5, model="zzz")) == -1
+    arrivals, busy, ready, inflight = w.counters()
+    assert arrivals.tolist() == [30.0, 0.0] and busy.tolist() == [1.0, 0.0] and ready.tolist() == [2.0, 0.0]
+    assert inflight.tolist() == [4.0, 0.0]
+    assert w.demand(0) == pytest.approx(30.0)
+    assert w.outstanding().tolist() == [4, 0]
+    assert w.pods(0) == 2
+
+
+def test_out_of_order_event_counts_but_does_not_overwrite_newer_gauges() -> None:
+    w = Windows(["m"])
+    w.add(ev(5.0, arrivals=50, queue=7, p99=99.0))
+    w.add(ev(4.0, arrivals=10, queue=1, p99=1.0))  # late by event time
+    assert w.counters()[0].tolist() == [60.0]
+    assert w.demand(0) == pytest.approx(50.0) and w.outstanding().tolist() == [7] and w.p99_ms(0) == 99.0
+
+
+def test_duplicates_and_late_events_are_dropped_and_counted() -> None:
+    w = Windows(["m"], dedupe_s=10.0)
+    for t in (1.0, 2.0, 3.0):
+        w.add(ev(t))
+    assert w.add(ev(2.0)) == -1  # a redelivered window
+    assert w.stats.duplicates == 1
+    w.add(ev(30.0))
+    assert w.add(ev(15.0)) == -1  # behind the newest window by more than dedupe_s
+    assert w.stats.late == 1 and w.stats.accepted == 4
+    assert w.counters()[0].tolist() == [40.0]
+
+
+def test_dedupe_memory_is_bounded() -> None:
+    w = Windows(["m"], dedupe_s=5.0)
+    for k in range(1000):
+        w.add(ev(float(k)))
+    pod = w._pods[0]["a"]
+    assert len(pod.seen) <= 70
+    assert w.add(ev(998.0)) == -1 and w.stats.duplicates == 1
+
+
+def test_stale_pods_leave_the_gauges() -> None:
+    w = Windows(["m"], pod_stale_s=10.0)
+    w.add(ev(1.0, "a", 10, queue=2))
+    w.add(ev(8.0, "b", 20, queue=3))
+    w.expire(15.0)
+    assert w.pods(0) == 1 and w.demand(0) == pytest.approx(20.0) and w.outstanding().tolist() == [3]
+    w.expire(100.0)
+    assert w.pods(0) == 0 and w.demand(0) == 0.0 and w.outstanding().tolist() == [0]
+    assert w.counters()[0].tolist() == [30.0]  # counters never go back
