@@ -77,7 +77,7 @@ class ShadowscaleState:
 class Shadowscale:
     headroom: float = 2.0
     """Standard deviations of the per-tick arrival rate kept as spare capacity (the sweep knob)."""
-    target_load: float = 0.85
+    target_load: float = 0.5
     """Share of a replica's capacity at the SLO that is planned to be used."""
     tick_interval_s: float = 2.0
     fast_tau_s: float = 10.0
