@@ -254,22 +254,25 @@ class Engine:
             touched = vec.step(lo, hi, prev_t, now) if hi - lo >= max(vec_min, 1) else set(model_list[lo:hi])
             touched.update(np.flatnonzero(next_event <= now).tolist())
             if touched:
-                idx = list(touched)
-                for i in np.asarray(idx)[pend_cnt[idx] > 0].tolist():
+                idx_l = list(touched)
+                idx = np.array(idx_l, dtype=np.int64)
+                for i in idx[pend_cnt[idx] > 0].tolist():
                     vec.sync(i)
-                res = [advance(models[i], prev_t, now, arr, sz, order, lat_list, timeout) for i in idx]
-                a_, b_, fl_, out_, run_, nxt_, rdy_n, rdy_s, single_, free0_ = zip(*res, strict=True)
-                arrivals[idx] = a_
-                busy[idx] = b_
-                inflight[idx] = fl_
-                outstanding[idx] = out_
-                running[idx] = run_
-                next_event[idx] = nxt_
+                res = np.array(
+                    [advance(models[i], prev_t, now, arr, sz, order, lat_list, timeout) for i in idx_l],
+                    dtype=np.float64,
+                )
+                arrivals[idx] = res[:, 0]
+                busy[idx] = res[:, 1]
+                inflight[idx] = res[:, 2]
+                outstanding[idx] = res[:, 3]
+                running[idx] = res[:, 4]
+                next_event[idx] = res[:, 5]
                 # exact ready-seconds for the interval replace the linear estimate added above
-                ready_s[idx] += np.array(rdy_s) - ready[idx] * dt
-                ready[idx] = rdy_n
-                single[idx] = single_
-                free0[idx] = free0_
+                ready_s[idx] += res[:, 7] - ready[idx] * dt
+                ready[idx] = res[:, 6]
+                single[idx] = res[:, 8] != 0.0
+                free0[idx] = res[:, 9]
 
             signals = Signals(
                 now,
