@@ -18,6 +18,10 @@ kube-scheduler fork picks the smallest node name and prefixes names with ``rand.
 stream cannot be reproduced in Python: one ``numpy.random.default_rng(S)`` drives, in order, the shuffle, the
 inflation, the node ranks and then the policy's own draws, so every policy sees the same pods and ranks for a
 seed, but not the artifact's. Compare means over seeds, not single runs. See ``docs/placement.md``.
+
+``--mode churn`` replays the pods' creation and deletion times instead (lifetimes stretched until the requested
+load peaks at ``--peak-load`` x capacity) and reports allocation and failures at the peak; ``--defrag`` also runs
+each policy with the defragmentation planner (see the churn section below).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,7 @@ from policies.placement import (
     task_classes,
 )
 from policies.placement.cluster import FloatArray, IntArray
+from policies.placement.defrag import DEFAULT_MAX_MOVES, BoundTable, apply_plan, plan_defrag, release
 
 TRACE = "alibaba-gpu-v2023"
 NODE_FILE = "openb_node_list_gpu_node.csv"
@@ -415,6 +420,467 @@ def paper_curves(pods_name: str) -> dict[str, dict[int, float]]:
     }
 
 
+# --------------------------------------------------------------------------------------------- churn
+#
+# ``--mode churn`` replays the pods' creation and deletion times (columns ``creation_time``, ``deletion_time``;
+# seconds from the trace start) instead of placing pods with no departures. The arrival set is the static
+# procedure's (steps 2-3: shuffled, inflated to 130 % with copies; a copy is another replica of its source pod and
+# inherits its times), so every policy again sees the same pods for a seed. Events run in time order; at equal
+# times departures go first (a pod with zero lifetime leaves after its own arrival), then arrivals in the arrival
+# sequence. A pod that fits nowhere fails and is dropped (it never departs). Departures after the last arrival
+# cannot change a placement and are not replayed.
+#
+# Replayed literally the trace is light: at most ~56 of its pods (1.3 % of the cluster's GPUs with the copies)
+# are alive at once. Lifetimes are therefore stretched by one factor S (departure = creation + S x lifetime;
+# creation times stay as recorded): by default the smallest S at which the *requested* concurrent GPU load (every
+# arrived pod that has not reached its stretched deletion time, placed or not) peaks at ``--peak-load`` x the
+# cluster's GPUs. The requested load does not depend on the policy, so the peak is the same instant for all of
+# them. ``--stretch S`` fixes S instead (``--stretch 1`` is the literal replay).
+
+TIME_COLUMNS = ("creation_time", "deletion_time")
+DEFAULT_PEAK_LOAD = 1.0
+_ARRIVE, _DEPART, _DEPART_SAME_TIME = 1, 0, 2
+"""Event kinds, in their order at equal times."""
+_MAX_STRETCH = 1e9
+
+
+def load_pod_times(path: Path) -> dict[str, tuple[int, int | None]]:
+    """Creation and deletion time (s) per pod name; ``None`` deletion = never deleted.
+
+    Raises ``ValueError`` naming the file when the list has no time columns (the ``multigpu*`` lists carry only
+    ``name, cpu_milli, memory_mib, num_gpu, gpu_milli``) or a row has a deletion before its creation.
+    """
+    with path.open(newline="") as f:
+        header = csv.DictReader(f).fieldnames or []
+    missing = [c for c in TIME_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(
+            f"{path}: no {'/'.join(missing)} column, so churn mode cannot replay this pod list (the multigpu* "
+            f"lists carry only name, cpu_milli, memory_mib, num_gpu, gpu_milli); use --mode static"
+        )
+    out: dict[str, tuple[int, int | None]] = {}
+    for line, row in _rows(path, ("name", *TIME_COLUMNS)):
+        created = _field_int(path, line, row, "creation_time")
+        deleted = (
+            None if (row.get("deletion_time") or "").strip() == "" else _field_int(path, line, row, "deletion_time")
+        )
+        if deleted is not None and deleted < created:
+            raise ValueError(f"{path}:{line}:deletion_time: {deleted} is before creation_time {created}")
+        out[row["name"]] = (created, deleted)
+    return out
+
+
+def source_name(pod: PodRequest) -> str:
+    """The trace pod a (possibly inflated) arrival copies: ``p-tuned-7`` -> ``p``."""
+    return pod.name.split("-tuned-", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnSchedule:
+    """Arrivals and departures in replay order (index = event)."""
+
+    pods: tuple[PodRequest, ...]
+    """The arrival sequence (index = pod)."""
+    stretch: float
+    time: FloatArray
+    kind: IntArray
+    """:data:`_ARRIVE`, :data:`_DEPART` or :data:`_DEPART_SAME_TIME` per event."""
+    pod: IntArray
+    """Index into ``pods`` per event."""
+    demand_milli: IntArray
+    """Requested concurrent GPU shares after each event (every arrived pod not yet departed, placed or not)."""
+    rank: IntArray | None = None
+    """Node tie-break order (``None``: node order)."""
+    rng_state: dict[str, Any] | None = None
+    """The seed's generator state after the arrival and rank draws (the policy's own draws continue from it)."""
+
+    @property
+    def peak(self) -> int:
+        """The event at which the requested load first reaches its maximum."""
+        return int(np.argmax(self.demand_milli))
+
+
+def churn_schedule(
+    pods: Sequence[PodRequest], times: dict[str, tuple[int, int | None]], stretch: float
+) -> ChurnSchedule:
+    """Events for ``pods`` (an arrival sequence) with lifetimes multiplied by ``stretch``."""
+    if not stretch > 0 or not math.isfinite(stretch):
+        raise ValueError(f"stretch must be a positive number, got {stretch}")
+    n = len(pods)
+    try:
+        created = np.array([times[source_name(p)][0] for p in pods], dtype=np.float64)
+        deleted = [times[source_name(p)][1] for p in pods]
+    except KeyError as exc:
+        raise ValueError(f"no creation/deletion time for pod {exc.args[0]!r}") from None
+    lives = np.array([np.inf if d is None else d for d in deleted], dtype=np.float64) - created
+    departs = np.flatnonzero(np.isfinite(lives))
+    dep_time = created[departs] + stretch * lives[departs]
+    last = float(created.max()) if n else 0.0
+    keep = dep_time <= last
+    departs, dep_time = departs[keep], dep_time[keep]
+    dep_kind = np.where(lives[departs] == 0, _DEPART_SAME_TIME, _DEPART)
+    time = np.concatenate([created, dep_time])
+    kind = np.concatenate([np.full(n, _ARRIVE), dep_kind]).astype(np.int64)
+    pod = np.concatenate([np.arange(n), departs]).astype(np.int64)
+    order = np.lexsort((pod, kind, time))
+    gpu = np.array([p.total_gpu_milli for p in pods], dtype=np.int64)
+    sign = np.where(kind[order] == _ARRIVE, 1, -1)
+    demand = np.cumsum(sign * gpu[pod[order]])
+    return ChurnSchedule(tuple(pods), float(stretch), time[order], kind[order], pod[order], demand)
+
+
+def stretch_for_peak(
+    pods: Sequence[PodRequest], times: dict[str, tuple[int, int | None]], capacity_milli: int, peak_load: float
+) -> float:
+    """The smallest lifetime stretch (to 0.1 %) at which the requested load peaks at ``peak_load`` x capacity.
+
+    The peak only grows with the stretch (longer lives, nested alive sets), so bisection finds it.
+    """
+    target = peak_load * capacity_milli
+    if not peak_load > 0:
+        raise ValueError(f"--peak-load must be positive, got {peak_load}")
+
+    def peak(s: float) -> int:
+        return int(churn_schedule(pods, times, s).demand_milli.max())
+
+    if peak(1.0) >= target:
+        return 1.0
+    top = peak(_MAX_STRETCH)
+    if top < target:
+        raise ValueError(
+            f"--peak-load {peak_load} is out of reach: with lifetimes stretched x{_MAX_STRETCH:.0e} the requested "
+            f"load peaks at {top / capacity_milli:.3f} x capacity"
+        )
+    lo, hi = 0.0, math.log(_MAX_STRETCH)
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        if peak(math.exp(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return math.exp(hi)
+
+
+@dataclass(frozen=True, slots=True)
+class DefragSettings:
+    """How the churn replay calls :func:`policies.placement.defrag.plan_defrag` when a pod fails."""
+
+    max_moves: int = DEFAULT_MAX_MOVES
+    budget: int = 1
+    """Pods of one budget group (the replicas of one trace pod) a plan may move."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnResult:
+    """One policy on one seed under churn (with or without defragmentation)."""
+
+    policy: str
+    seed: int
+    defrag: bool
+    stretch: float
+    n_pods: int
+    departures: int
+    failed: int
+    failed_gpu_milli: int
+    arrived_gpu_milli: int
+    rescued: int
+    """Pods placed only thanks to a defragmentation plan."""
+    migrations: int
+    plans_not_found: int
+    """Failures where the cluster had enough free in total but no plan within the limits was found."""
+    seconds: float
+    defrag_seconds: float
+    time: FloatArray
+    demand_milli: IntArray
+    allocated_milli: IntArray
+    peak: int
+    frag_rate_at_peak: float
+    capacity_milli: int
+
+    @property
+    def alloc_pct_at_peak(self) -> float:
+        return float(self.allocated_milli[self.peak]) / self.capacity_milli * 100
+
+    @property
+    def demand_pct_at_peak(self) -> float:
+        return float(self.demand_milli[self.peak]) / self.capacity_milli * 100
+
+
+def simulate_churn(
+    spec: ClusterSpec,
+    schedule: ChurnSchedule,
+    classes: TaskClasses,
+    policy_name: str,
+    seed: int,
+    defrag: DefragSettings | None = None,
+) -> ChurnResult:
+    """Replay ``schedule`` with one policy; with ``defrag``, a failed pod triggers a migration plan.
+
+    Node ranks and the generator the policy draws from come with the schedule (:func:`churn_schedule_for_seed`
+    draws them as :func:`simulate` does); without them, node order and ``default_rng(seed)``.
+    """
+    rng = np.random.default_rng(seed)
+    if schedule.rng_state is not None:
+        rng.bit_generator.state = schedule.rng_state
+    if schedule.rank is not None:
+        spec = spec.with_rank(schedule.rank)
+    policy = make_policy(policy_name)
+    state = ClusterState.empty(spec)
+    memo = policy.init(state, classes)
+    pods = schedule.pods
+    table = BoundTable(pods, [p.name for p in pods], [source_name(p) for p in pods], spec.width)
+    row_of = {p.name: i for i, p in enumerate(pods)}
+    n_events = schedule.time.shape[0]
+    allocated = np.empty(n_events, dtype=np.int64)
+    alloc = failed = failed_gpu = arrived_gpu = departures = rescued = migrations = not_found = 0
+    frag_at_peak = math.nan
+    peak = schedule.peak
+    defrag_s = 0.0
+    start = time.perf_counter()
+    for e, (kind, i) in enumerate(zip(schedule.kind.tolist(), schedule.pod.tolist(), strict=True)):
+        pod = pods[i]
+        if kind == _ARRIVE:
+            arrived_gpu += pod.total_gpu_milli
+            placement, memo = policy.place(state, pod, memo, rng)
+            if placement is not None:
+                state = state.apply(pod, placement)
+                table.bind(i, placement.node, placement.gpus)
+                alloc += pod.total_gpu_milli
+            elif defrag is not None:
+                t0 = time.perf_counter()
+                plan = plan_defrag(state, table, pod, max_moves=defrag.max_moves, default_budget=defrag.budget)
+                defrag_s += time.perf_counter() - t0
+                if plan.placement is not None:
+                    state = apply_plan(state, plan, pod)
+                    for mv in plan.moves:
+                        table.bind(row_of[mv.name], mv.dst_node, mv.dst_gpus)
+                    table.bind(i, plan.placement.node, plan.placement.gpus)
+                    alloc += pod.total_gpu_milli
+                    rescued += 1
+                    migrations += len(plan.moves)
+                else:
+                    failed += 1
+                    failed_gpu += pod.total_gpu_milli
+                    not_found += plan.outcome == "no_plan"
+            else:
+                failed += 1
+                failed_gpu += pod.total_gpu_milli
+        elif table.node[i] >= 0:
+            state = release(state, pod, int(table.node[i]), table.gpus(i))
+            table.unbind(i)
+            alloc -= pod.total_gpu_milli
+            departures += 1
+        allocated[e] = alloc
+        if e == peak:
+            frag_at_peak = FragMemo(state, classes).rate
+    seconds = time.perf_counter() - start
+    return ChurnResult(
+        policy=policy.name,
+        seed=seed,
+        defrag=defrag is not None,
+        stretch=schedule.stretch,
+        n_pods=len(pods),
+        departures=departures,
+        failed=failed,
+        failed_gpu_milli=failed_gpu,
+        arrived_gpu_milli=arrived_gpu,
+        rescued=rescued,
+        migrations=migrations,
+        plans_not_found=not_found,
+        seconds=seconds,
+        defrag_seconds=defrag_s,
+        time=schedule.time,
+        demand_milli=schedule.demand_milli,
+        allocated_milli=allocated,
+        peak=peak,
+        frag_rate_at_peak=frag_at_peak,
+        capacity_milli=spec.total_gpu_milli,
+    )
+
+
+def churn_schedule_for_seed(
+    workload: Workload,
+    times: dict[str, tuple[int, int | None]],
+    seed: int,
+    peak_load: float = DEFAULT_PEAK_LOAD,
+    stretch: float | None = None,
+) -> ChurnSchedule:
+    """The seed's arrival sequence and node ranks (drawn as in :func:`simulate`) with its churn events."""
+    rng = np.random.default_rng(seed)
+    order = arrivals(workload.pods, workload.spec.total_gpu_milli, rng)
+    rank = rng.permutation(workload.spec.n_nodes)
+    s = stretch if stretch is not None else stretch_for_peak(order, times, workload.spec.total_gpu_milli, peak_load)
+    return replace(churn_schedule(order, times, s), rank=rank, rng_state=dict(rng.bit_generator.state))
+
+
+def summarize_churn(results: Sequence[ChurnResult]) -> dict[str, Any]:
+    """Means over seeds; ``alloc_std_at_peak`` is the sample standard deviation; ``per_seed`` lists the
+    allocation at the peak and the failed pods of each seed (in seed order)."""
+    at_peak = np.array([r.alloc_pct_at_peak for r in results])
+
+    def mean(values: Sequence[float], digits: int) -> float | None:
+        return _rounded(float(np.mean(values)), digits)
+
+    out: dict[str, Any] = {
+        "alloc_pct_at_peak": mean(at_peak.tolist(), 2),
+        "alloc_std_at_peak": _rounded(float(np.std(at_peak, ddof=1)) if len(at_peak) > 1 else 0.0, 2),
+        "demand_pct_at_peak": mean([r.demand_pct_at_peak for r in results], 2),
+        "alloc_pct_max": mean([float(r.allocated_milli.max()) / r.capacity_milli * 100 for r in results], 2),
+        "failed_pods": mean([float(r.failed) for r in results], 1),
+        "failed_pct": mean([r.failed / r.n_pods * 100 for r in results], 2),
+        "failed_gpu_pct": mean([r.failed_gpu_milli / max(r.arrived_gpu_milli, 1) * 100 for r in results], 2),
+        "frag_rate_at_peak": mean([r.frag_rate_at_peak * 100 for r in results], 1),
+        "arrivals": mean([float(r.n_pods) for r in results], 1),
+        "departures": mean([float(r.departures) for r in results], 1),
+        "stretch": mean([r.stretch for r in results], 1),
+        "pods_per_s": round(sum(r.n_pods for r in results) / max(sum(r.seconds for r in results), 1e-9), 1),
+        "per_seed": {
+            "seed": [r.seed for r in sorted(results, key=lambda r: r.seed)],
+            "alloc_pct_at_peak": [round(r.alloc_pct_at_peak, 2) for r in sorted(results, key=lambda r: r.seed)],
+            "failed_pods": [r.failed for r in sorted(results, key=lambda r: r.seed)],
+        },
+    }
+    if results and results[0].defrag:
+        rescued = sum(r.rescued for r in results)
+        out |= {
+            "rescued_pods": mean([float(r.rescued) for r in results], 1),
+            "migrations": mean([float(r.migrations) for r in results], 1),
+            "migrations_per_rescued": _rounded(sum(r.migrations for r in results) / rescued, 2) if rescued else None,
+            "plans_not_found": mean([float(r.plans_not_found) for r in results], 1),
+            "defrag_s": mean([r.defrag_seconds for r in results], 2),
+        }
+    return out
+
+
+def _run_churn_job(job: tuple[str, str, int, float, float | None, DefragSettings | None]) -> ChurnResult:
+    pods_name, policy, seed, peak_load, stretch, defrag = job
+    w = load_workload(pods_name)
+    times = load_pod_times(resolve_pod_list(pods_name))
+    return simulate_churn(
+        w.spec, churn_schedule_for_seed(w, times, seed, peak_load, stretch), w.classes, policy, seed, defrag
+    )
+
+
+def run_churn(args: argparse.Namespace, seeds: list[int], policies: list[str]) -> int:
+    """``--mode churn``: each policy without (and with ``--defrag``, also with) defragmentation."""
+    if args.stretch is not None and args.peak_load is not None:
+        raise ValueError("give --stretch or --peak-load, not both")
+    peak_load = args.peak_load if args.peak_load is not None else DEFAULT_PEAK_LOAD
+    if args.max_moves < 1 or args.budget < 0:
+        raise ValueError("--max-moves must be at least 1 and --budget at least 0")
+    workload = load_workload(args.pods)
+    times = load_pod_times(resolve_pod_list(args.pods))
+    settings = DefragSettings(args.max_moves, args.budget)
+    variants: list[DefragSettings | None] = [None, settings] if args.defrag else [None]
+    jobs = [(args.pods, p, s, peak_load, args.stretch, d) for p in policies for d in variants for s in seeds]
+    if args.jobs == 1 or len(jobs) == 1:
+        schedules = {s: churn_schedule_for_seed(workload, times, s, peak_load, args.stretch) for s in seeds}
+        done = []
+        for _, p, s, _, _, d in jobs:
+            r = simulate_churn(workload.spec, schedules[s], workload.classes, p, s, d)
+            done.append(r)
+            if not args.json:
+                print(f"churn {p} seed {s} defrag={d is not None}: {r.seconds:.1f} s", file=sys.stderr)
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            done = list(pool.map(_run_churn_job, jobs))
+    plain: dict[str, list[ChurnResult]] = {p: [] for p in policies}
+    with_defrag: dict[str, list[ChurnResult]] = {p: [] for p in policies}
+    for r in done:
+        (with_defrag if r.defrag else plain)[r.policy].append(r)
+    summary: dict[str, dict[str, Any]] = {}
+    for p in policies:
+        summary[p] = dict(summarize_churn(plain[p]))
+        if with_defrag[p]:
+            summary[p]["defrag"] = summarize_churn(with_defrag[p])
+    out: dict[str, Any] = {
+        "pods": args.pods,
+        "seeds": seeds,
+        "mode": "churn",
+        "peak_load": None if args.stretch is not None else peak_load,
+        "defrag_settings": {"max_moves": settings.max_moves, "budget": settings.budget} if args.defrag else None,
+        "policies": summary,
+    }
+    if args.plot is not None:
+        plot_churn(Path(args.plot), args.pods, plain, with_defrag)
+    if not args.json:
+        _print_churn_table(out)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _print_churn_table(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"placement under churn, pods={out['pods']}, seeds={len(out['seeds'])}")
+    cols = ("policy", "defrag", "alloc % @peak", "demand % @peak", "failed pods", "failed GPU %", "frag % @peak")
+    for col in (*cols, "migrations/rescued"):
+        table.add_column(col, justify="right")
+    for name, s in out["policies"].items():
+        for label, row in (("no", s), ("yes", s.get("defrag"))):
+            if row is None:
+                continue
+            table.add_row(
+                name,
+                label,
+                f"{_fmt(row['alloc_pct_at_peak'], '.2f')} ± {_fmt(row['alloc_std_at_peak'], '.2f')}",
+                _fmt(row["demand_pct_at_peak"], ".1f"),
+                _fmt(row["failed_pods"], ".1f"),
+                _fmt(row["failed_gpu_pct"], ".2f"),
+                _fmt(row["frag_rate_at_peak"], ".1f"),
+                _fmt(row.get("migrations_per_rescued"), ".2f") if label == "yes" else "",
+            )
+    Console(stderr=True, width=140).print(table)
+
+
+def plot_churn(
+    path: Path, pods_name: str, plain: dict[str, list[ChurnResult]], with_defrag: dict[str, list[ChurnResult]]
+) -> None:
+    """Allocation ratio and requested load over the busy part of the replay (mean over seeds), per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for rs in plain.values() for r in rs]
+    if not runs:
+        return
+    first = runs[0]  # every run of a seed replays the same events; the first seed's times set the axis
+    busy = np.flatnonzero(first.demand_milli >= 0.2 * first.demand_milli.max())
+    t0, t1 = float(first.time[busy[0]]), float(first.time[-1])
+    grid = np.linspace(t0, t1, 600)
+    days = (grid - t0) / 86400
+
+    def on_grid(r: ChurnResult, values: IntArray) -> FloatArray:
+        at = np.clip(np.searchsorted(r.time, grid, side="right") - 1, 0, r.time.shape[0] - 1)
+        out: FloatArray = values[at] / r.capacity_milli * 100
+        return out
+
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 4.5))
+    seeds = len(plain[next(iter(plain))])
+    requested = np.mean([on_grid(r, r.demand_milli) for r in plain[next(iter(plain))]], axis=0)
+    late = days >= days[int(np.argmax(requested >= 0.8 * requested.max()))]
+    for a, keep in ((ax, np.ones_like(late)), (zoom, late)):
+        a.plot(days[keep], requested[keep], ":", color="grey", label="requested (alive pods)")
+        for i, (name, rs) in enumerate(plain.items()):
+            curve = np.mean([on_grid(r, r.allocated_milli) for r in rs], axis=0)
+            a.plot(days[keep], curve[keep], color=f"C{i}", label=name)
+            if with_defrag.get(name):
+                curve = np.mean([on_grid(r, r.allocated_milli) for r in with_defrag[name]], axis=0)
+                a.plot(days[keep], curve[keep], "--", color=f"C{i}", label=f"{name} + defrag")
+        a.set_xlabel("days since the requested load first reached 20 % of its peak")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("% of the cluster's GPUs")
+    stretch = float(np.mean([r.stretch for r in runs]))
+    ax.set_title(f"openb {pods_name} under churn (lifetimes x{stretch:.0f}, mean of {seeds} seed(s))")
+    zoom.set_title("zoom: requested load above 80 % of its peak")
+    zoom.legend(loc="lower right", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 
@@ -435,6 +901,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON object (no progress bar or table)")
     parser.add_argument("--plot", default=None, metavar="PATH.png", help="write allocation-vs-arrived-load curves")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument(
+        "--mode",
+        choices=("static", "churn"),
+        default="static",
+        help="static: the paper's procedure (default); churn: replay creation and deletion times",
+    )
+    parser.add_argument(
+        "--peak-load",
+        type=float,
+        default=None,
+        help=f"churn: stretch lifetimes so the requested load peaks at this x capacity (default {DEFAULT_PEAK_LOAD})",
+    )
+    parser.add_argument("--stretch", type=float, default=None, help="churn: fixed lifetime stretch (1 = as recorded)")
+    parser.add_argument("--defrag", action="store_true", help="churn: also run with the defragmentation planner")
+    parser.add_argument(
+        "--max-moves",
+        type=int,
+        default=DEFAULT_MAX_MOVES,
+        help=f"churn: migrations per plan (default {DEFAULT_MAX_MOVES})",
+    )
+    parser.add_argument(
+        "--budget", type=int, default=1, help="churn: replicas of one trace pod a plan may move (default 1)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -445,6 +934,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--jobs must be at least 1")
     if args.plot is not None and not str(args.plot).lower().endswith(".png"):
         raise ValueError(f"--plot wants a .png path, got {args.plot!r}")
+    if getattr(args, "mode", "static") == "churn":
+        return run_churn(args, seeds, policies)
     workload = load_workload(args.pods)
     jobs = [(args.pods, p, s) for p in policies for s in seeds]
     results: dict[str, list[RunResult]] = {p: [] for p in policies}
