@@ -28,6 +28,7 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.events import TRAFFIC_V1, TrafficEvent, encode
+from agent.producers.cli import register_gpu
 from policies.ports import Actuator, Clock
 from simulators.actuator import SimulatedCluster
 from simulators.cli import positive_float, positive_int
@@ -142,7 +143,7 @@ class Replayer:
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("produce", help="publish events to Kafka (trace replay)", description=__doc__)
+    p = sub.add_parser("produce", help="publish events to Kafka (trace replay, GPU exporter)", description=__doc__)
     psub = p.add_subparsers(dest="producer", metavar="PRODUCER")
     psub.required = True
     r = psub.add_parser(
@@ -166,6 +167,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     r.add_argument("--create-topic", action="store_true", help="create the topic if it does not exist")
     r.add_argument("--partitions", type=positive_int, default=4, help="partitions of a created topic (default 4)")
     r.set_defaults(func=replay_main)
+    register_gpu(psub)
 
 
 def replay_main(args: argparse.Namespace) -> int:
