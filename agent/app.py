@@ -105,6 +105,21 @@ async def serve(
         tasks: list[asyncio.Task[None]] = []
         if leader is not None:
             tasks.append(guarded(leader.run(stop), "leader-election", stop))
+        if cfg.scheduler.enabled:
+            from agent.kube import api_client
+            from agent.scheduler import SecondaryScheduler
+
+            if api is None:
+                api = await api_client(cfg.actuator.kubernetes)
+                closers.append(api.close)
+            scheduler = SecondaryScheduler(
+                cfg.scheduler,
+                cfg.actuator.kubernetes,
+                api,
+                identity=cfg.identity,
+                is_leader=leader.is_leader if leader is not None else None,
+            )
+            tasks.append(guarded(scheduler.run(stop), "placement-scheduler", stop))
         loop_task = guarded(agent.run(stop), "decision-loop", stop)
         tasks.append(loop_task)
         running = Running(agent, None, leader, closers)

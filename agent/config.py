@@ -131,6 +131,22 @@ class LogConfig(_Section, frozen=True, kw_only=True):
     format: Literal["json", "console"] = "json"
 
 
+class SchedulerConfig(_Section, frozen=True, kw_only=True):
+    """The secondary scheduler for pods with ``schedulerName: <name>`` (agent/scheduler.py; off by default)."""
+
+    enabled: bool = False
+    name: Annotated[str, msgspec.Meta(min_length=1)] = "shadowscale"
+    policy: str = "shadowscale"
+    """Placement policy (``policies.placement.POLICY_NAMES``, case-insensitive)."""
+    migrations: bool = False
+    """Evict pods along a defragmentation plan when a pod finds no room though enough GPU shares are free."""
+    max_moves: Annotated[int, msgspec.Meta(ge=1, le=5)] = 3
+    retry_s: PositiveFloat = 5.0
+    """A pod that found no room is decided again after this long (sooner when capacity is freed)."""
+    migration_wait_s: PositiveFloat = 60.0
+    """How long one migration waits for its evicted pod to be gone before the plan is abandoned."""
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
     namespace: str = "default"
@@ -159,6 +175,7 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     trigger: TriggerConfig = TriggerConfig()
     http: HttpConfig = HttpConfig()
     leader_election: LeaderConfig = LeaderConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -179,6 +196,13 @@ def _check(cfg: AgentConfig) -> None:
     for m in cfg.models:
         if m.min_replicas > m.max_replicas:
             raise ConfigError(f"model {m.name!r}: min_replicas {m.min_replicas} > max_replicas {m.max_replicas}")
+    if cfg.scheduler.enabled:
+        from policies.placement import UnknownPolicyError, canonical_name
+
+        try:
+            canonical_name(cfg.scheduler.policy)
+        except UnknownPolicyError as e:
+            raise ConfigError(f"scheduler.policy: {e}") from None
     k = cfg.kafka
     if k.heartbeat_interval_ms >= k.session_timeout_ms:
         raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
