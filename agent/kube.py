@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,50 +148,28 @@ class KubeActuator:
         )
 
     async def _watch(self, kind: str) -> None:
-        delays = self.cfg.retry_delays_s or (1.0,)
-        failures = 0
-        list_call = self._list_call(kind)
-        while not self._stop.is_set():
-            try:
-                listing = await _json(
-                    await list_call(
-                        label_selector=self.cfg.label,
-                        _preload_content=False,
-                        _request_timeout=self.cfg.request_timeout_s,
-                    )
-                )
-                fresh = {}
-                for item in listing.get("items", []):
-                    ref = self._ref(kind, item)
-                    if ref is not None:
-                        fresh[(kind, ref.namespace, ref.name)] = ref
-                await self._replace_kind(kind, fresh)
-                self._synced[kind].set()
-                failures = 0
-                rv = listing.get("metadata", {}).get("resourceVersion")
-                resp = await list_call(
-                    label_selector=self.cfg.label,
-                    watch=True,
-                    resource_version=rv if rv and rv.isdigit() else None,
-                    timeout_seconds=300,
-                    _preload_content=False,
-                )
-                if resp.status != 200:
-                    await _json(resp)  # raises
-                try:
-                    async for line in resp.content:
-                        if line.strip():
-                            await self._on_event(kind, json.loads(line))
-                finally:
-                    resp.release()
-            except asyncio.CancelledError:
-                raise
-            except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as e:
-                delay = delays[min(failures, len(delays) - 1)]
-                failures += 1
-                log.warning("watch failed; will list again", kind=kind, attempt=failures, delay_s=delay, error=str(e))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+        async def on_list(listing: Mapping[str, Any]) -> None:
+            fresh = {}
+            for item in listing.get("items", []):
+                ref = self._ref(kind, item)
+                if ref is not None:
+                    fresh[(kind, ref.namespace, ref.name)] = ref
+            await self._replace_kind(kind, fresh)
+            self._synced[kind].set()
+
+        async def on_event(event: Mapping[str, Any]) -> None:
+            await self._on_event(kind, event)
+
+        await list_and_watch(
+            kind,
+            self._list_call(kind),
+            on_list,
+            on_event,
+            self._stop,
+            self.cfg.retry_delays_s,
+            self.cfg.request_timeout_s,
+            label_selector=self.cfg.label,
+        )
 
     async def _on_event(self, kind: str, event: Mapping[str, Any]) -> None:
         etype = event.get("type")
@@ -354,3 +332,52 @@ class KubeActuator:
             if self._stop.is_set():
                 return "stopping"
         return "unreachable"  # pragma: no cover
+
+
+async def list_and_watch(
+    kind: str,
+    list_call: Callable[..., Awaitable[Any]],
+    on_list: Callable[[Mapping[str, Any]], Awaitable[None]],
+    on_event: Callable[[Mapping[str, Any]], Awaitable[None]],
+    stop: asyncio.Event,
+    retry_delays_s: Sequence[float],
+    request_timeout_s: float,
+    label_selector: str | None = None,
+) -> None:
+    """List, then watch from the listing's resourceVersion, until ``stop``; after any error list again after the
+    next delay of ``retry_delays_s`` (the last one repeats). ``on_list`` gets the listing, ``on_event`` each watch
+    event."""
+    delays = tuple(retry_delays_s) or (1.0,)
+    failures = 0
+    selector = {} if label_selector is None else {"label_selector": label_selector}
+    while not stop.is_set():
+        try:
+            listing = await _json(
+                await list_call(**selector, _preload_content=False, _request_timeout=request_timeout_s)
+            )
+            await on_list(listing)
+            failures = 0
+            rv = (listing.get("metadata") or {}).get("resourceVersion")
+            resp = await list_call(
+                **selector,
+                watch=True,
+                resource_version=rv if rv and rv.isdigit() else None,
+                timeout_seconds=300,
+                _preload_content=False,
+            )
+            if resp.status != 200:
+                await _json(resp)  # raises
+            try:
+                async for line in resp.content:
+                    if line.strip():
+                        await on_event(json.loads(line))
+            finally:
+                resp.release()
+        except asyncio.CancelledError:
+            raise
+        except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as e:
+            delay = delays[min(failures, len(delays) - 1)]
+            failures += 1
+            log.warning("watch failed; will list again", kind=kind, attempt=failures, delay_s=delay, error=str(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)

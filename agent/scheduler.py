@@ -49,7 +49,7 @@ import structlog
 from kubernetes_asyncio import client
 
 from agent.config import KubernetesConfig, SchedulerConfig
-from agent.kube import KubeError, _json
+from agent.kube import KubeError, _json, list_and_watch
 from policies.placement import make_policy
 from policies.placement.cluster import PodRequest
 from policies.placement.defrag import BoundPod, DefragPlan, plan_defrag
@@ -443,39 +443,17 @@ class SecondaryScheduler:
     # -- watches ----------------------------------------------------------------------------------------------------
     async def _watch(self, kind: str, stop: asyncio.Event) -> None:
         list_call = self.core.list_node if kind == "nodes" else self.core.list_pod_for_all_namespaces
-        delays = self.kube.retry_delays_s or (1.0,)
-        failures = 0
-        while not stop.is_set():
-            try:
-                listing = await _json(
-                    await list_call(_preload_content=False, _request_timeout=self.kube.request_timeout_s)
-                )
-                await self._replace(kind, listing.get("items") or [])
-                self.synced[kind].set()
-                failures = 0
-                rv = (listing.get("metadata") or {}).get("resourceVersion")
-                resp = await list_call(
-                    watch=True,
-                    resource_version=rv if rv and rv.isdigit() else None,
-                    timeout_seconds=300,
-                    _preload_content=False,
-                )
-                if resp.status != 200:
-                    await _json(resp)  # raises
-                try:
-                    async for line in resp.content:
-                        if line.strip():
-                            await self._on_event(kind, json.loads(line))
-                finally:
-                    resp.release()
-            except asyncio.CancelledError:
-                raise
-            except (KubeError, aiohttp.ClientError, TimeoutError, ValueError) as e:
-                delay = delays[min(failures, len(delays) - 1)]
-                failures += 1
-                log.warning("watch failed; will list again", kind=kind, attempt=failures, delay_s=delay, error=str(e))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+
+        async def on_list(listing: Mapping[str, Any]) -> None:
+            await self._replace(kind, listing.get("items") or [])
+            self.synced[kind].set()
+
+        async def on_event(event: Mapping[str, Any]) -> None:
+            await self._on_event(kind, event)
+
+        await list_and_watch(
+            kind, list_call, on_list, on_event, stop, self.kube.retry_delays_s, self.kube.request_timeout_s
+        )
 
     async def _replace(self, kind: str, items: list[Mapping[str, Any]]) -> None:
         if kind == "nodes":
