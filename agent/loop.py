@@ -39,6 +39,8 @@ log = structlog.get_logger("shadowscale.agent")
 MAX_UNSENT = 100_000
 OBSERVE_S = 0.25
 """Between reconcile ticks the actuator's view is refreshed at most this often (wall seconds)."""
+FLUSH_WAIT_S = 0.05
+"""How long one loop iteration waits for its audit write before it goes on deciding."""
 
 
 @dataclass(slots=True)
@@ -110,6 +112,8 @@ class Agent:
         self.gpus: dict[tuple[str, str], GpuEvent] = {}
         self._offsets: dict[Position, int] = {}
         self._unsent: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        """The one audit/dead-letter write in flight: the loop keeps deciding while the broker is slow or away."""
         self._last_commit = -math.inf
         self._topics = cfg.kafka.topics
         self._observed_at = -math.inf
@@ -152,7 +156,7 @@ class Agent:
                     owned = self.source.owns(self.core.models)
                     plans = self.core.decide(now, "event", triggered, owned)
                 await self._apply(plans, t0, now)
-                await self._flush()
+                await self._start_flush()
                 await self._maybe_commit(now)
                 if not self.ready.is_set():
                     self.ready.set()
@@ -327,23 +331,41 @@ class Agent:
             if self.audit_file is not None:
                 self.audit_file.append([v for _, v in records])
 
+    async def _start_flush(self) -> None:
+        """Write the buffered records in the background (one write in flight) and wait for it at most
+        ``FLUSH_WAIT_S``: a healthy broker acknowledges within it, so commits follow in the same iteration; a slow
+        or absent one no longer stops the loop from deciding."""
+        if self._flushing is None or self._flushing.done():
+            if not any(self._unsent.values()):
+                return
+            self._flushing = asyncio.create_task(self._flush(), name="audit-flush")
+        await asyncio.wait({self._flushing}, timeout=FLUSH_WAIT_S)
+
+    def _flush_idle(self) -> bool:
+        return (self._flushing is None or self._flushing.done()) and not any(self._unsent.values())
+
     async def _flush(self) -> None:
-        """Write buffered audit and dead-letter records; on failure keep them (bounded) for the next iteration."""
+        """Write buffered audit and dead-letter records; on failure keep them (bounded) for the next iteration.
+
+        Records buffered while a write is in flight wait for the next one; a failed batch goes back in front of them.
+        """
         for topic in list(self._unsent):
             batch = self._unsent[topic]
             if not batch:
                 continue
+            self._unsent[topic] = []
             try:
                 await self.sink.write(topic, batch)
             except Exception as e:
                 log.warning("audit write failed; will retry", topic=topic, error=f"{type(e).__name__}: {e}")
-                if len(batch) > MAX_UNSENT:
-                    del batch[: len(batch) - MAX_UNSENT]
-                continue
-            self._unsent[topic] = []
+                kept = batch + self._unsent.get(topic, [])
+                if len(kept) > MAX_UNSENT:
+                    del kept[: len(kept) - MAX_UNSENT]
+                self._unsent[topic] = kept
 
     async def _maybe_commit(self, now: float) -> None:
-        if not self._offsets or self.pending or any(self._unsent.values()):
+        # at-least-once: only once the decisions these events caused are applied and their audit records written
+        if not self._offsets or self.pending or not self._flush_idle():
             return
         if time.monotonic() - self._last_commit < self.cfg.kafka.commit_interval_s:
             return
@@ -366,6 +388,8 @@ class Agent:
         """On a clean stop: flush what can be flushed and commit if nothing is pending (bounded: a broker that is
         gone must not hold the shutdown)."""
         try:
+            if self._flushing is not None:
+                await asyncio.wait_for(asyncio.shield(self._flushing), timeout_s)
             await asyncio.wait_for(self._flush(), timeout_s)
             if self._offsets and not self.pending and not any(self._unsent.values()):
                 await asyncio.wait_for(self._commit(), timeout_s)

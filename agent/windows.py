@@ -26,13 +26,15 @@ from policies.types import FloatArray, IntArray
 
 
 class _Pod:
-    __slots__ = ("latest", "limit", "p99_ms", "queue", "rate", "seen")
+    __slots__ = ("active", "latest", "limit", "p99_ms", "queue", "rate", "seen")
 
     def __init__(self) -> None:
         self.latest = -1.0
         self.rate = 0.0
         self.queue = 0
         self.p99_ms = 0.0
+        self.active = True
+        """False once the pod went stale: its gauges left the sums; its duplicate memory stays a while."""
         self.seen: set[float] = set()
         self.limit = 64
         """Prune ``seen`` when it grows past this; then twice what is left (amortised O(1) per event)."""
@@ -118,6 +120,7 @@ class Windows:
                 demand[i] += rate - pod.rate
                 queue[i] += ev.queue_depth - pod.queue
                 pod.latest = t
+                pod.active = True
                 pod.rate = rate
                 pod.queue = ev.queue_depth
                 pod.p99_ms = ev.latency_p99_ms
@@ -128,15 +131,30 @@ class Windows:
         return list(touched)
 
     def expire(self, now: float) -> None:
-        """Forget pods not heard from within ``pod_stale_s`` of ``now`` (their gauges leave the sums)."""
-        cut = now - self.pod_stale_s
+        """Pods not heard from within ``pod_stale_s`` of ``now`` leave the gauge sums (demand, queue, p99, pod
+        count); their duplicate memory is kept until ``dedupe_s`` has passed too, so a redelivered window of a pod
+        that went quiet is still recognised."""
+        stale_cut = now - self.pod_stale_s
+        forget_cut = now - max(self.pod_stale_s, self.dedupe_s)
         for i, pods in enumerate(self._pods):
-            gone = [name for name, p in pods.items() if p.latest < cut]
+            gone = []
+            active = 0
+            for name, p in pods.items():
+                if p.latest < stale_cut:
+                    if p.active:
+                        self._demand[i] -= p.rate
+                        self._queue[i] -= p.queue
+                        p.rate = 0.0
+                        p.queue = 0
+                        p.p99_ms = 0.0
+                        p.active = False
+                    if p.latest < forget_cut:
+                        gone.append(name)
+                else:
+                    active += 1
             for name in gone:
-                p = pods.pop(name)
-                self._demand[i] -= p.rate
-                self._queue[i] -= p.queue
-            if gone and not pods:
+                del pods[name]
+            if not active:
                 self._demand[i] = 0.0  # no float residue once the last pod is gone
                 self._queue[i] = 0
 
@@ -165,4 +183,4 @@ class Windows:
         return max((p.p99_ms for p in self._pods[i].values()), default=0.0)
 
     def pods(self, i: int) -> int:
-        return len(self._pods[i])
+        return sum(1 for p in self._pods[i].values() if p.active)

@@ -76,3 +76,22 @@ def test_stale_pods_leave_the_gauges() -> None:
     w.expire(100.0)
     assert w.pods(0) == 0 and w.demand(0) == 0.0 and w.outstanding().tolist() == [0]
     assert w.counters()[0].tolist() == [30.0]  # counters never go back
+
+
+def test_a_duplicate_after_the_pod_went_quiet_is_still_a_duplicate() -> None:
+    """Stale pods leave the gauges after pod_stale_s but keep their duplicate memory for dedupe_s: a window
+    redelivered 31 s later (e.g. after a broker outage) is not counted twice."""
+    from agent.events import TrafficEvent
+    from agent.windows import Windows
+
+    w = Windows(["m"], pod_stale_s=30.0, dedupe_s=60.0)
+    ev = TrafficEvent(
+        schema="shadowscale.traffic/v1", model="m", pod="p", event_time=1.7e9, window_s=1.0, arrivals=5, completions=5
+    )
+    assert w.add(ev) == 0
+    w.expire(1.7e9 + 31.0)
+    assert w.pods(0) == 0 and w.demand_all()[0] == 0.0
+    assert w.add(ev) == -1
+    assert w.stats.accepted == 1 and w.stats.duplicates == 1
+    w.expire(1.7e9 + 61.0)
+    assert w.add(ev) == 0  # beyond dedupe_s it is forgotten
