@@ -7,7 +7,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    from benchmarks import agent, placement, simulator
+    from benchmarks import agent, placement, profiler, simulator
 
     parser = sub.add_parser("bench", help="run a benchmark and print JSON", description=__doc__)
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
@@ -15,3 +15,4 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     simulator.register(bench_sub)
     placement.register(bench_sub)
     agent.register(bench_sub)
+    profiler.register(bench_sub)

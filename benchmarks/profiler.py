@@ -1,0 +1,736 @@
+"""``shadowscale bench profiler``: how many trials each search needs to find a near-best configuration.
+
+Replays measured datasets (``--dataset llm-inference-bench | gpulet | infadapter | PATH.csv``); the dataset is the
+oracle, so only measured configurations can be tried. The rules, the same for every method (issue 4):
+
+- a *task* is one model in one setting (a model at one sequence length, one SLO); its configurations are the
+  ones measured for it;
+- the latency SLO of a task is the dataset's own where it has one, otherwise the median latency over the task's
+  configurations; the objective is throughput per unit of cost (per device, GPU share or CPU core) among the
+  configurations that meet the SLO;
+- tasks with at least ``--min-configs`` (30) configurations are scored; all tasks may serve as warm-start data;
+- warm starts use only tasks of *other models* (leave-one-model-out);
+- a run counts the trials until a configuration within 5 % of the task's best feasible objective is tried; each
+  task is run with every seed; the per-task mean is taken over seeds, and the report gives, per method, the median
+  over tasks of the mean trials, the median and the 90th percentile over tasks of the mean trials as a fraction
+  of the task's configurations.
+
+Methods: ``shadowscale`` (the planner with transfer), ``shadowscale_cold`` (the same planner, no transfer), ``gp``
+(``skopt.Optimizer`` with its defaults, its asks snapped to the nearest untried measured configuration, told
+``-objective`` or 0 when the SLO is missed) and ``random`` (uniform sampling without replacement). The planners
+run with the stopping rule switched off (the count is up to the first near-best trial); how often the EI rule
+would have stopped a run too early is in ``--details``.
+
+Prints ``{"tasks": int, "methods": {name: {"median_trials", "median_fraction", "p90_fraction"}}}``; the wall time
+goes to stderr and, with everything per task, to ``--details PATH``. Generic CSV form, one row per measured
+configuration: ``task``, one or more configuration columns, ``throughput``, ``latency_ms`` (empty = SLO never
+reached or the run failed), optional ``model`` (default: the task; used for leave-one-model-out), ``cost`` and
+``slo_ms``. See ``docs/profiler.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
+
+from policies.profiling.objective import CostTerm, Objective, Pricing
+from policies.profiling.planner import PlannerSettings, Search
+from policies.profiling.replay import Measured, ReplayRunner
+from policies.profiling.skopt_adapter import DefaultGP, Encoder, FloatArray
+from policies.profiling.space import Categorical, Dimension, Levels, Point, SearchSpace, Value
+from policies.profiling.transfer import SourceProfile, TransferPrior, fit_source
+from policies.profiling.types import Observation, Trial
+
+METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "gp", "random")
+DATASETS: tuple[str, ...] = ("llm-inference-bench", "gpulet", "infadapter")
+WITHIN = 0.05
+"""A trial "finds" the optimum when its objective is within this fraction of the task's best feasible one."""
+MIN_CONFIGS = 30
+REQUIRED = ("task", "throughput", "latency_ms")
+OPTIONAL = ("model", "cost", "slo_ms")
+
+
+# -- datasets -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Task:
+    """One model in one setting: its measured configurations (``points``) and their results."""
+
+    name: str
+    model: str
+    points: tuple[Point, ...]
+    throughput: FloatArray
+    latency_ms: FloatArray
+    cost: FloatArray | None
+    slo_ms: float
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Dataset:
+    """Tasks over one set of dimensions (every task's configurations use the same dimension names)."""
+
+    name: str
+    dimensions: tuple[Dimension, ...]
+    pricing: Pricing
+    tasks: tuple[Task, ...]
+
+    def space(self, task: Task) -> SearchSpace:
+        return SearchSpace(self.dimensions, candidates=task.points)
+
+    def objective(self, task: Task) -> Objective:
+        return Objective(task.slo_ms, self.pricing)
+
+    def values(self, task: Task) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        """``(objective, feasible)`` per configuration of ``task`` (objective = throughput per cost)."""
+        space = self.space(task)
+        cost = (
+            task.cost
+            if task.cost is not None
+            else np.array([self.pricing.cost(space, p) for p in task.points], dtype=np.float64)
+        )
+        feasible = np.isfinite(task.latency_ms) & (task.latency_ms <= task.slo_ms) & (task.throughput > 0)
+        return np.asarray(task.throughput / cost, dtype=np.float64), np.asarray(feasible, dtype=np.bool_)
+
+    def good(self, task: Task) -> frozenset[int]:
+        """Indices of the configurations within ``WITHIN`` of the task's best feasible objective."""
+        value, feasible = self.values(task)
+        if not feasible.any():
+            return frozenset()
+        best = float(value[feasible].max())
+        return frozenset(int(i) for i in np.flatnonzero(feasible & (value >= (1 - WITHIN) * best)))
+
+    def runner(self, task: Task) -> ReplayRunner:
+        rows = {
+            p: Measured(
+                float(task.throughput[i]),
+                float(task.latency_ms[i]),
+                None if task.cost is None else float(task.cost[i]),
+            )
+            for i, p in enumerate(task.points)
+        }
+        return ReplayRunner(self.space(task), rows)
+
+
+def data_dir() -> Path:
+    """Where ``profiles/`` lives: ``$SHADOWSCALE_DATA`` or the repository's ``data/``."""
+    env = os.environ.get("SHADOWSCALE_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
+
+
+def _float(path: Path, line: int, name: str, text: str, *, blank_ok: bool = False) -> float:
+    if text.strip() == "":
+        if blank_ok:
+            return math.nan
+        raise ValueError(f"{path}: line {line}: column {name!r} is empty")
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: column {name!r} is not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{path}: line {line}: column {name!r} is not finite: {text!r}")
+    return v
+
+
+@dataclass
+class _Rows:
+    """Records in the generic form, before they become tasks (strings for configuration values)."""
+
+    path: Path
+    config_names: list[str]
+    records: list[tuple[int, str, str, tuple[str, ...], float, float, float | None, float | None]] = field(
+        default_factory=list
+    )
+    """``(line, task, model, config values, throughput, latency_ms, cost, slo_ms)``."""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _dimension(name: str, values: Iterable[str]) -> Dimension:
+    distinct = sorted(set(values))
+    if all(_is_number(v) for v in distinct):
+        nums = sorted({float(v) for v in distinct})
+        integer = all(n == int(n) for n in nums)
+        log = nums[0] > 0 and nums[-1] / nums[0] >= 8
+        return Levels(name, tuple(nums), log=log, integer=integer)
+    return Categorical(name, tuple(distinct))
+
+
+def _typed(d: Dimension, text: str) -> Value:
+    if isinstance(d, Categorical):
+        return text
+    return int(float(text)) if d.integer else float(text)
+
+
+def _build(name: str, rows: _Rows, pricing: Pricing) -> Dataset:
+    """Tasks from generic records: repeated configurations of a task are averaged; the SLO is the task's own
+    (``slo_ms``) or the median latency of its configurations."""
+    if not rows.records:
+        raise ValueError(f"{rows.path}: no data rows")
+    dims = tuple(_dimension(n, (r[3][k] for r in rows.records)) for k, n in enumerate(rows.config_names))
+    grouped: dict[str, dict[Point, list[tuple[float, float, float | None]]]] = defaultdict(dict)
+    models: dict[str, str] = {}
+    slos: dict[str, set[float]] = defaultdict(set)
+    for line, task, model, cfg, thr, lat, cost, slo in rows.records:
+        if models.setdefault(task, model) != model:
+            raise ValueError(f"{rows.path}: line {line}: task {task!r} has two models ({models[task]!r}, {model!r})")
+        if slo is not None:
+            slos[task].add(slo)
+        p = tuple(_typed(d, v) for d, v in zip(dims, cfg, strict=True))
+        grouped[task].setdefault(p, []).append((thr, lat, cost))
+    tasks = []
+    for task in sorted(grouped):
+        if len(slos[task]) > 1:
+            raise ValueError(f"{rows.path}: task {task!r} has more than one slo_ms")
+        cfgs = grouped[task]
+        points = tuple(cfgs)
+        thr_a = np.array([np.mean([r[0] for r in cfgs[p]]) for p in points], dtype=np.float64)
+        lat_a = np.array([_nanmean([r[1] for r in cfgs[p]]) for p in points], dtype=np.float64)
+        costs = [[r[2] for r in cfgs[p]] for p in points]
+        cost_a = (
+            None
+            if all(c is None for cs in costs for c in cs)
+            else np.array([np.mean([c for c in cs if c is not None] or [math.nan]) for cs in costs], dtype=np.float64)
+        )
+        if cost_a is not None and not (np.all(np.isfinite(cost_a)) and np.all(cost_a > 0)):
+            raise ValueError(f"{rows.path}: task {task!r}: column 'cost' must be positive for every configuration")
+        finite = lat_a[np.isfinite(lat_a)]
+        slo_ms = next(iter(slos[task])) if slos[task] else (float(np.median(finite)) if len(finite) else math.nan)
+        if not (slo_ms > 0 and math.isfinite(slo_ms)):
+            raise ValueError(f"{rows.path}: task {task!r} has no latency to derive an SLO from")
+        tasks.append(Task(task, models[task], points, thr_a, lat_a, cost_a, slo_ms))
+    return Dataset(name, dims, pricing, tuple(tasks))
+
+
+def _nanmean(xs: Sequence[float]) -> float:
+    finite = [x for x in xs if math.isfinite(x)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header) or 'none'})")
+        rows = []
+        for k, r in enumerate(reader):
+            if None in r:
+                raise ValueError(f"{path}: line {k + 2}: more values than the header has columns")
+            rows.append((k + 2, {(a or "").strip(): (b or "").strip() for a, b in r.items()}))
+    return header, rows
+
+
+def load_generic(path: Path) -> Dataset:
+    """A CSV in the generic form (see the module doc); raises :class:`ValueError` naming the file and column."""
+    header, raw = _read_csv(path, REQUIRED)
+    config = [h for h in header if h not in REQUIRED and h not in OPTIONAL]
+    if not config:
+        raise ValueError(f"{path}: no configuration column (every column is one of {', '.join(REQUIRED + OPTIONAL)})")
+    rows = _Rows(path, config)
+    for line, r in raw:
+        for c in ("task", *config):
+            if r.get(c, "") == "":
+                raise ValueError(f"{path}: line {line}: column {c!r} is empty")
+        thr = _float(path, line, "throughput", r["throughput"])
+        lat = _float(path, line, "latency_ms", r["latency_ms"], blank_ok=True)
+        cost = _float(path, line, "cost", r["cost"]) if r.get("cost", "") != "" else None
+        slo = _float(path, line, "slo_ms", r["slo_ms"]) if r.get("slo_ms", "") != "" else None
+        model = r.get("model", "") or r["task"]
+        rows.records.append((line, r["task"], model, tuple(r[c] for c in config), thr, lat, cost, slo))
+    return _build(path.stem, rows, Pricing())
+
+
+def load_llm_inference_bench(directory: Path) -> Dataset:
+    """``All_results.csv``: task = model × input/output length; configuration = hardware × devices × framework ×
+    batch; objective = generated tokens/s per device; latency = end-to-end batch latency (no SLO: the median)."""
+    path = directory / "All_results.csv"
+    cols = ("Hardware", "Num of Hardware", "Framework", "Model", "Input Output Length", "Batch Size")
+    _, raw = _read_csv(path, (*cols, "Latency", "Throughput"))
+    rows = _Rows(path, ["hardware", "devices", "framework", "batch"])
+    for line, r in raw:
+        for c in cols:
+            if r[c] == "":
+                raise ValueError(f"{path}: line {line}: column {c!r} is empty")
+        task = f"{r['Model']} io={r['Input Output Length']}"
+        cfg = (r["Hardware"], r["Num of Hardware"], r["Framework"], r["Batch Size"])
+        lat = _float(path, line, "Latency", r["Latency"], blank_ok=True) * 1000.0
+        rows.records.append(
+            (line, task, r["Model"], cfg, _float(path, line, "Throughput", r["Throughput"]), lat, None, None)
+        )
+    return _build("llm-inference-bench", rows, Pricing((CostTerm("devices", 1.0),)))
+
+
+def load_gpulet(directory: Path) -> Dataset:
+    """``inference.csv`` (no header): task = model; configuration = batch size × MPS GPU share %; objective =
+    samples/s per GPU (throughput / share); latency = per-batch latency (no SLO: the median)."""
+    path = directory / "inference.csv"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    rows = _Rows(path, ["batch", "gpu_share_pct"])
+    with path.open(newline="") as f:
+        for k, r in enumerate(csv.reader(f)):
+            line = k + 1
+            if len(r) < 7:
+                raise ValueError(f"{path}: line {line}: expected 8 columns (model, batch, share, …), got {len(r)}")
+            thr = _float(path, line, "throughput", r[4])
+            lat = _float(path, line, "latency", r[6], blank_ok=True) * 1000.0
+            valid = len(r) < 8 or r[7].strip() != "0"
+            rows.records.append(
+                (
+                    line,
+                    r[0].strip(),
+                    r[0].strip(),
+                    (r[1].strip(), r[2].strip()),
+                    thr,
+                    lat if valid else math.nan,
+                    None,
+                    None,
+                )
+            )
+    return _build("gpulet", rows, Pricing((CostTerm("gpu_share_pct", 0.01),)))
+
+
+def load_infadapter(directory: Path) -> Dataset:
+    """``capacity_result_Feb_21.csv``: task = ResNet depth × p99 SLO (the dataset's own); configuration = CPU
+    cores (batching and inter-op threads equal the cores); objective = capacity (RPS at the SLO) per core; a row
+    without a p99 latency never reached the SLO (infeasible)."""
+    path = directory / "capacity_result_Feb_21.csv"
+    _, raw = _read_csv(path, ("CPU", "ARCH", "SLA", "p99_latency", "capacity"))
+    rows = _Rows(path, ["cpu"])
+    for line, r in raw:
+        sla = _float(path, line, "SLA", r["SLA"])
+        arch = r["ARCH"]
+        if arch == "":
+            raise ValueError(f"{path}: line {line}: column 'ARCH' is empty")
+        lat = _float(path, line, "p99_latency", r["p99_latency"], blank_ok=True)
+        cap = _float(path, line, "capacity", r["capacity"])
+        rows.records.append((line, f"resnet{arch} slo={sla:g}ms", f"resnet{arch}", (r["CPU"],), cap, lat, None, sla))
+    return _build("infadapter", rows, Pricing((CostTerm("cpu", 1.0),)))
+
+
+_LOADERS: dict[str, tuple[str, Callable[[Path], Dataset]]] = {
+    "llm-inference-bench": ("llm-inference-bench", load_llm_inference_bench),
+    "gpulet": ("gpulet-reimpl", load_gpulet),
+    "infadapter": ("infadapter", load_infadapter),
+}
+
+
+def load_dataset(name_or_path: str) -> Dataset:
+    """A bundled dataset by name (``data/profiles/…``) or a generic CSV by path."""
+    if name_or_path in _LOADERS:
+        folder, loader = _LOADERS[name_or_path]
+        return loader(data_dir() / "profiles" / folder)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ValueError(f"unknown dataset {name_or_path!r}: not one of {', '.join(DATASETS)} and no such file")
+    return load_generic(path)
+
+
+# -- one run ------------------------------------------------------------------------------------------------------
+
+
+BENCH_SETTINGS = PlannerSettings()
+"""The planner's settings; the benchmark only lifts the budget and the EI stop (the count runs to the hit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    trials: int
+    """Trials up to and including the first within-5 % configuration."""
+    early_stop: int | None = None
+    """Trials after which the EI rule (default settings) would have stopped before that hit; None if it would not."""
+    early_value: float | None = None
+    """Best feasible objective found by then, as a fraction of the task's best."""
+    stop_trials: int | None = None
+    """With ``--stop-rule``: trials the planner ran with its own stopping rule (EI or the budget)…"""
+    stop_value: float | None = None
+    """…and the best feasible objective it had then, as a fraction of the task's best (0 if none was feasible)."""
+
+
+def _trial(task: Task, space: SearchSpace, p: Point, k: int) -> Trial:
+    return Trial(f"{task.name}#{k}", task.model, space.config(p), task.slo_ms)
+
+
+def run_planner(
+    ds: Dataset, task: Task, seed: int, prior: TransferPrior | None, settings: PlannerSettings = BENCH_SETTINGS
+) -> Run:
+    space = ds.space(task)
+    good = ds.good(task)
+    runner = ds.runner(task)
+    n = len(task)
+    search = Search.start(
+        space, ds.objective(task), replace(settings, budget=n, ei_threshold=0.0), prior=prior, seed=seed
+    )
+    value, _ = ds.values(task)
+    top = float(max(value[i] for i in good))
+    early: int | None = None
+    early_value: float | None = None
+    for k in range(1, n + 1):
+        search, sug = search.ask(1)
+        done = k - 1
+        best = search.best()
+        if early is None and done >= settings.min_trials and sug.acquisition < settings.ei_threshold and best:
+            early = done
+            early_value = float(value[search.index[best.point]]) / top
+        p = sug.points[0]
+        search = search.record(p, runner.measure(_trial(task, space, p, k)))
+        if search.index[p] in good:
+            return Run(k, early, early_value)
+    raise RuntimeError(f"{task.name}: no configuration within {WITHIN:.0%} of the best was found")
+
+
+def run_stopping(
+    ds: Dataset, task: Task, seed: int, prior: TransferPrior | None, settings: PlannerSettings = BENCH_SETTINGS
+) -> tuple[int, float]:
+    """The planner as it runs live: until its stopping rule says so. ``(trials, best found / task best)``."""
+    space = ds.space(task)
+    runner = ds.runner(task)
+    value, feasible = ds.values(task)
+    top = float(value[feasible].max())
+    search = Search.start(
+        space, ds.objective(task), replace(settings, budget=min(settings.budget, len(task))), prior=prior, seed=seed
+    )
+    while True:
+        search, sug = search.ask(1)
+        if sug.stop or not sug.points:
+            break
+        p = sug.points[0]
+        search = search.record(p, runner.measure(_trial(task, space, p, len(search.observations) + 1)))
+    best = search.best()
+    return len(search.observations), 0.0 if best is None else float(value[search.index[best.point]]) / top
+
+
+def run_gp(ds: Dataset, task: Task, seed: int) -> Run:
+    """skopt's defaults; each ask snapped to the nearest untried measured configuration."""
+    space = ds.space(task)
+    good = ds.good(task)
+    runner = ds.runner(task)
+    objective = ds.objective(task)
+    enc = Encoder(space)
+    feats = enc.transform(task.points)
+    untried = np.ones(len(task), dtype=bool)
+    opt = DefaultGP(space, seed)
+    for k in range(1, len(task) + 1):
+        want = enc.transform([opt.ask()])[0]
+        d = np.linalg.norm(feats - want, axis=1)
+        d[~untried] = np.inf
+        i = int(np.argmin(d))
+        untried[i] = False
+        p = task.points[i]
+        result = runner.measure(_trial(task, space, p, k))
+        v = objective.value(space, p, result)
+        opt.tell(p, -(v if v is not None else 0.0))
+        if i in good:
+            return Run(k)
+    raise RuntimeError(f"{task.name}: no configuration within {WITHIN:.0%} of the best was found")
+
+
+def run_random(ds: Dataset, task: Task, seed: int) -> Run:
+    order = np.random.default_rng(seed).permutation(len(task))
+    good = ds.good(task)
+    hits = [k for k, i in enumerate(order) if int(i) in good]
+    return Run(hits[0] + 1)
+
+
+# -- transfer: source surrogates, fitted once per dataset ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Sources:
+    """Every task's surrogate predictions at the union of the dataset's configurations."""
+
+    union: dict[Point, int]
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    prior: TransferPrior | None
+    """Rows = tasks that could be fitted (names in ``tasks``)."""
+
+    def for_task(self, task: Task) -> TransferPrior | None:
+        """Leave-one-model-out: the sources of other models, at ``task``'s configurations."""
+        if self.prior is None:
+            return None
+        rows = [k for k, m in enumerate(self.models) if m != task.model]
+        if not rows:
+            return None
+        cols = [self.union[p] for p in task.points]
+        r = np.asarray(rows, dtype=np.int64)
+        sub = TransferPrior(
+            tuple(self.tasks[k] for k in rows),
+            self.prior.mean_y[r],
+            self.prior.sd_y[r],
+            self.prior.mean_m[r],
+            self.prior.sd_m[r],
+        )
+        return sub.subset(cols)
+
+
+def _union(ds: Dataset) -> dict[Point, int]:
+    union: dict[Point, int] = {}
+    for t in ds.tasks:
+        for p in t.points:
+            union.setdefault(p, len(union))
+    return union
+
+
+def _fit_one(ds: Dataset, k: int) -> tuple[int, tuple[FloatArray, ...] | None]:
+    """Task ``k`` as a source: its surrogates fitted to all its measurements, predicted at every configuration."""
+    task = ds.tasks[k]
+    space = ds.space(task)
+    union = _union(ds)
+    enc = Encoder(SearchSpace(ds.dimensions, candidates=tuple(union)))
+    runner = ds.runner(task)
+    obs = tuple(Observation(p, runner.measure(_trial(task, space, p, 0))) for p in task.points)
+    with threadpool_limits(limits=1):
+        model = fit_source(enc, SourceProfile(task.model, space, ds.objective(task), obs), seed=0)
+        return k, None if model is None else model.predict(enc.transform(list(union)))
+
+
+def fit_sources(ds: Dataset, pool: ProcessPoolExecutor | None) -> Sources:
+    union = _union(ds)
+    ks = range(len(ds.tasks))
+    results = list(pool.map(_fit_one, [ds] * len(ks), ks)) if pool else [_fit_one(ds, k) for k in ks]
+    fitted = [(k, pred) for k, pred in results if pred is not None]
+    if not fitted:
+        return Sources(union, (), (), None)
+    prior = TransferPrior(
+        tuple(ds.tasks[k].name for k, _ in fitted),
+        np.stack([p[0] for _, p in fitted]),
+        np.stack([p[1] for _, p in fitted]),
+        np.stack([p[2] for _, p in fitted]),
+        np.stack([p[3] for _, p in fitted]),
+    )
+    return Sources(union, prior.models, tuple(ds.tasks[k].model for k, _ in fitted), prior)
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def _job(
+    ds: Dataset, k: int, method: str, seeds: Sequence[int], prior: TransferPrior | None, stop_rule: bool
+) -> list[Run]:
+    with threadpool_limits(limits=1):  # tiny matrices: BLAS threads only contend (5x slower on a busy 2-core box)
+        runs = _run_seeds(ds, k, method, seeds, prior)
+        if stop_rule and method in ("shadowscale", "shadowscale_cold"):
+            stops = [run_stopping(ds, ds.tasks[k], s, prior) for s in seeds]
+            runs = [replace(r, stop_trials=t, stop_value=v) for r, (t, v) in zip(runs, stops, strict=True)]
+        return runs
+
+
+def _run_seeds(ds: Dataset, k: int, method: str, seeds: Sequence[int], prior: TransferPrior | None) -> list[Run]:
+    task = ds.tasks[k]
+    if method == "shadowscale":
+        return [run_planner(ds, task, s, prior) for s in seeds]
+    if method == "shadowscale_cold":
+        return [run_planner(ds, task, s, None) for s in seeds]
+    if method == "gp":
+        return [run_gp(ds, task, s) for s in seeds]
+    if method == "random":
+        return [run_random(ds, task, s) for s in seeds]
+    raise ValueError(f"unknown method {method!r}")
+
+
+def scored_tasks(ds: Dataset, min_configs: int = MIN_CONFIGS) -> list[int]:
+    """Indices of the tasks that are scored: enough configurations and at least one feasible."""
+    return [k for k, t in enumerate(ds.tasks) if len(t) >= min_configs and ds.good(t)]
+
+
+def summarise(fractions: Sequence[float], trials: Sequence[float]) -> dict[str, float | None]:
+    if not trials:
+        return {"median_trials": None, "median_fraction": None, "p90_fraction": None}
+    return {
+        "median_trials": round(float(np.median(trials)), 4),
+        "median_fraction": round(float(np.median(fractions)), 4),
+        "p90_fraction": round(float(np.percentile(fractions, 90)), 4),
+    }
+
+
+def bench(
+    ds: Dataset,
+    *,
+    methods: Sequence[str] = METHODS,
+    seeds: Sequence[int] = tuple(range(10)),
+    max_tasks: int | None = None,
+    min_configs: int = MIN_CONFIGS,
+    jobs: int = 1,
+    stop_rule: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run every method on every scored task with every seed: ``(report, details)``."""
+    t0 = time.perf_counter()
+    scored = scored_tasks(ds, min_configs)
+    if max_tasks is not None:
+        scored = scored[:max_tasks]
+    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    try:
+        sources = fit_sources(ds, pool) if "shadowscale" in methods and scored else None
+        fit_s = time.perf_counter() - t0
+        work = [(k, m) for k in scored for m in methods]
+        priors = [sources.for_task(ds.tasks[k]) if sources and m == "shadowscale" else None for k, m in work]
+        args = (
+            [ds] * len(work),
+            [k for k, _ in work],
+            [m for _, m in work],
+            [list(seeds)] * len(work),
+            priors,
+            [stop_rule] * len(work),
+        )
+        results = list(pool.map(_job, *args)) if pool else [_job(*a) for a in zip(*args, strict=True)]
+    finally:
+        if pool:
+            pool.shutdown()
+    per: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for (k, m), runs in zip(work, results, strict=True):
+        t = ds.tasks[k]
+        mean = float(np.mean([r.trials for r in runs]))
+        per[m][t.name] = {
+            "configs": len(t),
+            "mean_trials": mean,
+            "fraction": mean / len(t),
+            "trials": [r.trials for r in runs],
+            "early_stops": sum(r.early_stop is not None for r in runs),
+            "early_stop_values": [r.early_value for r in runs if r.early_value is not None],
+        }
+        if stop_rule and runs and runs[0].stop_trials is not None:
+            per[m][t.name]["stop_trials"] = [r.stop_trials for r in runs]
+            per[m][t.name]["stop_values"] = [r.stop_value for r in runs]
+    report = {
+        "tasks": len(scored),
+        "methods": {
+            m: summarise([v["fraction"] for v in per[m].values()], [v["mean_trials"] for v in per[m].values()])
+            for m in methods
+        },
+    }
+    details = {
+        "dataset": ds.name,
+        "seeds": list(seeds),
+        "min_configs": min_configs,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "source_fit_s": round(fit_s, 2),
+        "jobs": jobs,
+        "tasks": {ds.tasks[k].name: {"model": ds.tasks[k].model, "configs": len(ds.tasks[k])} for k in scored},
+        "per_task": per,
+        "report": report,
+    }
+    if stop_rule:
+        details["stop_rule"] = {
+            m: _stop_summary(per[m]) for m in methods if any("stop_trials" in v for v in per[m].values())
+        }
+    return report, details
+
+
+def _stop_summary(per: dict[str, Any]) -> dict[str, float]:
+    """Over tasks: median of the mean trials to the stop, median of the mean value at the stop, and the share of
+    runs that stopped within 5 % of the best."""
+    trials = [float(np.mean(v["stop_trials"])) for v in per.values()]
+    values = [float(np.mean(v["stop_values"])) for v in per.values()]
+    hits = [x >= 1 - WITHIN for v in per.values() for x in v["stop_values"]]
+    return {
+        "median_trials": round(float(np.median(trials)), 2),
+        "median_value": round(float(np.median(values)), 4),
+        "within_5pct": round(float(np.mean(hits)), 4),
+    }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"10"`` (seeds 0–9), ``"0-9"``, ``"3,5"`` or a mix."""
+    text = text.strip()
+    if text.isdigit():
+        n = int(text)
+        if n < 1:
+            raise ValueError("--seeds: need at least one seed")
+        return list(range(n))
+    seeds: set[int] = set()
+    for part in text.split(","):
+        lo_s, dash, hi_s = part.strip().partition("-")
+        try:
+            lo, hi = int(lo_s), int(hi_s) if dash else int(lo_s)
+        except ValueError:
+            raise ValueError(f"--seeds: {part!r} is not N, N-M or a comma-separated list") from None
+        if lo < 0 or hi < lo:
+            raise ValueError(f"--seeds: bad range {part!r}")
+        seeds.update(range(lo, hi + 1))
+    return sorted(seeds)
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser(
+        "profiler",
+        help="trials each profiler search needs to reach within 5 %% of the best configuration",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, help=f"{', '.join(DATASETS)} or a path to a CSV in the generic form")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--seeds", default="10", help="number of seeds (0..N-1) or a list/range such as 0-9 (default 10)")
+    p.add_argument("--tasks", type=int, default=None, help="score only the first K scored tasks (quick runs)")
+    p.add_argument("--min-configs", type=int, default=MIN_CONFIGS, help="smallest task that is scored (default 30)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--details", type=Path, default=None, help="write per-task results and the wall time here (JSON)")
+    p.add_argument(
+        "--stop-rule",
+        action="store_true",
+        help="also run the planners with their own stopping rule (results in --details and on stderr)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
+    if args.jobs < 1:
+        raise ValueError("--jobs must be >= 1")
+    if args.tasks is not None and args.tasks < 1:
+        raise ValueError("--tasks must be >= 1")
+    if args.min_configs < 1:
+        raise ValueError("--min-configs must be >= 1")
+    ds = load_dataset(args.dataset)
+    report, details = bench(
+        ds,
+        methods=methods,
+        seeds=parse_seeds(args.seeds),
+        max_tasks=args.tasks,
+        min_configs=args.min_configs,
+        jobs=args.jobs,
+        stop_rule=args.stop_rule,
+    )
+    print(json.dumps(report), flush=True)
+    for m, summary in details.get("stop_rule", {}).items():
+        print(f"profiler bench: {m} with its stopping rule: {json.dumps(summary)}", file=sys.stderr)
+    if args.details is not None:
+        args.details.parent.mkdir(parents=True, exist_ok=True)
+        args.details.write_text(json.dumps(details, indent=1))
+    print(
+        f"profiler bench: {ds.name}, {report['tasks']} tasks × {len(methods)} methods × {len(details['seeds'])} seeds "
+        f"in {details['wall_s']:.1f} s (jobs={args.jobs})",
+        file=sys.stderr,
+    )
+    return 0

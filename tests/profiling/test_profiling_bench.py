@@ -1,0 +1,128 @@
+"""``shadowscale bench profiler``: the generic CSV form end to end, the benchmark rules, the bundled datasets'
+shapes, and bad input (missing columns, empty values) as errors that name the file and the column."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import profiler as bench
+
+
+def write_generic(path: Path, *, header: str = "task,model,batch,gpu,throughput,latency_ms,cost") -> Path:
+    """Four tasks (two models × two settings), 12 configurations each; one cell of each task never reached the
+    SLO (empty latency)."""
+    lines = [header]
+    for model, scale in (("m1", 1.0), ("m2", 3.0)):
+        for setting, slow in (("s1", 1.0), ("s2", 2.0)):
+            for batch in (1, 2, 4, 8, 16, 32):
+                for gpu, speed in (("a", 1.0), ("b", 1.7)):
+                    thr = scale * speed * batch / (1 + batch / 8)
+                    lat = "" if (batch, gpu) == (32, "b") else f"{slow * batch * 4 / speed:.3f}"
+                    cost = 1.0 if gpu == "a" else 2.0
+                    lines.append(f"{model}-{setting},{model},{batch},{gpu},{thr:.3f},{lat},{cost}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="bench")
+    bench.register(parser.add_subparsers(dest="benchmark"))
+    args = parser.parse_args(["profiler", *argv])
+    assert args.func(args) == 0
+    out: dict[str, object] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_generic_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = write_generic(tmp_path / "tiny.csv")
+    details = tmp_path / "details.json"
+    out = run_cli(
+        ["--dataset", str(csv_path), "--seeds", "2", "--min-configs", "10", "--details", str(details), "--json"],
+        capsys,
+    )
+    assert set(out) == {"tasks", "methods"} and out["tasks"] == 4
+    methods = out["methods"]
+    assert isinstance(methods, dict) and list(methods) == list(bench.METHODS)
+    for stats in methods.values():
+        assert set(stats) == {"median_trials", "median_fraction", "p90_fraction"}
+        assert 1.0 <= stats["median_trials"] <= 12.0
+        assert 0.0 < stats["median_fraction"] <= stats["p90_fraction"] <= 1.0
+    d = json.loads(details.read_text())
+    assert d["wall_s"] > 0 and d["seeds"] == [0, 1]
+    assert d["per_task"]["random"]["m1-s1"]["configs"] == 12
+
+
+def test_rules_slo_cost_and_within_five_percent(tmp_path: Path) -> None:
+    ds = bench.load_dataset(str(write_generic(tmp_path / "tiny.csv")))
+    task = next(t for t in ds.tasks if t.name == "m1-s1")
+    assert task.model == "m1" and len(task) == 12
+    finite = sorted(x for x in task.latency_ms if math.isfinite(x))
+    assert task.slo_ms == pytest.approx((finite[5] + finite[6]) / 2 if len(finite) % 2 == 0 else finite[5])
+    value, feasible = ds.values(task)
+    good = ds.good(task)
+    best = max(v for v, f in zip(value, feasible, strict=True) if f)
+    assert good and all(feasible[i] and value[i] >= 0.95 * best for i in good)
+    assert bench.scored_tasks(ds, 13) == [] and len(bench.scored_tasks(ds, 12)) == 4
+    sources = bench.fit_sources(ds, None)
+    prior = sources.for_task(task)
+    assert prior is not None and all(name.startswith("m2") for name in prior.models)  # leave-one-model-out
+    assert prior.mean_y.shape == (2, 12)
+
+
+def test_bundled_datasets_have_the_documented_shape() -> None:
+    llm = bench.load_dataset("llm-inference-bench")
+    assert len(llm.tasks) == 75 and len(bench.scored_tasks(llm)) == 36
+    assert {d.name for d in llm.dimensions} == {"hardware", "devices", "framework", "batch"}
+    gpulet = bench.load_dataset("gpulet")
+    assert len(gpulet.tasks) == 10 and all(len(t) == 42 for t in gpulet.tasks)
+    inf = bench.load_dataset("infadapter")
+    assert len(inf.tasks) == 20 and all(len(t) == 20 for t in inf.tasks)
+    assert bench.scored_tasks(inf) == [] and len(bench.scored_tasks(inf, 20)) == 20
+    assert {t.slo_ms for t in inf.tasks} == {500.0, 750.0, 1000.0, 1500.0}
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("task,batch,gpu,throughput,cost", "missing column(s) latency_ms"),
+        ("model,batch,gpu,throughput,latency_ms", "missing column(s) task"),
+        ("task,throughput,latency_ms", "no configuration column"),
+    ],
+)
+def test_missing_columns_name_the_file_and_column(tmp_path: Path, header: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(header + "\n" + ",".join("1" for _ in header.split(",")) + "\n")
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        bench.load_dataset(str(path))
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("t1,1,a,,5", "line 2: column 'throughput' is empty"),
+        ("t1,1,a,fast,5", "line 2: column 'throughput' is not a number"),
+        ("t1,,a,3,5", "line 2: column 'batch' is empty"),
+    ],
+)
+def test_bad_values_name_the_line_and_column(tmp_path: Path, row: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("task,batch,gpu,throughput,latency_ms\n" + row + "\n")
+    with pytest.raises(ValueError, match=message):
+        bench.load_dataset(str(path))
+
+
+def test_unknown_dataset_and_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        bench.load_dataset("nope")
+    csv_path = write_generic(tmp_path / "tiny.csv")
+    with pytest.raises(ValueError, match="--methods"):
+        run_cli(["--dataset", str(csv_path), "--methods", "grid"], capsys)
+    with pytest.raises(ValueError, match="--seeds"):
+        run_cli(["--dataset", str(csv_path), "--seeds", "a-b"], capsys)

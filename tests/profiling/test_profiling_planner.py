@@ -1,0 +1,211 @@
+"""The planner finds the optimum of known functions, learns from infeasible and failed trials, stops by its rules,
+and transfers across a toy family of models; a search is a value (same input, same answer)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from policies.profiling.objective import CostTerm, Objective, Pricing
+from policies.profiling.planner import PlannerSettings, Search
+from policies.profiling.skopt_adapter import Encoder, FloatArray
+from policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace
+from policies.profiling.transfer import SourceProfile, fit_source
+from policies.profiling.types import Observation, TrialResult, TrialStatus
+
+SPACE = SearchSpace(
+    (
+        Levels("batch", (1, 2, 4, 8, 16, 32, 64), log=True, integer=True),
+        Levels("threads", tuple(range(1, 9)), integer=True),
+        Categorical("gpu", ("a", "b", "c")),
+    )
+)  # 7 × 8 × 3 = 168 configurations
+MULT = {"a": 0.6, "b": 1.0, "c": 0.8}
+
+Toy = Callable[[Point], TrialResult]
+
+
+def quadratic(shift: float = 0.0, scale: float = 100.0) -> Toy:
+    """A smooth bump in (log2 batch, threads) times a per-GPU factor; every configuration meets the SLO."""
+
+    def f(p: Point) -> TrialResult:
+        lb, t, g = math.log2(float(p[0])), float(p[1]), str(p[2])
+        thr = scale * MULT[g] * math.exp(-((lb - 4 - shift) ** 2) / 6 - (t - 5 - shift) ** 2 / 12)
+        return TrialResult(TrialStatus.MEASURED, throughput=thr, p99_ms=10.0)
+
+    return f
+
+
+def optimum(f: Toy, objective: Objective) -> float:
+    return max(v for p in SPACE.enumerate() if (v := objective.value(SPACE, p, f(p))) is not None)
+
+
+def drive(search: Search, f: Toy, steps: int) -> Search:
+    for _ in range(steps):
+        search, sug = search.ask()
+        if sug.stop:
+            break
+        search = search.record(sug.points[0], f(sug.points[0]))
+    return search
+
+
+def trials_to_within(search: Search, f: Toy, target: float, limit: int = 168) -> int:
+    for k in range(1, limit + 1):
+        search, sug = search.ask()
+        p = sug.points[0]
+        r = f(p)
+        search = search.record(p, r)
+        v = search.objective.value(SPACE, p, r)
+        if v is not None and v >= 0.95 * target:
+            return k
+    return limit + 1
+
+
+FAST = PlannerSettings(ei_threshold=0.0, restarts=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_finds_quadratic_optimum_with_categorical_dimension(seed: int) -> None:
+    objective = Objective(slo_ms=50.0)
+    f = quadratic()
+    best = optimum(f, objective)
+    search = drive(Search.start(SPACE, objective, FAST, seed=seed), f, 25)
+    found = search.best()
+    assert found is not None
+    value = objective.value(SPACE, found.point, found.result)
+    assert value is not None and value >= 0.95 * best, (found.point, value, best)
+    assert found.point[2] == "b"
+
+
+def test_constrained_optimum_and_failed_trials_are_learnt_from() -> None:
+    """Throughput grows with batch but p99 = 2 ms × batch must stay within 40 ms (batch <= 16); GPU "c" with more
+    than 4 threads fails to start (out of memory). The search finds the best feasible configuration within 30
+    trials; failed and infeasible trials are recorded and shape P(feasible)."""
+    objective = Objective(slo_ms=40.0, pricing=Pricing((CostTerm("threads", 1.0),), base=2.0))
+
+    def f(p: Point) -> TrialResult:
+        b, t, g = float(p[0]), float(p[1]), str(p[2])
+        if g == "c" and t > 4:
+            return TrialResult.failed("out of memory")
+        thr = 10.0 * b**0.8 * t**0.7 * {"a": 1.0, "b": 0.7, "c": 1.3}[g]
+        return TrialResult(TrialStatus.MEASURED, throughput=thr, p99_ms=2.0 * b * (1.0 if g != "c" else 1.1))
+
+    best = optimum(f, objective)
+    search = drive(Search.start(SPACE, objective, FAST, seed=0), f, 30)
+    found = search.best()
+    assert found is not None and objective.feasible(found.result)
+    value = objective.value(SPACE, found.point, found.result)
+    assert value is not None and value >= 0.95 * best
+    assert any(not o.result.measured for o in search.observations)  # failures were tried, recorded and kept
+    pf = search.posterior().p_feasible()
+
+    def p(select: Callable[[Point], bool]) -> FloatArray:
+        return pf[[i for i, q in enumerate(search.candidates) if select(q)]]
+
+    assert float(np.max(p(lambda q: int(q[0]) >= 32))) < 0.05  # latency model: batch >= 32 misses the SLO
+    ooms = p(lambda q: q[2] == "c" and int(q[1]) > 4 and int(q[0]) <= 8)
+    fine = p(lambda q: q[2] == "c" and int(q[1]) <= 3 and int(q[0]) <= 8)
+    assert float(np.mean(ooms)) < float(np.mean(fine)) - 0.2  # failure model: many threads on "c" fail
+    assert float(np.min(p(lambda q: int(q[0]) <= 4 and q[2] != "c"))) > 0.5
+
+
+def test_stopping_rules() -> None:
+    objective = Objective(slo_ms=50.0)
+    f = quadratic()
+    s = drive(Search.start(SPACE, objective, PlannerSettings(budget=7, ei_threshold=0.0, restarts=0)), f, 100)
+    assert len(s.observations) == 7
+    assert s.suggest().stop == "budget"
+
+    converged = drive(Search.start(SPACE, objective, PlannerSettings(ei_threshold=0.05, restarts=0)), f, 168)
+    last = converged.suggest()
+    assert last.stop == "converged" and len(converged.observations) < 60
+    assert last.acquisition < 0.05
+
+    tiny = SearchSpace((Categorical("gpu", ("a", "b")),))
+    t = Search.start(tiny, objective, PlannerSettings(ei_threshold=0.0))
+    for _ in range(2):
+        t, sug = t.ask()
+        t = t.record(sug.points[0], TrialResult(TrialStatus.MEASURED, throughput=1.0, p99_ms=1.0))
+    assert t.suggest().stop == "exhausted"
+
+
+def test_parallel_asks_are_distinct_and_pending_is_respected() -> None:
+    objective = Objective(slo_ms=50.0)
+    f = quadratic()
+    s = drive(Search.start(SPACE, objective, FAST, seed=3), f, 5)
+    s, sug = s.ask(3)
+    assert len(set(sug.points)) == 3
+    assert not set(sug.points) & {o.point for o in s.observations}
+    s2, sug2 = s.ask(2)
+    assert not set(sug2.points) & set(sug.points)
+    s3 = s2.record(sug.points[0], f(sug.points[0])).release(sug.points[1])
+    assert len(s3.pending) == 3
+
+
+def test_a_search_is_a_value() -> None:
+    objective = Objective(slo_ms=50.0)
+    s = drive(Search.start(SPACE, objective, FAST, seed=4), quadratic(), 8)
+    a, b = s.suggest(2), s.suggest(2)
+    assert a == b
+    assert len(s.observations) == 8  # suggesting changed nothing
+
+
+def test_profile_reports_chosen_capacity_and_predictions() -> None:
+    objective = Objective(slo_ms=50.0, pricing=Pricing((CostTerm("threads", 1.0),)))
+    f = quadratic()
+    s = drive(Search.start(SPACE, objective, FAST, seed=0), f, 12)
+    prof = s.profile("toy", "budget")
+    assert len(prof.predictions) == len(SPACE.enumerate())
+    assert prof.chosen is not None and prof.chosen_config is not None
+    best = s.best()
+    assert best is not None and prof.capacity == best.result.throughput
+    assert prof.cost == float(best.point[1])
+    for pr in prof.predictions:
+        assert pr.value_low <= pr.value <= pr.value_high and 0.0 <= pr.p_feasible <= 1.0
+    tried = {o.point: o for o in s.observations}
+    pr = next(p for p in prof.predictions if p.point == prof.chosen)
+    v = objective.value(SPACE, prof.chosen, tried[prof.chosen].result)
+    assert v is not None and pr.value_low <= v * 1.05 and v <= pr.value_high * 1.05
+
+
+def test_transfer_helps_on_a_family_of_models() -> None:
+    """Three source models are the same function at other scales and slightly shifted optima; a warm search on a
+    fourth needs fewer trials than a cold one, and starts at the sources' optimum."""
+    objective = Objective(slo_ms=50.0)
+    enc = Encoder(SPACE)
+    sources = []
+    for k, (shift, scale) in enumerate([(0.0, 30.0), (0.3, 300.0), (-0.3, 3000.0)]):
+        g = quadratic(shift, scale)
+        obs = tuple(Observation(p, g(p)) for p in SPACE.enumerate())
+        model = fit_source(enc, SourceProfile(f"m{k}", SPACE, objective, obs), seed=k)
+        assert model is not None
+        sources.append(model)
+    f = quadratic(0.15, 7.0)
+    best = optimum(f, objective)
+    warm = [trials_to_within(Search.start(SPACE, objective, FAST, sources=sources, seed=s), f, best) for s in range(3)]
+    cold = [trials_to_within(Search.start(SPACE, objective, FAST, seed=s), f, best) for s in range(3)]
+    assert np.mean(warm) <= 3 and np.mean(warm) < np.mean(cold), (warm, cold)
+
+
+def test_continuous_ranges_are_searched_over_a_seeded_pool() -> None:
+    """A smooth bump over two continuous ranges (one log-scaled) and a categorical: the best of 20 trials is
+    within 10 % of the true maximum (1.0)."""
+    space = SearchSpace(
+        (Range("x", 0.0, 10.0), Range("mem_gb", 0.1, 10.0, log=True), Categorical("kind", ("slow", "fast")))
+    )
+
+    def f(p: Point) -> TrialResult:
+        x, m, k = float(p[0]), float(p[1]), str(p[2])
+        thr = (1.0 if k == "fast" else 0.5) * math.exp(-((x - 7.0) ** 2) / 8 - math.log(m) ** 2 / 2)
+        return TrialResult(TrialStatus.MEASURED, throughput=thr, p99_ms=1.0)
+
+    objective = Objective(slo_ms=10.0)
+    search = Search.start(space, objective, replace(FAST, pool_size=500), seed=1)
+    assert len(search.candidates) == 500 and all(space.contains(p) for p in search.candidates)
+    search = drive(search, f, 20)
+    best = search.best()
+    assert best is not None and best.result.throughput >= 0.9
