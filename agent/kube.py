@@ -13,7 +13,8 @@
   delay of ``retry_delays_s`` ("attempt 2/6 failed; will retry"); after the last one the model is reported as
   failed and the loop keeps the target pending. A target is clamped to the model's min/max before any call.
 
-Only this module, :mod:`agent.leader` and :mod:`agent.scheduler` import kubernetes-asyncio.
+Only this module, :mod:`agent.leader`, :mod:`agent.scheduler` and :mod:`agent.profiling.shadow` import
+kubernetes-asyncio.
 """
 
 from __future__ import annotations
