@@ -23,7 +23,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
-from policies.placement.feasible import Candidates, gpus_for
+from policies.placement.feasible import Candidates, candidates, gpus_for
 from policies.placement.workload import TaskClasses
 
 S = TypeVar("S")
@@ -81,6 +81,20 @@ def choose(
         f"{ties} of {n_nodes} feasible nodes tied{extra}"
     )
     return Placement(name, node, gpus, float(score[i]), reason)
+
+
+def place_by_score(
+    name: str,
+    state: ClusterState,
+    pod: PodRequest,
+    score_fn: Callable[[ClusterState, PodRequest, Candidates], FloatArray],
+) -> Placement | None:
+    """The shape of a stateless score plugin: score every feasible choice, take the best (tightest GPU within
+    a node); None when nothing fits."""
+    cand = candidates(state, pod)
+    if not len(cand):
+        return None
+    return choose(name, state, pod, cand, score_fn(state, pod, cand), tightest_pref(state, pod, cand))
 
 
 def tightest_pref(state: ClusterState, pod: PodRequest, cand: Candidates) -> FloatArray:

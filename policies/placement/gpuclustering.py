@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.base import choose, tightest_pref
+from policies.placement.base import place_by_score
 from policies.placement.bestfit import MAX_SPEC_GPU_MILLI
 from policies.placement.cluster import ClusterState, FloatArray, Placement, PodRequest
-from policies.placement.feasible import Candidates, candidates
+from policies.placement.feasible import Candidates
 from policies.placement.workload import TaskClasses
 
 
@@ -40,8 +40,4 @@ class GpuClustering:
     def place(
         self, state: ClusterState, pod: PodRequest, memo: None, rng: np.random.Generator
     ) -> tuple[Placement | None, None]:
-        cand = candidates(state, pod)
-        if not len(cand):
-            return None, memo
-        score = clustering_score(state, pod, cand)
-        return choose(self.name, state, pod, cand, score, tightest_pref(state, pod, cand)), memo
+        return place_by_score(self.name, state, pod, clustering_score), memo
