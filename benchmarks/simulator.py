@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "requests": n,
-                "wall_s": round(best, 4),
+                "wall_s": round(best, 6),
                 "simulated_requests_per_s": round(n / best, 1),
                 "cpu_s": round(best_cpu, 4),
                 "load_s": round(load_s, 4),
