@@ -1,5 +1,5 @@
 """The replay runner and the search driver: lookups, failed trials for crashes and hangs (never a stuck search),
-at most N trials at once, and the shadow GPU-share cap."""
+at most N trials at once, the shadow GPU-share cap, and the trial gate that several searches share."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from agent.profiling.driver import DriverSettings, run_search
+from agent.profiling.driver import DriverSettings, TrialGate, run_search
 from policies.profiling.objective import Objective
 from policies.profiling.planner import PlannerSettings, Search
 from policies.profiling.replay import Measured, ReplayRunner
@@ -92,3 +92,90 @@ def test_gpu_share_cap_limits_what_runs_at_once() -> None:
     assert {o.point[0] for o in capped} == {100}
     assert len(final.observations) == 9
     assert runner.most <= 3  # 25 + 50 fit under 0.8 GPU, 50 + 50 does not exist twice
+
+
+class Shared:
+    """A replay runner for several searches at once: records how many trials of all of them run together and the GPU
+    share they hold (``share`` % of a GPU)."""
+
+    def __init__(self) -> None:
+        self.replay = ReplayRunner(SPACE, ROWS)
+        self.in_flight: dict[str, int] = {}
+        self.held = 0.0
+        self.most = 0
+        self.most_held = 0.0
+        self.overlapped = False
+        """A moment when trials of two models ran together."""
+
+    async def run_trial(self, t: Trial) -> TrialResult:
+        share = float(t.config["share"]) / 100  # type: ignore[arg-type]
+        self.in_flight[t.model] = self.in_flight.get(t.model, 0) + 1
+        self.held += share
+        self.most = max(self.most, sum(self.in_flight.values()))
+        self.most_held = max(self.most_held, self.held)
+        self.overlapped |= sum(1 for n in self.in_flight.values() if n) > 1
+        try:
+            await asyncio.sleep(0.02)
+            return self.replay.measure(t)
+        finally:
+            self.in_flight[t.model] -= 1
+            self.held -= share
+
+
+@pytest.mark.parametrize("shared_gate", [True, False])
+def test_a_shared_gate_bounds_trials_and_gpu_share_across_searches(shared_gate: bool) -> None:
+    runner = Shared()
+    gate = TrialGate(max_trials=3, gpu_share_cap=1.0) if shared_gate else None
+    settings = DriverSettings(
+        max_parallel=3, trial_timeout_s=5, gpu_share_cap=1.5, gpu_share_dimension="share", gpu_share_unit=0.01
+    )
+
+    async def both() -> list[tuple[Search, object]]:
+        searches = [
+            run_search(model, Search.start(SPACE, OBJECTIVE, SETTINGS, seed=seed), runner, settings, gate=gate)
+            for seed, model in enumerate(("resnet", "bert"))
+        ]
+        return list(await asyncio.gather(*searches))
+
+    results = asyncio.run(asyncio.wait_for(both(), 60))
+    for final, _ in results:
+        assert len(final.observations) == 9  # every configuration ran: a 1-GPU trial was not starved
+        assert all(o.result.measured for o in final.observations)
+    assert runner.overlapped  # the two searches did run at the same time
+    if gate is not None:
+        assert runner.most == 3 and runner.most_held <= 1.0 + 1e-9
+        assert gate.running == 0 and gate.held == 0.0
+    else:  # the same searches without the gate: each keeps only its own limits, so together they go over
+        assert runner.most > 3 and runner.most_held > 1.0
+
+
+def test_trial_gate_serves_in_order_and_survives_cancellation() -> None:
+    async def scenario() -> None:
+        gate = TrialGate(max_trials=2, gpu_share_cap=1.0)
+        a = gate.try_acquire(0.5)
+        b = gate.try_acquire(0.25)
+        assert a is not None and b is not None and gate.try_acquire(0.25) is None  # two trials at most
+        big = asyncio.ensure_future(gate.acquire(1.0))
+        await asyncio.sleep(0)
+        gate.release(b)
+        assert gate.try_acquire(0.25) is None  # the 1-GPU trial waits first; a small one may not overtake it
+        gate.release(b)  # a second release changes nothing
+        assert gate.running == 1 and gate.held == 0.5
+        gate.release(a)
+        permit = await big
+        assert gate.running == 1 and gate.held == 1.0
+        waiter = asyncio.ensure_future(gate.acquire(0.5))
+        await asyncio.sleep(0)
+        waiter.cancel()  # a search cancelled while waiting leaves nothing behind
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.release(permit)
+        assert gate.running == 0 and gate.held == 0.0 and gate.try_acquire(1.0) is not None
+        with pytest.raises(ValueError, match="above the cap"):
+            gate.try_acquire(1.5)
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="max_trials must be >= 1"):
+        TrialGate(0)
+    with pytest.raises(ValueError, match="gpu_share_cap must be positive"):
+        TrialGate(2, gpu_share_cap=0)
