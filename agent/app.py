@@ -18,14 +18,17 @@ from typing import Any
 import structlog
 
 from agent.clock import WallClock
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig, ConfigError, drift_settings
 from agent.http import HttpServer, make_app
 from agent.kafka import KafkaSink, KafkaSource, ensure_topics
 from agent.logs import configure
 from agent.loop import Agent
 from agent.metrics import Metrics
+from agent.profiling.book import ProfileBook
+from agent.profiling.store import KafkaProfileStore
 from agent.tasks import guarded
 from policies.ports import Actuator, Clock
+from policies.profiling.drift import Drift, RetrialSettings
 
 log = structlog.get_logger("shadowscale.app")
 
@@ -80,6 +83,10 @@ async def serve(
         await sink.start()
         closers.append(sink.stop)
 
+        profiles = None
+        if cfg.profiles.enabled:
+            profiles = await open_profiles(cfg, closers)
+
         metrics = Metrics()
         leader = None
         if cfg.leader_election.enabled:
@@ -101,6 +108,7 @@ async def serve(
             metrics=metrics,
             audit_file=Path(cfg.audit_file) if cfg.audit_file else None,
             is_leader=leader.is_leader if leader is not None else None,
+            profiles=profiles,
         )
         tasks: list[asyncio.Task[None]] = []
         if leader is not None:
@@ -149,6 +157,25 @@ async def serve(
                 await close()
             except Exception as e:  # keep closing the rest
                 log.warning("error while stopping", error=f"{type(e).__name__}: {e}")
+
+
+async def open_profiles(cfg: AgentConfig, closers: list[Callable[[], Any]]) -> ProfileBook:
+    """The profile store on ``profiles.topic`` and the book loaded from it (``profiles.enabled``)."""
+    p = cfg.profiles
+    store = KafkaProfileStore(
+        cfg.kafka, p.topic, partitions=p.partitions, create_topic=p.create_topic, load_timeout_s=p.load_timeout_s
+    )
+    await store.start()
+    closers.append(store.stop)
+    book = ProfileBook(
+        [m.name for m in cfg.models],
+        store,
+        drift=Drift(drift_settings(p)),
+        retrials=RetrialSettings(p.retrials.max_parallel, p.retrials.cooldown_s),
+    )
+    installed = await book.load()
+    log.info("profile book ready", topic=p.topic, installed=installed, skipped=dict(store.skipped))
+    return book
 
 
 def run(cfg: AgentConfig, simulated: ActuatorFactory | None = None) -> int:

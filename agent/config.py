@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from policies.profiling.drift import DriftSettings
+
 ENV_PREFIX = "SHADOWSCALE_AGENT__"
 LIVE_POLICIES = ("hpa", "keda", "kpa")
 
@@ -147,6 +149,40 @@ class SchedulerConfig(_Section, frozen=True, kw_only=True):
     """How long one migration waits for its evicted pod to be gone before the plan is abandoned."""
 
 
+class DriftConfig(_Section, frozen=True, kw_only=True):
+    """:class:`policies.profiling.drift.DriftSettings`, field for field (checked there: errors name the field)."""
+
+    windows_to_stale: int = 3
+    latency_tolerance: float = 0.25
+    load_margin: float = 0.8
+    capacity_tolerance: float = 0.2
+    min_requests: float = 20.0
+    min_utilisation: float = 0.05
+    calibration_windows: int = 5
+    default_target_utilisation: float = 0.8
+    memory: int = 40
+
+
+class RetrialConfig(_Section, frozen=True, kw_only=True):
+    max_parallel: PositiveInt = 1
+    """Re-trial searches at once, across all models (the global trial budget)."""
+    cooldown_s: NonNegFloat = 3600.0
+    """No model is re-profiled sooner than this after its previous re-trial started."""
+
+
+class ProfilesConfig(_Section, frozen=True, kw_only=True):
+    """Profiles from the profile store drive each model's capacity (off by default: ``capacity_rps`` is used)."""
+
+    enabled: bool = False
+    topic: Annotated[str, msgspec.Meta(min_length=1, max_length=249)] = "shadowscale.profiles"
+    """Compacted topic keyed by model (created with ``cleanup.policy=compact`` if missing)."""
+    partitions: PositiveInt = 1
+    create_topic: bool = True
+    load_timeout_s: PositiveFloat = 30.0
+    drift: DriftConfig = DriftConfig()
+    retrials: RetrialConfig = RetrialConfig()
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
     namespace: str = "default"
@@ -176,6 +212,7 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     http: HttpConfig = HttpConfig()
     leader_election: LeaderConfig = LeaderConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -203,6 +240,10 @@ def _check(cfg: AgentConfig) -> None:
             canonical_name(cfg.scheduler.policy)
         except UnknownPolicyError as e:
             raise ConfigError(f"scheduler.policy: {e}") from None
+    try:
+        drift_settings(cfg.profiles)
+    except ValueError as e:
+        raise ConfigError(f"profiles.drift: {e}") from None
     k = cfg.kafka
     if k.heartbeat_interval_ms >= k.session_timeout_ms:
         raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
@@ -210,6 +251,11 @@ def _check(cfg: AgentConfig) -> None:
         raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and kafka.sasl_username")
     if not k.bootstrap.strip():
         raise ConfigError("kafka.bootstrap must name at least one HOST:PORT")
+
+
+def drift_settings(cfg: ProfilesConfig) -> DriftSettings:
+    """The drift detector's settings from ``profiles.drift`` (raises ``ValueError`` naming a bad field)."""
+    return DriftSettings(**msgspec.structs.asdict(cfg.drift))
 
 
 def parse_config(data: object, *, source: str = "config") -> AgentConfig:

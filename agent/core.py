@@ -16,6 +16,7 @@ for the models in scope (the triggered ones, or every owned model at a reconcile
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,6 +51,8 @@ class Plan:
     capacity_rps: float
     outstanding: int
     decisions: Decisions
+    capacity_note: str | None = None
+    """Where the model's capacity came from, when not the configuration (a profile, or live data when it is stale)."""
 
     @property
     def changes(self) -> bool:
@@ -62,6 +65,8 @@ class Plan:
         text = self.decisions.explain(self.index)
         if self.guard is not None:
             text = f"{text}; guard: {self.guard} -> {self.target} replicas"
+        if self.capacity_note is not None:
+            text = f"{text}; capacity: {self.capacity_note}"
         return text
 
 
@@ -96,6 +101,7 @@ class DecisionCore:
         self.known = np.zeros(n, dtype=bool)
         """Models the actuator has a workload for (observed at least once)."""
         self.capacity_rps = np.array([m.capacity_rps for m in cfg.models])
+        self.capacity_notes: list[str | None] = [None] * n
         self.gpu_fraction = np.array([m.gpu_fraction for m in cfg.models])
         self.guards = Guards(
             cfg.guards,
@@ -136,6 +142,14 @@ class DecisionCore:
             self._over[i] = over
             return True
         return False
+
+    def set_capacity(self, i: int, rps: float, note: str | None) -> None:
+        """Replace model ``i``'s capacity per replica (req/s) — from its profile, or from live data while the
+        profile is stale (:mod:`agent.profiling.book`) — with ``note`` saying where it came from for the audit."""
+        if not (math.isfinite(rps) and rps > 0):
+            raise ValueError(f"model {self.models[i]!r}: capacity must be a positive number of req/s, got {rps!r}")
+        self.capacity_rps[i] = rps
+        self.capacity_notes[i] = note
 
     def capacity(self, i: int) -> float:
         return int(self.ready[i]) * float(self.capacity_rps[i]) * self._headroom
@@ -188,6 +202,7 @@ class DecisionCore:
                     capacity_rps=self.capacity(i),
                     outstanding=int(outstanding[i]),
                     decisions=decisions,
+                    capacity_note=self.capacity_notes[i],
                 )
             )
         return plans

@@ -32,6 +32,7 @@ from agent.config import AgentConfig
 from agent.core import DecisionCore, Plan
 from agent.events import DecisionRecord, Decoder, GpuEvent, Rejected, TrafficEvent, dead_letter, encode
 from agent.metrics import Metrics
+from agent.profiling.book import ProfileBook
 from policies.ports import Actuator, AuditSink, Clock, EventSource, Position, RecordBatch, ScaleResult
 
 log = structlog.get_logger("shadowscale.agent")
@@ -92,6 +93,7 @@ class Agent:
         core: DecisionCore | None = None,
         audit_file: Path | None = None,
         is_leader: Callable[[], bool] | None = None,
+        profiles: ProfileBook | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -103,6 +105,10 @@ class Agent:
         self.decoder = Decoder(self.core.models, max_future_s=cfg.ingest.max_future_s, max_age_s=cfg.ingest.max_age_s)
         self.audit_file = JsonLinesAudit(audit_file) if audit_file is not None else None
         self.is_leader = is_leader or (lambda: True)
+        self.profiles = profiles
+        """Profiles and drift: set each model's capacity at every reconcile tick (None: configured capacities)."""
+        if profiles is not None:
+            profiles.apply(self.core)
         self.identity = cfg.identity
         self.counts = Counts()
         self.ready = asyncio.Event()
@@ -147,6 +153,8 @@ class Agent:
                 triggered = self._ingest(records, now)
                 plans: list[Plan] = []
                 if tick_due:
+                    if self.profiles is not None:
+                        self.profiles.tick(self.core, now)
                     owned = self.source.owns(self.core.models)
                     plans = self.core.decide(next_tick, "tick", range(len(self.core.models)), owned)
                     next_tick = (math.floor(now / tick + 1e-9) + 1) * tick
@@ -157,11 +165,15 @@ class Agent:
                     plans = self.core.decide(now, "event", triggered, owned)
                 await self._apply(plans, t0, now)
                 await self._start_flush()
+                if self.profiles is not None:
+                    self.profiles.persist()
                 await self._maybe_commit(now)
                 if not self.ready.is_set():
                     self.ready.set()
         finally:
             await self._final_commit()
+            if self.profiles is not None:
+                await self.profiles.close()
             if self.audit_file is not None:
                 self.audit_file.close()
 

@@ -2,9 +2,9 @@
 
 Each traffic event covers one pod's window ``(event_time - window_s, event_time]``. For every model the agent keeps
 
-- **counters** (only ever grow): arrivals, busy seconds, ready seconds and concurrency seconds, summed over every
-  accepted event as it is ingested. A policy differences two samples, so a late event is counted in the interval
-  it arrived in, as a Prometheus ``rate()`` over scraped counters would count it;
+- **counters** (only ever grow): arrivals, completions, busy seconds, ready seconds and concurrency seconds, summed
+  over every accepted event as it is ingested. A policy differences two samples, so a late event is counted in the
+  interval it arrived in, as a Prometheus ``rate()`` over scraped counters would count it;
 - **per-pod gauges** from each pod's newest window by *event time*: its arrival rate, its queue depth and its p99.
   An older window that arrives after a newer one adds to the counters but does not overwrite the gauges. The model's
   demand (req/s) and outstanding requests are the sums over pods heard from within ``pod_stale_s``.
@@ -60,6 +60,8 @@ class Windows:
         self._busy = [0.0] * n
         self._ready = [0.0] * n
         self._inflight = [0.0] * n
+        self._completions = [0.0] * n
+        """Not part of a policy's signals: drift detection's throughput (agent.profiling.book)."""
         self.pod_stale_s = pod_stale_s
         self.dedupe_s = dedupe_s
         self._pods: list[dict[str, _Pod]] = [{} for _ in range(n)]
@@ -81,6 +83,7 @@ class Windows:
         index = self.index
         all_pods = self._pods
         arrivals, busy, ready, inflight = self._arrivals, self._busy, self._ready, self._inflight
+        completions = self._completions
         demand, queue = self._demand, self._queue
         dedupe_s = self.dedupe_s
         stats = self.stats
@@ -115,6 +118,7 @@ class Windows:
             r = ev.ready_s
             ready[i] += window if r is None else r
             inflight[i] += ev.concurrency_s
+            completions[i] += ev.completions
             if t >= latest:
                 rate = ev.arrivals / window
                 demand[i] += rate - pod.rate
@@ -167,6 +171,10 @@ class Windows:
             np.asarray(self._ready, f),
             np.asarray(self._inflight, f),
         )
+
+    def completions(self) -> FloatArray:
+        """Counter: requests completed, index = model."""
+        return np.asarray(self._completions, np.float64)
 
     def demand(self, i: int) -> float:
         """Arrival rate (req/s) of model ``i``: the sum of its live pods' newest windows."""

@@ -1,0 +1,212 @@
+"""The agent's profile book: each model's current profile, checked against live data every reconcile tick, and the
+capacity the decision core divides demand by.
+
+- On start (:meth:`ProfileBook.load`) it reads every profile from the store (:class:`~policies.profiling.ports.
+  ProfileStore`; the compacted topic live) and keeps those of the configured models. A profile with no feasible
+  configuration (capacity 0) is ignored with a warning: the model keeps its configured ``capacity_rps``.
+- Every reconcile tick (:meth:`ProfileBook.tick`) it turns each profiled model's counters since the previous tick
+  into a :class:`~policies.profiling.drift.DriftWindow` (ready replica-seconds, completions, busy seconds, the
+  worst pod's p99), updates the model's drift state, and sets the model's capacity in the
+  :class:`~agent.core.DecisionCore`: the profile's while it is fresh, the observed one while it is stale (the
+  profile's when there is no estimate yet), with a note the audit record carries.
+- A profile that goes stale is written back to the store marked stale (in the background; a failed write is
+  retried at the next tick), so an agent that restarts does not trust it again; re-trials are scheduled within the
+  global budget (:class:`~policies.profiling.drift.RetrialPlanner`) and handed to ``on_retrial``.
+- A new profile (:meth:`ProfileBook.publish`, what a finished re-trial calls) is stored and replaces the old one:
+  its drift state starts fresh.
+
+Synchronous except for the store: the decision loop owns it, like the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import structlog
+
+from agent.core import DecisionCore
+from policies.profiling.codec import StoredProfile
+from policies.profiling.drift import Drift, DriftState, DriftVerdict, DriftWindow, RetrialPlanner, RetrialSettings
+from policies.profiling.ports import ProfileStore
+from policies.types import FloatArray
+
+log = structlog.get_logger("shadowscale.profiles")
+
+
+class ProfileBook:
+    def __init__(
+        self,
+        models: Sequence[str],
+        store: ProfileStore,
+        *,
+        drift: Drift | None = None,
+        retrials: RetrialSettings | None = None,
+        on_retrial: Callable[[str], None] | None = None,
+    ) -> None:
+        self.models = list(models)
+        self.index = {m: i for i, m in enumerate(self.models)}
+        self.store = store
+        self.drift = drift or Drift()
+        self.planner = RetrialPlanner(retrials or RetrialSettings())
+        self.on_retrial = on_retrial
+        """Starts a re-trial search for a model; it calls :meth:`publish` with the result (or
+        :meth:`retrial_finished` if it gives up). None: nothing runs re-trials yet; they are only logged."""
+        self.profiles: dict[str, StoredProfile] = {}
+        self.states: dict[str, DriftState] = {}
+        self.verdicts: dict[str, DriftVerdict] = {}
+        self.retrials: list[tuple[float, str]] = []
+        """Every re-trial scheduled: (time, model)."""
+        self._last: tuple[float, FloatArray, FloatArray, FloatArray] | None = None
+        self._unwritten: dict[str, StoredProfile] = {}
+        self._writing: asyncio.Task[None] | None = None
+
+    # -- profiles in --------------------------------------------------------------------------------------------
+    async def load(self) -> int:
+        """Read the store; keep the configured models' profiles. Returns how many were installed."""
+        found = await self.store.load()
+        others = sorted(m for m in found if m not in self.index)
+        if others:
+            log.info("profiles of models this agent does not manage ignored", models=others[:20], count=len(others))
+        return sum(self.install(found[m]) for m in self.models if m in found)
+
+    def install(self, stored: StoredProfile) -> bool:
+        """Make ``stored`` the model's profile (a fresh drift state, or a stale one if it was stored stale)."""
+        model = stored.model
+        if model not in self.index:
+            raise ValueError(f"profile of {model!r}: not a configured model")
+        p = stored.profile
+        if not p.capacity > 0:
+            log.warning(
+                "profile has no feasible configuration; keeping the configured capacity",
+                model=model,
+                stopped=p.stopped,
+            )
+            return False
+        self.profiles[model] = stored
+        self.states[model] = self.drift.start(p.capacity, p.slo_ms, stale=stored.stale, reason=stored.stale_reason)
+        self.verdicts[model] = self.drift.verdict(self.states[model])
+        self.planner = self.planner.finished(model)
+        log.info(
+            "profile installed",
+            model=model,
+            capacity_rps=p.capacity,
+            config=p.chosen_config,
+            stale=stored.stale,
+            updated_at=stored.updated_at,
+        )
+        return True
+
+    async def publish(self, stored: StoredProfile) -> None:
+        """A new profile (a finished re-trial): store it, then use it."""
+        await self.store.put(stored)
+        self._unwritten.pop(stored.model, None)  # an older stale mark must not overwrite it
+        self.install(stored)
+
+    def retrial_finished(self, model: str) -> None:
+        """A re-trial ended without a new profile: its slot in the budget is free again (the cooldown still holds)."""
+        self.planner = self.planner.finished(model)
+
+    # -- every reconcile tick -----------------------------------------------------------------------------------
+    def capacity(self, model: str) -> tuple[float, str] | None:
+        """The capacity per replica the autoscaler should use for ``model`` and where it came from (None: no
+        profile, the configured capacity stands)."""
+        stored = self.profiles.get(model)
+        if stored is None:
+            return None
+        cap = stored.profile.capacity
+        v = self.verdicts[model]
+        if not v.stale:
+            return cap, f"profile {cap:.4g} req/s per replica"
+        if v.observed_capacity is None or not v.observed_capacity > 0:
+            return cap, f"profile {cap:.4g} req/s (stale, no live estimate yet: {v.reason})"
+        return v.observed_capacity, f"observed {v.observed_capacity:.4g} req/s (profile {cap:.4g} stale: {v.reason})"
+
+    def apply(self, core: DecisionCore) -> None:
+        for model in self.profiles:
+            got = self.capacity(model)
+            if got is not None:
+                core.set_capacity(self.index[model], got[0], got[1])
+
+    def tick(self, core: DecisionCore, now: float) -> None:
+        """Judge the window since the previous tick for every profiled model, then set the core's capacities."""
+        w = core.windows
+        _, busy, ready, _ = w.counters()
+        done = w.completions()
+        last, self._last = self._last, (now, done, busy, ready)
+        if last is not None and now > last[0]:
+            t0, done0, busy0, ready0 = last
+            for model, state in list(self.states.items()):
+                i = self.index[model]
+                window = DriftWindow(
+                    t0,
+                    now,
+                    max(float(ready[i] - ready0[i]), 0.0),
+                    max(float(done[i] - done0[i]), 0.0),
+                    max(float(busy[i] - busy0[i]), 0.0),
+                    w.p99_ms(i),
+                )
+                was_stale = state.stale
+                self.states[model], self.verdicts[model] = self.drift.update(state, window)
+                v = self.verdicts[model]
+                if v.stale and not was_stale:
+                    log.warning(
+                        "profile stale", model=model, reason=v.reason, observed_capacity_rps=v.observed_capacity
+                    )
+                    self._unwritten[model] = replace(
+                        self.profiles[model], stale=True, stale_reason=v.reason, updated_at=now
+                    )
+        self.apply(core)
+        self._schedule_retrials(now)
+
+    def _schedule_retrials(self, now: float) -> None:
+        stale = {
+            m: s.stale_since if s.stale_since is not None else self.profiles[m].updated_at
+            for m, s in self.states.items()
+            if s.stale
+        }
+        if not stale:
+            return
+        due = self.planner.due(now, stale)
+        if not due:
+            return
+        self.planner = self.planner.started(due, now)
+        for model in due:
+            self.retrials.append((now, model))
+            if self.on_retrial is None:
+                log.warning("re-trial due, but no trial runner is wired; the observed capacity stays", model=model)
+                self.planner = self.planner.finished(model)
+            else:
+                log.info("re-trial scheduled", model=model)
+                self.on_retrial(model)
+
+    # -- writing stale marks ------------------------------------------------------------------------------------
+    def persist(self) -> None:
+        """Write the stale marks in the background (one write in flight; the loop never waits for it)."""
+        if self._unwritten and (self._writing is None or self._writing.done()):
+            self._writing = asyncio.create_task(self._write(), name="profile-store-write")
+
+    async def _write(self) -> None:
+        batch, self._unwritten = self._unwritten, {}
+        for model, stored in batch.items():
+            try:
+                await self.store.put(stored)
+            except Exception as e:  # the store is away: keep it for the next tick (a newer mark wins)
+                log.warning("profile write failed; will retry", model=model, error=f"{type(e).__name__}: {e}")
+                self._unwritten.setdefault(model, stored)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """On a clean stop: finish the write in flight and try the rest once (bounded)."""
+        try:
+            if self._writing is not None:
+                await asyncio.wait_for(asyncio.shield(self._writing), timeout_s)
+            if self._unwritten:
+                await asyncio.wait_for(self._write(), timeout_s)
+        except Exception as e:
+            log.warning("profile writes left undone at stop", models=sorted(self._unwritten), error=repr(e))
+
+    @property
+    def stale(self) -> Mapping[str, str]:
+        """Stale models and why."""
+        return {m: v.reason for m, v in self.verdicts.items() if v.stale}
