@@ -22,7 +22,7 @@ from simulators.run import right_sized, run_policy, summarize
 from simulators.workload import Workload
 
 KNOBS: dict[str, tuple[float, ...]] = {
-    "hpa": (0.3, 0.5, 0.7, 0.9),  # target GPU utilization
+    "hpa": (0.1, 0.2, 0.3, 0.5, 0.7, 0.9),  # target GPU utilization (down to 0.1: its frontier must reach 99.9 %)
     "keda": (1.0, 3.0, 10.0, 30.0),  # lagThreshold
     "kpa": (1.0, 5.0, 20.0, 100.0),  # target concurrency per replica
     "shadowscale": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0),  # headroom (standard deviations)

@@ -85,7 +85,7 @@ def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc["sweep"]) == {"hpa", "kpa", "oracle", "shadowscale"}
-    assert [p["knob"] for p in doc["sweep"]["hpa"]] == [0.3, 0.5, 0.7, 0.9]
+    assert [p["knob"] for p in doc["sweep"]["hpa"]] == [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
     for pts in doc["sweep"].values():
         for p in pts:
             assert set(p) == {"knob", "slo_attainment", "gpu_hours", "gpus_held_hours"}

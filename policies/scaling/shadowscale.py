@@ -18,7 +18,9 @@ time a new replica needs to warm up:
   **scale-down with hysteresis**: the target is the highest need of the last ``scale_down_window_s``.
 - **Scale to zero** only after ``idle_to_zero_s`` without traffic and only for models whose largest burst so far
   would cost at most ``zero_burst_requests`` requests during a cold start (peak rate × cold start): a burst that
-  lands on a model at zero misses its SLO for a whole cold start. Back on the first request, cold start paid.
+  lands on a model at zero misses its SLO for a whole cold start. A model that has had no traffic yet is judged
+  by the median peak of the models that have (on the Azure Functions trace, functions first called after hours of
+  silence arrive as bursts like the others'). Back on the first request, cold start paid.
 - Replicas may hold a fraction of a GPU: the simulator right-sizes each model's spec with
   :func:`policies.scaling.rightsize.choose_spec` before the run; this policy plans with that spec's profile.
 
@@ -190,7 +192,12 @@ class Shadowscale:
 
         active = (arrived > 0) | (signals.outstanding > 0)
         last_active = np.where(active, now, state.last_active)
-        awake = (now - last_active < self.idle_to_zero_s) | (max_peak * state.horizon > self.zero_burst_requests)
+        # A model that has shown no traffic yet has shown no burst either: it is judged by the bursts the other
+        # models have shown (their median peak), not taken to be quiet.
+        seen = max_peak > 0
+        prior = float(np.median(max_peak[seen])) if seen.any() else 0.0
+        burst = np.where(seen, max_peak, prior)
+        awake = (now - last_active < self.idle_to_zero_s) | (burst * state.horizon > self.zero_burst_requests)
         floor = np.where(awake, np.maximum(state.lo, 1), state.lo)
         # asleep (idle long, small bursts): zero unless requests are arriving or waiting right now
         need = np.where(awake | active, np.maximum(need, floor), state.lo)

@@ -63,6 +63,17 @@ def test_bursty_model_is_not_scaled_to_zero() -> None:
     assert min(run.between(40, 2000)) >= 1
 
 
+def test_model_without_traffic_is_judged_by_the_others_bursts() -> None:
+    """A model that has had no traffic at all has shown no burst either: next to models whose bursts would cost
+    many requests at zero it stays warm; when every model is quiet it goes to zero after the idle time."""
+    pol = replace(Shadowscale(), idle_to_zero_s=600.0)
+    two = [service("busy"), service("unseen")]
+    run = drive(pol, two, lambda t: [Load(rate=50.0 if 20 <= t < 40 else 0.0), Load(rate=0.0)], until=2000)
+    assert min(run.between(0, 2000, model=1)) >= 1
+    quiet = drive(pol, two, lambda t: [Load(rate=0.0), Load(rate=0.0)], until=2000)
+    assert quiet.replicas_at(2000, model=1) == 0
+
+
 def test_headroom_knob_adds_capacity_for_bursty_traffic() -> None:
     """Same mean (20 req/s), alternating 0/40 every tick: more headroom, more replicas."""
 
