@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction[Any], simulated: ActuatorFactory | 
         "agent",
         help="run the live autoscaling agent (Kafka events in, scale decisions out)",
         description=(
-            "Consume traffic and GPU events from Kafka, decide replicas with a policy (hpa, keda, kpa) and apply "
-            "them to Kubernetes or the simulated cluster. Configuration: YAML, overridden by "
+            "Consume traffic and GPU events from Kafka, decide replicas with a policy (hpa, keda, kpa, shadowscale) "
+            "and apply them to Kubernetes or the simulated cluster. Configuration: YAML, overridden by "
             "SHADOWSCALE_AGENT__SECTION__KEY environment variables. Stops cleanly on SIGTERM/SIGINT."
         ),
     )

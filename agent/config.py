@@ -22,7 +22,7 @@ import yaml
 from policies.profiling.drift import DriftSettings
 
 ENV_PREFIX = "SHADOWSCALE_AGENT__"
-LIVE_POLICIES = ("hpa", "keda", "kpa")
+LIVE_POLICIES = ("hpa", "keda", "kpa", "shadowscale")
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
@@ -191,6 +191,10 @@ class ModelConfig(_Section, frozen=True, kw_only=True):
     capacity_rps: PositiveFloat
     """Requests per second one replica serves within its SLO (from the model's profile)."""
     gpu_fraction: Annotated[float, msgspec.Meta(gt=0.0, le=8.0)] = 1.0
+    slo_ms: PositiveFloat | None = None
+    """Latency objective of one request; default twice the time one replica takes per request (1 / capacity)."""
+    cold_start_s: NonNegFloat = 60.0
+    """Seconds from asking for a replica to its serving: the horizon shadowscale forecasts demand over."""
 
 
 class AgentConfig(_Section, frozen=True, kw_only=True):

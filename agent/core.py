@@ -79,11 +79,11 @@ def services_of(cfg: AgentConfig) -> list[ServiceConfig]:
             source="agent configuration",
             batch_sizes=(1,),
             batch_latency_s=(1.0 / m.capacity_rps,),
-            slo_s=2.0 / m.capacity_rps,
+            slo_s=2.0 / m.capacity_rps if m.slo_ms is None else m.slo_ms / 1000.0,
             max_batch=1,
             gpu_fraction=min(m.gpu_fraction, 1.0),
         )
-        out.append(ServiceConfig(m.name, profile, m.min_replicas, m.max_replicas, cold_start_s=0.0))
+        out.append(ServiceConfig(m.name, profile, m.min_replicas, m.max_replicas, cold_start_s=m.cold_start_s))
     return out
 
 
@@ -169,6 +169,7 @@ class DecisionCore:
             ready_s,
             inflight,
             self.windows.outstanding(),
+            self.capacity_rps.copy(),
         )
 
     def decide(self, now: float, trigger: Trigger, scope: Iterable[int], owned: Collection[str]) -> list[Plan]:

@@ -46,7 +46,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--trace", default="azure-functions-2019", help="bundled trace or CSV (default azure-functions-2019)"
     )
     p.add_argument("--models", type=int, default=8, help="the N busiest models (default 8)")
-    p.add_argument("--policy", default="kpa", choices=("hpa", "keda", "kpa"), help="policy (default kpa)")
+    p.add_argument(
+        "--policy", default="kpa", choices=("hpa", "keda", "kpa", "shadowscale"), help="policy (default kpa)"
+    )
     p.add_argument("--speed", type=float, default=30.0, help="trace seconds per wall second (default 30)")
     p.add_argument("--seconds", type=float, default=60.0, help="stop after this many wall seconds (default 60)")
     p.add_argument("--cold-start", type=float, default=30.0, help="trace seconds before a new replica serves")

@@ -47,6 +47,10 @@ class Signals:
     """Counter: integral of outstanding requests over time (concurrency-seconds, what queue-proxy reports)."""
     outstanding: IntArray
     """Gauge: requests accepted and not yet completed or dropped (queue lag)."""
+    capacity_rps: FloatArray | None = None
+    """Requests/s one replica serves within the SLO as the model's current profile says (live: the agent's profile
+    book, which switches to the observed capacity while a profile is stale); None: the capacity of the profile the
+    policy was initialised with. Only profile-driven policies read it."""
 
     @property
     def n_models(self) -> int:

@@ -187,7 +187,8 @@ class Shadowscale:
         max_peak = np.maximum(state.max_peak, fast)
         demand = forecast + self.headroom * np.sqrt(np.maximum(var, 0.0)) + signals.outstanding / self.drain_s
         demand = np.maximum(demand, peak)
-        per_replica = state.capacity * correction * self.target_load
+        capacity = state.capacity if signals.capacity_rps is None else signals.capacity_rps
+        per_replica = capacity * correction * self.target_load
         need = ceil_int(demand / per_replica)
 
         active = (arrived > 0) | (signals.outstanding > 0)

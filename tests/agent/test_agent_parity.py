@@ -21,6 +21,7 @@ import pytest
 from agent_fakes import MemorySink, Msg, RecordingActuator, ScriptedSource, Step, VirtualClock, record
 
 from agent.config import parse_config
+from agent.core import services_of
 from agent.events import TRAFFIC_V1, TrafficEvent, encode
 from agent.loop import Agent
 from policies.scaling import Decisions, Signals, make_policy
@@ -32,8 +33,11 @@ from simulators.traces import load_trace
 class Recording:
     """A policy wrapper that keeps every (signals, decisions) pair."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, services: Sequence[ServiceConfig] | None = None) -> None:
         self.inner = inner
+        self.services = services
+        """What the policy is initialised with: the agent's view of the models (its configuration), not the
+        simulator's measured profiles."""
         self.seen: list[tuple[Signals, Decisions]] = []
 
     @property
@@ -49,7 +53,7 @@ class Recording:
         return False
 
     def init(self, services: Sequence[ServiceConfig]) -> Any:
-        return self.inner.init(services)
+        return self.inner.init(self.services if self.services is not None else services)
 
     def decide(self, signals: Signals, state: Any) -> Any:
         d, s = self.inner.decide(signals, state)
@@ -103,12 +107,39 @@ class Pods:
 
 @pytest.mark.parametrize(
     ("trace", "policy", "hours"),
-    [("azure-functions-2019", "kpa", 0.5), ("azure-llm-2023-conv", "hpa", 1.0), ("azure-llm-2023-conv", "keda", 1.0)],
+    [
+        ("azure-functions-2019", "kpa", 0.5),
+        ("azure-llm-2023-conv", "hpa", 1.0),
+        ("azure-llm-2023-conv", "keda", 1.0),
+        ("azure-functions-2019", "shadowscale", 0.5),
+    ],
 )
 def test_agent_loop_matches_the_simulator(trace: str, policy: str, hours: float) -> None:
     workload = load_trace(trace, hours=hours, models=6, cold_start_s=30.0)
     models = [s.model for s in workload.services]
-    rec = Recording(make_policy(policy))
+    cfg = parse_config(
+        {
+            "policy": policy,
+            "agent_id": "parity",
+            "models": [
+                {
+                    "name": s.model,
+                    "capacity_rps": s.profile.capacity_rps,
+                    "slo_ms": s.profile.slo_s * 1000.0,
+                    "cold_start_s": s.cold_start_s,
+                    "min_replicas": s.min_replicas,
+                    "max_replicas": s.max_replicas,
+                }
+                for s in workload.services
+            ],
+            "guards": {"scale_down_cooldown_s": 0.0},
+            "trigger": {"enabled": False},
+            "ingest": {"pod_stale_s": 1e9, "dedupe_s": 1e9, "max_age_s": 1e9},
+            "kafka": {"commit_interval_s": 0.0},
+            "http": {"enabled": False},
+        }
+    )
+    rec = Recording(make_policy(policy), services_of(cfg))
     Engine(workload.services, workload.arrival_s, workload.model, workload.size, workload.duration_s, SimConfig()).run(
         rec
     )
@@ -130,25 +161,10 @@ def test_agent_loop_matches_the_simulator(trace: str, policy: str, hours: float)
         previous = recs
     ready_at = {s.now: s.ready for s, _ in rec.seen}
 
-    cfg = parse_config(
-        {
-            "policy": policy,
-            "agent_id": "parity",
-            "models": [
-                {"name": s.model, "capacity_rps": 1.0, "min_replicas": s.min_replicas, "max_replicas": s.max_replicas}
-                for s in workload.services
-            ],
-            "guards": {"scale_down_cooldown_s": 0.0},
-            "trigger": {"enabled": False},
-            "ingest": {"pod_stale_s": 1e9, "dedupe_s": 1e9, "max_age_s": 1e9},
-            "kafka": {"commit_interval_s": 0.0},
-            "http": {"enabled": False},
-        }
-    )
     clock = VirtualClock(0.0)
     stop = asyncio.Event()
     source = ScriptedSource(clock, steps, stop)
-    initial, _ = make_policy(policy).init(workload.services)
+    initial, _ = make_policy(policy).init(services_of(cfg))
     index = {m: i for i, m in enumerate(models)}
     act = RecordingActuator(
         {m: int(initial[i]) for i, m in enumerate(models)}, ready_fn=lambda m, r: int(ready_at[clock.t][index[m]])

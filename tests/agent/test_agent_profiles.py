@@ -125,3 +125,35 @@ async def test_serve_loads_profiles_from_the_topic(broker: LocalBroker) -> None:
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 20) == 0
+
+
+async def _shadowscale_run(p99_ms: float, busy_s: float) -> list[dict[str, Any]]:
+    cfg = config(["m1"], policy="shadowscale", kafka={"commit_interval_s": 0.0})
+    store = MemoryProfileStore()
+    await store.put(StoredProfile(profile("m1", 50.0), updated_at=0.0))
+    book = ProfileBook(["m1"], store, retrials=RetrialSettings(max_parallel=1, cooldown_s=600.0))
+    await book.load()
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(
+            2.0 * k,
+            [record(traffic("m1", 2.0 * k, window_s=2.0, arrivals=60, busy_s=busy_s, latency_p99_ms=p99_ms), k)],
+        )
+        for k in range(10)
+    ]
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), RecordingActuator({"m1": 1}), sink, clock, profiles=book)
+    await asyncio.wait_for(agent.run(stop), 10)
+    return audits(sink)
+
+
+async def test_shadowscale_plans_with_the_profile_and_with_observed_capacity_while_stale() -> None:
+    """The profile-driven policy plans with the book's capacity: the same 30 req/s needs about twice the replicas
+    once live data (p99 far over the SLO) makes the profiled 50 req/s stale and the observed ~25 req/s is used."""
+    fresh = await _shadowscale_run(p99_ms=50.0, busy_s=1.2)  # 30 req/s keep a 50 req/s replica 60 % busy
+    stale = await _shadowscale_run(p99_ms=2000.0, busy_s=1.9)
+    assert all("capacity: profile 50" in r["reason"] for r in fresh)
+    assert "capacity: observed" in stale[-1]["reason"]
+    assert fresh[-1]["recommended"] >= 2
+    assert stale[-1]["recommended"] >= 1.6 * fresh[-1]["recommended"]

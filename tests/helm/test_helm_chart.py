@@ -33,7 +33,14 @@ FULL: dict[str, Any] = {
         "dryRun": False,
         "models": [
             {"name": "resnet50", "namespace": "serving", "capacityRps": 120, "minReplicas": 0, "maxReplicas": 20},
-            {"name": "llama", "namespace": "serving", "capacityRps": 4.5, "gpuFraction": 0.5},
+            {
+                "name": "llama",
+                "namespace": "serving",
+                "capacityRps": 4.5,
+                "gpuFraction": 0.5,
+                "sloMs": 8000,
+                "coldStartS": 120,
+            },
         ],
         "kubernetes": {"namespace": "serving"},
         "guards": {"maxStep": 2, "gpuBudget": 16},
@@ -151,6 +158,7 @@ def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
     assert cfg.kafka.security_protocol == "SASL_SSL" and cfg.kafka.ssl_cafile == "/etc/shadowscale-kafka-ca/ca.crt"
     assert cfg.policy == "hpa" and cfg.policy_knob == 0.6 and not cfg.dry_run and cfg.trigger.headroom == 0.9
     assert [m.min_replicas for m in cfg.models] == [0, 1] and cfg.guards.gpu_budget == 16
+    assert [(m.slo_ms, m.cold_start_s) for m in cfg.models] == [(None, 60.0), (8000, 120)]
     (dep,) = by_kind(docs, "Deployment")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     secret_env = {
