@@ -1,7 +1,8 @@
 """Event schemas (msgspec, versioned) and the edge decoder that never raises.
 
 Every message on the traffic and GPU topics is one JSON object whose first field ``schema`` names its type and
-version (``shadowscale.traffic/v1``, ``shadowscale.gpu/v1``). Unknown fields are ignored, so a producer may add
+version (``shadowscale.traffic/v1``, ``shadowscale.gpu/v1``, and the profiler's
+``shadowscale.trial-result/v1``). Unknown fields are ignored, so a producer may add
 optional fields within a version; anything else is a new version. The agent's own output — decision audit records
 and dead-letter records — is versioned the same way. The schemas are documented in ``docs/events.md``.
 
@@ -24,6 +25,7 @@ TRAFFIC_V1: Final = "shadowscale.traffic/v1"
 GPU_V1: Final = "shadowscale.gpu/v1"
 DECISION_V1: Final = "shadowscale.decision/v1"
 DEAD_LETTER_V1: Final = "shadowscale.dead-letter/v1"
+TRIAL_RESULT_V1: Final = "shadowscale.trial-result/v1"
 
 _MAX_COUNT: Final = 1_000_000_000
 _MAX_SECONDS: Final = 86_400.0
@@ -137,6 +139,67 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None
     payload_b64: str = ""
     truncated: bool = False
+
+
+class TrialStep(msgspec.Struct, frozen=True, kw_only=True):
+    """One load level of a shadow trial: the rate offered, requests sent and answered in time, and their p99
+    (None when more than 1 % went unanswered: the p99 is infinitely late)."""
+
+    rate: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
+    sent: Count
+    answered: Count
+    p99_ms: Millis | None = None
+
+
+class TrialResultEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """What the load generator of one profiling trial measured, published once on the trials topic keyed by trial.
+
+    A dedicated schema, not a traffic window: a trial's outcome is a capacity found by a search over rates (the
+    highest rate whose p99 met ``slo_ms``, and the p99 there), which no single window of a pod can say. ``status``
+    ``failed`` means no measurement (the target could not be reached or died under load); ``error`` says why.
+    ``throughput_rps`` 0 with ``status`` ``measured`` means even the first rate missed the SLO; ``p99_ms`` None
+    means no request was answered in time at that rate.
+    """
+
+    schema: Literal["shadowscale.trial-result/v1"]
+    trial: Name
+    model: Name
+    namespace: Namespace = "default"
+    event_time: EpochSeconds
+    status: Literal["measured", "failed"]
+    slo_ms: Annotated[float, msgspec.Meta(gt=0.0, le=_MAX_MS)]
+    throughput_rps: Annotated[float, msgspec.Meta(ge=0.0, le=1e9)] = 0.0
+    p99_ms: Millis | None = None
+    error: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    wall_s: Seconds = 0.0
+    target: Annotated[str, msgspec.Meta(max_length=2048)] = ""
+    steps: Annotated[tuple[TrialStep, ...], msgspec.Meta(max_length=1000)] = ()
+
+
+_trial_result_decoder = msgspec.json.Decoder(TrialResultEvent)
+
+
+def decode_trial_result(raw: bytes | None) -> TrialResultEvent | Rejected:
+    """Decode a trial-result message; never raises (a bad message is :class:`Rejected` with the reason)."""
+    try:
+        if raw is None:
+            return Rejected("empty", "empty message (no value)")
+        try:
+            ev = _trial_result_decoder.decode(raw)
+        except msgspec.ValidationError as e:
+            return Rejected("invalid", f"invalid trial result: {e}")
+        except msgspec.DecodeError as e:
+            return Rejected("malformed", f"not JSON: {e}")
+        for what, name in (("trial", ev.trial), ("model", ev.model)):
+            if NAME_RE.fullmatch(name) is None:
+                return Rejected("invalid", f"invalid trial result: {what} {name[:80]!r} is not a valid Kubernetes name")
+        if NAMESPACE_RE.fullmatch(ev.namespace) is None:
+            return Rejected("invalid", f"invalid trial result: namespace {ev.namespace[:80]!r} is not valid")
+        if ev.status == "failed" and not ev.error:
+            return Rejected("invalid", "invalid trial result: a failed result needs an error")
+        return ev
+    except Exception as e:
+        return Rejected("error", f"decoder error: {type(e).__name__}: {e}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,9 @@
   partitions with Kafka's default murmur2 partitioner, as producers keying by model do).
 - :class:`KafkaSink` — an :class:`~policies.ports.AuditSink` and the replayer's producer: sends a batch and returns
   once the broker acknowledged all of it (``acks=all``).
+- :class:`KafkaTail` — every partition of one topic from its end, without a consumer group: each agent replica
+  sees every record published after it started (the profiler's trial results, which only the replica waiting for
+  that trial can use).
 - :func:`ensure_topics` — create topics that do not exist yet.
 
 Nothing here depends on a particular broker: the idempotent producer is left off because not every
@@ -215,6 +218,59 @@ class KafkaSink:
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         """Send one message and wait for its acknowledgement (the lowest-latency path)."""
         await self._producer.send_and_wait(topic, value, key=key)
+
+
+class KafkaTail:
+    """Reads every partition of ``topic`` from where it ends at :meth:`start`, with no consumer group and no commits.
+
+    A group would hand each record to one member; a waiter for one particular record (a trial's result) must see
+    all of them, whichever replica it runs in. Records published before :meth:`start` are not read (on tansu the
+    last stored batch may come again: readers must tolerate a record they did not wait for). The partitions are
+    those the topic has at start.
+    """
+
+    def __init__(self, cfg: KafkaConfig, topic: str) -> None:
+        self.cfg = cfg
+        self.topic = topic
+        self._consumer: Any = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=None,
+            client_id=cfg.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            **_security(cfg),
+        )
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Connect, assign every partition and fix each position at the current end (before returning, so a
+        record published after ``start`` is never skipped)."""
+        try:
+            await asyncio.wait_for(self._consumer.start(), timeout_s)
+            topics = await asyncio.wait_for(self._consumer.topics(), timeout_s)
+        except (KafkaError, OSError, TimeoutError) as e:
+            await self._consumer.stop()
+            raise KafkaUnavailable(f"cannot reach Kafka at {self.cfg.bootstrap}: {e or type(e).__name__}") from e
+        parts = self._consumer.partitions_for_topic(self.topic) if self.topic in topics else None
+        if not parts:
+            await self._consumer.stop()
+            raise KafkaUnavailable(f"topic {self.topic!r} does not exist on {self.cfg.bootstrap} (create it first)")
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self._consumer.position(tp)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self._consumer.stop(), timeout_s)
+        except TimeoutError:
+            log.warning("tail consumer did not stop in time", topic=self.topic, timeout_s=timeout_s)
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[tuple[bytes | None, bytes | None]]:
+        """``(key, value)`` of the records that arrived, in partition order (empty after ``timeout_s``)."""
+        batches = await self._consumer.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
+        return [(m.key, m.value) for msgs in batches.values() for m in msgs]
 
 
 async def ensure_topics(cfg: KafkaConfig, names: Sequence[str], partitions: int) -> None:

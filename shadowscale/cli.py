@@ -20,6 +20,7 @@ class UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from agent import cli as agent_cli
+    from agent.profiling import loadgen
     from benchmarks import cli as bench_cli
     from shadowscale import replay
     from simulators import cli as sim_cli
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.register(sub)
     agent_cli.register(sub, simulated=replay.simulated_cluster)
     replay.register(sub)
+    loadgen.register(sub)
     return parser
 
 

@@ -3,7 +3,9 @@
 :func:`probe` sends requests at a fixed rate for a while (open loop: a slow server does not slow the sender, so
 queueing shows up as latency) and returns the p99 latency, counting every request that got no answer within the
 drain time as infinitely late. :func:`find_capacity` raises the rate (doubling) until the SLO breaks, then bisects
-between the last rate that met it and the first that did not, as Morphling's load client does.
+between the last rate that met it and the first that did not, as Morphling's load client does. :func:`arrivals`
+gives the send times of a step: evenly spaced (the default), Poisson, or observed inter-arrival gaps replayed at
+the step's mean rate (so a bursty service is tested with its own burstiness).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 TICK_S = 0.002
 """Send granularity: every tick sends the requests that are due."""
@@ -31,8 +35,60 @@ class Step:
     p99_ms: float
 
 
-async def probe(host: str, port: int, rate: float, duration_s: float, drain_s: float) -> Step:
-    """Send ``rate`` requests/s for ``duration_s`` over one connection and wait up to ``drain_s`` for answers."""
+Arrival = Literal["uniform", "poisson"]
+
+
+def arrivals(
+    rate: float,
+    duration_s: float,
+    *,
+    arrival: Arrival = "uniform",
+    gaps: Sequence[float] = (),
+    seed: int = 0,
+) -> npt.NDArray[np.float64]:
+    """Send times (seconds from the step's start, ascending, all ``< duration_s``) at a mean of ``rate``/s.
+
+    ``uniform``: request ``k`` at ``k / rate``. ``poisson``: exponential gaps. With ``gaps`` (observed
+    inter-arrival times, any unit: only their ratios matter) they are replayed in order from a seeded starting
+    point, cycled, and scaled so their mean is ``1 / rate``; ``arrival`` is then ignored.
+    """
+    if not rate > 0 or not duration_s > 0:
+        raise ValueError(f"arrivals: rate and duration_s must be positive, got {rate} and {duration_s}")
+    n_mean = rate * duration_s
+    if len(gaps):
+        g = np.asarray(gaps, dtype=np.float64)
+        if not (np.all(np.isfinite(g)) and np.all(g >= 0) and g.sum() > 0):
+            raise ValueError("arrivals: gaps must be finite, >= 0 and not all 0")
+        g = g / g.mean() / rate
+        start = np.random.default_rng(seed).integers(len(g))
+        reps = math.ceil((n_mean * 1.5 + 16) / len(g)) + 1
+        seq = np.roll(np.tile(g, reps), -int(start))
+        t = np.concatenate(([0.0], np.cumsum(seq)[:-1]))
+    elif arrival == "poisson":
+        rng = np.random.default_rng(seed)
+        n = int(n_mean + 8 * math.sqrt(n_mean) + 16)
+        t = np.concatenate(([0.0], np.cumsum(rng.exponential(1.0 / rate, n))))
+        while t[-1] < duration_s:  # 8 standard deviations short: practically never
+            t = np.concatenate((t, t[-1] + np.cumsum(rng.exponential(1.0 / rate, n))))
+    elif arrival == "uniform":
+        t = np.arange(math.ceil(n_mean) + 1, dtype=np.float64) / rate
+    else:
+        raise ValueError(f"arrivals: arrival must be 'uniform' or 'poisson', got {arrival!r}")
+    return t[t < duration_s]
+
+
+async def probe(
+    host: str,
+    port: int,
+    rate: float,
+    duration_s: float,
+    drain_s: float,
+    offsets: npt.NDArray[np.float64] | None = None,
+) -> Step:
+    """Send ``rate`` requests/s for ``duration_s`` over one connection and wait up to ``drain_s`` for answers.
+
+    ``offsets`` (from :func:`arrivals`) are the send times; default evenly spaced."""
+    send_at = arrivals(rate, duration_s) if offsets is None else offsets
     reader, writer = await asyncio.open_connection(host, port)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
@@ -47,8 +103,9 @@ async def probe(host: str, port: int, rate: float, duration_s: float, drain_s: f
     try:
         start = time.perf_counter()
         n = 0
-        while (now := time.perf_counter()) - start < duration_s:
-            due = int((now - start) * rate) + 1
+        total = len(send_at)
+        while (now := time.perf_counter()) - start < duration_s and n < total:
+            due = int(np.searchsorted(send_at, now - start, side="right"))
             burst = []
             while n < due:
                 sent_at[n] = time.perf_counter()

@@ -1,0 +1,576 @@
+"""The load generator of a Kubernetes shadow trial: ``shadowscale loadgen`` or ``python -m agent.profiling.loadgen``.
+
+The shadow runner (:mod:`agent.profiling.shadow`) starts it as a Job aimed at the shadow's pod. It
+
+1. waits until the target answers (``--connect-timeout-s``): a target that never does is a failed trial;
+2. drives open-loop load shaped like the model's traffic (``--shape FILE`` or ``$SHADOWSCALE_LOADGEN_SHAPE``, a
+   :class:`RequestShape`: request bodies or sizes, and evenly spaced, Poisson or observed inter-arrival gaps),
+   doubling the rate until the p99 (unanswered and failed requests count as infinitely late) breaks the SLO, then
+   bisecting between the last good and the first bad rate (:func:`agent.profiling.loadtest.find_capacity`, the
+   same search as the local runner's and Morphling's load client's);
+3. publishes one ``shadowscale.trial-result/v1`` event (:class:`agent.events.TrialResultEvent`) keyed by the trial
+   id on the trials topic, and prints it on stdout (the Job's log). A target that stops answering mid-test
+   (connection refused for a whole step) is a failed result, as a crashed server is for the local runner.
+
+The target is pluggable (:class:`Target`): ``http://`` / ``https://`` URLs get :class:`HttpTarget` (one request per
+arrival, any 2xx answer counts); ``tcp://HOST:PORT`` gets :class:`TcpLineTarget`, the line protocol of the local
+model server (:mod:`agent.profiling.server`), which tests use as a real target.
+
+Exit status: 0 once the result (measured or failed) is published; 1 when it could not be published (the runner's
+timeout then fails the trial); 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from agent.config import KafkaConfig
+from agent.events import NAME_RE, NAMESPACE_RE, TRIAL_RESULT_V1, TrialResultEvent, TrialStep, encode
+from agent.profiling.loadtest import Capacity, Step, arrivals, find_capacity, probe
+
+SHAPE_ENV = "SHADOWSCALE_LOADGEN_SHAPE"
+TRIAL_ENV = "SHADOWSCALE_TRIAL_ID"
+DEFAULT_TOPIC = "shadowscale.trials"
+EXIT_UNPUBLISHED = 1
+EXIT_USAGE = 2
+_MAX_BODY = 64 * 2**20
+_Bytes = Annotated[int, msgspec.Meta(ge=0, le=_MAX_BODY)]
+_Gap = Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)]
+
+
+class RequestShape(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the load looks like, as the agent saw the model's traffic (JSON, passed in the Job's environment).
+
+    ``payloads`` are request bodies drawn at random per request (one = a fixed body); ``sizes`` are observed
+    request sizes in bytes, for servers that take opaque bodies (each request gets a filler body of a drawn size);
+    give at most one of the two (neither: an empty body). ``gaps`` are observed inter-arrival times (any unit;
+    replayed at each step's mean rate); without them ``arrival`` picks evenly spaced or Poisson arrivals.
+    The TCP line target ignores bodies (its protocol has none).
+    """
+
+    method: Literal["GET", "POST", "PUT"] = "POST"
+    path: str | None = None
+    """Overrides the target URL's path (e.g. ``/v1/models/resnet:predict``)."""
+    content_type: str = "application/json"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    payloads: Annotated[tuple[str, ...], msgspec.Meta(max_length=10_000)] = ()
+    sizes: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=0, le=_MAX_BODY)], ...], msgspec.Meta(max_length=100_000)
+    ] = ()
+    arrival: Literal["uniform", "poisson"] = "uniform"
+    gaps: Annotated[
+        tuple[Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)], ...], msgspec.Meta(max_length=100_000)
+    ] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.payloads and self.sizes:
+            raise ValueError("give payloads or sizes, not both")
+        if self.gaps and not sum(self.gaps) > 0:
+            raise ValueError("gaps must not all be 0")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {self.path!r}")
+
+    def bodies(self) -> list[bytes]:
+        """The distinct bodies requests draw from (one empty body when none is configured)."""
+        if self.payloads:
+            return [p.encode() for p in self.payloads]
+        if self.sizes:
+            return [b"x" * n for n in sorted(set(self.sizes))]
+        return [b""]
+
+    def weights(self) -> list[float] | None:
+        """Draw weights for :meth:`bodies` (sizes keep their observed frequencies), None for uniform."""
+        if not self.sizes:
+            return None
+        distinct = sorted(set(self.sizes))
+        return [float(self.sizes.count(n)) for n in distinct]
+
+
+def parse_shape(text: str, where: str) -> RequestShape:
+    """A :class:`RequestShape` from JSON text; a ``ValueError`` naming ``where`` and the field when it is bad."""
+    try:
+        return msgspec.json.decode(text, type=RequestShape)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"request shape in {where}: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ValueError(f"request shape in {where}: not JSON: {e}") from None
+
+
+def shape_json(shape: RequestShape) -> str:
+    return encode(shape).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPlan:
+    """How the rate search runs: seconds per step, the first and highest rate, bisection steps, how long a step
+    waits for late answers (default 3 × the SLO, at least 0.2 s) and how long the target may take to answer."""
+
+    step_s: float = 2.0
+    start_rps: float = 10.0
+    max_rps: float = 20_000.0
+    bisect_steps: int = 4
+    drain_s: float | None = None
+    connect_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("step_s", "start_rps", "max_rps", "connect_timeout_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"load plan: {name} must be a positive number, got {v!r}")
+        if self.start_rps > self.max_rps:
+            raise ValueError(f"load plan: start_rps {self.start_rps:g} is above max_rps {self.max_rps:g}")
+        if self.bisect_steps < 0:
+            raise ValueError(f"load plan: bisect_steps must be >= 0, got {self.bisect_steps}")
+        if self.drain_s is not None and not self.drain_s > 0:
+            raise ValueError(f"load plan: drain_s must be positive, got {self.drain_s}")
+
+    def args(self) -> list[str]:
+        """The command-line arguments that give this plan to the load generator."""
+        out = ["--step-s", f"{self.step_s:g}", "--start-rps", f"{self.start_rps:g}", "--max-rps", f"{self.max_rps:g}"]
+        out += ["--bisect-steps", str(self.bisect_steps), "--connect-timeout-s", f"{self.connect_timeout_s:g}"]
+        return out + ([] if self.drain_s is None else ["--drain-s", f"{self.drain_s:g}"])
+
+
+# -- targets --------------------------------------------------------------------------------------------------------
+
+
+class TargetDied(ConnectionError):
+    """The target stopped accepting connections during the load test."""
+
+
+class Target(Protocol):
+    """Where the load goes. ``step`` raises :class:`ConnectionError` when the target is gone (not merely slow)."""
+
+    name: str
+
+    async def reachable(self, timeout_s: float) -> str | None:
+        """None once the target answers a request; otherwise why not, after ``timeout_s``."""
+        ...
+
+    async def step(self, rate: float, duration_s: float, drain_s: float, offsets: npt.NDArray[np.float64]) -> Step:
+        """Send requests at ``offsets`` (seconds from the step's start); the p99 with late ones as infinite."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TcpLineTarget:
+    """The local model server's protocol (:mod:`agent.profiling.server`): lines ``<id>\\n`` answered by ``<id>\\n``."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.name = f"tcp://{host}:{port}"
+
+    async def reachable(self, timeout_s: float) -> str | None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                async with asyncio.timeout(max(0.05, deadline - time.monotonic())):
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    try:
+                        writer.write(b"0\n")
+                        await writer.drain()
+                        if (await reader.readline()).strip() == b"0":
+                            return None
+                        last = "the connection closed without an answer"
+                    finally:
+                        writer.close()
+                        with contextlib.suppress(ConnectionError):
+                            await writer.wait_closed()
+            except (OSError, TimeoutError) as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if time.monotonic() >= deadline:
+                return f"{last} within {timeout_s:g} s"
+            await asyncio.sleep(0.2)
+
+    async def step(self, rate: float, duration_s: float, drain_s: float, offsets: npt.NDArray[np.float64]) -> Step:
+        try:
+            return await probe(self.host, self.port, rate, duration_s, drain_s, offsets)
+        except OSError as e:
+            raise TargetDied(f"{self.name}: {e}") from e
+
+    async def close(self) -> None:
+        return None
+
+
+class HttpTarget:
+    """One HTTP request per arrival; an answer is any 2xx whose body was read in time (else infinitely late)."""
+
+    def __init__(self, url: str, shape: RequestShape, *, max_connections: int = 1024) -> None:
+        parts = urlsplit(url)
+        if shape.path is not None:
+            url = parts._replace(path=shape.path).geturl()
+        self.url = url
+        self.name = url
+        self.shape = shape
+        self.max_connections = max_connections
+        self._bodies = shape.bodies()
+        self._weights = shape.weights()
+        self._rng = random.Random(shape.seed)
+        self._session: Any = None
+
+    def _client(self) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                headers={"Content-Type": self.shape.content_type, **self.shape.headers},
+            )
+        return self._session
+
+    def _body(self) -> bytes:
+        if len(self._bodies) == 1:
+            return self._bodies[0]
+        return self._rng.choices(self._bodies, self._weights)[0]
+
+    async def reachable(self, timeout_s: float) -> str | None:
+        import aiohttp
+
+        session = self._client()
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                timeout = aiohttp.ClientTimeout(total=max(0.05, deadline - time.monotonic()))
+                async with session.request(self.shape.method, self.url, data=self._body(), timeout=timeout) as r:
+                    text = (await r.read())[:200].decode(errors="replace")
+                    if 200 <= r.status <= 299:
+                        return None
+                    if r.status < 500:  # the request itself is wrong: retrying will not help
+                        return f"answered HTTP {r.status} to a test request: {text.strip() or r.reason}"
+                    last = f"HTTP {r.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if time.monotonic() >= deadline:
+                return f"{last} within {timeout_s:g} s"
+            await asyncio.sleep(0.2)
+
+    async def step(self, rate: float, duration_s: float, drain_s: float, offsets: npt.NDArray[np.float64]) -> Step:
+        import aiohttp
+
+        session = self._client()
+        timeout = aiohttp.ClientTimeout(total=duration_s + drain_s + 5.0)
+        latencies: list[float] = []
+        refused = 0
+
+        async def one(body: bytes) -> None:
+            nonlocal refused
+            t = time.perf_counter()
+            try:
+                async with session.request(self.shape.method, self.url, data=body, timeout=timeout) as r:
+                    await r.read()
+                    if 200 <= r.status <= 299:
+                        latencies.append(time.perf_counter() - t)
+            except aiohttp.ClientConnectorError:
+                refused += 1
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass  # an error is an unanswered request: infinitely late
+
+        tasks: set[asyncio.Task[None]] = set()
+        n = 0
+        start = time.perf_counter()
+        try:
+            while (now := time.perf_counter()) - start < duration_s and n < len(offsets):
+                due = int(np.searchsorted(offsets, now - start, side="right"))
+                while n < due:
+                    tasks.add(asyncio.create_task(one(self._body())))
+                    n += 1
+                await asyncio.sleep(0.002)
+            if tasks:
+                await asyncio.wait(tasks, timeout=drain_s)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if n and not latencies and refused:
+            raise TargetDied(f"{self.name}: {refused} of {n} connections refused")
+        lat = np.array(latencies + [math.inf] * (n - len(latencies)), dtype=np.float64)
+        p99 = float(np.percentile(lat, 99, method="higher")) * 1000.0 if len(lat) else math.inf
+        return Step(rate, n, len(latencies), p99)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def target_from_url(url: str, shape: RequestShape) -> Target:
+    """``tcp://HOST:PORT`` → :class:`TcpLineTarget`; ``http(s)://…`` → :class:`HttpTarget`; else ``ValueError``."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme == "tcp":
+        if not parts.hostname or port is None:
+            raise ValueError(f"--target {url!r}: a TCP target needs tcp://HOST:PORT")
+        return TcpLineTarget(parts.hostname, port)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ValueError(f"--target {url!r}: no host")
+        return HttpTarget(url, shape)
+    raise ValueError(f"--target {url!r}: the scheme must be http, https or tcp")
+
+
+# -- one trial ------------------------------------------------------------------------------------------------------
+
+
+async def run_load(target: Target, slo_ms: float, plan: LoadPlan, shape: RequestShape) -> Capacity:
+    """The capacity of ``target`` at ``slo_ms``: open-loop steps shaped by ``shape``, doubling then bisecting."""
+    drain = plan.drain_s if plan.drain_s is not None else max(0.2, 3 * slo_ms / 1000.0)
+    count = 0
+
+    async def measure(rate: float) -> Step:
+        nonlocal count
+        count += 1
+        offsets = arrivals(rate, plan.step_s, arrival=shape.arrival, gaps=shape.gaps, seed=shape.seed + count)
+        return await target.step(rate, plan.step_s, drain, offsets)
+
+    return await find_capacity(
+        measure, slo_ms, start_rps=plan.start_rps, max_rps=plan.max_rps, bisect_steps=plan.bisect_steps
+    )
+
+
+def _ms(x: float) -> float | None:
+    return min(x, 86_400_000.0) if math.isfinite(x) else None
+
+
+async def measure_trial(
+    target: Target,
+    *,
+    trial_id: str,
+    model: str,
+    slo_ms: float,
+    namespace: str = "default",
+    plan: LoadPlan | None = None,
+    shape: RequestShape | None = None,
+) -> TrialResultEvent:
+    """Run one trial's load test and return its result event (never raises for a target that misbehaves)."""
+    plan = plan or LoadPlan()
+    shape = shape or RequestShape()
+    t0 = time.perf_counter()
+
+    def event(**kw: Any) -> TrialResultEvent:
+        return TrialResultEvent(
+            schema=TRIAL_RESULT_V1,
+            trial=trial_id,
+            model=model,
+            namespace=namespace,
+            event_time=time.time(),
+            slo_ms=slo_ms,
+            wall_s=min(time.perf_counter() - t0, 86_400.0),
+            target=target.name[:2048],
+            **kw,
+        )
+
+    try:
+        why = await target.reachable(plan.connect_timeout_s)
+        if why is not None:
+            return event(status="failed", error=f"cannot reach the target {target.name}: {why}"[:2000])
+        try:
+            cap = await run_load(target, slo_ms, plan, shape)
+        except ConnectionError as e:
+            return event(status="failed", error=f"the target died during the load test: {e}"[:2000])
+    finally:
+        await target.close()
+    steps = tuple(TrialStep(rate=s.rate, sent=s.sent, answered=s.answered, p99_ms=_ms(s.p99_ms)) for s in cap.steps)
+    return event(status="measured", throughput_rps=cap.rate, p99_ms=_ms(cap.p99_ms), steps=steps)
+
+
+async def publish(event: TrialResultEvent, kafka: KafkaConfig, topic: str, timeout_s: float = 60.0) -> None:
+    """Publish ``event`` keyed by its trial id, retrying an unreachable broker with back-off for ``timeout_s``."""
+    from agent.kafka import KafkaSink, KafkaUnavailable
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        sink = KafkaSink(kafka)
+        try:
+            left = max(1.0, deadline - time.monotonic())
+            await sink.start(timeout_s=left)
+            await asyncio.wait_for(sink.write(topic, [(event.trial.encode(), encode(event))]), left)
+            return
+        except Exception as e:  # unreachable, timed out, refused: all retried until the deadline
+            if time.monotonic() + delay >= deadline:
+                raise KafkaUnavailable(f"cannot publish the result of {event.trial} to {topic}: {e}") from e
+            print(f"loadgen: publishing failed ({e}); retrying in {delay:g} s", file=sys.stderr, flush=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await sink.stop(timeout_s=2.0)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, metavar="URL", help="http(s)://HOST:PORT/PATH or tcp://HOST:PORT")
+    p.add_argument("--trial-id", default=os.environ.get(TRIAL_ENV), help=f"the trial (default ${TRIAL_ENV})")
+    p.add_argument("--model", required=True, help="the model being profiled")
+    p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"), help="($POD_NAMESPACE)")
+    p.add_argument("--slo-ms", required=True, type=float, help="p99 latency objective in ms")
+    p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
+    p.add_argument("--topic", default=DEFAULT_TOPIC, help=f"trial-results topic (default {DEFAULT_TOPIC})")
+    p.add_argument("--config", metavar="FILE", help="agent YAML whose kafka section (TLS, SASL) is used")
+    p.add_argument("--shape", metavar="FILE", help=f"request shape JSON (default ${SHAPE_ENV}, else empty bodies)")
+    p.add_argument("--step-s", type=float, default=2.0, help="seconds of load per rate (2)")
+    p.add_argument("--start-rps", type=float, default=10.0, help="first rate (10)")
+    p.add_argument("--max-rps", type=float, default=20_000.0, help="highest rate tried (20000)")
+    p.add_argument("--bisect-steps", type=int, default=4, help="bisection steps after the SLO breaks (4)")
+    p.add_argument("--drain-s", type=float, help="wait for late answers per step (default 3 × SLO, >= 0.2 s)")
+    p.add_argument("--connect-timeout-s", type=float, default=60.0, help="wait for the target to answer (60)")
+    p.add_argument("--publish-timeout-s", type=float, default=60.0, help="retry an unreachable broker (60)")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    """``shadowscale loadgen``: the same program as ``python -m agent.profiling.loadgen``."""
+    p = sub.add_parser(
+        "loadgen",
+        help="load-test one shadow trial's target and publish its capacity at the SLO (the trial Job's program)",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    add_arguments(p)
+    p.set_defaults(func=run_args)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    target: Target
+    trial_id: str
+    model: str
+    namespace: str
+    slo_ms: float
+    plan: LoadPlan
+    shape: RequestShape
+    kafka: KafkaConfig
+    topic: str
+    publish_timeout_s: float
+
+
+def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> Invocation:
+    """Check the parsed arguments; every problem is a ``ValueError`` that names the argument."""
+    env = dict(os.environ) if env is None else env
+    trial = args.trial_id or env.get(TRIAL_ENV)
+    if not trial:
+        raise ValueError(f"--trial-id is missing (and ${TRIAL_ENV} is not set)")
+    for flag, name in (("--trial-id", trial), ("--model", args.model)):
+        if len(name) > 253 or NAME_RE.fullmatch(name) is None:
+            raise ValueError(f"{flag} {name[:80]!r} is not a valid Kubernetes name")
+    if NAMESPACE_RE.fullmatch(args.namespace) is None:
+        raise ValueError(f"--namespace {args.namespace[:80]!r} is not a valid Kubernetes namespace")
+    if not (math.isfinite(args.slo_ms) and 0 < args.slo_ms <= 86_400_000):
+        raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {args.slo_ms}")
+    bootstrap = str(args.bootstrap).strip()
+    if not bootstrap or ":" not in bootstrap:
+        raise ValueError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
+    if args.shape:
+        try:
+            text = Path(args.shape).read_text()
+        except OSError as e:
+            raise ValueError(f"--shape {args.shape}: {e.strerror}") from None
+        shape = parse_shape(text, f"--shape {args.shape}")
+    elif env.get(SHAPE_ENV):
+        shape = parse_shape(env[SHAPE_ENV], f"${SHAPE_ENV}")
+    else:
+        shape = RequestShape()
+    try:
+        plan = LoadPlan(
+            step_s=args.step_s,
+            start_rps=args.start_rps,
+            max_rps=args.max_rps,
+            bisect_steps=args.bisect_steps,
+            drain_s=args.drain_s,
+            connect_timeout_s=args.connect_timeout_s,
+        )
+    except ValueError as e:
+        msg = str(e)
+        for name in ("step_s", "start_rps", "max_rps", "bisect_steps", "drain_s", "connect_timeout_s"):
+            msg = msg.replace(name, "--" + name.replace("_", "-"))
+        raise ValueError(msg) from None
+    if not args.publish_timeout_s > 0:
+        raise ValueError(f"--publish-timeout-s must be positive, got {args.publish_timeout_s}")
+    if args.config:
+        from agent.config import load_config
+
+        kafka = load_config(Path(args.config)).kafka
+    else:
+        kafka = KafkaConfig()
+    kafka = msgspec.structs.replace(kafka, bootstrap=bootstrap, client_id=f"shadowscale-loadgen-{trial}"[:200])
+    return Invocation(
+        target=target_from_url(args.target, shape),
+        trial_id=trial,
+        model=args.model,
+        namespace=args.namespace,
+        slo_ms=float(args.slo_ms),
+        plan=plan,
+        shape=shape,
+        kafka=kafka,
+        topic=args.topic,
+        publish_timeout_s=float(args.publish_timeout_s),
+    )
+
+
+async def run(inv: Invocation) -> int:
+    """Measure, print the result on stdout, publish it; the exit status (see the module doc)."""
+    from agent.kafka import KafkaUnavailable
+
+    event = await measure_trial(
+        inv.target,
+        trial_id=inv.trial_id,
+        model=inv.model,
+        slo_ms=inv.slo_ms,
+        namespace=inv.namespace,
+        plan=inv.plan,
+        shape=inv.shape,
+    )
+    print(encode(event).decode(), flush=True)
+    try:
+        await publish(event, inv.kafka, inv.topic, inv.publish_timeout_s)
+    except KafkaUnavailable as e:
+        print(f"loadgen: {e}", file=sys.stderr, flush=True)
+        return EXIT_UNPUBLISHED
+    return 0
+
+
+def run_args(args: argparse.Namespace) -> int:
+    return asyncio.run(run(invocation(args)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.profiling.loadgen", description=__doc__)
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else 0
+    try:
+        inv = invocation(args)
+    except ValueError as e:
+        print(f"loadgen: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(run(inv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

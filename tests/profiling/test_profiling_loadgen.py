@@ -1,0 +1,226 @@
+"""The load generator and the trial-results consumer: arrival schedules, the HTTP target against a real HTTP server
+(bodies as the request shape says, a rejected request, a server that is gone), the consumer on the bundled broker
+(delivers to the waiter, ignores unknown trials and bad messages, times out), and bad command lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from agent.broker import LocalBroker, free_port
+from agent.config import KafkaConfig
+from agent.events import TRIAL_RESULT_V1, TrialResultEvent, decode_trial_result, encode
+from agent.kafka import KafkaSink, KafkaTail, KafkaUnavailable
+from agent.profiling.loadgen import HttpTarget, LoadPlan, RequestShape, measure_trial, parse_shape, publish
+from agent.profiling.loadtest import arrivals
+from agent.profiling.results import KafkaTrialResults, TrialResultsHub
+from policies.profiling.types import TrialStatus
+
+
+def test_arrival_schedules_keep_the_mean_rate_and_the_observed_burstiness() -> None:
+    uniform = arrivals(200, 2.0)
+    assert len(uniform) == 400 and np.allclose(np.diff(uniform), 1 / 200)
+    poisson = arrivals(200, 2.0, arrival="poisson", seed=3)
+    assert 340 < len(poisson) < 460 and np.all(np.diff(poisson) >= 0) and poisson[-1] < 2.0
+    gaps = np.diff(arrivals(100, 3.0, gaps=[1, 1, 1, 9], seed=1))  # bursts of three, then a pause
+    assert 290 <= len(gaps) + 1 <= 310
+    assert sorted(set(np.round(gaps * 1000, 6))) == [3.333333, 30.0]  # the gaps' ratios, at a mean of 10 ms
+    with pytest.raises(ValueError, match="gaps must be finite"):
+        arrivals(10, 1.0, gaps=[0, 0])
+
+
+def test_request_shapes_are_checked_by_name() -> None:
+    shape = parse_shape('{"sizes": [10, 10, 30], "arrival": "poisson"}', "$SHADOWSCALE_LOADGEN_SHAPE")
+    assert shape.bodies() == [b"x" * 10, b"x" * 30] and shape.weights() == [2.0, 1.0]
+    for text, why in [
+        ('{"payloads": ["a"], "sizes": [1]}', "give payloads or sizes, not both"),
+        ('{"gapz": [1]}', "unknown field `gapz`"),
+        ('{"sizes": [-1]}', "at `$.sizes[0]`"),
+        ('{"arrival": "bursty"}', "at `$.arrival`"),
+        ('{"path": "predict"}', "path must start with '/'"),
+        ("{", "not JSON: Input data was truncated"),
+    ]:
+        with pytest.raises(ValueError, match=r"^request shape in --shape f\.json: ") as e:
+            parse_shape(text, "--shape f.json")
+        assert why in str(e.value)
+
+
+@pytest_asyncio.fixture
+async def http_server() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A real HTTP model server: answers POST /predict after 2 ms; a body without "x" is a 400."""
+    bodies: list[bytes] = []
+
+    async def predict(request: web.Request) -> web.Response:
+        body = await request.read()
+        bodies.append(body)
+        if b'"x"' not in body:
+            return web.Response(status=400, text="missing input x")
+        await asyncio.sleep(0.002)
+        return web.json_response({"y": 1})
+
+    app = web.Application()
+    app.router.add_post("/predict", predict)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}/predict", bodies
+    finally:
+        await runner.cleanup()
+
+
+PLAN = LoadPlan(step_s=0.3, start_rps=40, max_rps=160, bisect_steps=1, connect_timeout_s=2)
+
+
+@pytest.mark.asyncio
+async def test_http_target_measures_a_real_server_with_the_shapes_bodies(http_server: tuple[str, list[bytes]]) -> None:
+    url, bodies = http_server
+    shape = RequestShape(payloads=('{"x": [1]}', '{"x": [2, 3]}'), arrival="poisson")
+    ev = await measure_trial(HttpTarget(url, shape), trial_id="t-1", model="m", slo_ms=200, plan=PLAN, shape=shape)
+    assert ev.status == "measured" and ev.throughput_rps == 160 and ev.p99_ms is not None and ev.p99_ms < 200
+    assert [s.rate for s in ev.steps] == [40, 80, 160] and all(s.answered == s.sent for s in ev.steps)
+    assert set(bodies) == {b'{"x": [1]}', b'{"x": [2, 3]}'}  # both bodies were drawn
+    assert decode_trial_result(encode(ev)) == ev  # what it publishes is valid on the wire
+
+
+@pytest.mark.asyncio
+async def test_http_target_failures_are_failed_results(http_server: tuple[str, list[bytes]]) -> None:
+    url, _ = http_server
+    bad = RequestShape(payloads=('{"z": 1}',))
+    ev = await measure_trial(HttpTarget(url, bad), trial_id="t-2", model="m", slo_ms=200, plan=PLAN, shape=bad)
+    assert ev.status == "failed" and "answered HTTP 400 to a test request: missing input x" in ev.error
+
+    gone = f"http://127.0.0.1:{free_port()}/predict"
+    ev = await measure_trial(HttpTarget(gone, RequestShape()), trial_id="t-3", model="m", slo_ms=200, plan=PLAN)
+    assert (
+        ev.status == "failed" and ev.error.startswith(f"cannot reach the target {gone}:") and "within 2 s" in ev.error
+    )
+
+
+# -- the consumer on the bundled broker ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+def result_event(trial: str, **kw: Any) -> TrialResultEvent:
+    fields: dict[str, Any] = {"status": "measured", "throughput_rps": 120.0, "p99_ms": 80.0, "slo_ms": 100.0}
+    fields.update(kw)
+    return TrialResultEvent(schema=TRIAL_RESULT_V1, trial=trial, model="resnet", event_time=time.time(), **fields)
+
+
+@pytest.mark.asyncio
+async def test_consumer_hands_results_to_their_waiters_and_ignores_the_rest(broker: LocalBroker) -> None:
+    cfg = KafkaConfig(bootstrap=broker.bootstrap)
+    topic = f"trials-{time.monotonic_ns()}"
+    async with KafkaTrialResults(cfg, topic, create_topic=True, partitions=2) as results:
+        waiting = asyncio.ensure_future(results.wait("run-resnet-1", 20))
+        never = asyncio.ensure_future(results.wait("run-resnet-3", 1.0))
+        await asyncio.sleep(0)
+        await publish(result_event("someone-elses-trial"), cfg, topic)
+        await publish(result_event("run-resnet-1", steps=()), cfg, topic)
+        sink = KafkaSink(cfg)
+        await sink.start()
+        try:
+            await sink.write(topic, [(b"run-resnet-1", b'{"schema": "shadowscale.trial-result/v1"}'), (None, b"{")])
+        finally:
+            await sink.stop()
+        got = await asyncio.wait_for(waiting, 20)
+        assert got is not None and got.status is TrialStatus.MEASURED and (got.throughput, got.p99_ms) == (120, 80)
+        assert await never is None  # nothing came: the runner fails the trial
+        deadline = time.monotonic() + 10
+        while results.counts.rejected < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (results.counts.delivered, results.counts.unknown, results.counts.rejected) == (1, 1, 2)
+        assert results.waiting == [] and results.running
+    assert not results.running
+
+
+@pytest.mark.asyncio
+async def test_hub_converts_results_and_refuses_two_waiters() -> None:
+    hub = TrialResultsHub()
+    first = asyncio.ensure_future(hub.wait("a", 5))
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="already waiting for trial 'a'"):
+        await hub.wait("a", 1)
+    hub.deliver(encode(result_event("a", status="failed", error="the target died during the load test")))
+    failed = await first
+    assert failed is not None and failed.error == "load generator: the target died during the load test"
+    never_met = asyncio.ensure_future(hub.wait("b", 5))
+    await asyncio.sleep(0)
+    hub.deliver(encode(result_event("b", throughput_rps=0.0, p99_ms=None)))
+    got = await never_met
+    assert got is not None and got.measured and got.throughput == 0 and got.p99_ms == math.inf
+    rejected = hub.deliver(encode(result_event("c", status="failed")))  # a failure must say why
+    assert getattr(rejected, "reason", "") == "invalid trial result: a failed result needs an error"
+
+
+@pytest.mark.asyncio
+async def test_tail_of_a_missing_topic_is_a_clear_error(broker: LocalBroker) -> None:
+    tail = KafkaTail(KafkaConfig(bootstrap=broker.bootstrap), "no-such-topic-here")
+    with pytest.raises(KafkaUnavailable, match="topic 'no-such-topic-here' does not exist"):
+        await tail.start(timeout_s=10)
+
+
+# -- the command line ------------------------------------------------------------------------------------------------
+
+
+async def loadgen(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.profiling.loadgen", *args, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    return proc.returncode or 0, err.decode()
+
+
+BASE = ["--model", "resnet", "--trial-id", "t-1", "--slo-ms", "100", "--bootstrap", "127.0.0.1:9"]
+
+
+@pytest.mark.asyncio
+async def test_bad_command_lines_exit_2_and_say_what_is_wrong() -> None:
+    import os
+
+    cases = [
+        (["--target", "ftp://x:1"], None, "--target 'ftp://x:1': the scheme must be http, https or tcp"),
+        (["--target", "tcp://x"], None, "a TCP target needs tcp://HOST:PORT"),
+        (["--target", "tcp://x:1", "--step-s", "0"], None, "--step-s must be a positive number, got 0"),
+        (["--target", "tcp://x:1", "--start-rps", "9", "--max-rps", "5"], None, "--start-rps 9 is above --max-rps 5"),
+        (["--target", "tcp://x:1", "--shape", "/nonexistent.json"], None, "--shape /nonexistent.json: No such file"),
+        (["--target", "tcp://x:1"], {"SHADOWSCALE_LOADGEN_SHAPE": '{"seed": "x"}'}, "$SHADOWSCALE_LOADGEN_SHAPE"),
+    ]
+    for args, extra, why in cases:
+        code, err = await loadgen(*BASE, *args, env={**os.environ, **(extra or {})})
+        assert code == 2 and why in err, (args, err)
+    code, err = await loadgen("--target", "tcp://x:1", "--model", "Bad Name", "--slo-ms", "1", "--bootstrap", "h:1")
+    assert code == 2 and "--trial-id is missing" in err
+    code, err = await loadgen(*BASE[:2], "--trial-id", "Bad_", *BASE[4:], "--target", "tcp://x:1")
+    assert code == 2 and "--trial-id 'Bad_' is not a valid Kubernetes name" in err
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_broker_exits_1_after_printing_the_result() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.profiling.loadgen", *BASE, "--target", f"tcp://127.0.0.1:{free_port()}",
+        "--connect-timeout-s", "0.3", "--publish-timeout-s", "1.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 1
+    printed = json.loads(out)
+    assert printed["status"] == "failed" and printed["trial"] == "t-1" and "cannot reach the target" in printed["error"]
+    assert "cannot publish the result of t-1 to shadowscale.trials" in err.decode()
