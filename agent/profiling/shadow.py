@@ -12,10 +12,14 @@ For a trial it
    ``SHADOWSCALE_PARAM_<KEY>``;
 2. waits until the shadow is ready (a Deployment reporting ``ProgressDeadlineExceeded`` or a pod waiting in
    ``CrashLoopBackOff``/``ErrImagePull``/… or terminated ``OOMKilled`` is a failed start);
-3. creates ``<name>-loadgen-<trial>``, a Job that replays recently observed traffic against the shadow's pods and
-   raises the rate until the SLO breaks, then bisects (its image and arguments are configurable);
-4. waits for the trial's result, which the load generator publishes as traffic events tagged with the trial id
-   and the agent's event consumer hands over through the :class:`TrialResults` port;
+3. creates ``<name>-loadgen-<trial>``, a Job running the load generator (:mod:`agent.profiling.loadgen`,
+   ``shadowscale loadgen``; image, command and extra arguments configurable) aimed at the ready shadow pod's IP and
+   the workload's port: it drives open-loop load shaped like the model's traffic (the workload's
+   :class:`~agent.profiling.loadgen.RequestShape`, passed as JSON in ``$SHADOWSCALE_LOADGEN_SHAPE``), raises the
+   rate until the SLO breaks, then bisects;
+4. waits for the trial's result, a ``shadowscale.trial-result/v1`` event keyed by the trial id that the load
+   generator publishes on the trials topic, handed over through the :class:`TrialResults` port
+   (:class:`agent.profiling.results.KafkaTrialResults`);
 5. deletes the Job (with its pods) and the shadow Deployment, also when any step fails, times out or the trial
    is cancelled. :meth:`ShadowTrialRunner.cleanup` deletes every shadow object left by an agent that died
    mid-trial; the agent calls it on start.
@@ -31,17 +35,21 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import structlog
 from kubernetes_asyncio import client
 
+from agent.profiling.loadgen import DEFAULT_TOPIC, SHAPE_ENV, TRIAL_ENV, LoadPlan, RequestShape, shape_json
 from policies.profiling.types import Trial, TrialResult
 
 log = structlog.get_logger("shadowscale.profiling.shadow")
 
 SHADOW_LABEL = "shadowscale.io/shadow"
 TRIAL_LABEL = "shadowscale.io/trial"
+ROLE_LABEL = "shadowscale.io/role"
+"""``shadow`` on the shadow Deployment and its pods, ``loadgen`` on the Job and its pod (which also carry the shadow
+and trial labels, so cleanup finds both and the trial's pods can be told apart)."""
 FAILED_WAITING = frozenset(
     {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError", "InvalidImageName"}
 )
@@ -61,17 +69,51 @@ class Workload:
     deployment: str
     container: str | None = None
     """The container the configuration applies to (default: the first)."""
+    port: int | None = None
+    """The port the load generator targets (default: the container's first ``containerPort``)."""
+    path: str = "/"
+    """The HTTP path requests go to (a request shape's ``path`` overrides it)."""
+    protocol: Literal["http", "https", "tcp"] = "http"
+    shape: RequestShape | None = None
+    """What the model's requests look like (bodies or sizes, inter-arrival gaps); None: empty POSTs, evenly spaced."""
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"workload {self.namespace}/{self.deployment}: port {self.port} is not in 1..65535")
+        if not self.path.startswith("/"):
+            raise ValueError(f"workload {self.namespace}/{self.deployment}: path {self.path!r} must start with '/'")
+        if self.protocol not in ("http", "https", "tcp"):
+            raise ValueError(f"workload {self.namespace}/{self.deployment}: protocol must be http, https or tcp")
 
 
 @dataclass(frozen=True, slots=True)
 class ShadowSettings:
+    """How shadow trials run. ``kafka_bootstrap`` is where the load generator publishes its result (the agent's
+    broker as the Job's pod reaches it); ``loadgen_args`` are appended to the load generator's arguments (e.g.
+    ``--config FILE`` for TLS/SASL from a mounted agent configuration) and ``loadgen_env`` added to its
+    environment."""
+
     ready_timeout_s: float = 600.0
     result_timeout_s: float = 900.0
     poll_s: float = 2.0
+    kafka_bootstrap: str = ""
+    results_topic: str = DEFAULT_TOPIC
     loadgen_image: str = "ghcr.io/shadowscale/shadowscale:latest"
-    loadgen_command: Sequence[str] = ("python", "-m", "shadowscale.loadgen")
+    loadgen_command: Sequence[str] = ("shadowscale", "loadgen")
+    loadgen_args: Sequence[str] = ()
+    loadgen_env: Mapping[str, str] = field(default_factory=dict)
+    load: LoadPlan = field(default_factory=LoadPlan)
     gpu_type_label: str = "nvidia.com/gpu.product"
     env_names: Mapping[str, str] = field(default_factory=lambda: {"batch": "BATCH_SIZE", "threads": "NUM_THREADS"})
+
+    def __post_init__(self) -> None:
+        for name in ("ready_timeout_s", "result_timeout_s", "poll_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"shadow settings: {name} must be positive, got {getattr(self, name)}")
+        if self.kafka_bootstrap and ":" not in self.kafka_bootstrap:
+            raise ValueError(f"shadow settings: kafka_bootstrap must be HOST:PORT, got {self.kafka_bootstrap!r}")
+        if not self.loadgen_command or not self.loadgen_image:
+            raise ValueError("shadow settings: loadgen_command and loadgen_image must not be empty")
 
 
 class KubeCallError(RuntimeError):
@@ -102,7 +144,7 @@ def dns_label(text: str, limit: int = 63) -> str:
 def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
     """The shadow Deployment for ``trial``, built from the model's Deployment (pure: no API call)."""
     trial_label = dns_label(trial.trial_id)
-    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label}
+    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "shadow"}
     template = copy.deepcopy(original.get("spec", {}).get("template", {}))
     meta = template.setdefault("metadata", {})
     meta["labels"] = dict(labels)
@@ -131,7 +173,7 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
         spec.setdefault("nodeSelector", {})[st.gpu_type_label] = str(cfg.pop("gpu_type"))
     env = [e for e in target.get("env", []) if isinstance(e, Mapping)]
     extra = {st.env_names.get(k, f"SHADOWSCALE_PARAM_{k.upper()}"): str(v) for k, v in cfg.items()}
-    extra["SHADOWSCALE_TRIAL_ID"] = trial.trial_id
+    extra[TRIAL_ENV] = trial.trial_id
     target["env"] = [e for e in env if e.get("name") not in extra] + [{"name": k, "value": v} for k, v in extra.items()]
     name = f"{wl.deployment[:30]}-shadow-{trial_label}"[:63].rstrip("-")
     return {
@@ -142,31 +184,65 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
     }
 
 
-def loadgen_job(shadow: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
-    """The load-generator Job aimed at the shadow's pods (pure)."""
-    labels = dict(shadow["metadata"]["labels"])
+def target_port(shadow: Mapping[str, Any], wl: Workload) -> int:
+    """The port the load goes to: the workload's, else the target container's first ``containerPort`` (pure)."""
+    if wl.port is not None:
+        return wl.port
+    containers = shadow["spec"]["template"]["spec"]["containers"]
+    target = next((c for c in containers if c.get("name") == wl.container), containers[0])
+    for p in target.get("ports") or []:
+        if isinstance(p, Mapping) and isinstance(p.get("containerPort"), int):
+            return int(p["containerPort"])
+    raise ValueError(
+        f"workload {wl.namespace}/{wl.deployment}: no port to load-test: set the workload's port or give container "
+        f"{target.get('name')!r} a containerPort"
+    )
+
+
+def target_url(pod_ip: str, port: int, wl: Workload) -> str:
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return f"tcp://{host}:{port}" if wl.protocol == "tcp" else f"{wl.protocol}://{host}:{port}{wl.path}"
+
+
+def loadgen_job(
+    shadow: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings, target: str
+) -> dict[str, Any]:
+    """The load-generator Job aimed at ``target`` (the shadow pod's URL), publishing to the trials topic (pure)."""
+    if not st.kafka_bootstrap:
+        raise ValueError("shadow settings: kafka_bootstrap is empty; the load generator publishes its result there")
+    labels = {**shadow["metadata"]["labels"], ROLE_LABEL: "loadgen"}
     name = shadow["metadata"]["name"].replace("-shadow-", "-loadgen-")[:63].rstrip("-")
     args = [
-        "--namespace",
-        wl.namespace,
-        "--selector",
-        f"{TRIAL_LABEL}={labels[TRIAL_LABEL]}",
+        "--target",
+        target,
         "--trial-id",
         trial.trial_id,
         "--model",
         trial.model,
+        "--namespace",
+        wl.namespace,
         "--slo-ms",
         f"{trial.slo_ms:g}",
+        "--bootstrap",
+        st.kafka_bootstrap,
+        "--topic",
+        st.results_topic,
+        *st.load.args(),
+        *st.loadgen_args,
     ]
+    env = {TRIAL_ENV: trial.trial_id, "POD_NAMESPACE": wl.namespace}
+    if wl.shape is not None:
+        env[SHAPE_ENV] = shape_json(wl.shape)
+    env.update(st.loadgen_env)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": wl.namespace, "labels": labels},
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": int(st.result_timeout_s),
+            "activeDeadlineSeconds": max(1, int(st.result_timeout_s)),
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": dict(labels)},
                 "spec": {
                     "restartPolicy": "Never",
                     "containers": [
@@ -175,6 +251,7 @@ def loadgen_job(shadow: Mapping[str, Any], trial: Trial, wl: Workload, st: Shado
                             "image": st.loadgen_image,
                             "command": list(st.loadgen_command),
                             "args": args,
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
                         }
                     ],
                 },
@@ -201,6 +278,16 @@ def start_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any
     return None
 
 
+def ready_pod_ip(pods: Sequence[Mapping[str, Any]]) -> str:
+    """The IP of a ready, running pod among ``pods`` (the first by name), or "" if none has one yet."""
+    for pod in sorted(pods, key=lambda p: str(p.get("metadata", {}).get("name"))):
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        if status.get("podIP") and status.get("phase") == "Running" and conditions.get("Ready") == "True":
+            return str(status["podIP"])
+    return ""
+
+
 class ShadowTrialRunner:
     """A :class:`~policies.profiling.ports.TrialRunner` that measures shadow Deployments (see the module doc)."""
 
@@ -217,6 +304,11 @@ class ShadowTrialRunner:
         self.workloads = dict(workloads)
         self.results = results
         self.settings = settings or ShadowSettings()
+        if not self.settings.kafka_bootstrap:
+            raise ValueError(
+                "shadow runner: settings.kafka_bootstrap is empty; the load generator publishes its result to Kafka "
+                "and needs the broker's HOST:PORT"
+            )
 
     async def run_trial(self, trial: Trial) -> TrialResult:
         t0 = time.perf_counter()
@@ -242,19 +334,21 @@ class ShadowTrialRunner:
             await self.apps.read_namespaced_deployment(wl.deployment, wl.namespace, _preload_content=False)
         )
         shadow = shadow_deployment(original, trial, wl, st)
+        port = target_port(shadow, wl)
         name = shadow["metadata"]["name"]
         created.append(("deployment", name))
         await _json(
             await self.apps.create_namespaced_deployment(wl.namespace, cast(Any, shadow), _preload_content=False)
         )
         log.info("shadow created", trial=trial.trial_id, deployment=name)
-        failure = await self._wait_ready(wl.namespace, name, shadow["metadata"]["labels"][TRIAL_LABEL])
+        failure, pod_ip = await self._wait_ready(wl.namespace, name, shadow["metadata"]["labels"][TRIAL_LABEL])
         if failure is not None:
             return TrialResult.failed(f"failed start: {failure}", time.perf_counter() - t0)
-        job = loadgen_job(shadow, trial, wl, st)
+        job = loadgen_job(shadow, trial, wl, st, target_url(pod_ip, port, wl))
         created.append(("job", job["metadata"]["name"]))
         await _json(await self.batch.create_namespaced_job(wl.namespace, cast(Any, job), _preload_content=False))
-        result = await self.results.wait(trial.trial_id, st.result_timeout_s)
+        log.info("load generator started", trial=trial.trial_id, job=job["metadata"]["name"], pod_ip=pod_ip)
+        result = await self._result(trial.trial_id, wl.namespace, job["metadata"]["name"], t0)
         if result is None:
             return TrialResult.failed(
                 f"no results event for trial {trial.trial_id} within {st.result_timeout_s:g} s",
@@ -262,12 +356,41 @@ class ShadowTrialRunner:
             )
         return result
 
-    async def _wait_ready(self, namespace: str, name: str, trial_label: str) -> str | None:
+    async def _result(self, trial_id: str, namespace: str, job: str, t0: float) -> TrialResult | None:
+        """The trial's result; a failed result as soon as the load-generator Job fails (it could not publish, or
+        crashed), instead of waiting out ``result_timeout_s``; None when nothing arrived in time."""
+        waiter = asyncio.ensure_future(self.results.wait(trial_id, self.settings.result_timeout_s))
+        try:
+            while True:
+                await asyncio.wait({waiter}, timeout=self.settings.poll_s)
+                if waiter.done():
+                    return waiter.result()
+                why = await self._job_failure(namespace, job)
+                if why is not None:
+                    return TrialResult.failed(f"load generator failed: {why}", time.perf_counter() - t0)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+
+    async def _job_failure(self, namespace: str, name: str) -> str | None:
+        try:
+            job = await _json(await self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+        except KubeCallError as e:
+            return "the Job was deleted" if e.status == 404 else None
+        status = job.get("status") or {}
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Failed" and c.get("status") == "True":
+                return ": ".join(str(x) for x in (c.get("reason"), c.get("message")) if x) or "Job failed"
+        return None
+
+    async def _wait_ready(self, namespace: str, name: str, trial_label: str) -> tuple[str | None, str]:
+        """``(None, pod IP)`` once the shadow has a ready pod with an IP, else ``(why it cannot start, "")``."""
         deadline = time.monotonic() + self.settings.ready_timeout_s
         while True:
             dep = await _json(await self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
-            if int((dep.get("status") or {}).get("readyReplicas") or 0) >= 1:
-                return None
+            ready = int((dep.get("status") or {}).get("readyReplicas") or 0) >= 1
             pods: list[Any] = []
             with contextlib.suppress(KubeCallError):
                 listing = await self.core.list_namespaced_pod(
@@ -276,13 +399,17 @@ class ShadowTrialRunner:
                 pods = [
                     p
                     for p in (await _json(listing)).get("items", [])
-                    if (p.get("metadata", {}).get("labels") or {}).get(TRIAL_LABEL) == trial_label
+                    if (labels := p.get("metadata", {}).get("labels") or {}).get(TRIAL_LABEL) == trial_label
+                    and labels.get(ROLE_LABEL, "shadow") == "shadow"
                 ]
+            if ready and (ip := ready_pod_ip(pods)):
+                return None, ip
             why = start_failure(dep, pods)
             if why is not None:
-                return why
+                return why, ""
             if time.monotonic() >= deadline:
-                return f"not ready within {self.settings.ready_timeout_s:g} s"
+                what = "ready but no ready pod with an IP" if ready else "not ready"
+                return f"{what} within {self.settings.ready_timeout_s:g} s", ""
             await asyncio.sleep(self.settings.poll_s)
 
     async def _teardown(self, namespace: str, created: Sequence[tuple[str, str]]) -> None:

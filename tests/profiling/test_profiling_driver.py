@@ -108,7 +108,7 @@ class Shared:
         """A moment when trials of two models ran together."""
 
     async def run_trial(self, t: Trial) -> TrialResult:
-        share = float(t.config["share"]) / 100  # type: ignore[arg-type]
+        share = float(t.config["share"]) / 100
         self.in_flight[t.model] = self.in_flight.get(t.model, 0) + 1
         self.held += share
         self.most = max(self.most, sum(self.in_flight.values()))

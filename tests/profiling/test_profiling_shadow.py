@@ -1,19 +1,33 @@
-"""The Kubernetes shadow runner against kmock's emulator: it creates the shadow and the load generator, returns the
-measurement, and always tears both down (also on a failed start and a results event that never arrives); cleanup
-removes what a dead agent left behind and nothing else."""
+"""The Kubernetes shadow runner against kmock's emulator: it creates the shadow and the load-generator Job (the right
+command, arguments, environment and labels, aimed at the ready pod), returns the measurement, and always tears both
+down: on success, a failed start, a failed load test, a results event that never arrives, the trial's timeout and
+cancellation; cleanup removes what a dead agent left behind and nothing else.
+
+End to end: the Job's own command line (its arguments and environment, run as a local process) load-tests the real
+local model server and publishes to the bundled broker; the Kafka results consumer hands the result to the runner."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.metadata
-from collections.abc import AsyncIterator
-from typing import Any
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client
 
-from agent.profiling.shadow import SHADOW_LABEL, ShadowSettings, ShadowTrialRunner, Workload
+from agent.broker import LocalBroker
+from agent.config import KafkaConfig
+from agent.profiling.live import shadow_profiling
+from agent.profiling.loadgen import LoadPlan, RequestShape
+from agent.profiling.results import KafkaTrialResults
+from agent.profiling.shadow import ROLE_LABEL, SHADOW_LABEL, TRIAL_LABEL, ShadowSettings, ShadowTrialRunner, Workload
 from policies.profiling.types import Trial, TrialResult, TrialStatus
 
 pytestmark = pytest.mark.asyncio
@@ -30,7 +44,12 @@ MODEL_DEPLOYMENT = {
             "metadata": {"labels": {"app": "resnet"}},
             "spec": {
                 "containers": [
-                    {"name": "server", "image": "resnet:1", "env": [{"name": "BATCH_SIZE", "value": "1"}]},
+                    {
+                        "name": "server",
+                        "image": "resnet:1",
+                        "env": [{"name": "BATCH_SIZE", "value": "1"}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                    },
                 ]
             },
         },
@@ -85,17 +104,23 @@ class Results:
         self.api = api
         self.result = result
         self.jobs_seen: list[dict[str, Any]] = []
+        self.waiting = asyncio.Event()
 
     async def wait(self, trial_id: str, timeout_s: float) -> TrialResult | None:
         jobs = (await client.BatchV1Api(self.api).list_namespaced_job(NS)).items
         self.jobs_seen = [self.api.sanitize_for_serialization(j) for j in jobs]
+        self.waiting.set()
         if self.result is None:
             await asyncio.sleep(timeout_s)
         return self.result
 
 
-async def controller(api: Any, seen: list[dict[str, Any]], mode: str) -> None:
-    """Plays the Deployment controller and kubelet: marks a shadow ready, or gives its pod an OOMKilled status."""
+POD_IP = "10.1.2.3"
+
+
+async def controller(api: Any, seen: list[dict[str, Any]], mode: str, pod_ip: str = POD_IP) -> None:
+    """Plays the Deployment controller and kubelet: marks a shadow ready with a running pod that has an IP, or gives
+    its pod an OOMKilled status."""
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     while True:
         for d in (await apps.list_namespaced_deployment(NS, label_selector=f"{SHADOW_LABEL}=true")).items:
@@ -105,11 +130,15 @@ async def controller(api: Any, seen: list[dict[str, Any]], mode: str) -> None:
                 continue
             seen.append(raw)
             if mode == "ready":
+                labels = raw["spec"]["template"]["metadata"]["labels"]
+                status = {"phase": "Running", "podIP": pod_ip, "conditions": [{"type": "Ready", "status": "True"}]}
+                meta = {"name": raw["metadata"]["name"] + "-pod", "namespace": NS, "labels": labels}
+                await core.create_namespaced_pod(NS, cast(Any, {"metadata": meta, "status": status}))
                 await apps.patch_namespaced_deployment(raw["metadata"]["name"], NS, {"status": {"readyReplicas": 1}})
             else:
                 labels = raw["spec"]["template"]["metadata"]["labels"]
                 state = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
-                pod = {
+                pod: Any = {
                     "metadata": {"name": "shadow-pod", "namespace": NS, "labels": labels},
                     "status": {"containerStatuses": [{"name": "server", "lastState": state, "state": {}}]},
                 }
@@ -117,18 +146,41 @@ async def controller(api: Any, seen: list[dict[str, Any]], mode: str) -> None:
         await asyncio.sleep(0.02)
 
 
+SETTINGS = ShadowSettings(
+    ready_timeout_s=5,
+    result_timeout_s=0.3,
+    poll_s=0.02,
+    kafka_bootstrap="kafka.infra:9092",
+    loadgen_image="registry.local/shadowscale:0.1.0",
+    load=LoadPlan(step_s=1.5, start_rps=20, max_rps=800, bisect_steps=3),
+)
+SHAPE = RequestShape(payloads=('{"x": [1, 2]}',), gaps=(0.01, 0.01, 0.2))
+
+
 async def run(
-    api: Any, results: Results, mode: str, config: dict[str, Any], trial_id: str = "run1-resnet-7"
+    api: Any,
+    results: Any,
+    mode: str,
+    config: dict[str, Any],
+    trial_id: str = "run1-resnet-7",
+    *,
+    settings: ShadowSettings = SETTINGS,
+    workload: Workload | None = None,
+    timeout_s: float = 20,
 ) -> tuple[TrialResult, list[Any]]:
     seen: list[dict[str, Any]] = []
     ctl = asyncio.create_task(controller(api, seen, mode))
-    settings = ShadowSettings(ready_timeout_s=5, result_timeout_s=0.3, poll_s=0.02)
-    runner = ShadowTrialRunner(api, {"resnet": Workload(NS, "resnet")}, results, settings)
+    wl = workload or Workload(NS, "resnet", path="/predict", shape=SHAPE)
+    runner = ShadowTrialRunner(api, {"resnet": wl}, results, settings)
     try:
-        result = await runner.run_trial(Trial(trial_id, "resnet", config, slo_ms=100.0, timeout_s=20))
+        result = await runner.run_trial(Trial(trial_id, "resnet", config, slo_ms=100.0, timeout_s=timeout_s))
     finally:
         ctl.cancel()
     return result, seen
+
+
+async def nothing_left(api: Any) -> bool:
+    return await names(api, "deployments") == ["resnet"] and await names(api, "jobs") == []
 
 
 CONFIG = {"cpu": 2, "gpu_memory_mib": 4096, "gpu_cores_pct": 30, "gpu_type": "T4", "batch": 8, "threads": 4, "x": "y"}
@@ -142,7 +194,7 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
     [shadow] = seen
     assert shadow["metadata"]["name"] == "resnet-shadow-run1-resnet-7"
     tpl = shadow["spec"]["template"]
-    assert tpl["metadata"]["labels"] == {SHADOW_LABEL: "true", "shadowscale.io/trial": "run1-resnet-7"}
+    assert tpl["metadata"]["labels"] == {SHADOW_LABEL: "true", TRIAL_LABEL: "run1-resnet-7", ROLE_LABEL: "shadow"}
     assert "app" not in tpl["metadata"]["labels"]  # the model's Service does not select the shadow
     c = tpl["spec"]["containers"][0]
     assert c["resources"]["limits"] == {"cpu": "2", "nvidia.com/gpumem": "4096", "nvidia.com/gpucores": "30"}
@@ -155,18 +207,87 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
         "SHADOWSCALE_TRIAL_ID": "run1-resnet-7",
     }
     [job] = results.jobs_seen
-    assert "run1-resnet-7" in job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert await names(api, "deployments") == ["resnet"] and await names(api, "jobs") == []
+    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: "run1-resnet-7", ROLE_LABEL: "loadgen"}
+    assert job["metadata"]["name"] == "resnet-loadgen-run1-resnet-7"
+    assert job["metadata"]["labels"] == labels and job["spec"]["template"]["metadata"]["labels"] == labels
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    [lg] = job["spec"]["template"]["spec"]["containers"]
+    assert lg["image"] == "registry.local/shadowscale:0.1.0" and lg["command"] == ["shadowscale", "loadgen"]
+    args = lg["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags == {
+        "--target": f"http://{POD_IP}:8080/predict",  # the ready shadow pod, the container's port
+        "--trial-id": "run1-resnet-7",
+        "--model": "resnet",
+        "--namespace": NS,
+        "--slo-ms": "100",
+        "--bootstrap": "kafka.infra:9092",
+        "--topic": "shadowscale.trials",
+        "--step-s": "1.5",
+        "--start-rps": "20",
+        "--max-rps": "800",
+        "--bisect-steps": "3",
+        "--connect-timeout-s": "60",
+    }
+    env = {e["name"]: e["value"] for e in lg["env"]}
+    assert env == {
+        "SHADOWSCALE_TRIAL_ID": "run1-resnet-7",
+        "POD_NAMESPACE": NS,
+        "SHADOWSCALE_LOADGEN_SHAPE": (
+            '{"method":"POST","path":null,"content_type":"application/json","headers":{},"payloads":["{\\"x\\": '
+            '[1, 2]}"],"sizes":[],"arrival":"uniform","gaps":[0.01,0.01,0.2],"seed":0}'
+        ),
+    }
+    assert await nothing_left(api)
 
 
 async def test_failed_start_and_missing_results_are_failed_trials_and_torn_down(api: Any) -> None:
     result, _ = await run(api, Results(api, TrialResult.failed("unused")), "oom", CONFIG)
     assert result.status is TrialStatus.FAILED and "out of memory (OOMKilled)" in result.error
-    assert await names(api, "deployments") == ["resnet"] and await names(api, "jobs") == []
+    assert await nothing_left(api)
 
     result, _ = await run(api, Results(api, None), "ready", {"cpu": 1}, trial_id="run1-resnet-8")
     assert result.status is TrialStatus.FAILED and "no results event for trial run1-resnet-8" in result.error
-    assert await names(api, "deployments") == ["resnet"] and await names(api, "jobs") == []
+    assert await nothing_left(api)
+
+    failed = TrialResult.failed("load generator: the target died during the load test: refused")
+    result, _ = await run(api, Results(api, failed), "ready", {"cpu": 1}, trial_id="run1-resnet-9")
+    assert result == failed
+    assert await nothing_left(api)
+
+
+async def test_trial_timeout_and_cancellation_tear_everything_down(api: Any) -> None:
+    slow = ShadowSettings(ready_timeout_s=5, result_timeout_s=30, poll_s=0.02, kafka_bootstrap="k:9092")
+    result, _ = await run(api, Results(api, None), "ready", {"cpu": 1}, "run1-resnet-10", settings=slow, timeout_s=1)
+    assert result.status is TrialStatus.FAILED and result.error == "timed out after 1 s"
+    assert await nothing_left(api)
+
+    results = Results(api, None)
+    trial = asyncio.create_task(run(api, results, "ready", {"cpu": 1}, "run1-resnet-11", settings=slow))
+    await asyncio.wait_for(results.waiting.wait(), 10)  # the Job exists and the runner waits for its result
+    assert len(results.jobs_seen) == 1 and await names(api, "deployments") == ["resnet", "resnet-shadow-run1-resnet-11"]
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    assert await nothing_left(api)
+
+
+async def test_unusable_workloads_and_settings_are_clear_errors(api: Any) -> None:
+    no_port: Any = copy.deepcopy(MODEL_DEPLOYMENT)
+    no_port["metadata"]["name"] = "noport"
+    del no_port["spec"]["template"]["spec"]["containers"][0]["ports"]
+    await client.AppsV1Api(api).create_namespaced_deployment(NS, no_port)
+    result, seen = await run(api, Results(api, None), "ready", {"cpu": 1}, workload=Workload(NS, "noport"))
+    assert result.status is TrialStatus.FAILED and seen == []
+    assert "workload serving/noport: no port to load-test" in result.error
+    assert await names(api, "deployments") == ["noport", "resnet"]
+
+    with pytest.raises(ValueError, match="kafka_bootstrap is empty"):
+        ShadowTrialRunner(api, {}, Results(api, None), ShadowSettings())
+    with pytest.raises(ValueError, match="kafka_bootstrap must be HOST:PORT"):
+        ShadowSettings(kafka_bootstrap="kafka")
+    with pytest.raises(ValueError, match="workload serving/resnet: port 0 is not in"):
+        Workload(NS, "resnet", port=0)
 
 
 async def test_cleanup_removes_only_what_shadows_left(api: Any) -> None:
@@ -178,6 +299,129 @@ async def test_cleanup_removes_only_what_shadows_left(api: Any) -> None:
     await client.AppsV1Api(api).create_namespaced_deployment(NS, orphan)
     job = {"metadata": {"name": "resnet-loadgen-old", "namespace": NS, "labels": labels}, "spec": {"template": {}}}
     await client.BatchV1Api(api).create_namespaced_job(NS, job)
-    runner = ShadowTrialRunner(api, {"resnet": Workload(NS, "resnet")}, Results(api, None))
+    runner = ShadowTrialRunner(api, {"resnet": Workload(NS, "resnet")}, Results(api, None), SETTINGS)
     assert await runner.cleanup() == 2
     assert await names(api, "deployments") == ["resnet"] and await names(api, "jobs") == []
+
+
+# -- end to end: the Job's command line, the real local model server, the bundled broker ---------------------------
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+Ran = list[tuple[list[str], asyncio.subprocess.Process]]
+
+
+async def kubelet(api: Any, ran: Ran) -> None:
+    """Plays the Job controller and kubelet: runs each load-generator Job's container as a local process — its
+    command (found in this environment's bin directory), arguments and environment exactly as the Job says — and
+    marks the Job failed when the process exits with an error (``backoffLimit: 0``)."""
+    batch = client.BatchV1Api(api)
+    started: set[str] = set()
+    watching: set[asyncio.Task[None]] = set()
+
+    async def job_status(name: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if code != 0:
+            failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": f"exit {code}"}
+            await batch.patch_namespaced_job(name, NS, {"status": {"conditions": [failed]}})
+
+    while True:
+        for job in (await batch.list_namespaced_job(NS)).items:
+            raw = api.sanitize_for_serialization(job)
+            if raw["metadata"]["name"] in started or raw["metadata"]["labels"].get(ROLE_LABEL) != "loadgen":
+                continue
+            started.add(raw["metadata"]["name"])
+            [c] = raw["spec"]["template"]["spec"]["containers"]
+            cmd = [str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *c["args"]]
+            env = {**os.environ, **{e["name"]: e["value"] for e in c["env"]}}
+            proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.DEVNULL)
+            ran.append((cmd, proc))
+            watching.add(asyncio.create_task(job_status(raw["metadata"]["name"], proc)))
+        await asyncio.sleep(0.05)
+
+
+async def test_end_to_end_the_load_generator_measures_the_real_server_through_kafka(
+    api: Any, broker: LocalBroker
+) -> None:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.profiling.server", "--threads", "2", "--batch", "8",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        port = int((await asyncio.wait_for(server.stdout.readline(), 20)).split()[1])
+        topic = f"trials-{time.monotonic_ns()}"
+        settings = ShadowSettings(
+            ready_timeout_s=5,
+            result_timeout_s=90,
+            poll_s=0.02,
+            kafka_bootstrap=broker.bootstrap,
+            results_topic=topic,
+            load=LoadPlan(step_s=0.4, start_rps=50, max_rps=3200, bisect_steps=1, connect_timeout_s=10),
+        )
+        orphan: Any = {
+            "metadata": {"name": "resnet-loadgen-old", "namespace": NS, "labels": {SHADOW_LABEL: "true"}},
+            "spec": {"template": {}},
+        }
+        await client.BatchV1Api(api).create_namespaced_job(NS, orphan)  # left by an agent that died
+        workloads = {"resnet": Workload(NS, "resnet", port=port, protocol="tcp", shape=RequestShape(arrival="poisson"))}
+        seen: list[dict[str, Any]] = []
+        ran: Ran = []
+        tasks = [
+            asyncio.create_task(controller(api, seen, "ready", "127.0.0.1")),
+            asyncio.create_task(kubelet(api, ran)),
+        ]
+        try:
+            async with shadow_profiling(
+                api, workloads, KafkaConfig(bootstrap=broker.bootstrap), settings, create_topic=True
+            ) as runner:
+                assert await names(api, "jobs") == []  # the orphan went at start
+                trial = Trial("e2e-resnet-1", "resnet", {"threads": 2}, slo_ms=50.0, timeout_s=120)
+                result = await runner.run_trial(trial)
+                results = runner.results
+                assert isinstance(results, KafkaTrialResults) and results.counts.delivered == 1
+        finally:
+            for t in tasks:
+                t.cancel()
+    finally:
+        server.terminate()
+        await server.wait()
+    [(cmd, proc)] = ran
+    assert (
+        await asyncio.wait_for(proc.wait(), 20) == 0
+        and cmd[1:3] == ["loadgen", "--target"]
+        and cmd[3] == f"tcp://127.0.0.1:{port}"
+    )
+    assert result.status is TrialStatus.MEASURED, result.error
+    assert result.throughput >= 50 and result.p99_ms <= 50.0 and result.details["steps"] >= 2
+    assert await nothing_left(api)
+
+
+async def test_a_failed_load_generator_job_fails_the_trial_at_once(api: Any) -> None:
+    settings = ShadowSettings(
+        ready_timeout_s=5,
+        result_timeout_s=60,
+        poll_s=0.05,
+        kafka_bootstrap="127.0.0.1:9",
+        loadgen_args=["--step-s", "-1"],
+    )
+    ran: Ran = []
+    kube = asyncio.create_task(kubelet(api, ran))
+    try:
+        t0 = time.monotonic()
+        wl = Workload(NS, "resnet", port=1, protocol="tcp")
+        result, _ = await run(
+            api, Results(api, None), "ready", {"cpu": 1}, "run1-resnet-12", settings=settings, workload=wl
+        )
+    finally:
+        kube.cancel()
+    assert [proc.returncode for _, proc in ran] == [2]  # the load generator refused its arguments
+    assert result.status is TrialStatus.FAILED
+    assert result.error == "load generator failed: BackoffLimitExceeded: exit 2"
+    assert time.monotonic() - t0 < 30  # not the 60 s result timeout
+    assert await nothing_left(api)
