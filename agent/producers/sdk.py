@@ -75,6 +75,7 @@ class TrafficRecorder:
         pod: str | None = None,
         namespace: str | None = None,
         max_samples: int = 2048,
+        shadow_trial: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,6 +84,9 @@ class TrafficRecorder:
         self.model = model
         self.pod = pod or os.environ.get("POD_NAME") or socket.gethostname()
         self.namespace = namespace or os.environ.get("POD_NAMESPACE") or "default"
+        self.shadow_trial = shadow_trial or os.environ.get("SHADOWSCALE_TRIAL_ID") or None
+        """Set in a profiler's shadow pod (the shadow runner puts ``SHADOWSCALE_TRIAL_ID`` in its environment): its
+        windows are tagged so the agent does not take the trial's load for the model's demand."""
         self.max_samples = max_samples
         self.clock = clock
         self.monotonic = monotonic
@@ -188,6 +192,7 @@ class TrafficRecorder:
             batch_size_mean=min(w.batch_items / w.batches, 1e6) if w.batches else 0.0,
             busy_s=min(w.busy_s, window_s),
             concurrency_s=min(w.concurrency_s, 1e12),
+            shadow_trial=self.shadow_trial,
         )
 
 

@@ -95,3 +95,15 @@ def test_a_duplicate_after_the_pod_went_quiet_is_still_a_duplicate() -> None:
     assert w.stats.accepted == 1 and w.stats.duplicates == 1
     w.expire(1.7e9 + 61.0)
     assert w.add(ev) == 0  # beyond dedupe_s it is forgotten
+
+
+def test_shadow_trial_windows_are_not_demand() -> None:
+    """A profiler's shadow pod under test load reports windows tagged with its trial: counted, never demand."""
+    import msgspec
+
+    w = Windows(["m"])
+    w.add(ev(1.0, "a", 10))
+    shadow = msgspec.structs.replace(ev(1.0, "m-shadow-t1-abc", 5000, queue=900), shadow_trial="run1-m-3")
+    assert w.add(shadow) == -1
+    assert w.stats.shadow == 1 and w.stats.accepted == 1
+    assert w.counters()[0].tolist() == [10.0] and w.demand(0) == pytest.approx(10.0) and w.pods(0) == 1

@@ -11,7 +11,7 @@ import pytest
 from producer_helpers import fresh_topic, read_all
 
 from agent.broker import LocalBroker, free_port
-from agent.events import Decoder, TrafficEvent
+from agent.events import Decoder, TrafficEvent, encode
 from agent.producers.sdk import TrafficMiddleware, TrafficRecorder, TrafficReporter
 
 
@@ -50,6 +50,14 @@ def test_window_counts_quantiles_batches_and_concurrency() -> None:
     r.request_finished(b, error=True)
     r.set_queue_depth(7)
     assert r.close_window().queue_depth == 7
+
+
+def test_a_shadow_pod_tags_its_windows_with_the_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TrafficRecorder("resnet50", pod="resnet-0").close_window().shadow_trial is None
+    monkeypatch.setenv("SHADOWSCALE_TRIAL_ID", "run1-resnet50-4")  # what the shadow runner sets in a shadow pod
+    ev = TrafficRecorder("resnet50", pod="resnet50-shadow-run1-resnet50-4-x").close_window()
+    assert ev.shadow_trial == "run1-resnet50-4"
+    assert isinstance(Decoder(["resnet50"]).traffic(encode(ev), ev.event_time), TrafficEvent)
 
 
 def test_latency_samples_are_bounded_per_window() -> None:
