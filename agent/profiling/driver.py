@@ -43,6 +43,8 @@ class DriverSettings:
     def __post_init__(self) -> None:
         if self.max_parallel < 1 or self.trial_timeout_s <= 0:
             raise ValueError("driver: max_parallel must be >= 1 and trial_timeout_s > 0")
+        if self.gpu_share_cap is not None and not self.gpu_share_cap > 0:
+            raise ValueError(f"driver: gpu_share_cap must be positive (or None for no cap), got {self.gpu_share_cap}")
 
 
 class Permit:
