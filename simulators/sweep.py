@@ -139,9 +139,7 @@ def compare(
         }
         if plain.get("oracle"):
             entry["ratio_to_oracle"] = mine / float(getattr(plain["oracle"][0], key))
-        if best and best_rs:
-            entry["right_sizing_gain"] = best[1] / best_rs[1]  # baseline cost / same baseline family right-sized
-            entry["scaling_gain"] = best_rs[1] / mine
+        entry.update(_split(plain, sized, ours, slo, mine, key))
         # Where no baseline reaches our SLO: its best point, for the record.
         entry["baseline_best_points"] = {
             n: max(plain[n], key=lambda p: (p.slo_attainment, -getattr(p, key))).as_dict()
@@ -150,6 +148,36 @@ def compare(
         }
         out[key] = entry
     return out
+
+
+def _best_cost(sweeps: Mapping[str, Sequence[Point]], slo: float, key: str) -> float | None:
+    costs = [c for n in BASELINES if sweeps.get(n) for c in [cost_at(sweeps[n], slo, key)] if c is not None]
+    return min(costs) if costs else None
+
+
+def _max_slo(sweeps: Mapping[str, Sequence[Point]]) -> float:
+    return max((p.slo_attainment for n in BASELINES for p in sweeps.get(n, ())), default=0.0)
+
+
+def _split(
+    plain: Mapping[str, Sequence[Point]],
+    sized: Mapping[str, Sequence[Point]],
+    ours: str,
+    slo: float,
+    mine_at_slo: float,
+    key: str,
+) -> dict[str, float]:
+    """The gain from right-sizing (best baseline / best right-sized baseline) and from scaling (best right-sized
+    baseline / shadowscale), both at one SLO attainment: shadowscale's own, or — when no right-sized baseline
+    reaches it — the highest one the right-sized baselines reach, with shadowscale's cost there read from its own
+    sweep (``split_at_slo`` says which)."""
+    at = min(slo, _max_slo(sized), _max_slo(plain))
+    base = _best_cost(plain, at, key)
+    base_rs = _best_cost(sized, at, key)
+    mine = mine_at_slo if at >= slo else cost_at(plain[ours], at, key)
+    if base is None or base_rs is None or mine is None or at <= 0.0:
+        return {}
+    return {"split_at_slo": at, "right_sizing_gain": base / base_rs, "scaling_gain": base_rs / mine}
 
 
 def plot_sweep(
