@@ -47,7 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--models", type=int, default=8, help="the N busiest models (default 8)")
     p.add_argument(
-        "--policy", default="kpa", choices=("hpa", "keda", "kpa", "shadowscale"), help="policy (default kpa)"
+        "--policy",
+        default="shadowscale",
+        choices=("hpa", "keda", "kpa", "shadowscale"),
+        help="policy (default shadowscale)",
     )
     p.add_argument("--speed", type=float, default=30.0, help="trace seconds per wall second (default 30)")
     p.add_argument("--seconds", type=float, default=60.0, help="stop after this many wall seconds (default 60)")
@@ -74,6 +77,8 @@ def demo_config(workload: Workload, bootstrap: str, policy: str, audit: Path) ->
                     "min_replicas": 0 if policy != "hpa" else 1,
                     "max_replicas": 50,
                     "gpu_fraction": s.profile.gpu_fraction,
+                    "slo_ms": round(s.profile.slo_s * 1000.0, 6),
+                    "cold_start_s": s.cold_start_s,
                 }
                 for s in workload.services
             ],
