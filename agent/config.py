@@ -14,12 +14,17 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import yaml
 
 from policies.profiling.drift import DriftSettings
+
+if TYPE_CHECKING:  # the planner imports scikit-optimize: loaded only when profiling is configured
+    from policies.profiling.objective import Objective
+    from policies.profiling.planner import PlannerSettings
+    from policies.profiling.space import SearchSpace
 
 ENV_PREFIX = "SHADOWSCALE_AGENT__"
 LIVE_POLICIES = ("hpa", "keda", "kpa", "shadowscale")
@@ -43,6 +48,8 @@ class Topics(_Section, frozen=True, kw_only=True):
     gpu: str = "shadowscale.gpu"
     decisions: str = "shadowscale.decisions"
     dead_letter: str = "shadowscale.dead-letter"
+    trials: str = "shadowscale.trials"
+    """Where shadow trials' load generators publish their results (``profiling.runner: shadow`` only)."""
 
 
 class KafkaConfig(_Section, frozen=True, kw_only=True):
@@ -183,6 +190,107 @@ class ProfilesConfig(_Section, frozen=True, kw_only=True):
     retrials: RetrialConfig = RetrialConfig()
 
 
+class PlannerConfig(_Section, frozen=True, kw_only=True):
+    """:class:`policies.profiling.planner.PlannerSettings`' main knobs (checked there: errors name the field)."""
+
+    budget: int = 40
+    """Most trials in one search."""
+    ei_threshold: float = 0.01
+    min_trials: int = 6
+    initial_points: int = 3
+
+
+class LocalRunnerConfig(_Section, frozen=True, kw_only=True):
+    """:class:`agent.profiling.local.LocalSettings`: trials on this machine against the bundled model server."""
+
+    step_s: PositiveFloat = 2.0
+    start_rps: PositiveFloat = 50.0
+    max_rps: PositiveFloat = 20_000.0
+    bisect_steps: NonNegInt = 4
+    ready_timeout_s: PositiveFloat = 20.0
+    server_args: tuple[str, ...] = ()
+    """Appended to the server's command line (e.g. ``["--hidden", "128"]``)."""
+
+
+class LoadConfig(_Section, frozen=True, kw_only=True):
+    """:class:`agent.profiling.loadgen.LoadPlan`: the load generator's rate search."""
+
+    step_s: PositiveFloat = 2.0
+    start_rps: PositiveFloat = 10.0
+    max_rps: PositiveFloat = 20_000.0
+    bisect_steps: NonNegInt = 4
+    drain_s: PositiveFloat | None = None
+    connect_timeout_s: PositiveFloat = 60.0
+
+
+class ShadowRunnerConfig(_Section, frozen=True, kw_only=True):
+    """:class:`agent.profiling.shadow.ShadowSettings`: trials as shadow Deployments plus a load-generator Job."""
+
+    kafka_bootstrap: str | None = None
+    """The broker as the load generator's pod reaches it (HOST:PORT[,…]); None: ``kafka.bootstrap``."""
+    loadgen_image: Annotated[str, msgspec.Meta(min_length=1)] = "ghcr.io/shadowscale/shadowscale:latest"
+    loadgen_command: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = ("shadowscale", "loadgen")
+    loadgen_args: tuple[str, ...] = ()
+    loadgen_env: dict[str, str] = msgspec.field(default_factory=dict)
+    ready_timeout_s: PositiveFloat = 600.0
+    result_timeout_s: PositiveFloat = 900.0
+    poll_s: PositiveFloat = 2.0
+    gpu_type_label: str = "nvidia.com/gpu.product"
+    load: LoadConfig = LoadConfig()
+
+
+class ModelProfilingConfig(_Section, frozen=True, kw_only=True):
+    """One model's profiling: whether it is profiled, its search space, and (shadow runner) its workload."""
+
+    enabled: bool = True
+    space: dict[str, Any] | None = None
+    """Search space and objective in :mod:`policies.profiling.config`'s form (``slo_ms``, ``dimensions``,
+    ``forbid``, ``pricing``); None: ``profiling.space``. A missing ``slo_ms`` is the model's own."""
+    deployment: str | None = None
+    """The Deployment shadow trials clone (in the model's namespace); None: the model's name."""
+    container: str | None = None
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    path: str = "/"
+    protocol: Literal["http", "https", "tcp"] = "http"
+    shape: dict[str, Any] | None = None
+    """The load's request shape (:class:`agent.profiling.loadgen.RequestShape`); None: empty POSTs, evenly spaced."""
+
+
+class ProfilingConfig(_Section, frozen=True, kw_only=True):
+    """Profiling searches run by the agent (off by default; needs ``profiles.enabled``): a re-trial for a model whose
+    profile went stale, and (``profile_missing``) a search for a model that has no profile; the result is
+    published to the profile store."""
+
+    enabled: bool = False
+    runner: Literal["shadow", "local"] = "shadow"
+    """``shadow``: Kubernetes shadow Deployments (needs ``actuator.kind: kubernetes``); ``local``: the bundled model
+    server on this machine (demos and tests without a cluster)."""
+    profile_missing: bool = False
+    """Search for every profiled model that has no usable stored profile (checked at start and every
+    ``check_interval_s``; a model whose search failed is tried again after ``profiles.retrials.cooldown_s``)."""
+    space: dict[str, Any] | None = None
+    """Default search space and objective of every profiled model (see ``models.<name>.space``)."""
+    models: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """Per model (by name): :class:`ModelProfilingConfig`, read by :func:`model_profiling` so errors name the model."""
+    max_trials: PositiveInt = 1
+    """Trials at once across every search (the shared trial gate)."""
+    gpu_share_cap: PositiveFloat | None = None
+    """GPUs the running trials may hold together (needs ``gpu_share_dimension``); None: no cap."""
+    gpu_share_dimension: str | None = None
+    """The search-space dimension that says how much GPU a trial holds."""
+    gpu_share_unit: PositiveFloat = 1.0
+    """GPUs per unit of ``gpu_share_dimension`` (0.01 for a percentage)."""
+    max_parallel: PositiveInt = 1
+    """Trials at once within one search."""
+    trial_timeout_s: PositiveFloat = 900.0
+    transfer: bool = True
+    """Warm-start a search from the other profiled models' stored profiles (same dimension names)."""
+    check_interval_s: PositiveFloat = 10.0
+    planner: PlannerConfig = PlannerConfig()
+    local: LocalRunnerConfig = LocalRunnerConfig()
+    shadow: ShadowRunnerConfig = ShadowRunnerConfig()
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
     namespace: str = "default"
@@ -217,6 +325,7 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     leader_election: LeaderConfig = LeaderConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     profiles: ProfilesConfig = ProfilesConfig()
+    profiling: ProfilingConfig = ProfilingConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -248,6 +357,8 @@ def _check(cfg: AgentConfig) -> None:
         drift_settings(cfg.profiles)
     except ValueError as e:
         raise ConfigError(f"profiles.drift: {e}") from None
+    if cfg.profiling.enabled:
+        _check_profiling(cfg)
     k = cfg.kafka
     if k.heartbeat_interval_ms >= k.session_timeout_ms:
         raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
@@ -255,6 +366,89 @@ def _check(cfg: AgentConfig) -> None:
         raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and kafka.sasl_username")
     if not k.bootstrap.strip():
         raise ConfigError("kafka.bootstrap must name at least one HOST:PORT")
+
+
+def _check_profiling(cfg: AgentConfig) -> None:
+    p = cfg.profiling
+    if not cfg.profiles.enabled:
+        raise ConfigError("profiling.enabled needs profiles.enabled (searches publish to the profile store)")
+    if p.runner == "shadow" and cfg.actuator.kind != "kubernetes":
+        raise ConfigError("profiling.runner shadow needs actuator.kind kubernetes (use runner local without a cluster)")
+    if p.gpu_share_cap is not None and p.gpu_share_dimension is None:
+        raise ConfigError("profiling.gpu_share_cap needs profiling.gpu_share_dimension (which dimension holds GPU)")
+    try:
+        planner_settings(p)
+    except ValueError as e:
+        raise ConfigError(f"profiling.planner: {e}") from None
+    unknown = sorted(set(p.models) - {m.name for m in cfg.models})
+    if unknown:
+        raise ConfigError(f"profiling.models: {', '.join(map(repr, unknown))} not in models")
+    for name, (space, _) in profiling_plans(cfg).items():
+        d = p.gpu_share_dimension
+        if d is not None and d not in space.names:
+            raise ConfigError(f"profiling.gpu_share_dimension {d!r} is not a dimension of model {name!r}'s space")
+    for name in p.models:
+        m = model_profiling(p, name)
+        if not m.path.startswith("/"):
+            raise ConfigError(f"profiling.models.{name}.path must start with '/', got {m.path!r}")
+        if m.shape is not None:
+            from agent.profiling.loadgen import RequestShape
+
+            try:
+                msgspec.convert(m.shape, RequestShape)
+            except (msgspec.ValidationError, ValueError) as e:
+                raise ConfigError(f"profiling.models.{name}.shape: {e}") from None
+    boot = p.shadow.kafka_bootstrap
+    if boot is not None and not all(":" in b for b in boot.split(",")):
+        raise ConfigError(f"profiling.shadow.kafka_bootstrap must be HOST:PORT[,HOST:PORT…], got {boot!r}")
+    if p.shadow.load.start_rps > p.shadow.load.max_rps:
+        raise ConfigError("profiling.shadow.load.start_rps must not be above profiling.shadow.load.max_rps")
+    if p.local.start_rps > p.local.max_rps:
+        raise ConfigError("profiling.local.start_rps must not be above profiling.local.max_rps")
+
+
+def model_profiling(p: ProfilingConfig, model: str) -> ModelProfilingConfig:
+    """``profiling.models.<model>`` (defaults if absent); raises :class:`ConfigError` naming the model and field."""
+    try:
+        return msgspec.convert(p.models.get(model, {}), ModelProfilingConfig)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"profiling.models.{model}: {e}") from None
+
+
+def planner_settings(p: ProfilingConfig) -> PlannerSettings:
+    """The planner's settings from ``profiling.planner`` (raises ``ValueError`` naming a bad field)."""
+    from policies.profiling.planner import PlannerSettings
+
+    return PlannerSettings(**msgspec.structs.asdict(p.planner))
+
+
+def profiling_plans(cfg: AgentConfig) -> dict[str, tuple[SearchSpace, Objective]]:
+    """The search space and objective of every profiled model (``profiling.models.<name>.enabled``, default on),
+    parsed by :mod:`policies.profiling.config`. Raises :class:`ConfigError` naming the model and the field: a
+    profiled model needs a space (its own or ``profiling.space``)."""
+    from policies.profiling.config import objective_from_config, space_from_config
+
+    p = cfg.profiling
+    out: dict[str, tuple[SearchSpace, Objective]] = {}
+    for m in cfg.models:
+        own = model_profiling(p, m.name)
+        if not own.enabled:
+            continue
+        where = f"profiling.models.{m.name}.space" if own.space is not None else "profiling.space"
+        raw = own.space if own.space is not None else p.space
+        if raw is None:
+            raise ConfigError(
+                f"profiling: model {m.name!r} has no search space: give profiling.models.{m.name}.space or "
+                f"profiling.space, or set profiling.models.{m.name}.enabled: false"
+            )
+        if "slo_ms" not in raw and m.slo_ms is not None:
+            raw = {**raw, "slo_ms": m.slo_ms}
+        try:
+            space = space_from_config(raw)
+            out[m.name] = (space, objective_from_config(raw, space))
+        except ValueError as e:
+            raise ConfigError(f"{where} (model {m.name!r}): {e}") from None
+    return out
 
 
 def drift_settings(cfg: ProfilesConfig) -> DriftSettings:
