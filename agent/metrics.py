@@ -34,6 +34,15 @@ class Metrics:
         self.pending = Gauge("shadowscale_pending_targets", "Targets not applied yet (retrying)", registry=r)
         self.leader = Gauge("shadowscale_leader", "1 while this agent holds the leader lease", registry=r)
         self.lag_commits = Counter("shadowscale_commits", "Offset commits", registry=r)
+        self.profiling_running = Gauge(
+            "shadowscale_profiling_searches_running", "Profiling searches in flight (one per model at most)", registry=r
+        )
+        self.profiling_searches = Counter(
+            "shadowscale_profiling_searches",
+            "Profiling searches ended, by outcome (published, infeasible, failed, cancelled)",
+            ["outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
