@@ -13,12 +13,19 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent.clock import WallClock
-from agent.config import AgentConfig, ConfigError, drift_settings
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    drift_settings,
+    model_profiling,
+    planner_settings,
+    profiling_plans,
+)
 from agent.http import HttpServer, make_app
 from agent.kafka import KafkaSink, KafkaSource, ensure_topics
 from agent.logs import configure
@@ -29,6 +36,10 @@ from agent.profiling.store import KafkaProfileStore
 from agent.tasks import guarded
 from policies.ports import Actuator, Clock
 from policies.profiling.drift import Drift, RetrialSettings
+
+if TYPE_CHECKING:
+    from agent.profiling.service import ProfilingService
+    from policies.profiling.ports import TrialRunner
 
 log = structlog.get_logger("shadowscale.app")
 
@@ -113,6 +124,16 @@ async def serve(
         tasks: list[asyncio.Task[None]] = []
         if leader is not None:
             tasks.append(guarded(leader.run(stop), "leader-election", stop))
+        if cfg.profiling.enabled and profiles is not None:
+            if cfg.profiling.runner == "shadow" and api is None:
+                from agent.kube import api_client
+
+                api = await api_client(cfg.actuator.kubernetes)
+                closers.append(api.close)
+            service = await open_profiling(
+                cfg, profiles, api, clock, metrics, leader.is_leader if leader is not None else None, closers
+            )
+            tasks.append(guarded(service.run(stop), "profiling", stop))
         if cfg.scheduler.enabled:
             from agent.kube import api_client
             from agent.scheduler import SecondaryScheduler
@@ -176,6 +197,103 @@ async def open_profiles(cfg: AgentConfig, closers: list[Callable[[], Any]]) -> P
     installed = await book.load()
     log.info("profile book ready", topic=p.topic, installed=installed, skipped=dict(store.skipped))
     return book
+
+
+async def open_profiling(
+    cfg: AgentConfig,
+    book: ProfileBook,
+    api: Any,
+    clock: Clock,
+    metrics: Metrics,
+    is_leader: Callable[[], bool] | None,
+    closers: list[Callable[[], Any]],
+) -> ProfilingService:
+    """The trial runner (``profiling.runner``) and the service that runs searches, hooked to the book's re-trials.
+
+    The shadow runner is entered through :func:`~agent.profiling.live.shadow_profiling` (results consumer, start-up
+    cleanup of orphaned shadows); the service is stopped before it, so searches cancelled at stop tear their
+    shadows down while the Kubernetes client is still open."""
+    from agent.profiling.driver import DriverSettings
+    from agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
+
+    p = cfg.profiling
+    runner: TrialRunner
+    if p.runner == "local":
+        from agent.profiling.local import LocalSettings, LocalTrialRunner
+
+        lc = p.local
+        runner = LocalTrialRunner(
+            LocalSettings(
+                step_s=lc.step_s,
+                start_rps=lc.start_rps,
+                max_rps=lc.max_rps,
+                bisect_steps=lc.bisect_steps,
+                ready_timeout_s=lc.ready_timeout_s,
+                server_args=lc.server_args,
+            )
+        )
+    else:
+        runner = await _shadow_runner(cfg, api, closers)
+    st = ServiceSettings(
+        max_trials=p.max_trials,
+        gpu_share_cap=p.gpu_share_cap,
+        driver=DriverSettings(
+            max_parallel=p.max_parallel,
+            trial_timeout_s=p.trial_timeout_s,
+            gpu_share_dimension=p.gpu_share_dimension,
+            gpu_share_unit=p.gpu_share_unit,
+        ),
+        planner=planner_settings(p),
+        transfer=p.transfer,
+        profile_missing=p.profile_missing,
+        check_interval_s=p.check_interval_s,
+        retry_after_s=cfg.profiles.retrials.cooldown_s,
+    )
+    plans = {m: ModelPlan(space, objective) for m, (space, objective) in profiling_plans(cfg).items()}
+    service = ProfilingService(book, runner, plans, clock, st, metrics=metrics, is_leader=is_leader)
+    book.on_retrial = service.on_retrial
+    closers.append(service.stop)
+    log.info("profiling ready", runner=p.runner, models=sorted(plans), max_trials=p.max_trials)
+    return service
+
+
+async def _shadow_runner(cfg: AgentConfig, api: Any, closers: list[Callable[[], Any]]) -> TrialRunner:
+    import msgspec
+
+    from agent.profiling.live import shadow_profiling
+    from agent.profiling.loadgen import LoadPlan, RequestShape
+    from agent.profiling.shadow import ShadowSettings, Workload
+
+    p = cfg.profiling
+    sh = p.shadow
+    workloads = {}
+    for m in cfg.models:
+        own = model_profiling(p, m.name)
+        shape = None if own.shape is None else msgspec.convert(own.shape, RequestShape)
+        workloads[m.name] = Workload(
+            m.namespace, own.deployment or m.name, own.container, own.port, own.path, own.protocol, shape
+        )
+    settings = ShadowSettings(
+        ready_timeout_s=sh.ready_timeout_s,
+        result_timeout_s=sh.result_timeout_s,
+        poll_s=sh.poll_s,
+        kafka_bootstrap=sh.kafka_bootstrap or cfg.kafka.bootstrap,
+        results_topic=cfg.kafka.topics.trials,
+        loadgen_image=sh.loadgen_image,
+        loadgen_command=sh.loadgen_command,
+        loadgen_args=sh.loadgen_args,
+        loadgen_env=dict(sh.loadgen_env),
+        load=LoadPlan(**msgspec.structs.asdict(sh.load)),
+        gpu_type_label=sh.gpu_type_label,
+    )
+    stack = contextlib.AsyncExitStack()
+    runner = await stack.enter_async_context(
+        shadow_profiling(
+            api, workloads, cfg.kafka, settings, create_topic=cfg.kafka.create_topics, partitions=cfg.kafka.partitions
+        )
+    )
+    closers.append(stack.aclose)
+    return runner
 
 
 def run(cfg: AgentConfig, simulated: ActuatorFactory | None = None) -> int:
