@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
 import json
 import re
 import time
@@ -136,9 +137,16 @@ async def _json(resp: Any) -> Any:
 
 
 def dns_label(text: str, limit: int = 63) -> str:
-    """``text`` as a Kubernetes name part: lower case, ``[a-z0-9-]``, at most ``limit`` characters."""
-    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return s[:limit].rstrip("-") or "x"
+    """``text`` as a Kubernetes name part: lower case, ``[a-z0-9-]``, at most ``limit`` characters.
+
+    A text that had to be shortened ends in 8 hex digits of its hash, so two long trial ids that share a prefix
+    (``run-<long model name>-1`` and ``-2``) still get different labels and names.
+    """
+    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
+    if len(s) <= limit:
+        return s
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"{s[: max(1, limit - 9)].rstrip('-')}-{digest}"
 
 
 def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
@@ -175,7 +183,7 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
     extra = {st.env_names.get(k, f"SHADOWSCALE_PARAM_{k.upper()}"): str(v) for k, v in cfg.items()}
     extra[TRIAL_ENV] = trial.trial_id
     target["env"] = [e for e in env if e.get("name") not in extra] + [{"name": k, "value": v} for k, v in extra.items()]
-    name = f"{wl.deployment[:30]}-shadow-{trial_label}"[:63].rstrip("-")
+    name = f"{wl.deployment[:30].rstrip('-')}-shadow-{dns_label(trial.trial_id, 63 - 9 - len(wl.deployment[:30]))}"
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
