@@ -84,3 +84,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
         path: ca.crt
 {{- end }}
 {{- end -}}
+
+{{/* Copy values into the agent's configuration under its snake_case names: (list SRC DST (dict "camelKey"
+"snake_key" ...)). Keys absent from SRC or null are left out, so the agent's own default applies. */}}
+{{- define "shadowscale.snakeInto" -}}
+{{- $src := index . 0 -}}
+{{- $dst := index . 1 -}}
+{{- range $camel, $snake := index . 2 -}}
+{{- if and (hasKey $src $camel) (not (kindIs "invalid" (get $src $camel))) -}}
+{{- $_ := set $dst $snake (get $src $camel) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
