@@ -4,13 +4,14 @@ message. Uses helm-python-sdk (Helm's library, no helm binary) and kubernetes-va
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from agent.config import parse_config
+from agent.config import model_profiling, parse_config, profiling_plans
 
 helm = pytest.importorskip("helm_python")
 kv = pytest.importorskip("kubernetes_validate")
@@ -52,6 +53,70 @@ FULL: dict[str, Any] = {
 }
 
 
+SPACE: dict[str, Any] = {
+    "slo_ms": 200,
+    "dimensions": [
+        {"name": "cpu", "levels": [1, 2, 4]},
+        {"name": "batch", "levels": [1, 2, 4, 8], "log": True},
+        {"name": "gpu_cores_pct", "levels": [25, 50, 100]},
+    ],
+}
+LLAMA_SPACE: dict[str, Any] = {
+    "slo_ms": 8000,
+    "dimensions": [
+        {"name": "gpu_cores_pct", "levels": [50, 100]},
+        {"name": "threads", "range": [1, 8], "integer": True},
+    ],
+}
+PROFILING: dict[str, Any] = {
+    "kafka": {"bootstrap": "kafka.kafka:9092", "topics": {"trials": "ml.trials"}},
+    "image": {"tag": "1.2.3"},
+    "agent": {
+        "models": [
+            {"name": "resnet50", "namespace": "serving", "capacityRps": 120},
+            {"name": "llama", "namespace": "llm", "capacityRps": 4.5, "sloMs": 8000},
+            {"name": "bert", "namespace": "serving", "capacityRps": 30},
+        ],
+        "profiles": {"enabled": True, "drift": {"windowsToStale": 4}, "retrials": {"maxParallel": 2, "cooldownS": 600}},
+        "profiling": {
+            "enabled": True,
+            "profileMissing": True,
+            "space": SPACE,
+            "models": {
+                "resnet50": {
+                    "deployment": "resnet50-v2",
+                    "port": 8080,
+                    "path": "/predict",
+                    "protocol": "http",
+                    "shape": {"sizes": [1200, 4800], "arrival": "poisson"},
+                },
+                "llama": {"space": LLAMA_SPACE, "port": 9000, "protocol": "tcp"},
+                "bert": {"enabled": False},
+            },
+            "maxTrials": 3,
+            "maxParallel": 2,
+            "gpuShareCap": 1.5,
+            "gpuShareDimension": "gpu_cores_pct",
+            "gpuShareUnit": 0.01,
+            "planner": {"budget": 25},
+            "shadow": {"loadgenArgs": ["--verbose"], "load": {"maxRps": 500}},
+        },
+    },
+}
+PROFILING_ROLE = {("apps", "deployments"), ("batch", "jobs"), ("", "pods")}
+
+
+def profiling(**changes: Any) -> dict[str, Any]:
+    """PROFILING with ``changes`` merged into ``agent.profiling``."""
+    return {**PROFILING, "agent": {**PROFILING["agent"], "profiling": {**PROFILING["agent"]["profiling"], **changes}}}
+
+
+def rule_map(role: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    return {
+        (g, r): sorted(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+
+
 def render(values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     with helm.Chart.load(str(CHART)) as ch:
         out: dict[str, str] = ch.render(values, name="ss", namespace="autoscaling")
@@ -76,13 +141,13 @@ def agent_config(docs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return cfg
 
 
-@pytest.mark.parametrize("values", [REQUIRED, FULL], ids=["default", "full"])
+@pytest.mark.parametrize("values", [REQUIRED, FULL, PROFILING], ids=["default", "full", "profiling"])
 def test_chart_lints_strictly(values: dict[str, Any]) -> None:
     report = helm.lint(str(CHART), values, strict=True, namespace="autoscaling")
     assert not report["errors"], report
 
 
-@pytest.mark.parametrize("values", [REQUIRED, FULL], ids=["default", "full"])
+@pytest.mark.parametrize("values", [REQUIRED, FULL, PROFILING], ids=["default", "full", "profiling"])
 def test_every_manifest_passes_kubernetes_validate(values: dict[str, Any]) -> None:
     docs = render(values)
     checked = 0
@@ -121,6 +186,8 @@ def test_default_values_render_the_agent_and_the_exporter() -> None:
     cfg = parse_config(agent_config(docs), source="rendered agent.yaml")  # the agent accepts it
     assert cfg.leader_election.enabled and cfg.leader_election.namespace == "autoscaling"
     assert cfg.dry_run and cfg.actuator.kind == "kubernetes" and cfg.kafka.bootstrap == "kafka.kafka:9092"
+    raw = agent_config(docs)  # profiling is off: its sections (and the trials topic) stay out of agent.yaml
+    assert "profiles" not in raw and "profiling" not in raw and "trials" not in raw["kafka"]["topics"]
     (ds,) = by_kind(docs, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and spec["hostPID"] is True
@@ -145,6 +212,9 @@ def test_rbac_has_only_the_needed_verbs() -> None:
     assert all("*" not in rule["resources"] for rule in agent_role["rules"])
     lease = next(r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election"))
     assert {v for rule in lease["rules"] for v in rule["verbs"]} == {"create", "get", "update", "patch"}
+    every_rule = [rule for r in by_kind(docs, "Role") + by_kind(docs, "ClusterRole") for rule in r["rules"]]
+    assert all("batch" not in rule["apiGroups"] for rule in every_rule)  # no Jobs without profiling
+    assert not [m for m in manifests(docs) if m["metadata"]["name"].endswith("-profiling")]
 
 
 def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
@@ -176,6 +246,108 @@ def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
     assert ds["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
 
 
+def test_profiling_values_render_into_the_agents_profiling_config() -> None:
+    docs = render(PROFILING)
+    cfg = parse_config(agent_config(docs), source="rendered agent.yaml")
+    p = cfg.profiling
+    assert p.enabled and p.runner == "shadow" and p.profile_missing
+    assert (p.max_trials, p.max_parallel, p.gpu_share_cap, p.gpu_share_dimension, p.gpu_share_unit) == (
+        3,
+        2,
+        1.5,
+        "gpu_cores_pct",
+        0.01,
+    )
+    assert p.space == SPACE and p.planner.budget == 25 and p.planner.min_trials == 6
+    assert cfg.kafka.topics.trials == "ml.trials"
+    assert p.shadow.loadgen_image == "ghcr.io/shadowscale/shadowscale:1.2.3"  # the chart's own image
+    assert p.shadow.kafka_bootstrap == "kafka.kafka:9092"  # pods reach the broker as the agent does
+    assert p.shadow.loadgen_args == ("--verbose",) and p.shadow.load.max_rps == 500 and p.shadow.load.start_rps == 10
+    plans = profiling_plans(cfg)
+    assert sorted(plans) == ["llama", "resnet50"]  # bert is not profiled
+    assert plans["llama"][0].names == ("gpu_cores_pct", "threads") and plans["llama"][1].slo_ms == 8000
+    assert plans["resnet50"][0].names == ("cpu", "batch", "gpu_cores_pct")
+    r = model_profiling(p, "resnet50")
+    assert (r.deployment, r.port, r.path, r.protocol) == ("resnet50-v2", 8080, "/predict", "http")
+    assert r.shape == {"sizes": [1200, 4800], "arrival": "poisson"}
+    llama = model_profiling(p, "llama")
+    assert (llama.deployment, llama.port, llama.protocol) == (None, 9000, "tcp")
+    assert cfg.profiles.enabled and cfg.profiles.topic == "shadowscale.profiles"
+    assert cfg.profiles.drift.windows_to_stale == 4 and cfg.profiles.drift.latency_tolerance == 0.25
+    assert (cfg.profiles.retrials.max_parallel, cfg.profiles.retrials.cooldown_s) == (2, 600)
+
+
+def test_profiling_shadow_overrides_reach_the_agent() -> None:
+    shadow = {"loadgenImage": "registry.local/loadgen:7", "kafkaBootstrap": "kafka-plain.kafka:9092", "pollS": 5}
+    cfg = parse_config(agent_config(render(profiling(shadow=shadow))))
+    sh = cfg.profiling.shadow
+    assert (sh.loadgen_image, sh.kafka_bootstrap, sh.poll_s) == (
+        "registry.local/loadgen:7",
+        "kafka-plain.kafka:9092",
+        5,
+    )
+
+
+def test_profiles_alone_render_without_profiling() -> None:
+    raw = agent_config(render({**REQUIRED, "agent": {"profiles": {"enabled": True, "topic": "ml.profiles"}}}))
+    cfg = parse_config(raw)
+    assert cfg.profiles.enabled and cfg.profiles.topic == "ml.profiles" and not cfg.profiling.enabled
+    assert "profiling" not in raw and "trials" not in raw["kafka"]["topics"]
+
+
+def shadow_api_calls() -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of every Kubernetes call in agent/profiling/shadow.py."""
+    source = (Path(__file__).resolve().parents[2] / "agent" / "profiling" / "shadow.py").read_text()
+    groups = {"apps": "apps", "batch": "batch", "core": ""}
+    verbs = {"read": "get", "list": "list", "create": "create", "delete": "delete", "patch": "patch", "watch": "watch"}
+    calls = re.findall(r"self\.(apps|batch|core)\.(\w+?)_namespaced_(\w+)\(", source)
+    assert calls, "no Kubernetes calls found in shadow.py: the pattern is out of date"
+    return {(groups[g], f"{kind}s", verbs[verb]) for g, verb, kind in calls}
+
+
+def test_profiling_rbac_is_exactly_what_the_shadow_runner_calls() -> None:
+    docs = render(PROFILING)
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "ss-shadowscale-profiling"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["llm", "serving"]  # the models' namespaces
+    granted = {(g, res, v) for (g, res), verbs in rule_map(roles[0]).items() for v in verbs}
+    assert granted == shadow_api_calls()  # every call allowed, nothing more
+    assert {(g, r) for g, r, _ in granted} == PROFILING_ROLE
+    assert all("*" not in v for v in rule_map(roles[0]).values())
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == "ss-shadowscale-profiling"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["llm", "serving"]
+    assert all(
+        b["roleRef"]["name"] == "ss-shadowscale-profiling"
+        and b["subjects"] == [{"kind": "ServiceAccount", "name": "ss-shadowscale", "namespace": "autoscaling"}]
+        for b in bindings
+    )
+    # the agent's own cluster-wide role is unchanged: still no delete, no Jobs
+    agent_role = next(r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == "ss-shadowscale")
+    assert agent_role == next(
+        r for r in by_kind(render(REQUIRED), "ClusterRole") if r["metadata"]["name"] == "ss-shadowscale"
+    )
+    assert not [b for b in by_kind(docs, "ClusterRoleBinding") if "profiling" in b["metadata"]["name"]]
+
+
+def test_profiling_rbac_follows_the_agents_namespace() -> None:
+    values = {**PROFILING, "agent": {**PROFILING["agent"], "kubernetes": {"namespace": "serving"}}}
+    roles = [r for r in by_kind(render(values), "Role") if r["metadata"]["name"].endswith("-profiling")]
+    assert [r["metadata"]["namespace"] for r in roles] == ["serving"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"models": {"gpt": {"port": 80}}}, 'agent.profiling.models.gpt: no model "gpt" in agent.models'),
+        ({"space": None}, 'model "resnet50" has no search space'),
+    ],
+    ids=["unknown-model", "no-space"],
+)
+def test_profiling_values_the_schema_cannot_see_fail_at_render(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError) as e, helm.Chart.load(str(CHART)) as ch:
+        ch.render(profiling(**changes), name="ss", namespace="autoscaling")
+    assert message in str(e.value), str(e.value)
+
+
 def test_exporter_can_be_disabled() -> None:
     docs = render({**REQUIRED, "gpuExporter": {"enabled": False}})
     assert not by_kind(docs, "DaemonSet")
@@ -192,6 +364,20 @@ def test_exporter_can_be_disabled() -> None:
         ({**REQUIRED, "agent": {"guards": {"scaleDownCooldownS": -5}}}, "/agent/guards/scaleDownCooldownS"),
         ({**REQUIRED, "agent": {"models": []}}, "/agent/models"),
         ({"kafka": {"bootstrap": "k:9092", "sasl": {"enabled": True}}}, "/kafka/sasl/secret"),
+        (profiling(runner="local"), "at '/agent/profiling/runner': value must be 'shadow'"),
+        (profiling(maxTrials=-1), "at '/agent/profiling/maxTrials': minimum: got -1"),
+        (profiling(planner={"budget": 0}), "/agent/profiling/planner/budget"),
+        (profiling(max_trials=2), "additional properties 'max_trials' not allowed"),
+        (profiling(gpuShareDimension=None), "gpuShareDimension"),
+        (profiling(models={"resnet50": {"port": 70000}}), "/agent/profiling/models/resnet50/port"),
+        (profiling(models={"resnet50": {"path": "predict"}}), "/agent/profiling/models/resnet50/path"),
+        (profiling(space={"sloMs": 200, "dimensions": [{"name": "cpu", "levels": [1]}]}), "'sloMs' not allowed"),
+        (profiling(shadow={"kafkaBootstrap": "no-port"}), "/agent/profiling/shadow/kafkaBootstrap"),
+        (
+            {**PROFILING, "agent": {**PROFILING["agent"], "profiles": {"enabled": False}}},
+            "at '/agent/profiles/enabled': value must be true",
+        ),
+        ({**PROFILING, "kafka": {**PROFILING["kafka"], "topics": {"trials": ""}}}, "/kafka/topics/trials"),
     ],
     ids=[
         "missing-kafka",
@@ -201,6 +387,17 @@ def test_exporter_can_be_disabled() -> None:
         "negative-cooldown",
         "no-models",
         "sasl-no-secret",
+        "profiling-runner-local",
+        "profiling-negative-max-trials",
+        "profiling-zero-budget",
+        "profiling-snake-case-key",
+        "profiling-gpu-cap-without-dimension",
+        "profiling-bad-port",
+        "profiling-relative-path",
+        "profiling-camel-case-space",
+        "profiling-bad-loadgen-bootstrap",
+        "profiling-without-profiles",
+        "empty-trials-topic",
     ],
 )
 def test_bad_values_fail_with_the_schema_message(values: dict[str, Any], message: str) -> None:
