@@ -24,7 +24,7 @@ from agent.config import (
     drift_settings,
     model_profiling,
     planner_settings,
-    profiling_plans,
+    profiling_plans_raw,
 )
 from agent.http import HttpServer, make_app
 from agent.kafka import KafkaSink, KafkaSource, ensure_topics
@@ -38,7 +38,8 @@ from policies.ports import Actuator, Clock
 from policies.profiling.drift import Drift, RetrialSettings
 
 if TYPE_CHECKING:
-    from agent.profiling.service import ProfilingService
+    from agent.profiling.service import Annotations, ProfilingService
+    from agent.profiling.shadow import ShadowTrialRunner
     from policies.profiling.ports import TrialRunner
 
 log = structlog.get_logger("shadowscale.app")
@@ -232,8 +233,10 @@ async def open_profiling(
                 server_args=lc.server_args,
             )
         )
+        annotations: Annotations | None = None
     else:
-        runner = await _shadow_runner(cfg, api, closers)
+        shadow = await _shadow_runner(cfg, api, closers)
+        runner, annotations = shadow, shadow.annotations
     st = ServiceSettings(
         max_trials=p.max_trials,
         gpu_share_cap=p.gpu_share_cap,
@@ -249,15 +252,17 @@ async def open_profiling(
         check_interval_s=p.check_interval_s,
         retry_after_s=cfg.profiles.retrials.cooldown_s,
     )
-    plans = {m: ModelPlan(space, objective) for m, (space, objective) in profiling_plans(cfg).items()}
-    service = ProfilingService(book, runner, plans, clock, st, metrics=metrics, is_leader=is_leader)
+    plans = {m: ModelPlan(space, objective, raw) for m, (space, objective, raw) in profiling_plans_raw(cfg).items()}
+    service = ProfilingService(
+        book, runner, plans, clock, st, metrics=metrics, is_leader=is_leader, annotations=annotations
+    )
     book.on_retrial = service.on_retrial
     closers.append(service.stop)
     log.info("profiling ready", runner=p.runner, models=sorted(plans), max_trials=p.max_trials)
     return service
 
 
-async def _shadow_runner(cfg: AgentConfig, api: Any, closers: list[Callable[[], Any]]) -> TrialRunner:
+async def _shadow_runner(cfg: AgentConfig, api: Any, closers: list[Callable[[], Any]]) -> ShadowTrialRunner:
     import msgspec
 
     from agent.profiling.live import shadow_profiling

@@ -426,10 +426,15 @@ def profiling_plans(cfg: AgentConfig) -> dict[str, tuple[SearchSpace, Objective]
     """The search space and objective of every profiled model (``profiling.models.<name>.enabled``, default on),
     parsed by :mod:`policies.profiling.config`. Raises :class:`ConfigError` naming the model and the field: a
     profiled model needs a space (its own or ``profiling.space``)."""
+    return {m: (space, objective) for m, (space, objective, _) in profiling_plans_raw(cfg).items()}
+
+
+def profiling_plans_raw(cfg: AgentConfig) -> dict[str, tuple[SearchSpace, Objective, dict[str, Any]]]:
+    """:func:`profiling_plans` with the mapping each was parsed from (workload annotations are applied to it)."""
     from policies.profiling.config import objective_from_config, space_from_config
 
     p = cfg.profiling
-    out: dict[str, tuple[SearchSpace, Objective]] = {}
+    out: dict[str, tuple[SearchSpace, Objective, dict[str, Any]]] = {}
     for m in cfg.models:
         own = model_profiling(p, m.name)
         if not own.enabled:
@@ -445,7 +450,7 @@ def profiling_plans(cfg: AgentConfig) -> dict[str, tuple[SearchSpace, Objective]
             raw = {**raw, "slo_ms": m.slo_ms}
         try:
             space = space_from_config(raw)
-            out[m.name] = (space, objective_from_config(raw, space))
+            out[m.name] = (space, objective_from_config(raw, space), dict(raw))
         except ValueError as e:
             raise ConfigError(f"{where} (model {m.name!r}): {e}") from None
     return out

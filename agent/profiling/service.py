@@ -32,8 +32,9 @@ import contextlib
 import math
 import uuid
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -42,6 +43,7 @@ from agent.profiling.book import ProfileBook
 from agent.profiling.driver import DriverSettings, TrialGate, run_search
 from policies.ports import Clock
 from policies.profiling.codec import StoredProfile
+from policies.profiling.config import ANNOTATION_PREFIX, apply_annotations
 from policies.profiling.objective import Objective
 from policies.profiling.planner import PlannerSettings, Search
 from policies.profiling.ports import TrialRunner
@@ -54,10 +56,19 @@ log = structlog.get_logger("shadowscale.profiling")
 
 @dataclass(frozen=True, slots=True)
 class ModelPlan:
-    """What a model is searched over: its space and objective (from ``profiling`` in the configuration)."""
+    """What a model is searched over: its space and objective (from ``profiling`` in the configuration).
+
+    ``raw`` is the configuration mapping they were parsed from; with it, the workload's
+    ``profiling.shadowscale.io/…`` annotations can narrow the space or change the SLO for a search
+    (:func:`policies.profiling.config.apply_annotations`)."""
 
     space: SearchSpace
     objective: Objective
+    raw: Mapping[str, Any] | None = None
+
+
+Annotations = Callable[[str], Awaitable[Mapping[str, str]]]
+"""Reads a model's workload annotations (the shadow runner's Deployment); ``{}`` when there are none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,7 @@ class ProfilingService:
         *,
         metrics: Metrics | None = None,
         is_leader: Callable[[], bool] | None = None,
+        annotations: Annotations | None = None,
     ) -> None:
         unknown = sorted(set(plans) - set(book.models))
         if unknown:
@@ -104,6 +116,7 @@ class ProfilingService:
         self.gate = TrialGate(st.max_trials, st.gpu_share_cap)
         self.metrics = metrics
         self.is_leader = is_leader or (lambda: True)
+        self.annotations = annotations
         self.searches: dict[str, asyncio.Task[None]] = {}
         """The search in flight per model."""
         self.outcomes: dict[str, str] = {}
@@ -190,11 +203,33 @@ class ProfilingService:
             self.metrics.profiling_searches.labels(outcome).inc()
 
     # -- one search ---------------------------------------------------------------------------------------------
-    async def _search(self, model: str, why: str, attempt: int) -> None:
+    async def _plan(self, model: str) -> ModelPlan:
+        """The configured plan with the workload's annotations applied, read afresh for every search (an operator
+        narrows a model's space by annotating its Deployment). An annotation that cannot be read or applied is
+        logged with its reason and the configured plan is used."""
         plan = self.plans[model]
+        if self.annotations is None or plan.raw is None:
+            return plan
+        try:
+            found = {k: v for k, v in (await self.annotations(model)).items() if k.startswith(ANNOTATION_PREFIX)}
+        except Exception as e:  # the API server may be away: search the configured space
+            log.warning("workload annotations unreadable; searching the configured space", model=model, error=str(e))
+            return plan
+        if not found:
+            return plan
+        try:
+            space, objective = apply_annotations(plan.raw, found)
+        except ValueError as e:
+            log.error("workload annotation rejected; searching the configured space", model=model, error=str(e))
+            return plan
+        log.info("profiling space from workload annotations", model=model, annotations=found)
+        return ModelPlan(space, objective, plan.raw)
+
+    async def _search(self, model: str, why: str, attempt: int) -> None:
         st = self.settings
         try:
-            sources = self._sources(model) if st.transfer else []
+            plan = await self._plan(model)
+            sources = self._sources(model, plan) if st.transfer else []
             seed = (zlib.crc32(model.encode()) + attempt) % (2**31)
             search = await asyncio.to_thread(_start, plan, st.planner, sources, seed)
             _, profile = await run_search(
@@ -243,10 +278,10 @@ class ProfilingService:
             self.book.retrial_finished(model)
             self._outcome(model, "failed")
 
-    def _sources(self, model: str) -> list[SourceProfile]:
+    def _sources(self, model: str, target: ModelPlan) -> list[SourceProfile]:
         """The other profiled models' stored trials whose configured space has ``model``'s dimension names and
         whose stored profile was made over those names (its points can be read)."""
-        names = set(self.plans[model].space.names)
+        names = set(target.space.names)
         out = []
         for other, stored in sorted(self.book.profiles.items()):
             plan = self.plans.get(other)

@@ -318,6 +318,18 @@ class ShadowTrialRunner:
                 "and needs the broker's HOST:PORT"
             )
 
+    async def annotations(self, model: str) -> dict[str, str]:
+        """The annotations of ``model``'s Deployment (``profiling.shadowscale.io/…`` ones override its search
+        space); ``{}`` for a model without a known workload. Raises :class:`KubeCallError` when it cannot be read."""
+        wl = self.workloads.get(model)
+        if wl is None:
+            return {}
+        dep = await _json(
+            await self.apps.read_namespaced_deployment(wl.deployment, wl.namespace, _preload_content=False)
+        )
+        found = dep.get("metadata", {}).get("annotations") or {}
+        return {str(k): str(v) for k, v in found.items()}
+
     async def run_trial(self, trial: Trial) -> TrialResult:
         t0 = time.perf_counter()
         wl = self.workloads.get(trial.model)

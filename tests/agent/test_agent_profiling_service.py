@@ -281,7 +281,7 @@ async def test_transfer_warm_starts_from_other_models_with_the_same_dimensions()
     runner = Replay()
     st = ServiceSettings(planner=PlannerSettings(budget=1, restarts=0))
     service = ProfilingService(book, runner, plans, VirtualClock(0.0), st)
-    assert [s.model for s in service._sources("new")] == ["src"]
+    assert [s.model for s in service._sources("new", PLAN)] == ["src"]
     assert service.request("new", "test")
     await asyncio.wait_for(service.searches["new"], 30)
     assert [dict(t.config) for t in runner.trials] == [{"batch": 2}]
@@ -407,6 +407,16 @@ async def test_open_profiling_enters_the_shadow_runner_with_the_configured_workl
         assert book.on_retrial == service.on_retrial
         resp = await k8s.http.get(f"{k8s.url}/apis/apps/v1/namespaces/serving/deployments")
         assert [d["metadata"]["name"] for d in (await resp.json())["items"]] == []  # the orphan was cleaned up
+        # the model's Deployment narrows its space by annotation: the service reads it through the runner
+        annotated = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "resnet", "annotations": {"profiling.shadowscale.io/dim.batch": "1,2", "x": "y"}},
+        }
+        await k8s.create("deployments", "serving", annotated)
+        plan = await service._plan("m1")
+        assert plan.space.enumerate() == ((1,), (2,))
+        assert len((await service._plan("m2")).space.enumerate()) == 3  # no Deployment "m2": the configured space
     finally:
         for close in reversed(closers):
             await close()
@@ -495,3 +505,35 @@ def test_profiling_config_errors_name_the_field(over: dict[str, Any], message: s
     with pytest.raises(ConfigError) as e:
         config(["m1"], **args)
     assert message in str(e.value), str(e.value)
+
+
+@pytest.mark.asyncio
+async def test_workload_annotations_narrow_a_search_and_a_bad_one_is_logged_and_ignored() -> None:
+    """``profiling.shadowscale.io/dim.batch: "1,2"`` on the workload: the search tries only those batches (its best
+    is batch 2 at 14 req/s). An annotation naming no dimension is rejected with its reason, and the configured space
+    is searched."""
+    raw = {"slo_ms": 100, "dimensions": [{"name": "batch", "levels": [1, 2, 4, 8], "log": True}]}
+    plan = ModelPlan(SPACE, OBJECTIVE, raw)
+    seen: dict[str, dict[str, str]] = {
+        "good": {"profiling.shadowscale.io/dim.batch": "1,2", "team": "vision"},
+        "bad": {"profiling.shadowscale.io/dim.threads": "1,2"},
+    }
+
+    async def annotations(model: str) -> dict[str, str]:
+        return seen[model]
+
+    store = MemoryProfileStore()
+    book = ProfileBook(["good", "bad"], store)
+    runner = Replay()
+    service = ProfilingService(
+        book, runner, {"good": plan, "bad": plan}, VirtualClock(1.0), EVERY, annotations=annotations
+    )
+    with capture_logs() as logs:
+        assert service.request("good", "test") and service.request("bad", "test")
+        await asyncio.wait_for(asyncio.gather(*service.searches.values()), 30)
+    assert sorted(t.config["batch"] for t in runner.trials if t.model == "good") == [1, 2]
+    assert sorted(t.config["batch"] for t in runner.trials if t.model == "bad") == [1, 2, 4, 8]
+    profiles = await store.load()
+    assert profiles["good"].profile.capacity == 14.0 and profiles["bad"].profile.capacity == 24.0
+    rejected = [e for e in logs if e["event"] == "workload annotation rejected; searching the configured space"]
+    assert [e["model"] for e in rejected] == ["bad"] and "no dimension 'threads'" in rejected[0]["error"]
