@@ -4,7 +4,8 @@
 Each port is a :class:`typing.Protocol` of one to three methods (KEDA's ``Scaler``, kopf's layering). The values
 that cross them are frozen, slotted dataclasses defined here, so neither side leaks its library's types: the
 Kafka adapter hands out :class:`RecordBatch`, the Kubernetes adapter :class:`WorkloadState`. Methods that wait on
-I/O are ``async``; declaring them needs no event-loop import, so this module stays pure.
+I/O are ``async``; declaring them needs no event-loop import, so this module stays pure. The profiler's ports (the
+trial runner, the profile store) are in :mod:`policies.profiling.ports`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from policies.types import ModelProfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +106,3 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
     def wall_timeout(self, until: float) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrialSpec:
-    """A shadow trial the profiler asks for: run ``model`` at ``gpu_fraction`` with these batch sizes."""
-
-    model: str
-    gpu_fraction: float
-    batch_sizes: tuple[int, ...]
-    duration_s: float
-
-
-class TrialRunner(Protocol):
-    """Runs a profiling trial and returns the measured profile (placeholder for the profiler issue)."""
-
-    async def run_trial(self, spec: TrialSpec) -> ModelProfile: ...
