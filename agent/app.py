@@ -125,6 +125,10 @@ async def serve(
         tasks: list[asyncio.Task[None]] = []
         if leader is not None:
             tasks.append(guarded(leader.run(stop), "leader-election", stop))
+        if profiles is not None and cfg.profiles.refresh_s > 0:
+            tasks.append(
+                guarded(profiles.refresh_every(cfg.profiles.refresh_s, stop), "profiles-refresh", stop, fatal=False)
+            )
         if cfg.profiling.enabled and profiles is not None:
             if cfg.profiling.runner == "shadow" and api is None:
                 from agent.kube import api_client

@@ -186,6 +186,9 @@ class ProfilesConfig(_Section, frozen=True, kw_only=True):
     partitions: PositiveInt = 1
     create_topic: bool = True
     load_timeout_s: PositiveFloat = 30.0
+    refresh_s: NonNegFloat = 60.0
+    """Re-read the store this often and take newer records (other replicas' searches and stale marks); 0: only at
+    start."""
     drift: DriftConfig = DriftConfig()
     retrials: RetrialConfig = RetrialConfig()
 

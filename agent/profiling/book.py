@@ -14,6 +14,9 @@ capacity the decision core divides demand by.
   global budget (:class:`~policies.profiling.drift.RetrialPlanner`) and handed to ``on_retrial``.
 - A new profile (:meth:`ProfileBook.publish`, what a finished re-trial calls) is stored and replaces the old one:
   its drift state starts fresh.
+- Every ``profiles.refresh_s`` (:meth:`ProfileBook.refresh_every`) it re-reads the store and takes the records
+  newer than its own: what the leader's searches published, or another replica marked stale, reaches every agent
+  replica without a restart.
 
 Synchronous except for the store: the decision loop owns it, like the core.
 """
@@ -21,6 +24,7 @@ Synchronous except for the store: the decision loop owns it, like the core.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -70,6 +74,36 @@ class ProfileBook:
         if others:
             log.info("profiles of models this agent does not manage ignored", models=others[:20], count=len(others))
         return sum(self.install(found[m]) for m in self.models if m in found)
+
+    async def refresh(self) -> int:
+        """Re-read the store and install every configured model's record that is newer than the book's (a profile
+        another agent replica published, or marked stale); returns how many. Models with a stale mark of this
+        book's own still unwritten keep theirs."""
+        found = await self.store.load()
+        n = 0
+        for m in self.models:
+            new = found.get(m)
+            if new is None or m in self._unwritten:
+                continue
+            old = self.profiles.get(m)
+            if old is None or new.updated_at > old.updated_at:
+                n += self.install(new)
+        return n
+
+    async def refresh_every(self, interval_s: float, stop: asyncio.Event) -> None:
+        """Until ``stop``: :meth:`refresh` every ``interval_s`` (a failed read is logged and tried again)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+            if stop.is_set():
+                return
+            try:
+                n = await self.refresh()
+            except Exception as e:  # the broker is away: keep the profiles we have
+                log.warning("profile refresh failed; will retry", error=f"{type(e).__name__}: {e}")
+                continue
+            if n:
+                log.info("profiles refreshed from the store", installed=n)
 
     def install(self, stored: StoredProfile) -> bool:
         """Make ``stored`` the model's profile (a fresh drift state, or a stale one if it was stored stale)."""
@@ -154,7 +188,9 @@ class ProfileBook:
                     log.warning(
                         "profile stale", model=model, reason=v.reason, observed_capacity_rps=v.observed_capacity
                     )
-                    self._unwritten[model] = replace(
+                    # the book holds the stale mark too (same record as the store will), so a refresh does not
+                    # mistake its own write for news and reset the drift state
+                    self.profiles[model] = self._unwritten[model] = replace(
                         self.profiles[model], stale=True, stale_reason=v.reason, updated_at=now
                     )
         self.apply(core)

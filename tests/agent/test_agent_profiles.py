@@ -157,3 +157,54 @@ async def test_shadowscale_plans_with_the_profile_and_with_observed_capacity_whi
     assert "capacity: observed" in stale[-1]["reason"]
     assert fresh[-1]["recommended"] >= 2
     assert stale[-1]["recommended"] >= 1.6 * fresh[-1]["recommended"]
+
+
+async def test_refresh_takes_what_another_replica_published_and_keeps_its_own_stale_state() -> None:
+    """Two agent replicas on one store: the leader publishes a new profile; the other takes it at its next refresh.
+    An older record never replaces a newer one, and a replica's own stale mark read back is not news (its drift
+    state, with the observed capacity, survives the refresh)."""
+    store = MemoryProfileStore()
+    await store.put(StoredProfile(profile("m1", 50.0), updated_at=0.0))
+    leader = ProfileBook(["m1", "m2"], store)
+    other = ProfileBook(["m1", "m2"], store)
+    assert await leader.load() == 1 and await other.load() == 1
+    await leader.publish(StoredProfile(profile("m1", 24.0), updated_at=10.0))
+    await leader.publish(StoredProfile(profile("m2", 50.0), updated_at=1.0))
+    assert other.profiles["m1"].profile.capacity == 50.0
+    assert await other.refresh() == 2
+    assert other.profiles["m1"].profile.capacity == 24.0 and other.profiles["m2"].profile.capacity == 50.0
+    await store.put(StoredProfile(profile("m1", 99.0), updated_at=5.0))  # a late write of an older profile
+    assert await other.refresh() == 0 and other.profiles["m1"].profile.capacity == 24.0
+
+    # the other replica's own drift on m2: 30 req/s at a 2 s p99 against the 100 ms SLO, stale at the third window
+    cfg = config(["m1", "m2"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(2.0 * k, [record(traffic("m2", 2.0 * k, window_s=2.0, arrivals=60, busy_s=1.9, latency_p99_ms=2000), k)])
+        for k in range(6)
+    ]
+    source = ScriptedSource(clock, steps, stop)
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1, "m2": 1}), MemorySink(), clock, profiles=other)
+    await asyncio.wait_for(agent.run(stop), 10)
+    await other.close()
+    assert other.stale.keys() == {"m2"} and (await store.load())["m2"].stale
+    observed = other.capacity("m2")
+    assert observed is not None and observed[1].startswith("observed")
+    assert await other.refresh() == 0  # its own stale mark, read back
+    assert other.capacity("m2") == observed
+
+
+async def test_refresh_every_runs_until_stopped() -> None:
+    store = MemoryProfileStore()
+    book = ProfileBook(["m1"], store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(book.refresh_every(0.01, stop))
+    await store.put(StoredProfile(profile("m1", 42.0), updated_at=1.0))
+    for _ in range(200):
+        if "m1" in book.profiles:
+            break
+        await asyncio.sleep(0.01)
+    assert book.profiles["m1"].profile.capacity == 42.0
+    stop.set()
+    await asyncio.wait_for(task, 1)

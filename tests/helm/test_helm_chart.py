@@ -289,9 +289,12 @@ def test_profiling_shadow_overrides_reach_the_agent() -> None:
 
 
 def test_profiles_alone_render_without_profiling() -> None:
-    raw = agent_config(render({**REQUIRED, "agent": {"profiles": {"enabled": True, "topic": "ml.profiles"}}}))
+    raw = agent_config(
+        render({**REQUIRED, "agent": {"profiles": {"enabled": True, "topic": "ml.profiles", "refreshS": 15}}})
+    )
     cfg = parse_config(raw)
     assert cfg.profiles.enabled and cfg.profiles.topic == "ml.profiles" and not cfg.profiling.enabled
+    assert cfg.profiles.refresh_s == 15
     assert "profiling" not in raw and "trials" not in raw["kafka"]["topics"]
 
 
