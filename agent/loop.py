@@ -213,6 +213,7 @@ class Agent:
                         dead.append(self._dead(b, k, g, now))
                     else:
                         self.gpus[(g.node, g.gpu_uuid)] = g
+                        self.core.windows.add_gpu(g)
             else:
                 for k in range(len(b)):
                     dead.append(self._dead(b, k, Rejected("topic", f"unexpected topic {b.topic!r}"), now))

@@ -12,6 +12,11 @@ Each traffic event covers one pod's window ``(event_time - window_s, event_time]
 Windows tagged ``shadow_trial`` are a profiler's shadow pod under test load, not the model's demand: they are
 counted (``shadow``) and left out.
 
+Busy seconds come from the pods' own windows (``busy_s``). For a model whose pods never report them (a server
+without the SDK's busy accounting), they come from the GPU exporter instead (:meth:`Windows.add_gpu`): each GPU
+event's utilization is taken to hold over the interval since that GPU's previous event (at most ``pod_stale_s``)
+and is shared evenly by the model pods the event lists on that GPU — what HPA's GPU utilization would see.
+
 Duplicates (the same pod and ``event_time``, as an at-least-once producer or a replayed partition delivers them)
 are dropped. A pod remembers the event times it saw within ``dedupe_s`` of its newest window; an event older than
 that is dropped as too late (it could not be told apart from a duplicate). Both are counted, neither is an error.
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.events import TrafficEvent
+from agent.events import GpuEvent, TrafficEvent
 from policies.types import FloatArray, IntArray
 
 
@@ -67,6 +72,11 @@ class Windows:
         self._inflight = [0.0] * n
         self._completions = [0.0] * n
         """Not part of a policy's signals: drift detection's throughput (agent.profiling.book)."""
+        self._busy_reported = [False] * n
+        """The model's pods report ``busy_s`` (then GPU events are not used for it)."""
+        self._gpu_busy = [0.0] * n
+        self._gpu_last: dict[tuple[str, str], float] = {}
+        """Newest event time per (node, GPU)."""
         self.pod_stale_s = pod_stale_s
         self.dedupe_s = dedupe_s
         self._pods: list[dict[str, _Pod]] = [{} for _ in range(n)]
@@ -122,7 +132,9 @@ class Windows:
             ok += 1
             window = ev.window_s
             arrivals[i] += ev.arrivals
-            busy[i] += ev.busy_s
+            if ev.busy_s > 0.0:
+                busy[i] += ev.busy_s
+                self._busy_reported[i] = True
             r = ev.ready_s
             ready[i] += window if r is None else r
             inflight[i] += ev.concurrency_s
@@ -170,12 +182,30 @@ class Windows:
                 self._demand[i] = 0.0  # no float residue once the last pod is gone
                 self._queue[i] = 0
 
+    def add_gpu(self, ev: GpuEvent) -> None:
+        """Count a GPU event's utilization as busy seconds of the models on it (see the module doc); the first event
+        of a GPU, and one not newer than the GPU's last, add nothing."""
+        key = (ev.node, ev.gpu_uuid)
+        last = self._gpu_last.get(key)
+        if last is not None and ev.event_time <= last:
+            return
+        self._gpu_last[key] = ev.event_time
+        if last is None or not ev.pods or ev.utilization <= 0.0:
+            return
+        share = ev.utilization * min(ev.event_time - last, self.pod_stale_s) / len(ev.pods)
+        for pod in ev.pods:
+            i = self.index.get(pod.model or "", -1)
+            if i >= 0:
+                self._gpu_busy[i] += share
+
     def counters(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """(arrivals, busy_s, ready_s, inflight_s) as arrays, index = model."""
+        """(arrivals, busy_s, ready_s, inflight_s) as arrays, index = model. Busy seconds are the pods' own, or the
+        GPU exporter's for a model whose pods report none."""
         f = np.float64
+        busy = [b if rep else g for b, g, rep in zip(self._busy, self._gpu_busy, self._busy_reported, strict=True)]
         return (
             np.asarray(self._arrivals, f),
-            np.asarray(self._busy, f),
+            np.asarray(busy, f),
             np.asarray(self._ready, f),
             np.asarray(self._inflight, f),
         )

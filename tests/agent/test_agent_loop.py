@@ -179,3 +179,43 @@ async def test_a_failing_source_does_not_stop_the_loop() -> None:
     agent = Agent(cfg, source, act, MemorySink(), clock)
     await run(agent, stop)
     assert act.replicas["m1"] > 1 and source.committed() == {("shadowscale.traffic", 0): 1}
+
+
+async def _hpa_with_gpu_events(gpu_util: float | None) -> list[dict[str, Any]]:
+    """HPA on a model whose pods report traffic but no busy time; the GPU exporter (if any) reports its GPU."""
+    from agent.events import GPU_V1, GpuEvent, GpuPod, encode
+
+    cfg = config(["m1"], policy="hpa", kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = []
+    for k in range(40):
+        t = 2.0 * k
+        recs = [record(traffic("m1", t, window_s=2.0, arrivals=20), 2 * k)]
+        if gpu_util is not None:
+            g = GpuEvent(
+                schema=GPU_V1,
+                node="n1",
+                gpu_uuid="GPU-a",
+                gpu_index=0,
+                event_time=t,
+                utilization=gpu_util,
+                memory_used_bytes=1 << 30,
+                memory_total_bytes=80 << 30,
+                pods=(GpuPod(pod="p0", model="m1"),),
+            )
+            recs.append(record(encode(g), k, topic="shadowscale.gpu"))
+        steps.append(Step(t, recs))
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), RecordingActuator({"m1": 1}), sink, clock)
+    await run(agent, stop)
+    return audits(sink)
+
+
+async def test_hpa_scales_on_gpu_utilization_when_pods_report_no_busy_time() -> None:
+    """Without busy time from the pods, HPA would see a 0 % utilized replica forever; the GPU exporter's 95 %
+    makes it scale up."""
+    blind = await _hpa_with_gpu_events(None)
+    seen = await _hpa_with_gpu_events(0.95)
+    assert max(r["target"] for r in blind) == 1
+    assert max(r["target"] for r in seen) >= 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.events import TRAFFIC_V1, TrafficEvent
+from agent.events import GPU_V1, TRAFFIC_V1, GpuEvent, GpuPod, TrafficEvent
 from agent.windows import Windows
 
 
@@ -107,3 +107,34 @@ def test_shadow_trial_windows_are_not_demand() -> None:
     assert w.add(shadow) == -1
     assert w.stats.shadow == 1 and w.stats.accepted == 1
     assert w.counters()[0].tolist() == [10.0] and w.demand(0) == pytest.approx(10.0) and w.pods(0) == 1
+
+
+def gpu(t: float, util: float, *models: str, gpu_id: str = "GPU-0") -> GpuEvent:
+    return GpuEvent(
+        schema=GPU_V1,
+        node="node-1",
+        gpu_uuid=gpu_id,
+        gpu_index=0,
+        event_time=t,
+        utilization=util,
+        memory_used_bytes=0,
+        memory_total_bytes=80 << 30,
+        pods=tuple(GpuPod(pod=f"{m}-{k}", model=m) for k, m in enumerate(models)),
+    )
+
+
+def test_gpu_utilization_stands_in_for_busy_seconds_that_pods_do_not_report() -> None:
+    w = Windows(["m", "n"], pod_stale_s=30.0)
+    w.add(ev(1.0, "a", model="m", busy=0.0))  # m's pods report no busy time
+    w.add_gpu(gpu(0.0, 0.5, "m"))  # a GPU's first event: no interval yet
+    assert w.counters()[1].tolist() == [0.0, 0.0]
+    w.add_gpu(gpu(2.0, 0.8, "m", "n"))  # 0.8 over (0, 2], shared by one pod of m and one of n
+    assert w.counters()[1].tolist() == pytest.approx([0.8, 0.8])
+    w.add_gpu(gpu(1.5, 1.0, "m"))  # older than the GPU's last event: ignored
+    w.add_gpu(gpu(102.0, 1.0, "m", gpu_id="GPU-1"))  # another GPU's first event
+    w.add_gpu(gpu(202.0, 0.5, "m", gpu_id="GPU-1"))  # a 100 s silence counts for pod_stale_s at most
+    assert w.counters()[1].tolist() == pytest.approx([0.8 + 15.0, 0.8])
+    w.add(ev(3.0, "b", model="n", busy=0.25))  # n's pods report busy time: from now on only theirs counts
+    assert w.counters()[1].tolist() == pytest.approx([15.8, 0.25])
+    w.add_gpu(gpu(4.0, 1.0, "n"))
+    assert w.counters()[1].tolist() == pytest.approx([15.8, 0.25])
