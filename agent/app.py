@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,8 +135,16 @@ async def serve(
 
                 api = await api_client(cfg.actuator.kubernetes)
                 closers.append(api.close)
+            windows = agent.core.windows
             service = await open_profiling(
-                cfg, profiles, api, clock, metrics, leader.is_leader if leader is not None else None, closers
+                cfg,
+                profiles,
+                api,
+                clock,
+                metrics,
+                leader.is_leader if leader is not None else None,
+                closers,
+                observed_gaps=lambda model: windows.recent_gaps(windows.index[model], clock.now()),
             )
             tasks.append(guarded(service.run(stop), "profiling", stop))
         if cfg.scheduler.enabled:
@@ -212,6 +220,8 @@ async def open_profiling(
     metrics: Metrics,
     is_leader: Callable[[], bool] | None,
     closers: list[Callable[[], Any]],
+    *,
+    observed_gaps: Callable[[str], Sequence[float]] | None = None,
 ) -> ProfilingService:
     """The trial runner (``profiling.runner``) and the service that runs searches, hooked to the book's re-trials.
 
@@ -239,7 +249,7 @@ async def open_profiling(
         )
         annotations: Annotations | None = None
     else:
-        shadow = await _shadow_runner(cfg, api, closers)
+        shadow = await _shadow_runner(cfg, api, closers, observed_gaps)
         runner, annotations = shadow, shadow.annotations
     st = ServiceSettings(
         max_trials=p.max_trials,
@@ -266,7 +276,12 @@ async def open_profiling(
     return service
 
 
-async def _shadow_runner(cfg: AgentConfig, api: Any, closers: list[Callable[[], Any]]) -> ShadowTrialRunner:
+async def _shadow_runner(
+    cfg: AgentConfig,
+    api: Any,
+    closers: list[Callable[[], Any]],
+    observed_gaps: Callable[[str], Sequence[float]] | None = None,
+) -> ShadowTrialRunner:
     import msgspec
 
     from agent.profiling.live import shadow_profiling
@@ -298,7 +313,13 @@ async def _shadow_runner(cfg: AgentConfig, api: Any, closers: list[Callable[[], 
     stack = contextlib.AsyncExitStack()
     runner = await stack.enter_async_context(
         shadow_profiling(
-            api, workloads, cfg.kafka, settings, create_topic=cfg.kafka.create_topics, partitions=cfg.kafka.partitions
+            api,
+            workloads,
+            cfg.kafka,
+            settings,
+            create_topic=cfg.kafka.create_topics,
+            partitions=cfg.kafka.partitions,
+            observed_gaps=observed_gaps,
         )
     )
     closers.append(stack.aclose)

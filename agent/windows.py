@@ -12,6 +12,9 @@ Each traffic event covers one pod's window ``(event_time - window_s, event_time]
 Windows tagged ``shadow_trial`` are a profiler's shadow pod under test load, not the model's demand: they are
 counted (``shadow``) and left out.
 
+The model's arrivals per second of event time over the last ``history_s`` are kept too: the profiler's load
+generator replays their inter-arrival pattern (:meth:`Windows.recent_gaps`) when it load-tests a shadow.
+
 Busy seconds come from the pods' own windows (``busy_s``). For a model whose pods never report them (a server
 without the SDK's busy accounting), they come from the GPU exporter instead (:meth:`Windows.add_gpu`): each GPU
 event's utilization is taken to hold over the interval since that GPU's previous event (at most ``pod_stale_s``)
@@ -62,7 +65,9 @@ class IngestStats:
 class Windows:
     """Counters and per-pod gauges for a fixed list of models (index = position in ``models``)."""
 
-    def __init__(self, models: list[str], *, pod_stale_s: float = 30.0, dedupe_s: float = 60.0) -> None:
+    def __init__(
+        self, models: list[str], *, pod_stale_s: float = 30.0, dedupe_s: float = 60.0, history_s: float = 600.0
+    ) -> None:
         self.models = models
         self.index = {m: i for i, m in enumerate(models)}
         n = len(models)
@@ -77,6 +82,9 @@ class Windows:
         self._gpu_busy = [0.0] * n
         self._gpu_last: dict[tuple[str, str], float] = {}
         """Newest event time per (node, GPU)."""
+        self.history_s = history_s
+        self._hist: list[dict[int, int]] = [{} for _ in range(n)]
+        """Arrivals per whole second of event time (the second a window ends in), for :meth:`recent_gaps`."""
         self.pod_stale_s = pod_stale_s
         self.dedupe_s = dedupe_s
         self._pods: list[dict[str, _Pod]] = [{} for _ in range(n)]
@@ -99,6 +107,7 @@ class Windows:
         all_pods = self._pods
         arrivals, busy, ready, inflight = self._arrivals, self._busy, self._ready, self._inflight
         completions = self._completions
+        hist = self._hist
         demand, queue = self._demand, self._queue
         dedupe_s = self.dedupe_s
         stats = self.stats
@@ -132,6 +141,10 @@ class Windows:
             ok += 1
             window = ev.window_s
             arrivals[i] += ev.arrivals
+            if ev.arrivals:
+                h = hist[i]
+                sec = int(t)
+                h[sec] = h.get(sec, 0) + ev.arrivals
             if ev.busy_s > 0.0:
                 busy[i] += ev.busy_s
                 self._busy_reported[i] = True
@@ -178,9 +191,31 @@ class Windows:
                     active += 1
             for name in gone:
                 del pods[name]
+            h = self._hist[i]
+            if len(h) > self.history_s + 60:  # one key per second: prune in batches, not every tick
+                cut = now - self.history_s
+                self._hist[i] = {k: v for k, v in h.items() if k >= cut}
             if not active:
                 self._demand[i] = 0.0  # no float residue once the last pod is gone
                 self._queue[i] = 0
+
+    def recent_gaps(self, i: int, now: float, limit: int = 100_000) -> tuple[float, ...]:
+        """Inter-arrival times (seconds) of model ``i`` over the last ``history_s`` before ``now``, rebuilt from its
+        arrivals per second (spread evenly within each second): the shape of its recent traffic, quiet seconds
+        included. Empty when fewer than two requests arrived."""
+        cut = now - self.history_s
+        seconds = sorted((k, c) for k, c in self._hist[i].items() if cut <= k <= now)
+        gaps: list[float] = []
+        last: float | None = None
+        for k, c in seconds:
+            for j in range(c):
+                t = k + (j + 0.5) / c
+                if last is not None:
+                    gaps.append(t - last)
+                    if len(gaps) >= limit:
+                        return tuple(gaps)
+                last = t
+        return tuple(gaps)
 
     def add_gpu(self, ev: GpuEvent) -> None:
         """Count a GPU event's utilization as busy seconds of the models on it (see the module doc); the first event

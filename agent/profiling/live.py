@@ -13,7 +13,7 @@ shared :class:`~agent.profiling.driver.TrialGate`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,6 +35,7 @@ async def shadow_profiling(
     *,
     create_topic: bool = False,
     partitions: int = 4,
+    observed_gaps: Callable[[str], Sequence[float]] | None = None,
 ) -> AsyncIterator[ShadowTrialRunner]:
     """A ready shadow runner whose results arrive from Kafka, with orphaned shadow objects removed first.
 
@@ -43,7 +44,8 @@ async def shadow_profiling(
     be reached or the topic does not exist, and a ``ValueError`` for settings the runner cannot use.
     """
     results = KafkaTrialResults(kafka, settings.results_topic, create_topic=create_topic, partitions=partitions)
-    runner = ShadowTrialRunner(api, workloads, results, settings)  # checks the settings before connecting
+    # checks the settings before connecting
+    runner = ShadowTrialRunner(api, workloads, results, settings, observed_gaps=observed_gaps)
     await results.start()
     try:
         removed = await runner.cleanup()

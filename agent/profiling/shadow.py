@@ -34,10 +34,11 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, cast
 
+import msgspec
 import structlog
 from kubernetes_asyncio import client
 
@@ -49,6 +50,8 @@ log = structlog.get_logger("shadowscale.profiling.shadow")
 SHADOW_LABEL = "shadowscale.io/shadow"
 TRIAL_LABEL = "shadowscale.io/trial"
 ROLE_LABEL = "shadowscale.io/role"
+MIN_OBSERVED_GAPS = 20
+"""Fewer observed inter-arrival times than this say too little about a model's traffic to replay them."""
 """``shadow`` on the shadow Deployment and its pods, ``loadgen`` on the Job and its pod (which also carry the shadow
 and trial labels, so cleanup finds both and the trial's pods can be told apart)."""
 FAILED_WAITING = frozenset(
@@ -305,6 +308,8 @@ class ShadowTrialRunner:
         workloads: Mapping[str, Workload],
         results: TrialResults,
         settings: ShadowSettings | None = None,
+        *,
+        observed_gaps: Callable[[str], Sequence[float]] | None = None,
     ) -> None:
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
@@ -312,6 +317,9 @@ class ShadowTrialRunner:
         self.workloads = dict(workloads)
         self.results = results
         self.settings = settings or ShadowSettings()
+        self.observed_gaps = observed_gaps
+        """The model's recent inter-arrival times as the agent saw them (``Windows.recent_gaps``): replayed by the
+        load generator when the workload's configured shape gives no ``gaps`` of its own."""
         if not self.settings.kafka_bootstrap:
             raise ValueError(
                 "shadow runner: settings.kafka_bootstrap is empty; the load generator publishes its result to Kafka "
@@ -364,7 +372,7 @@ class ShadowTrialRunner:
         failure, pod_ip = await self._wait_ready(wl.namespace, name, shadow["metadata"]["labels"][TRIAL_LABEL])
         if failure is not None:
             return TrialResult.failed(f"failed start: {failure}", time.perf_counter() - t0)
-        job = loadgen_job(shadow, trial, wl, st, target_url(pod_ip, port, wl))
+        job = loadgen_job(shadow, trial, self._with_traffic(trial.model, wl), st, target_url(pod_ip, port, wl))
         created.append(("job", job["metadata"]["name"]))
         await _json(await self.batch.create_namespaced_job(wl.namespace, cast(Any, job), _preload_content=False))
         log.info("load generator started", trial=trial.trial_id, job=job["metadata"]["name"], pod_ip=pod_ip)
@@ -375,6 +383,17 @@ class ShadowTrialRunner:
                 time.perf_counter() - t0,
             )
         return result
+
+    def _with_traffic(self, model: str, wl: Workload) -> Workload:
+        """``wl`` with the model's recently observed inter-arrival pattern in its request shape (when it has no
+        configured ``gaps`` and at least ``MIN_OBSERVED_GAPS`` were seen): the load replays recent traffic."""
+        if self.observed_gaps is None or (wl.shape is not None and wl.shape.gaps):
+            return wl
+        gaps = tuple(self.observed_gaps(model))
+        if len(gaps) < MIN_OBSERVED_GAPS or not sum(gaps) > 0:
+            return wl
+        shape = wl.shape or RequestShape()
+        return replace(wl, shape=msgspec.structs.replace(shape, gaps=gaps))
 
     async def _result(self, trial_id: str, namespace: str, job: str, t0: float) -> TrialResult | None:
         """The trial's result; a failed result as soon as the load-generator Job fails (it could not publish, or

@@ -389,9 +389,14 @@ async def test_open_profiling_enters_the_shadow_runner_with_the_configured_workl
     api = await api_client(cfg.actuator.kubernetes)
     closers: list[Callable[[], Any]] = []
     try:
-        service = await open_profiling(cfg, book, api, VirtualClock(0.0), Metrics(), None, closers)
+
+        def gaps(model: str) -> tuple[float, ...]:
+            return (0.1,) * 30
+
+        service = await open_profiling(cfg, book, api, VirtualClock(0.0), Metrics(), None, closers, observed_gaps=gaps)
         runner = service.runner
         assert isinstance(runner, ShadowTrialRunner)
+        assert runner.observed_gaps is gaps  # the load replays the model's recent arrivals
         m1 = runner.workloads["m1"]
         assert (m1.namespace, m1.deployment, m1.port, m1.path) == ("serving", "resnet", 8080, "/v1/predict")
         assert m1.shape is not None and m1.shape.sizes == (100,)

@@ -138,3 +138,25 @@ def test_gpu_utilization_stands_in_for_busy_seconds_that_pods_do_not_report() ->
     assert w.counters()[1].tolist() == pytest.approx([15.8, 0.25])
     w.add_gpu(gpu(4.0, 1.0, "n"))
     assert w.counters()[1].tolist() == pytest.approx([15.8, 0.25])
+
+
+def test_recent_gaps_rebuild_the_arrival_pattern_of_the_last_history_s() -> None:
+    w = Windows(["m"], history_s=10.0, dedupe_s=1e9)
+    w.add(ev(100.2, "a", 2))  # second 100: two arrivals from pod a …
+    w.add(ev(100.9, "b", 2))  # … and two from pod b: four, spread at 100.125, 100.375, 100.625, 100.875
+    w.add(ev(103.5, "a", 1))  # one in second 103, at 103.5
+    w.add(ev(103.5, "a", 1))  # a duplicate: not counted
+    shadow = TrafficEvent(
+        schema=TRAFFIC_V1,
+        model="m",
+        pod="s",
+        event_time=102.0,
+        window_s=1.0,
+        arrivals=50,
+        completions=50,
+        shadow_trial="t1",
+    )
+    w.add(shadow)  # a shadow's test load is not the model's traffic
+    assert w.recent_gaps(0, now=104.0) == pytest.approx((0.25, 0.25, 0.25, 2.625))
+    assert w.recent_gaps(0, now=104.0, limit=2) == pytest.approx((0.25, 0.25))
+    assert w.recent_gaps(0, now=112.0) == ()  # only second 103 is within history_s: one arrival, no gap

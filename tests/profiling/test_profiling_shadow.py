@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib.metadata
+import json
 import os
 import sys
 import time
@@ -167,11 +168,12 @@ async def run(
     settings: ShadowSettings = SETTINGS,
     workload: Workload | None = None,
     timeout_s: float = 20,
+    observed_gaps: Any = None,
 ) -> tuple[TrialResult, list[Any]]:
     seen: list[dict[str, Any]] = []
     ctl = asyncio.create_task(controller(api, seen, mode))
     wl = workload or Workload(NS, "resnet", path="/predict", shape=SHAPE)
-    runner = ShadowTrialRunner(api, {"resnet": wl}, results, settings)
+    runner = ShadowTrialRunner(api, {"resnet": wl}, results, settings, observed_gaps=observed_gaps)
     try:
         result = await runner.run_trial(Trial(trial_id, "resnet", config, slo_ms=100.0, timeout_s=timeout_s))
     finally:
@@ -238,6 +240,38 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
             '[1, 2]}"],"sizes":[],"arrival":"uniform","gaps":[0.01,0.01,0.2],"seed":0}'
         ),
     }
+    assert await nothing_left(api)
+
+
+async def test_the_load_replays_the_models_recently_observed_arrivals(api: Any) -> None:
+    """A workload whose shape gives no inter-arrival times gets the model's recent ones from the agent's windows;
+    one with its own keeps them; too few observed ones are not a pattern."""
+    measured = TrialResult(TrialStatus.MEASURED, throughput=120.0, p99_ms=80.0)
+    observed = {"resnet": tuple([0.5, 0.01] * 15)}
+    asked: list[str] = []
+
+    def gaps(model: str) -> tuple[float, ...]:
+        asked.append(model)
+        return observed[model]
+
+    def shape_of(results: Results) -> dict[str, Any]:
+        [job] = results.jobs_seen
+        env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return cast(dict[str, Any], json.loads(env["SHADOWSCALE_LOADGEN_SHAPE"]))
+
+    bare = Workload(NS, "resnet", path="/predict", shape=RequestShape(sizes=(100,)))
+    results = Results(api, measured)
+    result, _ = await run(api, results, "ready", CONFIG, workload=bare, observed_gaps=gaps)
+    assert result == measured and asked == ["resnet"]
+    got = shape_of(results)
+    assert got["gaps"] == [0.5, 0.01] * 15 and got["sizes"] == [100]
+    results = Results(api, measured)
+    result, _ = await run(api, results, "ready", CONFIG, "run1-resnet-8", observed_gaps=gaps)  # SHAPE has gaps
+    assert result == measured and shape_of(results)["gaps"] == [0.01, 0.01, 0.2]
+    observed["resnet"] = (0.1,) * 5
+    results = Results(api, measured)
+    result, _ = await run(api, results, "ready", CONFIG, "run1-resnet-9", workload=bare, observed_gaps=gaps)
+    assert result == measured and shape_of(results)["gaps"] == []
     assert await nothing_left(api)
 
 
