@@ -96,6 +96,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="a request still queued after S seconds is dropped (default 30)",
     )
     p.add_argument(
+        "--warmup",
+        type=non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="score from S seconds into the trace: earlier requests, GPU time, scale events and cold starts only "
+        "warm the policies up (default 0: every run starts from the policy's initial replicas at t=0 and is "
+        "scored throughout)",
+    )
+    p.add_argument(
         "--sweep",
         action="store_true",
         help="also run each policy across its main knob (HPA target utilization, KEDA lag threshold, "
@@ -117,7 +126,12 @@ def main(args: argparse.Namespace) -> int:
     workload = load_trace(
         args.trace, seed=args.seed, hours=args.hours, models=args.models, cold_start_s=args.cold_start
     )
-    config = SimConfig(timeout_s=args.timeout)
+    if args.warmup >= workload.duration_s:
+        raise ValueError(
+            f"--warmup {args.warmup:g} s leaves nothing to score: the trace {workload.name} lasts "
+            f"{workload.duration_s:g} s"
+        )
+    config = SimConfig(timeout_s=args.timeout, warmup_s=args.warmup)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     err = Console(stderr=True, quiet=args.quiet)
@@ -162,6 +176,7 @@ def main(args: argparse.Namespace) -> int:
         "models": len(workload.services),
         "cold_start_s": args.cold_start,
         "timeout_s": args.timeout,
+        "warmup_s": args.warmup,
         "duration_s": workload.duration_s,
     }
     path = write_summary(out, workload, args.seed, summaries, wall, cfg, extra)

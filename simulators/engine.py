@@ -48,6 +48,14 @@ class SimConfig:
     vector_min_requests: int = 24
     """Tick intervals with at least this many arrivals take the vectorised path for idle single-replica models
     (tests set 0 to force it and a huge value to disable it; results are identical either way)."""
+    warmup_s: float = 0.0
+    """The first seconds of the trace warm the policies up and are not scored: requests that arrive before it,
+    GPU time, scale events and cold starts before it are left out of the result (as a deployment that was running
+    before the trace window began would not have started from one replica)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.warmup_s) and self.warmup_s >= 0.0):
+            raise ValueError(f"simulation: warmup_s must be a finite number >= 0, got {self.warmup_s!r}")
 
 
 @dataclass(slots=True)
@@ -69,6 +77,8 @@ class SimResult:
     tick_gpu: FloatArray
     decisions: list[tuple[float, int, int]] = field(default_factory=list)
     wall_s: float = 0.0
+    scored: npt_bool | None = None
+    """Per request: counted in the result (it arrived after the warm-up); None: every request."""
 
     @property
     def requests(self) -> int:
@@ -148,6 +158,7 @@ class Engine:
         order: list[int] = self.order.tolist()
         seg: list[int] = self.seg.tolist()
         timeout = self.config.timeout_s
+        warm = self.config.warmup_s
         hindsight = policy.hindsight
         lat = np.full(n_req, np.nan)
         lat_list: list[float] = lat.tolist()
@@ -238,14 +249,14 @@ class Engine:
             dt = now - prev_t
             if dt > 0:
                 ready_s += ready * dt
-                gpu_s += held * frac * dt
+                gpu_s += held * frac * _after(prev_t, now, warm)
                 t_held = prev_t
                 while releases and releases[0][0] <= now:
                     t_rel, g, mi = heappop(releases)
-                    gpus_held_s += pool.used * (t_rel - t_held)
+                    gpus_held_s += pool.used * _after(t_held, t_rel, warm)
                     t_held = t_rel
                     pool.release(g, mi)
-                gpus_held_s += pool.used * (now - t_held)
+                gpus_held_s += pool.used * _after(t_held, now, warm)
                 busy += running * dt
                 inflight += outstanding * dt
             lo, hi = prev_cut, cut[k]
@@ -296,15 +307,16 @@ class Engine:
                 cold = 0.0 if hindsight else self.cold_start(i)
                 if self.config.record_decisions:
                     decisions_log.append((now, i, want))
-                scale_events += 1
+                if now >= warm:
+                    scale_events += 1
                 while len(reps) < want:
                     reps.add(now, cold, pool.place(milli[i]))
-                    if cold > 0:
+                    if cold > 0 and now >= warm:
                         cold_starts += 1
                 while len(reps) > want:
                     release = reps.remove_one(now)
                     if release > now:
-                        gpu_s[i] += (min(release, duration) - now) * frac[i]
+                        gpu_s[i] += _after(now, min(release, duration), warm) * frac[i]
                         heappush(releases, (release, reps.last_removed_gpu, milli[i]))
                     else:
                         pool.release(reps.last_removed_gpu, milli[i])
@@ -321,14 +333,14 @@ class Engine:
 
         # Last interval: GPU held until the end of the trace; then serve or drop everything left.
         if duration > prev_t:
-            gpu_s += held * self.gpu_fraction * (duration - prev_t)
+            gpu_s += held * self.gpu_fraction * _after(prev_t, duration, warm)
             t_held = prev_t
             while releases and releases[0][0] <= duration:
                 t_rel, g, mi = heappop(releases)
-                gpus_held_s += pool.used * (t_rel - t_held)
+                gpus_held_s += pool.used * _after(t_held, t_rel, warm)
                 t_held = t_rel
                 pool.release(g, mi)
-            gpus_held_s += pool.used * (duration - t_held)
+            gpus_held_s += pool.used * _after(t_held, duration, warm)
         for i in np.flatnonzero(pend_cnt).tolist():
             vec.sync(i)
         for i in range(n):
@@ -358,6 +370,7 @@ class Engine:
             tick_gpu=rec_gpu,
             decisions=decisions_log,
             wall_s=time.perf_counter() - wall0,
+            scored=self.arrival_s >= warm if warm > 0 else None,
         )
 
 
@@ -556,6 +569,11 @@ def _advance(
         reps.draining = keep
     single, free_0 = _single(m, now)
     return float(arrived), busy, inflight, out, running, next_t, n_ready, ready_s, single, free_0
+
+
+def _after(t0: float, t1: float, warm: float) -> float:
+    """Length of ``[t0, t1)`` after the warm-up ends (``t1 - t0`` when there is none)."""
+    return t1 - t0 if warm <= t0 else max(0.0, t1 - warm)
 
 
 def _next_event(m: _Model, now: float, arr: list[float], timeout: float) -> float:

@@ -26,8 +26,9 @@ _DONE, _END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE =
 
 
 class _M:
-    def __init__(self, table: list[float], max_batch: int, end: float) -> None:
+    def __init__(self, table: list[float], max_batch: int, end: float, warm: float = 0.0) -> None:
         self.end = end
+        self.warm = warm
         self.q: deque[int] = deque()
         self.reps = Replicas()
         self.table = table
@@ -49,7 +50,8 @@ class _M:
             self.inflight_s += self.n_out * dt
             self.busy_s += self.n_busy * dt
             self.ready_s += self.n_ready * dt
-            self.gpu_s += self.n_held * frac * max(0.0, min(t, self.end) - min(self.last, self.end))
+            lo = max(min(self.last, self.end), self.warm)  # GPU time counts after the warm-up, until the trace ends
+            self.gpu_s += self.n_held * frac * max(0.0, min(t, self.end) - lo)
             self.last = t
 
 
@@ -69,7 +71,8 @@ def simulate_reference(
     mdl = model.tolist()
     timeout = config.timeout_s
     frac = [s.profile.gpu_fraction for s in services]
-    ms = [_M(s.profile.latency_table().tolist(), s.profile.max_batch, duration_s) for s in services]
+    warm = config.warmup_s
+    ms = [_M(s.profile.latency_table().tolist(), s.profile.max_batch, duration_s, warm) for s in services]
     lat = [math.nan] * len(arr)
     state_of = [0] * len(arr)  # 0 queued, 1 started, 2 dropped
     heap: list[tuple[float, int, int, int, int]] = []
@@ -203,7 +206,8 @@ def simulate_reference(
                 want = int(decisions.replicas[i])
                 if want == len(reps):
                     continue
-                scale_events += 1
+                if t >= warm:
+                    scale_events += 1
                 if config.record_decisions:
                     log.append((t, i, want))
                 c = cold(i)
@@ -211,7 +215,8 @@ def simulate_reference(
                     reps.add(t, c)
                     m.n_held += 1
                     if c > 0:
-                        cold_starts += 1
+                        if t >= warm:
+                            cold_starts += 1
                         push(t + c, _READY, i, 0)
                 while len(reps) > want:
                     before = len(reps.draining)
@@ -249,4 +254,5 @@ def simulate_reference(
         tick_gpu=rec_gpu,
         decisions=log,
         wall_s=time.perf_counter() - wall0,
+        scored=arrival_s >= warm if warm > 0 else None,
     )

@@ -44,17 +44,22 @@ class PolicySummary:
 
 
 def summarize(result: SimResult) -> PolicySummary:
-    n = result.requests
+    """SLO attainment, GPU time and counts over the scored part of the run (after the warm-up, if any)."""
+    keep = result.scored
+    met = result.met if keep is None else result.met[keep]
+    dropped = result.dropped if keep is None else result.dropped[keep]
+    latency = result.latency_s if keep is None else result.latency_s[keep]
+    n = int(met.shape[0])
     # The percentile is over the requests that were served; dropped ones are counted apart (and as misses).
-    served = result.latency_s[~result.dropped]
+    served = latency[~dropped]
     p99 = float(np.percentile(served, 99, method="higher")) * 1000.0 if served.size else 0.0
     return PolicySummary(
-        slo_attainment=float(result.met.mean()) if n else 1.0,
+        slo_attainment=float(met.mean()) if n else 1.0,
         gpu_hours=float(result.gpu_s.sum()) / 3600.0,
         gpus_held_hours=result.gpus_held_s / 3600.0,
         p99_latency_ms=p99,
         requests=n,
-        dropped=int(result.dropped.sum()),
+        dropped=int(dropped.sum()),
         scale_events=result.scale_events,
         cold_starts=result.cold_starts,
     )

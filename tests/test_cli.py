@@ -165,3 +165,18 @@ def test_help_lists_commands() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "simulate" in proc.stdout and "bench" in proc.stdout
+
+
+def test_simulate_warm_up_scores_only_what_follows_it(tmp_path: Path) -> None:
+    args = ["simulate", "--trace", "azure-llm-2023-code", "--policies", "kpa", "--hours", "0.25", "--quiet"]
+    full = run_cli(*args, "--out", str(tmp_path / "full"))
+    warm = run_cli(*args, "--out", str(tmp_path / "warm"), "--warmup", "300")
+    assert full.returncode == 0 and warm.returncode == 0, warm.stderr
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((tmp_path / "warm" / "summary.json").read_text())
+    assert b["config"]["warmup_s"] == 300.0 and a["config"]["warmup_s"] == 0.0
+    assert 0 < b["policies"]["kpa"]["requests"] < a["policies"]["kpa"]["requests"]
+    assert b["policies"]["kpa"]["gpu_hours"] < a["policies"]["kpa"]["gpu_hours"]
+    bad = run_cli(*args, "--out", str(tmp_path / "bad"), "--warmup", "900")
+    assert bad.returncode == 2 and "--warmup 900 s leaves nothing to score" in bad.stderr
+    assert "Traceback" not in bad.stderr

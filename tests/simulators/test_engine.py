@@ -184,3 +184,36 @@ def test_dynamic_batching_forms_batches_under_load() -> None:
     assert summarize(r).slo_attainment > 0.99
     # some request waited for a batch: its latency exceeds the batch-of-one latency
     assert np.nanmax(r.latency_s) > 0.1 + 1e-9
+
+
+@pytest.mark.parametrize("name", ["kpa", "keda", "shadowscale"])
+def test_warm_up_is_run_but_not_scored_and_both_engines_agree(name: str) -> None:
+    """With ``warmup_s`` the run is the same (same decisions, same latencies) but the result leaves out what
+    happened before it: requests that arrived earlier, GPU time, scale events and cold starts."""
+    services, a, m, s, duration = _synthetic(seed=3)
+    base = SimConfig(timeout_s=15.0, record_decisions=True)
+    warm = replace(base, warmup_s=400.0)
+    full, _ = _both(services, a, m, s, duration, name, base, KNOBS[name])
+    fast, ref = _both(services, a, m, s, duration, name, warm, KNOBS[name])
+    _assert_same(fast, ref)
+    assert fast.decisions == full.decisions
+    np.testing.assert_array_equal(fast.latency_s, full.latency_s)
+    assert fast.scored is not None and ref.scored is not None
+    np.testing.assert_array_equal(fast.scored, a >= 400.0)
+    np.testing.assert_array_equal(ref.scored, a >= 400.0)
+    # GPU time after the warm-up: the whole run's minus what the same run holds up to t = 400 s
+    prefix = Engine(services, a[a < 400.0], m[a < 400.0], s[a < 400.0], 400.0, base).run(
+        make_policy(name, Demand(a, m, s, services, duration), KNOBS[name])
+    )
+    np.testing.assert_allclose(fast.gpu_s, full.gpu_s - prefix.gpu_s, rtol=1e-9, atol=1e-6)
+    assert fast.gpus_held_s == pytest.approx(full.gpus_held_s - prefix.gpus_held_s, rel=1e-9, abs=1e-6)
+    assert fast.scale_events == sum(1 for t, _, _ in full.decisions if t >= 400.0)
+    assert 0 < fast.scale_events < full.scale_events
+    got = summarize(fast)
+    assert got.requests == int((a >= 400.0).sum())
+    assert got.slo_attainment == pytest.approx(float(full.met[a >= 400.0].mean()))
+
+
+def test_warm_up_must_be_a_non_negative_number() -> None:
+    with pytest.raises(ValueError, match="warmup_s"):
+        SimConfig(warmup_s=-1.0)
