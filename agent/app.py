@@ -309,6 +309,10 @@ async def _shadow_runner(
         loadgen_env=dict(sh.loadgen_env),
         load=LoadPlan(**msgspec.structs.asdict(sh.load)),
         gpu_type_label=sh.gpu_type_label,
+        kafka_security_protocol=cfg.kafka.security_protocol,
+        kafka_sasl_mechanism=cfg.kafka.sasl_mechanism,
+        kafka_ca_secret=sh.kafka_ca_secret,
+        kafka_sasl_secret=sh.kafka_sasl_secret,
     )
     stack = contextlib.AsyncExitStack()
     runner = await stack.enter_async_context(

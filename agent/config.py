@@ -240,6 +240,12 @@ class ShadowRunnerConfig(_Section, frozen=True, kw_only=True):
     poll_s: PositiveFloat = 2.0
     gpu_type_label: str = "nvidia.com/gpu.product"
     load: LoadConfig = LoadConfig()
+    kafka_ca_secret: str | None = None
+    """A Secret with ``ca.crt`` in each model's namespace, mounted into the load generator (brokers behind TLS with
+    a private CA); the security protocol and SASL mechanism are the agent's own (``kafka``)."""
+    kafka_sasl_secret: str | None = None
+    """A Secret with ``username`` and ``password`` in each model's namespace: the load generator's SASL login
+    (required when ``kafka.security_protocol`` is SASL_*)."""
 
 
 class ModelProfilingConfig(_Section, frozen=True, kw_only=True):
@@ -406,6 +412,12 @@ def _check_profiling(cfg: AgentConfig) -> None:
         raise ConfigError(f"profiling.shadow.kafka_bootstrap must be HOST:PORT[,HOST:PORT…], got {boot!r}")
     if p.shadow.load.start_rps > p.shadow.load.max_rps:
         raise ConfigError("profiling.shadow.load.start_rps must not be above profiling.shadow.load.max_rps")
+    if p.runner == "shadow" and cfg.kafka.security_protocol.startswith("SASL") and not p.shadow.kafka_sasl_secret:
+        raise ConfigError(
+            f"profiling.shadow.kafka_sasl_secret: kafka.security_protocol is {cfg.kafka.security_protocol}, so the "
+            "load generator needs SASL credentials: name a Secret with username and password in each model's "
+            "namespace"
+        )
     if p.local.start_rps > p.local.max_rps:
         raise ConfigError("profiling.local.start_rps must not be above profiling.local.max_rps")
 

@@ -30,7 +30,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -433,6 +433,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
     p.add_argument("--topic", default=DEFAULT_TOPIC, help=f"trial-results topic (default {DEFAULT_TOPIC})")
     p.add_argument("--config", metavar="FILE", help="agent YAML whose kafka section (TLS, SASL) is used")
+    p.add_argument(
+        "--security-protocol",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        help="Kafka security protocol (overrides --config's)",
+    )
+    p.add_argument("--sasl-mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), help="SASL mechanism")
+    p.add_argument("--ssl-cafile", metavar="FILE", help="CA bundle that signed the brokers' certificates")
     p.add_argument("--shape", metavar="FILE", help=f"request shape JSON (default ${SHAPE_ENV}, else empty bodies)")
     p.add_argument("--step-s", type=float, default=2.0, help="seconds of load per rate (2)")
     p.add_argument("--start-rps", type=float, default=10.0, help="first rate (10)")
@@ -517,6 +524,7 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
     else:
         kafka = KafkaConfig()
     kafka = msgspec.structs.replace(kafka, bootstrap=bootstrap, client_id=f"shadowscale-loadgen-{trial}"[:200])
+    kafka = _security(kafka, args, os.environ)
     return Invocation(
         target=target_from_url(args.target, shape),
         trial_id=trial,
@@ -529,6 +537,36 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
         topic=args.topic,
         publish_timeout_s=float(args.publish_timeout_s),
     )
+
+
+SASL_USERNAME_ENV = "SHADOWSCALE_LOADGEN_SASL_USERNAME"
+SASL_PASSWORD_ENV = "SHADOWSCALE_LOADGEN_SASL_PASSWORD"
+"""The SASL credentials come from the environment (a Secret in the Job's pod), never from the command line."""
+
+
+def _security(kafka: KafkaConfig, args: argparse.Namespace, environ: Mapping[str, str]) -> KafkaConfig:
+    """``kafka`` with the command line's TLS/SASL flags and the environment's SASL credentials applied, checked."""
+    over: dict[str, str] = {}
+    if args.security_protocol:
+        over["security_protocol"] = args.security_protocol
+    if args.sasl_mechanism:
+        over["sasl_mechanism"] = args.sasl_mechanism
+    if args.ssl_cafile:
+        if not Path(args.ssl_cafile).is_file():
+            raise ValueError(f"--ssl-cafile {args.ssl_cafile}: no such file")
+        over["ssl_cafile"] = args.ssl_cafile
+    for env, field_name in ((SASL_USERNAME_ENV, "sasl_username"), (SASL_PASSWORD_ENV, "sasl_password")):
+        if environ.get(env):
+            over[field_name] = environ[env]
+    kafka = msgspec.structs.replace(kafka, **over) if over else kafka
+    if kafka.security_protocol.startswith("SASL") and not (
+        kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password
+    ):
+        raise ValueError(
+            f"--security-protocol {kafka.security_protocol} needs --sasl-mechanism and ${SASL_USERNAME_ENV} / "
+            f"${SASL_PASSWORD_ENV}"
+        )
+    return kafka
 
 
 async def run(inv: Invocation) -> int:

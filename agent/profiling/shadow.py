@@ -42,7 +42,16 @@ import msgspec
 import structlog
 from kubernetes_asyncio import client
 
-from agent.profiling.loadgen import DEFAULT_TOPIC, SHAPE_ENV, TRIAL_ENV, LoadPlan, RequestShape, shape_json
+from agent.profiling.loadgen import (
+    DEFAULT_TOPIC,
+    SASL_PASSWORD_ENV,
+    SASL_USERNAME_ENV,
+    SHAPE_ENV,
+    TRIAL_ENV,
+    LoadPlan,
+    RequestShape,
+    shape_json,
+)
 from policies.profiling.types import Trial, TrialResult
 
 log = structlog.get_logger("shadowscale.profiling.shadow")
@@ -95,7 +104,13 @@ class ShadowSettings:
     """How shadow trials run. ``kafka_bootstrap`` is where the load generator publishes its result (the agent's
     broker as the Job's pod reaches it); ``loadgen_args`` are appended to the load generator's arguments (e.g.
     ``--config FILE`` for TLS/SASL from a mounted agent configuration) and ``loadgen_env`` added to its
-    environment."""
+    environment.
+
+    A broker behind TLS or SASL: ``kafka_security_protocol`` and ``kafka_sasl_mechanism`` as the agent's own;
+    ``kafka_ca_secret`` names a Secret with ``ca.crt`` and ``kafka_sasl_secret`` one with ``username`` and
+    ``password``, both in the *model's* namespace (where the Job runs): the CA is mounted into the load generator's
+    pod and the credentials reach it as environment variables from the Secret, never as values in the Job.
+    """
 
     ready_timeout_s: float = 600.0
     result_timeout_s: float = 900.0
@@ -107,6 +122,10 @@ class ShadowSettings:
     loadgen_args: Sequence[str] = ()
     loadgen_env: Mapping[str, str] = field(default_factory=dict)
     load: LoadPlan = field(default_factory=LoadPlan)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_ca_secret: str | None = None
+    kafka_sasl_secret: str | None = None
     gpu_type_label: str = "nvidia.com/gpu.product"
     env_names: Mapping[str, str] = field(default_factory=lambda: {"batch": "BATCH_SIZE", "threads": "NUM_THREADS"})
 
@@ -118,6 +137,16 @@ class ShadowSettings:
             raise ValueError(f"shadow settings: kafka_bootstrap must be HOST:PORT, got {self.kafka_bootstrap!r}")
         if not self.loadgen_command or not self.loadgen_image:
             raise ValueError("shadow settings: loadgen_command and loadgen_image must not be empty")
+        if self.kafka_security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(f"shadow settings: unknown kafka_security_protocol {self.kafka_security_protocol!r}")
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_secret
+        ):
+            raise ValueError(
+                f"shadow settings: kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism "
+                "and kafka_sasl_secret (a Secret with username and password in each model's namespace) so the load "
+                "generator can publish"
+            )
 
 
 class KubeCallError(RuntimeError):
@@ -239,12 +268,30 @@ def loadgen_job(
         "--topic",
         st.results_topic,
         *st.load.args(),
+        *_kafka_security_args(st),
         *st.loadgen_args,
     ]
     env = {TRIAL_ENV: trial.trial_id, "POD_NAMESPACE": wl.namespace}
     if wl.shape is not None:
         env[SHAPE_ENV] = shape_json(wl.shape)
     env.update(st.loadgen_env)
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    if st.kafka_sasl_secret:
+        env_list += [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": st.kafka_sasl_secret, "key": key}}}
+            for name, key in ((SASL_USERNAME_ENV, "username"), (SASL_PASSWORD_ENV, "password"))
+        ]
+    container: dict[str, Any] = {
+        "name": "loadgen",
+        "image": st.loadgen_image,
+        "command": list(st.loadgen_command),
+        "args": args,
+        "env": env_list,
+    }
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if st.kafka_ca_secret:
+        container["volumeMounts"] = [{"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}]
+        pod["volumes"] = [{"name": "kafka-ca", "secret": {"secretName": st.kafka_ca_secret}}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -252,23 +299,23 @@ def loadgen_job(
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(st.result_timeout_s)),
-            "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "loadgen",
-                            "image": st.loadgen_image,
-                            "command": list(st.loadgen_command),
-                            "args": args,
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                        }
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
     }
+
+
+KAFKA_CA_DIR = "/etc/shadowscale-kafka-ca"
+
+
+def _kafka_security_args(st: ShadowSettings) -> list[str]:
+    out = []
+    if st.kafka_security_protocol != "PLAINTEXT":
+        out += ["--security-protocol", st.kafka_security_protocol]
+    if st.kafka_sasl_mechanism and st.kafka_security_protocol.startswith("SASL"):
+        out += ["--sasl-mechanism", st.kafka_sasl_mechanism]
+    if st.kafka_ca_secret:
+        out += ["--ssl-cafile", f"{KAFKA_CA_DIR}/ca.crt"]
+    return out
 
 
 def start_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> str | None:

@@ -502,6 +502,14 @@ def test_a_valid_profiling_section() -> None:
         ),
         ({"profiling": profiled(local={"start_rps": 100, "max_rps": 10})}, "profiling.local.start_rps"),
         ({"profiling": profiled(shadow={"loadgen_image": ""})}, "at `$.profiling.shadow.loadgen_image`"),
+        (
+            {
+                "profiling": profiled(runner="shadow"),
+                "actuator": {"kind": "kubernetes"},
+                "kafka": {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "agent"},
+            },
+            "profiling.shadow.kafka_sasl_secret: kafka.security_protocol is SASL_SSL",
+        ),
     ],
 )
 def test_profiling_config_errors_name_the_field(over: dict[str, Any], message: str) -> None:

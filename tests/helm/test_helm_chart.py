@@ -278,9 +278,16 @@ def test_profiling_values_render_into_the_agents_profiling_config() -> None:
 
 
 def test_profiling_shadow_overrides_reach_the_agent() -> None:
-    shadow = {"loadgenImage": "registry.local/loadgen:7", "kafkaBootstrap": "kafka-plain.kafka:9092", "pollS": 5}
+    shadow = {
+        "loadgenImage": "registry.local/loadgen:7",
+        "kafkaBootstrap": "kafka-plain.kafka:9092",
+        "pollS": 5,
+        "kafkaCaSecret": "kafka-ca",
+        "kafkaSaslSecret": "kafka-loadgen",
+    }
     cfg = parse_config(agent_config(render(profiling(shadow=shadow))))
     sh = cfg.profiling.shadow
+    assert (sh.kafka_ca_secret, sh.kafka_sasl_secret) == ("kafka-ca", "kafka-loadgen")
     assert (sh.loadgen_image, sh.kafka_bootstrap, sh.poll_s) == (
         "registry.local/loadgen:7",
         "kafka-plain.kafka:9092",

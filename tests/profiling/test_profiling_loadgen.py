@@ -202,6 +202,12 @@ async def test_bad_command_lines_exit_2_and_say_what_is_wrong() -> None:
         (["--target", "tcp://x:1", "--start-rps", "9", "--max-rps", "5"], None, "--start-rps 9 is above --max-rps 5"),
         (["--target", "tcp://x:1", "--shape", "/nonexistent.json"], None, "--shape /nonexistent.json: No such file"),
         (["--target", "tcp://x:1"], {"SHADOWSCALE_LOADGEN_SHAPE": '{"seed": "x"}'}, "$SHADOWSCALE_LOADGEN_SHAPE"),
+        (["--target", "tcp://x:1", "--ssl-cafile", "/nonexistent/ca.crt"], None, "--ssl-cafile /nonexistent"),
+        (
+            ["--target", "tcp://x:1", "--security-protocol", "SASL_SSL", "--sasl-mechanism", "PLAIN"],
+            None,
+            "needs --sasl-mechanism and $SHADOWSCALE_LOADGEN_SASL_USERNAME",
+        ),
     ]
     for args, extra, why in cases:
         code, err = await loadgen(*BASE, *args, env={**os.environ, **(extra or {})})
@@ -224,3 +230,23 @@ async def test_an_unreachable_broker_exits_1_after_printing_the_result() -> None
     printed = json.loads(out)
     assert printed["status"] == "failed" and printed["trial"] == "t-1" and "cannot reach the target" in printed["error"]
     assert "cannot publish the result of t-1 to shadowscale.trials" in err.decode()
+
+
+def test_tls_and_sasl_come_from_flags_and_the_credentials_from_the_environment(tmp_path: Any) -> None:
+    import argparse
+
+    from agent.profiling.loadgen import add_arguments, invocation
+
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    tls = ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512", "--ssl-cafile", str(ca)]
+    args = p.parse_args([*BASE, "--target", "tcp://x:1", *tls])
+    env = {"SHADOWSCALE_LOADGEN_SASL_USERNAME": "loadgen", "SHADOWSCALE_LOADGEN_SASL_PASSWORD": "s3cret"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        k = invocation(args).kafka
+    assert (k.security_protocol, k.sasl_mechanism, k.ssl_cafile) == ("SASL_SSL", "SCRAM-SHA-512", str(ca))
+    assert (k.sasl_username, k.sasl_password) == ("loadgen", "s3cret")
