@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -73,6 +73,10 @@ class KafkaSource:
         self.key_topic = key_topic or self.topics[0]
         self.assigned_event = asyncio.Event()
         """Set while this consumer has partitions assigned (cleared on revocation)."""
+        self.on_revoke: Callable[[], Awaitable[None]] | None = None
+        """Awaited (bounded by ``revoke_timeout_s``) when partitions are about to be taken away: the decision loop
+        commits what it has handled, so the new owner does not replay it as a burst of stale traffic."""
+        self.revoke_timeout_s = 5.0
         self._consumer: Any = AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap,
             group_id=cfg.group_id,
@@ -86,7 +90,7 @@ class KafkaSource:
             **_security(cfg),
         )
         self._owned_cache: tuple[frozenset[Any], int, tuple[str, ...], frozenset[str]] | None = None
-        self._consumer.subscribe(self.topics, listener=_Listener(self.assigned_event))
+        self._consumer.subscribe(self.topics, listener=_Listener(self))
 
     async def start(self, timeout_s: float = 30.0) -> None:
         try:
@@ -146,16 +150,23 @@ class KafkaSource:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, event: asyncio.Event) -> None:
-        self.event = event
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.event.clear()
+        src = self.source
+        src.assigned_event.clear()
+        if src.on_revoke is None or not revoked:
+            return
+        try:  # the partitions are still ours until this returns: commit what was handled
+            await asyncio.wait_for(src.on_revoke(), src.revoke_timeout_s)
+        except Exception as e:  # a slow or failing commit must not hold the rebalance: the new owner replays
+            log.warning("commit before rebalance failed", error=f"{type(e).__name__}: {e}")
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
         if assigned:
-            self.event.set()
+            self.source.assigned_event.set()
 
 
 class KafkaSink:

@@ -97,6 +97,8 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.source = source
+        if hasattr(source, "on_revoke"):  # a consumer-group source: commit what was handled before a rebalance
+            source.on_revoke = self._commit_before_rebalance
         self.actuator = actuator
         self.sink = sink
         self.clock = clock
@@ -396,6 +398,12 @@ class Agent:
         self._last_commit = time.monotonic()
         self.counts.commits += 1
         self.metrics.lag_commits.inc()
+
+    async def _commit_before_rebalance(self) -> None:
+        """The source is about to lose partitions: write the audit records not yet written and commit the offsets
+        handled so far (nothing if decisions are still pending: those events are the new owner's to replay)."""
+        await self._final_commit()
+        log.info("committed before rebalance", commits=self.counts.commits)
 
     async def _final_commit(self, timeout_s: float = 5.0) -> None:
         """On a clean stop: flush what can be flushed and commit if nothing is pending (bounded: a broker that is

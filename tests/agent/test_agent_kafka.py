@@ -197,3 +197,61 @@ async def test_replicas_share_models_through_the_consumer_group(broker: LocalBro
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_replica_losing_partitions_commits_first_so_the_new_owner_does_not_replay(broker: LocalBroker) -> None:
+    """Agent A has handled every event but not committed (a long commit interval); agent B joins the group. Before
+    A's partitions move, A commits what it handled: B starts after it and replays nothing."""
+    kafka = kcfg(broker, commit_interval_s=3600.0)
+    t = kafka.topics
+    await ensure_topics(kafka, [t.traffic, t.gpu, t.decisions, t.dead_letter], 2)
+    cfg = agent_config(kafka)
+    now = time.time()
+    events = [(f"m{k % 4}".encode(), traffic(f"m{k % 4}", now + k * 0.001, pod=f"p{k}", arrivals=1)) for k in range(40)]
+    producer = KafkaSink(kafka)
+    await producer.start()
+
+    clock = WallClock()
+    sources = [KafkaSource(cfg.kafka, [t.traffic, t.gpu]) for _ in range(2)]
+    sinks = [KafkaSink(cfg.kafka) for _ in range(2)]
+    agents = [
+        Agent(cfg, s, SimulatedCluster(_services(cfg), clock), k, clock) for s, k in zip(sources, sinks, strict=True)
+    ]
+    started: list[Any] = []
+    tasks: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+    try:
+        for x in (sources[0], sinks[0]):
+            await x.start()
+            started.append(x)
+        tasks.append(asyncio.create_task(agents[0].run(stop)))
+        # a first batch, handled and committed (the first commit does not wait for the interval) …
+        await producer.write(t.traffic, events[:4])
+        deadline = time.monotonic() + 30
+        while agents[0].counts.events_in < 4 or agents[0].counts.commits < 1:
+            assert time.monotonic() < deadline, agents[0].counts
+            await asyncio.sleep(0.05)
+        first = agents[0].counts.commits
+        # … then the rest, handled but not committed: the next periodic commit is an hour away
+        await producer.write(t.traffic, events[4:])
+        while agents[0].counts.events_in < 40:
+            assert time.monotonic() < deadline, agents[0].counts
+            await asyncio.sleep(0.05)
+        assert agents[0].counts.commits == first
+        for x in (sources[1], sinks[1]):
+            await x.start()
+            started.append(x)
+        tasks.append(asyncio.create_task(agents[1].run(stop)))
+        deadline = time.monotonic() + 30
+        while not (sources[0].assigned() and sources[1].assigned()):
+            assert time.monotonic() < deadline, (sources[0].assigned(), sources[1].assigned())
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # B polls its partition from the committed offset
+        assert agents[0].counts.commits > first  # committed in the revocation callback
+        assert agents[1].counts.events_in == 0  # nothing replayed
+    finally:
+        stop.set()
+        await producer.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for x in started:
+            await x.stop()
