@@ -1,5 +1,5 @@
 """Fixtures for the agent's tests: the bundled tansu broker (one per test session and xdist worker) and kmock's
-Kubernetes emulator with the two test-side fixes kmock 0.8 needs (see ``_fixed_guess_k8s``)."""
+Kubernetes emulator with the two test-side fixes kmock 0.8 needs (see ``agent_k8s.fixed_guess_k8s``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from agent_k8s import K8s
+from agent_k8s import K8s, fixed_guess_k8s
 from durable_broker import s3  # noqa: F401 (the durable-storage fixture, shared with tests/profiling)
 
 from agent.broker import LocalBroker
@@ -28,23 +28,6 @@ def broker() -> Iterator[LocalBroker]:
 # -- Kubernetes: kmock's emulator ---------------------------------------------------------------------------------
 
 
-def _fixed_guess_k8s(original: Any) -> Any:
-    """kmock 0.8 gaps, fixed on the test side (private API, hence the pin): kubernetes-asyncio sends ``watch=True``
-    where kmock expects ``true``, and kmock answers PUT (``replace_*``) with 404 instead of treating it as an
-    update of the named object."""
-    from kmock._internal import enums
-
-    def guess(k8s: Any, method: Any, query: dict[str, str]) -> Any:
-        query = dict(query)
-        if "watch" in query:
-            query["watch"] = query["watch"].lower()
-        if method == enums.method.PUT and k8s.group is not None and k8s.name is not None:
-            return enums.action.UPDATE
-        return original(k8s, method, query)
-
-    return guess
-
-
 @pytest_asyncio.fixture
 async def k8s(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[K8s]:
     import importlib.metadata
@@ -53,7 +36,7 @@ async def k8s(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[K8s]:
     from kmock._internal import parsing
 
     assert importlib.metadata.version("kmock") == "0.8", "the test-side fixes below are written for kmock 0.8"
-    monkeypatch.setattr(parsing, "guess_k8s", _fixed_guess_k8s(parsing.guess_k8s))
+    monkeypatch.setattr(parsing, "guess_k8s", fixed_guess_k8s(parsing.guess_k8s))
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
         emulator: Any = emu
         emulator.resources["apps/v1/deployments"] = {}

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_asyncio
+from agent_k8s import fixed_guess_k8s
 from kubernetes_asyncio import client
 
 from agent.broker import LocalBroker
@@ -58,28 +59,13 @@ MODEL_DEPLOYMENT = {
 }
 
 
-def _fixed_guess_k8s(original: Any) -> Any:
-    """kmock 0.8 answers PUT with 404 and expects ``watch=true``; the same test-side fix as the agent's tests."""
-    from kmock._internal import enums
-
-    def guess(k8s: Any, method: Any, query: dict[str, str]) -> Any:
-        query = dict(query)
-        if "watch" in query:
-            query["watch"] = query["watch"].lower()
-        if method == enums.method.PUT and k8s.group is not None and k8s.name is not None:
-            return enums.action.UPDATE
-        return original(k8s, method, query)
-
-    return guess
-
-
 @pytest_asyncio.fixture
 async def api(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     import kmock
     from kmock._internal import parsing
 
     assert importlib.metadata.version("kmock") == "0.8"
-    monkeypatch.setattr(parsing, "guess_k8s", _fixed_guess_k8s(parsing.guess_k8s))
+    monkeypatch.setattr(parsing, "guess_k8s", fixed_guess_k8s(parsing.guess_k8s))
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
         emulator: Any = emu
         for kind in ("apps/v1/deployments", "batch/v1/jobs", "v1/pods"):
