@@ -250,13 +250,7 @@ class Engine:
             if dt > 0:
                 ready_s += ready * dt
                 gpu_s += held * frac * _after(prev_t, now, warm)
-                t_held = prev_t
-                while releases and releases[0][0] <= now:
-                    t_rel, g, mi = heappop(releases)
-                    gpus_held_s += pool.used * _after(t_held, t_rel, warm)
-                    t_held = t_rel
-                    pool.release(g, mi)
-                gpus_held_s += pool.used * _after(t_held, now, warm)
+                gpus_held_s += _held_until(pool, releases, prev_t, now, warm)
                 busy += running * dt
                 inflight += outstanding * dt
             lo, hi = prev_cut, cut[k]
@@ -334,13 +328,7 @@ class Engine:
         # Last interval: GPU held until the end of the trace; then serve or drop everything left.
         if duration > prev_t:
             gpu_s += held * self.gpu_fraction * _after(prev_t, duration, warm)
-            t_held = prev_t
-            while releases and releases[0][0] <= duration:
-                t_rel, g, mi = heappop(releases)
-                gpus_held_s += pool.used * _after(t_held, t_rel, warm)
-                t_held = t_rel
-                pool.release(g, mi)
-            gpus_held_s += pool.used * _after(t_held, duration, warm)
+            gpus_held_s += _held_until(pool, releases, prev_t, duration, warm)
         for i in np.flatnonzero(pend_cnt).tolist():
             vec.sync(i)
         for i in range(n):
@@ -574,6 +562,19 @@ def _advance(
 def _after(t0: float, t1: float, warm: float) -> float:
     """Length of ``[t0, t1)`` after the warm-up ends (``t1 - t0`` when there is none)."""
     return t1 - t0 if warm <= t0 else max(0.0, t1 - warm)
+
+
+def _held_until(pool: GpuPool, releases: list[tuple[float, int, int]], t0: float, t1: float, warm: float) -> float:
+    """GPU-seconds of whole GPUs held over ``[t0, t1)`` (after the warm-up), releasing the shares of draining
+    replicas whose batches end in it as they end."""
+    held_s = 0.0
+    t = t0
+    while releases and releases[0][0] <= t1:
+        t_rel, g, mi = heappop(releases)
+        held_s += pool.used * _after(t, t_rel, warm)
+        t = t_rel
+        pool.release(g, mi)
+    return held_s + pool.used * _after(t, t1, warm)
 
 
 def _next_event(m: _Model, now: float, arr: list[float], timeout: float) -> float:
