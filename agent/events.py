@@ -282,6 +282,7 @@ class Decoder:
                 and (ev.ready_s is None or ev.ready_s <= ev.window_s * 1.01 + 1e-6)
                 and (ev.pod in self._good_names and ev.namespace in self._good_namespaces)
                 and (known is not None or ev.model in self._good_names)
+                and ev.shadow_trial is None  # a shadow's trial id is checked on the slow path below
             ):
                 return ev  # the fast path: every check passed
             problem = (

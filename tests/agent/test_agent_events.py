@@ -200,3 +200,11 @@ def test_fuzz_numbers(arrivals: int, busy: float, t: float) -> None:
     out = DEC.traffic(raw, NOW)
     ok = 0 <= arrivals <= 1_000_000_000 and 0 <= busy <= 1.01 and NOW - 3600 <= t <= NOW + 60
     assert isinstance(out, TrafficEvent) == ok, out
+
+
+def test_a_bad_shadow_trial_name_is_rejected_even_after_the_names_were_seen() -> None:
+    """The fast path skips checks for names already seen valid; a shadow's trial id is checked every time."""
+    dec = Decoder()
+    assert isinstance(dec.traffic(dumps(good()), NOW), TrafficEvent)  # pod, model, namespace now known good
+    bad = dec.traffic(dumps(good(shadow_trial="trial 1!")), NOW)
+    assert isinstance(bad, Rejected) and "'trial 1!' is not a valid Kubernetes name" in bad.reason
