@@ -24,6 +24,16 @@ from pathlib import Path
 from types import TracebackType
 
 
+def end_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Terminate ``proc`` and reap it; kill it if it has not exited after ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class BrokerError(RuntimeError):
     """The bundled broker is missing or did not start."""
 
@@ -121,12 +131,7 @@ class LocalBroker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, timeout_s)
         if proc.stdout is not None:
             with contextlib.suppress(OSError):
                 proc.stdout.close()

@@ -26,7 +26,7 @@ from types import TracebackType
 
 import pytest
 
-from agent.broker import LocalBroker
+from agent.broker import LocalBroker, end_process
 
 BUCKET = "tansu"
 # Any key pair: weed mini started without credentials in its environment accepts every request; tansu signs anyway.
@@ -179,12 +179,7 @@ class SeaweedS3:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, timeout_s)
         # the one socket weed mini cannot be told to put elsewhere (left behind when it is killed): ours by its port
         with contextlib.suppress(OSError):
             Path(f"/tmp/seaweedfs-admin-grpc-{self.admin_grpc}.sock").unlink(missing_ok=True)
