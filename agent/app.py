@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent.clock import WallClock
-from agent.config import (
+from shadowscale.agent.clock import WallClock
+from shadowscale.agent.config import (
     AgentConfig,
     ConfigError,
     drift_settings,
@@ -26,21 +26,21 @@ from agent.config import (
     planner_settings,
     profiling_plans_raw,
 )
-from agent.http import HttpServer, make_app
-from agent.kafka import KafkaSink, KafkaSource, ensure_topics
-from agent.logs import configure
-from agent.loop import Agent
-from agent.metrics import Metrics
-from agent.profiling.book import ProfileBook
-from agent.profiling.store import KafkaProfileStore
-from agent.tasks import guarded
-from policies.ports import Actuator, Clock
-from policies.profiling.drift import Drift, RetrialSettings
+from shadowscale.agent.http import HttpServer, make_app
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+from shadowscale.agent.logs import configure
+from shadowscale.agent.loop import Agent
+from shadowscale.agent.metrics import Metrics
+from shadowscale.agent.profiling.book import ProfileBook
+from shadowscale.agent.profiling.store import KafkaProfileStore
+from shadowscale.agent.tasks import guarded
+from shadowscale.policies.ports import Actuator, Clock
+from shadowscale.policies.profiling.drift import Drift, RetrialSettings
 
 if TYPE_CHECKING:
-    from agent.profiling.service import Annotations, ProfilingService
-    from agent.profiling.shadow import ShadowTrialRunner
-    from policies.profiling.ports import TrialRunner
+    from shadowscale.agent.profiling.service import Annotations, ProfilingService
+    from shadowscale.agent.profiling.shadow import ShadowTrialRunner
+    from shadowscale.policies.profiling.ports import TrialRunner
 
 log = structlog.get_logger("shadowscale.app")
 
@@ -77,7 +77,7 @@ async def serve(
                     raise ConfigError("actuator.kind simulated needs the simulated cluster (run it via `shadowscale`)")
                 actuator = simulated(cfg, clock)
             else:
-                from agent.kube import KubeActuator, api_client
+                from shadowscale.agent.kube import KubeActuator, api_client
 
                 api = await api_client(cfg.actuator.kubernetes)
                 closers.append(api.close)
@@ -102,8 +102,8 @@ async def serve(
         metrics = Metrics()
         leader = None
         if cfg.leader_election.enabled:
-            from agent.kube import api_client
-            from agent.leader import LeaderElector
+            from shadowscale.agent.kube import api_client
+            from shadowscale.agent.leader import LeaderElector
 
             if api is None:
                 api = await api_client(cfg.actuator.kubernetes)
@@ -131,7 +131,7 @@ async def serve(
             )
         if cfg.profiling.enabled and profiles is not None:
             if cfg.profiling.runner == "shadow" and api is None:
-                from agent.kube import api_client
+                from shadowscale.agent.kube import api_client
 
                 api = await api_client(cfg.actuator.kubernetes)
                 closers.append(api.close)
@@ -148,8 +148,8 @@ async def serve(
             )
             tasks.append(guarded(service.run(stop), "profiling", stop))
         if cfg.scheduler.enabled:
-            from agent.kube import api_client
-            from agent.scheduler import SecondaryScheduler
+            from shadowscale.agent.kube import api_client
+            from shadowscale.agent.scheduler import SecondaryScheduler
 
             if api is None:
                 api = await api_client(cfg.actuator.kubernetes)
@@ -228,13 +228,13 @@ async def open_profiling(
     The shadow runner is entered through :func:`~agent.profiling.live.shadow_profiling` (results consumer, start-up
     cleanup of orphaned shadows); the service is stopped before it, so searches cancelled at stop tear their
     shadows down while the Kubernetes client is still open."""
-    from agent.profiling.driver import DriverSettings
-    from agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
+    from shadowscale.agent.profiling.driver import DriverSettings
+    from shadowscale.agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
 
     p = cfg.profiling
     runner: TrialRunner
     if p.runner == "local":
-        from agent.profiling.local import LocalSettings, LocalTrialRunner
+        from shadowscale.agent.profiling.local import LocalSettings, LocalTrialRunner
 
         lc = p.local
         runner = LocalTrialRunner(
@@ -284,9 +284,9 @@ async def _shadow_runner(
 ) -> ShadowTrialRunner:
     import msgspec
 
-    from agent.profiling.live import shadow_profiling
-    from agent.profiling.loadgen import LoadPlan, RequestShape
-    from agent.profiling.shadow import ShadowSettings, Workload
+    from shadowscale.agent.profiling.live import shadow_profiling
+    from shadowscale.agent.profiling.loadgen import LoadPlan, RequestShape
+    from shadowscale.agent.profiling.shadow import ShadowSettings, Workload
 
     p = cfg.profiling
     sh = p.shadow

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # keep `shadowscale --help` from importing Kafka and HTTP libraries
-    from agent.app import ActuatorFactory
+    from shadowscale.agent.app import ActuatorFactory
 
 
 def register(sub: argparse._SubParsersAction[Any], simulated: ActuatorFactory | None = None) -> None:
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction[Any], simulated: ActuatorFactory | 
 
 
 def main(args: argparse.Namespace, simulated: ActuatorFactory | None) -> int:
-    from agent.app import run
-    from agent.config import load_config
+    from shadowscale.agent.app import run
+    from shadowscale.agent.config import load_config
 
     cfg = load_config(args.config)
     if args.check:

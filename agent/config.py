@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 import yaml
 
-from policies.profiling.drift import DriftSettings
+from shadowscale.policies.profiling.drift import DriftSettings
 
 if TYPE_CHECKING:  # the planner imports scikit-optimize: loaded only when profiling is configured
-    from policies.profiling.objective import Objective
-    from policies.profiling.planner import PlannerSettings
-    from policies.profiling.space import SearchSpace
+    from shadowscale.policies.profiling.objective import Objective
+    from shadowscale.policies.profiling.planner import PlannerSettings
+    from shadowscale.policies.profiling.space import SearchSpace
 
 ENV_PREFIX = "SHADOWSCALE_AGENT__"
 LIVE_POLICIES = ("hpa", "keda", "kpa", "shadowscale")
@@ -356,7 +356,7 @@ def _check(cfg: AgentConfig) -> None:
         if m.min_replicas > m.max_replicas:
             raise ConfigError(f"model {m.name!r}: min_replicas {m.min_replicas} > max_replicas {m.max_replicas}")
     if cfg.scheduler.enabled:
-        from policies.placement import UnknownPolicyError, canonical_name
+        from shadowscale.policies.placement import UnknownPolicyError, canonical_name
 
         try:
             canonical_name(cfg.scheduler.policy)
@@ -401,7 +401,7 @@ def _check_profiling(cfg: AgentConfig) -> None:
         if not m.path.startswith("/"):
             raise ConfigError(f"profiling.models.{name}.path must start with '/', got {m.path!r}")
         if m.shape is not None:
-            from agent.profiling.loadgen import RequestShape
+            from shadowscale.agent.profiling.loadgen import RequestShape
 
             try:
                 msgspec.convert(m.shape, RequestShape)
@@ -432,7 +432,7 @@ def model_profiling(p: ProfilingConfig, model: str) -> ModelProfilingConfig:
 
 def planner_settings(p: ProfilingConfig) -> PlannerSettings:
     """The planner's settings from ``profiling.planner`` (raises ``ValueError`` naming a bad field)."""
-    from policies.profiling.planner import PlannerSettings
+    from shadowscale.policies.profiling.planner import PlannerSettings
 
     return PlannerSettings(**msgspec.structs.asdict(p.planner))
 
@@ -446,7 +446,7 @@ def profiling_plans(cfg: AgentConfig) -> dict[str, tuple[SearchSpace, Objective]
 
 def profiling_plans_raw(cfg: AgentConfig) -> dict[str, tuple[SearchSpace, Objective, dict[str, Any]]]:
     """:func:`profiling_plans` with the mapping each was parsed from (workload annotations are applied to it)."""
-    from policies.profiling.config import objective_from_config, space_from_config
+    from shadowscale.policies.profiling.config import objective_from_config, space_from_config
 
     p = cfg.profiling
     out: dict[str, tuple[SearchSpace, Objective, dict[str, Any]]] = {}

@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.config import AgentConfig
-from agent.events import TrafficEvent
-from agent.guards import Guards, Proposal
-from agent.windows import Windows
-from policies.ports import WorkloadState
-from policies.scaling import Decisions, ScalingPolicy, Signals, make_policy
-from policies.types import ModelProfile, ServiceConfig
+from shadowscale.agent.config import AgentConfig
+from shadowscale.agent.events import TrafficEvent
+from shadowscale.agent.guards import Guards, Proposal
+from shadowscale.agent.windows import Windows
+from shadowscale.policies.ports import WorkloadState
+from shadowscale.policies.scaling import Decisions, ScalingPolicy, Signals, make_policy
+from shadowscale.policies.types import ModelProfile, ServiceConfig
 
 Trigger = Literal["event", "tick"]
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.config import GuardConfig
+from shadowscale.agent.config import GuardConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from agent.loop import Agent
+from shadowscale.agent.loop import Agent
 
 
 def make_app(agent: Agent, alive: Callable[[], bool], stale_s: float = 30.0) -> web.Application:

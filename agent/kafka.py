@@ -38,8 +38,8 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from agent.config import KafkaConfig
-from policies.ports import Position, RecordBatch
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.policies.ports import Position, RecordBatch
 
 log = structlog.get_logger("shadowscale.kafka")
 

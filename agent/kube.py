@@ -30,9 +30,9 @@ import aiohttp
 import structlog
 from kubernetes_asyncio import client, config
 
-from agent.config import KubernetesConfig, ModelConfig
-from agent.tasks import guarded
-from policies.ports import ScaleResult, WorkloadState
+from shadowscale.agent.config import KubernetesConfig, ModelConfig
+from shadowscale.agent.tasks import guarded
+from shadowscale.policies.ports import ScaleResult, WorkloadState
 
 log = structlog.get_logger("shadowscale.kubernetes")
 

@@ -23,8 +23,8 @@ import aiohttp
 import structlog
 from kubernetes_asyncio import client
 
-from agent.config import LeaderConfig
-from agent.kube import KubeError, _json
+from shadowscale.agent.config import LeaderConfig
+from shadowscale.agent.kube import KubeError, _json
 
 log = structlog.get_logger("shadowscale.leader")
 

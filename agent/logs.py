@@ -8,7 +8,7 @@ from typing import TextIO
 
 import structlog
 
-from agent.config import LogConfig
+from shadowscale.agent.config import LogConfig
 
 
 def configure(cfg: LogConfig, file: TextIO | None = None) -> None:

@@ -28,12 +28,12 @@ from typing import TextIO
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.core import DecisionCore, Plan
-from agent.events import DecisionRecord, Decoder, GpuEvent, Rejected, TrafficEvent, dead_letter, encode
-from agent.metrics import Metrics
-from agent.profiling.book import ProfileBook
-from policies.ports import Actuator, AuditSink, Clock, EventSource, Position, RecordBatch, ScaleResult
+from shadowscale.agent.config import AgentConfig
+from shadowscale.agent.core import DecisionCore, Plan
+from shadowscale.agent.events import DecisionRecord, Decoder, GpuEvent, Rejected, TrafficEvent, dead_letter, encode
+from shadowscale.agent.metrics import Metrics
+from shadowscale.agent.profiling.book import ProfileBook
+from shadowscale.policies.ports import Actuator, AuditSink, Clock, EventSource, Position, RecordBatch, ScaleResult
 
 log = structlog.get_logger("shadowscale.agent")
 

@@ -48,12 +48,12 @@ import numpy as np
 import structlog
 from kubernetes_asyncio import client
 
-from agent.config import KubernetesConfig, SchedulerConfig
-from agent.kube import KubeError, _json, list_and_watch
-from policies.placement import make_policy
-from policies.placement.cluster import PodRequest
-from policies.placement.defrag import BoundPod, DefragPlan, plan_defrag
-from policies.placement.scheduler import (
+from shadowscale.agent.config import KubernetesConfig, SchedulerConfig
+from shadowscale.agent.kube import KubeError, _json, list_and_watch
+from shadowscale.policies.placement import make_policy
+from shadowscale.policies.placement.cluster import PodRequest
+from shadowscale.policies.placement.defrag import BoundPod, DefragPlan, plan_defrag
+from shadowscale.policies.placement.scheduler import (
     HAMI_USE_GPUUUID,
     Binding,
     ClusterView,

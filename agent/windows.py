@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.events import GpuEvent, TrafficEvent
-from policies.types import FloatArray, IntArray
+from shadowscale.agent.events import GpuEvent, TrafficEvent
+from shadowscale.policies.types import FloatArray, IntArray
 
 
 class _Pod:

@@ -26,13 +26,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.config import AgentConfig, KafkaConfig, parse_config
-from agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.agent.config import AgentConfig, KafkaConfig, parse_config
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
 
 if TYPE_CHECKING:  # the Kafka client is imported only when the benchmark runs
-    from agent.kafka import KafkaSource
-    from policies.ports import Position, RecordBatch, ScaleResult, WorkloadState
-    from simulators.actuator import SimulatedCluster
+    from shadowscale.agent.kafka import KafkaSource
+    from shadowscale.policies.ports import Position, RecordBatch, ScaleResult, WorkloadState
+    from shadowscale.simulators.actuator import SimulatedCluster
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.models < args.steps or args.ingest_events < 1 or args.background < 0:
         raise ValueError("need --steps >= 1, --models >= --steps, --ingest-events >= 1, --background >= 0")
-    from agent.config import LogConfig
-    from agent.logs import configure
+    from shadowscale.agent.config import LogConfig
+    from shadowscale.agent.logs import configure
 
     configure(LogConfig(level="error", format="json"))  # stdout carries the JSON result only
     print(json.dumps(asyncio.run(run(args))))
@@ -187,7 +187,7 @@ def _background(
     """Child process: produce ``rate`` events/s round-robin over the models until ``stop`` is set; report how many
     it sent and over how long."""
 
-    from agent.kafka import KafkaSink
+    from shadowscale.agent.kafka import KafkaSink
 
     async def go() -> None:
         cfg = parse_config({"models": [{"name": "x", "capacity_rps": 1}], "kafka": {"bootstrap": bootstrap}}).kafka
@@ -223,7 +223,7 @@ def _background(
 
 async def produce_ingest(kafka: KafkaConfig, topic: str, n: int, models: int) -> tuple[int, int]:
     """Produce ``n`` events (one in 200 malformed); return (events, malformed)."""
-    from agent.kafka import KafkaSink
+    from shadowscale.agent.kafka import KafkaSink
 
     sink = KafkaSink(kafka, linger_ms=5)
     await sink.start()
@@ -250,13 +250,13 @@ async def produce_ingest(kafka: KafkaConfig, topic: str, n: int, models: int) ->
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from agent.broker import LocalBroker
-    from agent.clock import WallClock
-    from agent.core import services_of
-    from agent.kafka import KafkaSink, KafkaSource, ensure_topics
-    from agent.loop import Agent
-    from agent.tasks import guarded
-    from simulators.actuator import SimulatedCluster
+    from shadowscale.agent.broker import LocalBroker
+    from shadowscale.agent.clock import WallClock
+    from shadowscale.agent.core import services_of
+    from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+    from shadowscale.agent.loop import Agent
+    from shadowscale.agent.tasks import guarded
+    from shadowscale.simulators.actuator import SimulatedCluster
 
     with LocalBroker() as broker:
         cfg = bench_config(broker.bootstrap, args.models)

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    from benchmarks import agent, placement, profiler, simulator
+    from shadowscale.benchmarks import agent, placement, profiler, simulator
 
     parser = sub.add_parser("bench", help="run a benchmark and print JSON", description=__doc__)
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.placement import (
+from shadowscale.policies.placement import (
     POLICY_NAMES,
     ClusterSpec,
     ClusterState,
@@ -52,8 +52,8 @@ from policies.placement import (
     make_policy,
     task_classes,
 )
-from policies.placement.cluster import FloatArray, IntArray
-from policies.placement.defrag import DEFAULT_MAX_MOVES, BoundTable, apply_plan, plan_defrag, release
+from shadowscale.policies.placement.cluster import FloatArray, IntArray
+from shadowscale.policies.placement.defrag import DEFAULT_MAX_MOVES, BoundTable, apply_plan, plan_defrag, release
 
 TRACE = "alibaba-gpu-v2023"
 NODE_FILE = "openb_node_list_gpu_node.csv"

@@ -48,13 +48,13 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
 
-from policies.profiling.objective import CostTerm, Objective, Pricing
-from policies.profiling.planner import PlannerSettings, Search
-from policies.profiling.replay import Measured, ReplayRunner
-from policies.profiling.skopt_adapter import DefaultGP, Encoder, FloatArray
-from policies.profiling.space import Categorical, Dimension, Levels, Point, SearchSpace, Value
-from policies.profiling.transfer import SourceProfile, TransferPrior, fit_source
-from policies.profiling.types import Observation, Trial
+from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
+from shadowscale.policies.profiling.planner import PlannerSettings, Search
+from shadowscale.policies.profiling.replay import Measured, ReplayRunner
+from shadowscale.policies.profiling.skopt_adapter import DefaultGP, Encoder, FloatArray
+from shadowscale.policies.profiling.space import Categorical, Dimension, Levels, Point, SearchSpace, Value
+from shadowscale.policies.profiling.transfer import SourceProfile, TransferPrior, fit_source
+from shadowscale.policies.profiling.types import Observation, Trial
 
 METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "gp", "random")
 DATASETS: tuple[str, ...] = ("llm-inference-bench", "gpulet", "infadapter")

@@ -13,9 +13,9 @@ import json
 import time
 from typing import Any
 
-from simulators.engine import SimConfig
-from simulators.run import run_policy
-from simulators.traces import load_trace
+from shadowscale.simulators.engine import SimConfig
+from shadowscale.simulators.run import run_policy
+from shadowscale.simulators.traces import load_trace
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:

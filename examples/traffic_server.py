@@ -16,7 +16,7 @@ import random
 import time
 from typing import Any
 
-from agent.producers.sdk import TrafficMiddleware, TrafficReporter
+from shadowscale.agent.producers.sdk import TrafficMiddleware, TrafficReporter
 
 reporter = TrafficReporter(
     os.environ.get("MODEL", "echo"), bootstrap=os.environ.get("SHADOWSCALE_BOOTSTRAP", "127.0.0.1:9092")

@@ -19,11 +19,11 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from agent import cli as agent_cli
-    from agent.profiling import loadgen
-    from benchmarks import cli as bench_cli
     from shadowscale import replay
-    from simulators import cli as sim_cli
+    from shadowscale.agent import cli as agent_cli
+    from shadowscale.agent.profiling import loadgen
+    from shadowscale.benchmarks import cli as bench_cli
+    from shadowscale.simulators import cli as sim_cli
 
     parser = argparse.ArgumentParser(
         prog="shadowscale",

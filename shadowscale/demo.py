@@ -26,18 +26,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from agent.broker import LocalBroker
-from agent.clock import ScaledClock
-from agent.config import AgentConfig, LogConfig, parse_config
-from agent.kafka import KafkaSink, KafkaSource, ensure_topics
-from agent.logs import configure
-from agent.loop import Agent
-from agent.tasks import guarded
-from policies.scaling import make_policy
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.clock import ScaledClock
+from shadowscale.agent.config import AgentConfig, LogConfig, parse_config
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+from shadowscale.agent.logs import configure
+from shadowscale.agent.loop import Agent
+from shadowscale.agent.tasks import guarded
+from shadowscale.policies.scaling import make_policy
 from shadowscale.replay import Replayer
-from simulators.actuator import SimulatedCluster
-from simulators.traces import load_trace
-from simulators.workload import Workload
+from shadowscale.simulators.actuator import SimulatedCluster
+from shadowscale.simulators.traces import load_trace
+from shadowscale.simulators.workload import Workload
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

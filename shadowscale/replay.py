@@ -26,20 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import AgentConfig
-from agent.events import TRAFFIC_V1, TrafficEvent, encode
-from agent.producers.cli import register_gpu
-from policies.ports import Actuator, Clock
-from simulators.actuator import SimulatedCluster
-from simulators.cli import positive_float, positive_int
-from simulators.workload import Workload
+from shadowscale.agent.config import AgentConfig
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.agent.producers.cli import register_gpu
+from shadowscale.policies.ports import Actuator, Clock
+from shadowscale.simulators.actuator import SimulatedCluster
+from shadowscale.simulators.cli import positive_float, positive_int
+from shadowscale.simulators.workload import Workload
 
 Send = Callable[[Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
 
 
 def simulated_cluster(cfg: AgentConfig, clock: Clock) -> Actuator:
     """The agent's embedded default actuator: a simulated cluster of the configured models."""
-    from agent.core import services_of
+    from shadowscale.agent.core import services_of
 
     services = [replace(s, cold_start_s=cfg.actuator.cold_start_s) for s in services_of(cfg)]
     return SimulatedCluster(services, clock)
@@ -171,10 +171,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def replay_main(args: argparse.Namespace) -> int:
-    from agent.clock import WallClock
-    from agent.config import parse_config
-    from agent.kafka import KafkaSink, KafkaUnavailable, ensure_topics
-    from simulators.traces import load_trace
+    from shadowscale.agent.clock import WallClock
+    from shadowscale.agent.config import parse_config
+    from shadowscale.agent.kafka import KafkaSink, KafkaUnavailable, ensure_topics
+    from shadowscale.simulators.traces import load_trace
 
     if not args.bootstrap.strip() or ":" not in args.bootstrap:
         raise ValueError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")

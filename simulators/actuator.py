@@ -20,8 +20,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from policies.ports import Clock, ScaleResult, WorkloadState
-from policies.types import ServiceConfig
+from shadowscale.policies.ports import Clock, ScaleResult, WorkloadState
+from shadowscale.policies.types import ServiceConfig
 
 
 @dataclass(frozen=True, slots=True)

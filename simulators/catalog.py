@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.types import FloatArray, ModelProfile
+from shadowscale.policies.types import FloatArray, ModelProfile
 
 # ----------------------------------------------------------------------------------------------------
 # constants

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from policies.scaling import POLICY_NAMES, parse_policies
-from simulators.engine import SimConfig
-from simulators.report import plot, timeseries, write_summary, write_timeseries
-from simulators.run import run_policies, summarize
-from simulators.traces import TRACE_NAMES, load_trace
+from shadowscale.policies.scaling import POLICY_NAMES, parse_policies
+from shadowscale.simulators.engine import SimConfig
+from shadowscale.simulators.report import plot, timeseries, write_summary, write_timeseries
+from shadowscale.simulators.run import run_policies, summarize
+from shadowscale.simulators.traces import TRACE_NAMES, load_trace
 
 DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle,shadowscale"
 
@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
         plot(out, results, workload.name)
     extra: dict[str, Any] = {}
     if args.sweep:
-        from simulators.sweep import compare, plot_sweep, run_sweep
+        from shadowscale.simulators.sweep import compare, plot_sweep, run_sweep
 
         with Progress(
             TextColumn("{task.description:>8}"),

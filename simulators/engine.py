@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.scaling.base import ScalingPolicy, Signals
-from policies.types import FloatArray, IntArray, ServiceConfig
-from simulators.cluster import Replicas
-from simulators.gpus import GpuPool, to_milli
+from shadowscale.policies.scaling.base import ScalingPolicy, Signals
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.simulators.cluster import Replicas
+from shadowscale.simulators.gpus import GpuPool, to_milli
 
 INF = math.inf
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.scaling.base import ScalingPolicy, Signals
-from policies.types import FloatArray, IntArray, ServiceConfig
-from simulators.cluster import Replicas
-from simulators.engine import SimConfig, SimResult
+from shadowscale.policies.scaling.base import ScalingPolicy, Signals
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.simulators.cluster import Replicas
+from shadowscale.simulators.engine import SimConfig, SimResult
 
 _DONE, _END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE = range(8)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from policies.types import FloatArray
-from simulators.engine import SimResult
-from simulators.run import PolicySummary
-from simulators.workload import Workload
+from shadowscale.policies.types import FloatArray
+from shadowscale.simulators.engine import SimResult
+from shadowscale.simulators.run import PolicySummary
+from shadowscale.simulators.workload import Workload
 
 BIN_S = 60.0
 COLUMNS = ("t_s", "arrivals_per_s", "replicas", "ready_replicas", "gpus", "slo_attainment", "dropped")

@@ -8,12 +8,19 @@ from typing import Any
 
 import numpy as np
 
-from policies.scaling import ORACLE_BIN_S, RIGHT_SIZED_POLICIES, Demand, Oracle, make_policy, oracle_schedule
-from policies.scaling.base import ScalingPolicy
-from policies.scaling.rightsize import right_size
-from policies.types import FloatArray
-from simulators.engine import Engine, SimConfig, SimResult
-from simulators.workload import Workload
+from shadowscale.policies.scaling import (
+    ORACLE_BIN_S,
+    RIGHT_SIZED_POLICIES,
+    Demand,
+    Oracle,
+    make_policy,
+    oracle_schedule,
+)
+from shadowscale.policies.scaling.base import ScalingPolicy
+from shadowscale.policies.scaling.rightsize import right_size
+from shadowscale.policies.types import FloatArray
+from shadowscale.simulators.engine import Engine, SimConfig, SimResult
+from shadowscale.simulators.workload import Workload
 
 ORACLE_REFINE_PASSES = 4
 """How often the oracle adds a replica to the bins where it still missed the SLO before settling."""

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulators.engine import SimConfig
-from simulators.run import right_sized, run_policy, summarize
-from simulators.workload import Workload
+from shadowscale.simulators.engine import SimConfig
+from shadowscale.simulators.run import right_sized, run_policy, summarize
+from shadowscale.simulators.workload import Workload
 
 KNOBS: dict[str, tuple[float, ...]] = {
     "hpa": (0.1, 0.2, 0.3, 0.5, 0.7, 0.9),  # target GPU utilization (down to 0.1: its frontier must reach 99.9 %)

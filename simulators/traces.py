@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.types import FloatArray, IntArray, ModelProfile, ServiceConfig
-from simulators.catalog import (
+from shadowscale.policies.types import FloatArray, IntArray, ModelProfile, ServiceConfig
+from shadowscale.simulators.catalog import (
     Catalog,
     DataError,
     column_index,
@@ -45,7 +45,7 @@ from simulators.catalog import (
     read_csv,
     read_text,
 )
-from simulators.workload import Workload, make_workload
+from shadowscale.simulators.workload import Workload, make_workload
 
 TRACE_NAMES: tuple[str, ...] = (
     "azure-functions-2019",

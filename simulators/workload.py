@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 
 def _read_only(*arrays: npt.NDArray[Any]) -> None:

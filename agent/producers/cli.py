@@ -41,7 +41,7 @@ def register_gpu(psub: argparse._SubParsersAction[Any]) -> None:
 
 
 def gpu_main(args: argparse.Namespace) -> int:
-    from agent.producers.gpu import NvmlReader, NvmlUnavailable, load_nvml
+    from shadowscale.agent.producers.gpu import NvmlReader, NvmlUnavailable, load_nvml
 
     bootstrap = str(args.bootstrap).strip()
     if not bootstrap or ":" not in bootstrap:
@@ -63,10 +63,10 @@ def run_gpu(args: argparse.Namespace, reader: Any) -> int:
 
     import msgspec
 
-    from agent.config import KafkaConfig, LogConfig, load_config
-    from agent.kafka import KafkaSink, KafkaUnavailable, ensure_topics
-    from agent.logs import configure
-    from agent.producers.gpu import (
+    from shadowscale.agent.config import KafkaConfig, LogConfig, load_config
+    from shadowscale.agent.kafka import KafkaSink, KafkaUnavailable, ensure_topics
+    from shadowscale.agent.logs import configure
+    from shadowscale.agent.producers.gpu import (
         GpuExporter,
         KubePodIndex,
         cgroup_pod_lookup,

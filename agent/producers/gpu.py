@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.events import GPU_V1, GpuEvent, GpuPod, encode
+from shadowscale.agent.events import GPU_V1, GpuEvent, GpuPod, encode
 
 log = structlog.get_logger("shadowscale.gpu")
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import structlog
 
-from agent.config import KafkaConfig
-from agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
 
 log = structlog.get_logger("shadowscale.sdk")
 
@@ -300,7 +300,7 @@ class TrafficReporter(TrafficRecorder):
 
     async def _publisher(self, wake: asyncio.Event, final: asyncio.Event) -> None:
         """Publish pending windows after each wake-up; an unreachable broker is retried with back-off."""
-        from agent.kafka import KafkaSink
+        from shadowscale.agent.kafka import KafkaSink
 
         sink: KafkaSink | None = None
         delay = 0.0

@@ -30,11 +30,18 @@ from dataclasses import replace
 
 import structlog
 
-from agent.core import DecisionCore
-from policies.profiling.codec import StoredProfile
-from policies.profiling.drift import Drift, DriftState, DriftVerdict, DriftWindow, RetrialPlanner, RetrialSettings
-from policies.profiling.ports import ProfileStore
-from policies.types import FloatArray
+from shadowscale.agent.core import DecisionCore
+from shadowscale.policies.profiling.codec import StoredProfile
+from shadowscale.policies.profiling.drift import (
+    Drift,
+    DriftState,
+    DriftVerdict,
+    DriftWindow,
+    RetrialPlanner,
+    RetrialSettings,
+)
+from shadowscale.policies.profiling.ports import ProfileStore
+from shadowscale.policies.types import FloatArray
 
 log = structlog.get_logger("shadowscale.profiles")
 

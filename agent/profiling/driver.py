@@ -22,10 +22,10 @@ from typing import Any
 
 import structlog
 
-from policies.profiling.planner import Search
-from policies.profiling.ports import TrialRunner
-from policies.profiling.space import Point
-from policies.profiling.types import Profile, Trial, TrialResult
+from shadowscale.policies.profiling.planner import Search
+from shadowscale.policies.profiling.ports import TrialRunner
+from shadowscale.policies.profiling.space import Point
+from shadowscale.policies.profiling.types import Profile, Trial, TrialResult
 
 log = structlog.get_logger("shadowscale.profiling")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 
-from agent.config import KafkaConfig
-from agent.profiling.results import KafkaTrialResults
-from agent.profiling.shadow import ShadowSettings, ShadowTrialRunner, Workload
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.profiling.results import KafkaTrialResults
+from shadowscale.agent.profiling.shadow import ShadowSettings, ShadowTrialRunner, Workload
 
 log = structlog.get_logger("shadowscale.profiling")
 

@@ -40,9 +40,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import KafkaConfig
-from agent.events import NAME_RE, NAMESPACE_RE, TRIAL_RESULT_V1, TrialResultEvent, TrialStep, encode
-from agent.profiling.loadtest import Capacity, Step, arrivals, find_capacity, probe
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import NAME_RE, NAMESPACE_RE, TRIAL_RESULT_V1, TrialResultEvent, TrialStep, encode
+from shadowscale.agent.profiling.loadtest import Capacity, Step, arrivals, find_capacity, probe
 
 SHAPE_ENV = "SHADOWSCALE_LOADGEN_SHAPE"
 TRIAL_ENV = "SHADOWSCALE_TRIAL_ID"
@@ -399,7 +399,7 @@ async def measure_trial(
 
 async def publish(event: TrialResultEvent, kafka: KafkaConfig, topic: str, timeout_s: float = 60.0) -> None:
     """Publish ``event`` keyed by its trial id, retrying an unreachable broker with back-off for ``timeout_s``."""
-    from agent.kafka import KafkaSink, KafkaUnavailable
+    from shadowscale.agent.kafka import KafkaSink, KafkaUnavailable
 
     deadline = time.monotonic() + timeout_s
     delay = 0.5
@@ -518,7 +518,7 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
     if not args.publish_timeout_s > 0:
         raise ValueError(f"--publish-timeout-s must be positive, got {args.publish_timeout_s}")
     if args.config:
-        from agent.config import load_config
+        from shadowscale.agent.config import load_config
 
         kafka = load_config(Path(args.config)).kafka
     else:
@@ -571,7 +571,7 @@ def _security(kafka: KafkaConfig, args: argparse.Namespace, environ: Mapping[str
 
 async def run(inv: Invocation) -> int:
     """Measure, print the result on stdout, publish it; the exit status (see the module doc)."""
-    from agent.kafka import KafkaUnavailable
+    from shadowscale.agent.kafka import KafkaUnavailable
 
     event = await measure_trial(
         inv.target,

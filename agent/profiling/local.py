@@ -20,10 +20,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.profiling.loadtest import Step, find_capacity, probe
-from policies.profiling.types import Trial, TrialResult, TrialStatus
+from shadowscale.agent.profiling.loadtest import Step, find_capacity, probe
+from shadowscale.policies.profiling.types import Trial, TrialResult, TrialStatus
 
-SERVER = (sys.executable, "-m", "agent.profiling.server")
+SERVER = (sys.executable, "-m", "shadowscale.agent.profiling.server")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 
-from agent.config import KafkaConfig
-from agent.events import Rejected, TrialResultEvent, decode_trial_result
-from agent.kafka import KafkaTail, ensure_topics
-from policies.profiling.types import TrialResult, TrialStatus
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import Rejected, TrialResultEvent, decode_trial_result
+from shadowscale.agent.kafka import KafkaTail, ensure_topics
+from shadowscale.policies.profiling.types import TrialResult, TrialStatus
 
 log = structlog.get_logger("shadowscale.profiling.results")
 

@@ -38,18 +38,18 @@ from typing import Any
 
 import structlog
 
-from agent.metrics import Metrics
-from agent.profiling.book import ProfileBook
-from agent.profiling.driver import DriverSettings, TrialGate, run_search
-from policies.ports import Clock
-from policies.profiling.codec import StoredProfile
-from policies.profiling.config import ANNOTATION_PREFIX, apply_annotations
-from policies.profiling.objective import Objective
-from policies.profiling.planner import PlannerSettings, Search
-from policies.profiling.ports import TrialRunner
-from policies.profiling.skopt_adapter import Encoder
-from policies.profiling.space import SearchSpace
-from policies.profiling.transfer import SourceModel, SourceProfile, fit_source
+from shadowscale.agent.metrics import Metrics
+from shadowscale.agent.profiling.book import ProfileBook
+from shadowscale.agent.profiling.driver import DriverSettings, TrialGate, run_search
+from shadowscale.policies.ports import Clock
+from shadowscale.policies.profiling.codec import StoredProfile
+from shadowscale.policies.profiling.config import ANNOTATION_PREFIX, apply_annotations
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.planner import PlannerSettings, Search
+from shadowscale.policies.profiling.ports import TrialRunner
+from shadowscale.policies.profiling.skopt_adapter import Encoder
+from shadowscale.policies.profiling.space import SearchSpace
+from shadowscale.policies.profiling.transfer import SourceModel, SourceProfile, fit_source
 
 log = structlog.get_logger("shadowscale.profiling")
 

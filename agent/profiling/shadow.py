@@ -42,7 +42,7 @@ import msgspec
 import structlog
 from kubernetes_asyncio import client
 
-from agent.profiling.loadgen import (
+from shadowscale.agent.profiling.loadgen import (
     DEFAULT_TOPIC,
     SASL_PASSWORD_ENV,
     SASL_USERNAME_ENV,
@@ -52,7 +52,7 @@ from agent.profiling.loadgen import (
     RequestShape,
     shape_json,
 )
-from policies.profiling.types import Trial, TrialResult
+from shadowscale.policies.profiling.types import Trial, TrialResult
 
 log = structlog.get_logger("shadowscale.profiling.shadow")
 

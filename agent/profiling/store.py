@@ -35,9 +35,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from agent.config import KafkaConfig
-from agent.kafka import KafkaUnavailable, _security
-from policies.profiling.codec import MAX_BYTES, ProfileDecodeError, StoredProfile, decode_profile, encode_profile
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.kafka import KafkaUnavailable, _security
+from shadowscale.policies.profiling.codec import (
+    MAX_BYTES,
+    ProfileDecodeError,
+    StoredProfile,
+    decode_profile,
+    encode_profile,
+)
 
 log = structlog.get_logger("shadowscale.profiles")
 

@@ -10,24 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from policies.placement.base import PlacementPolicy, select
-from policies.placement.bestfit import BestFit
-from policies.placement.cluster import (
+from shadowscale.policies.placement.base import PlacementPolicy, select
+from shadowscale.policies.placement.bestfit import BestFit
+from shadowscale.policies.placement.cluster import (
     MILLI,
     ClusterSpec,
     ClusterState,
     Placement,
     PodRequest,
 )
-from policies.placement.dotprod import DotProd
-from policies.placement.feasible import Candidates, candidates, feasible_nodes
-from policies.placement.fgd import FGD
-from policies.placement.frag import FragMemo, fragmentation_rate, node_fragmentation
-from policies.placement.gpuclustering import GpuClustering
-from policies.placement.gpupacking import GpuPacking
-from policies.placement.random_fit import RandomFit
-from policies.placement.shadowscale import Shadowscale
-from policies.placement.workload import TaskClasses, task_classes
+from shadowscale.policies.placement.dotprod import DotProd
+from shadowscale.policies.placement.feasible import Candidates, candidates, feasible_nodes
+from shadowscale.policies.placement.fgd import FGD
+from shadowscale.policies.placement.frag import FragMemo, fragmentation_rate, node_fragmentation
+from shadowscale.policies.placement.gpuclustering import GpuClustering
+from shadowscale.policies.placement.gpupacking import GpuPacking
+from shadowscale.policies.placement.random_fit import RandomFit
+from shadowscale.policies.placement.shadowscale import Shadowscale
+from shadowscale.policies.placement.workload import TaskClasses, task_classes
 
 _FACTORIES: dict[str, Callable[[], PlacementPolicy[Any]]] = {
     "Random": RandomFit,

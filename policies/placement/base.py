@@ -22,9 +22,9 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
-from policies.placement.feasible import Candidates, candidates, gpus_for
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import Candidates, candidates, gpus_for
+from shadowscale.policies.placement.workload import TaskClasses
 
 S = TypeVar("S")
 

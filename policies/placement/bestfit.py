@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.base import place_by_score
-from policies.placement.cluster import ClusterState, FloatArray, Placement, PodRequest
-from policies.placement.feasible import Candidates
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.base import place_by_score
+from shadowscale.policies.placement.cluster import ClusterState, FloatArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import Candidates
+from shadowscale.policies.placement.workload import TaskClasses
 
 MAX_SPEC_CPU_MILLI = 128_000
 MAX_SPEC_GPU_MILLI = 8_000

@@ -38,10 +38,10 @@ from typing import Literal
 
 import numpy as np
 
-from policies.placement.base import choose, tightest_pref
-from policies.placement.bestfit import bestfit_score
-from policies.placement.cluster import MILLI, BoolArray, ClusterState, IntArray, Placement, PodRequest
-from policies.placement.feasible import Candidates, candidates, whole_gpus
+from shadowscale.policies.placement.base import choose, tightest_pref
+from shadowscale.policies.placement.bestfit import bestfit_score
+from shadowscale.policies.placement.cluster import MILLI, BoolArray, ClusterState, IntArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import Candidates, candidates, whole_gpus
 
 POLICY = "defrag"
 DEFAULT_MAX_MOVES = 3

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.base import place_by_score
-from policies.placement.bestfit import MAX_SPEC_CPU_MILLI, MAX_SPEC_GPU_MILLI
-from policies.placement.cluster import ClusterState, FloatArray, Placement, PodRequest
-from policies.placement.feasible import Candidates
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.base import place_by_score
+from shadowscale.policies.placement.bestfit import MAX_SPEC_CPU_MILLI, MAX_SPEC_GPU_MILLI
+from shadowscale.policies.placement.cluster import ClusterState, FloatArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import Candidates
+from shadowscale.policies.placement.workload import TaskClasses
 
 
 def dotprod_score(state: ClusterState, pod: PodRequest, cand: Candidates) -> FloatArray:

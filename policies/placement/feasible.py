@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.cluster import MILLI, BoolArray, ClusterState, IntArray, PodRequest
+from shadowscale.policies.placement.cluster import MILLI, BoolArray, ClusterState, IntArray, PodRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.base import choose
-from policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
-from policies.placement.feasible import Candidates, candidates
-from policies.placement.frag import FragMemo
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.base import choose
+from shadowscale.policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import Candidates, candidates
+from shadowscale.policies.placement.frag import FragMemo
+from shadowscale.policies.placement.workload import TaskClasses
 
 
 def frag_growth(memo: FragMemo, state: ClusterState, pod: PodRequest, cand: Candidates) -> FloatArray:

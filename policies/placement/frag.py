@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from policies.placement.cluster import MILLI, BoolArray, ClusterState, FloatArray, IntArray, PodRequest
-from policies.placement.feasible import Candidates
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.cluster import MILLI, BoolArray, ClusterState, FloatArray, IntArray, PodRequest
+from shadowscale.policies.placement.feasible import Candidates
+from shadowscale.policies.placement.workload import TaskClasses
 
 _MAX_IDS_PER_NODE = 64
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.base import place_by_score
-from policies.placement.cluster import MILLI, ClusterState, FloatArray, Placement, PodRequest
-from policies.placement.feasible import Candidates
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.base import place_by_score
+from shadowscale.policies.placement.cluster import MILLI, ClusterState, FloatArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import Candidates
+from shadowscale.policies.placement.workload import TaskClasses
 
 
 def packing_score(state: ClusterState, pod: PodRequest, cand: Candidates) -> FloatArray:

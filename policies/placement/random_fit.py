@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.placement.base import choose
-from policies.placement.cluster import ClusterState, Placement, PodRequest
-from policies.placement.feasible import candidates
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.base import choose
+from shadowscale.policies.placement.cluster import ClusterState, Placement, PodRequest
+from shadowscale.policies.placement.feasible import candidates
+from shadowscale.policies.placement.workload import TaskClasses
 
 
 @dataclass(frozen=True, slots=True)

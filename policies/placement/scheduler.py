@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from policies.placement.base import PlacementPolicy
-from policies.placement.cluster import MAX_GPUS, MILLI, N_TAGS, ClusterSpec, ClusterState, PodRequest
-from policies.placement.workload import TaskClasses, task_classes
+from shadowscale.policies.placement.base import PlacementPolicy
+from shadowscale.policies.placement.cluster import MAX_GPUS, MILLI, N_TAGS, ClusterSpec, ClusterState, PodRequest
+from shadowscale.policies.placement.workload import TaskClasses, task_classes
 
 HAMI_USE_GPUUUID = "nvidia.com/use-gpuuuid"
 """Pod annotation with which HAMi pins a pod to GPUs: their UUIDs, comma-separated."""

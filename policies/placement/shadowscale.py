@@ -25,12 +25,12 @@ from typing import TypeAlias
 
 import numpy as np
 
-from policies.placement.base import choose
-from policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
-from policies.placement.feasible import candidates
-from policies.placement.fgd import fgd_score
-from policies.placement.frag import FragMemo
-from policies.placement.workload import TaskClasses
+from shadowscale.policies.placement.base import choose
+from shadowscale.policies.placement.cluster import ClusterState, FloatArray, IntArray, Placement, PodRequest
+from shadowscale.policies.placement.feasible import candidates
+from shadowscale.policies.placement.fgd import fgd_score
+from shadowscale.policies.placement.frag import FragMemo
+from shadowscale.policies.placement.workload import TaskClasses
 
 ShadowscaleMemo: TypeAlias = tuple[FragMemo, float]
 """The fragmentation memo and ``rho`` (CPU milli per GPU share demanded by GPU task classes)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from policies.placement.cluster import BoolArray, ClusterSpec, FloatArray, IntArray, PodRequest
+from shadowscale.policies.placement.cluster import BoolArray, ClusterSpec, FloatArray, IntArray, PodRequest
 
 DEFAULT_THRESHOLD = 0.95
 

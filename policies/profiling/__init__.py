@@ -13,10 +13,18 @@ Importing this package imports none of the modules that need scikit-optimize.
 
 from __future__ import annotations
 
-from policies.profiling.objective import CostTerm, Objective, Pricing
-from policies.profiling.ports import TrialRunner
-from policies.profiling.space import Categorical, Dimension, Levels, Point, Range, SearchSpace, Value
-from policies.profiling.types import Observation, Prediction, Profile, Suggestion, Trial, TrialResult, TrialStatus
+from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
+from shadowscale.policies.profiling.ports import TrialRunner
+from shadowscale.policies.profiling.space import Categorical, Dimension, Levels, Point, Range, SearchSpace, Value
+from shadowscale.policies.profiling.types import (
+    Observation,
+    Prediction,
+    Profile,
+    Suggestion,
+    Trial,
+    TrialResult,
+    TrialStatus,
+)
 
 __all__ = [
     "Categorical",

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from policies.profiling.space import Point, Value
-from policies.profiling.types import Observation, Prediction, Profile, TrialResult, TrialStatus
+from shadowscale.policies.profiling.space import Point, Value
+from shadowscale.policies.profiling.types import Observation, Prediction, Profile, TrialResult, TrialStatus
 
 SCHEMA: Final = 1
 """The version this code writes and reads."""

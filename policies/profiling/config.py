@@ -29,8 +29,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from policies.profiling.objective import CostTerm, Objective, Pricing
-from policies.profiling.space import Categorical, Dimension, Levels, Range, SearchSpace, Value, in_dimension
+from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
+from shadowscale.policies.profiling.space import Categorical, Dimension, Levels, Range, SearchSpace, Value, in_dimension
 
 ANNOTATION_PREFIX = "profiling.shadowscale.io/"
 

@@ -16,8 +16,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from policies.profiling.space import Categorical, Point, Range, SearchSpace
-from policies.profiling.types import TrialResult
+from shadowscale.policies.profiling.space import Categorical, Point, Range, SearchSpace
+from shadowscale.policies.profiling.types import TrialResult
 
 
 @dataclass(frozen=True, slots=True)

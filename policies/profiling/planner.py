@@ -39,11 +39,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from policies.profiling.objective import Objective
-from policies.profiling.skopt_adapter import Encoder, FloatArray, Hyper, default_hyper, fit_gp
-from policies.profiling.space import Point, SearchSpace
-from policies.profiling.transfer import FLAT_SD, SourceModel, TransferPrior, source_weights, targets
-from policies.profiling.types import Observation, Prediction, Profile, Suggestion, TrialResult
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.skopt_adapter import Encoder, FloatArray, Hyper, default_hyper, fit_gp
+from shadowscale.policies.profiling.space import Point, SearchSpace
+from shadowscale.policies.profiling.transfer import FLAT_SD, SourceModel, TransferPrior, source_weights, targets
+from shadowscale.policies.profiling.types import Observation, Prediction, Profile, Suggestion, TrialResult
 
 Z90 = 1.6448536269514722
 FAILURE_LENGTH_SCALE = 0.3

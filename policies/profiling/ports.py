@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from policies.profiling.codec import MAX_BYTES, StoredProfile, decode_profile, encode_profile
-from policies.profiling.types import Trial, TrialResult
+from shadowscale.policies.profiling.codec import MAX_BYTES, StoredProfile, decode_profile, encode_profile
+from shadowscale.policies.profiling.types import Trial, TrialResult
 
 
 class TrialRunner(Protocol):

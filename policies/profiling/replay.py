@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from policies.profiling.space import Point, SearchSpace
-from policies.profiling.types import Trial, TrialResult, TrialStatus
+from shadowscale.policies.profiling.space import Point, SearchSpace
+from shadowscale.policies.profiling.types import Trial, TrialResult, TrialStatus
 
 
 @dataclass(frozen=True, slots=True)

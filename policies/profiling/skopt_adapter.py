@@ -27,7 +27,7 @@ from skopt.space import Integer as SkInteger
 from skopt.space import Real as SkReal
 from skopt.space import Space as SkSpace
 
-from policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace, Value
+from shadowscale.policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace, Value
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 

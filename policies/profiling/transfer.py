@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.profiling.objective import Objective
-from policies.profiling.skopt_adapter import GP, Encoder, FloatArray, default_hyper, fit_gp
-from policies.profiling.space import SearchSpace, in_dimension
-from policies.profiling.types import Observation
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.skopt_adapter import GP, Encoder, FloatArray, default_hyper, fit_gp
+from shadowscale.policies.profiling.space import SearchSpace, in_dimension
+from shadowscale.policies.profiling.types import Observation
 
 FAILED_MARGIN = 1.0
 """Added to the worst margin seen for a measured trial that never met the SLO (no finite p99)."""

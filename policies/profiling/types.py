@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from policies.profiling.space import Point, Value
+from shadowscale.policies.profiling.space import Point, Value
 
 
 class TrialStatus(StrEnum):

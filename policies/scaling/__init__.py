@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from policies.scaling.base import Decisions, Reason, ScalingPolicy, Signals
-from policies.scaling.demand import Demand
-from policies.scaling.hpa import HPA
-from policies.scaling.keda import KEDA
-from policies.scaling.kpa import KPA
-from policies.scaling.oracle import Oracle, oracle_schedule
-from policies.scaling.shadowscale import Shadowscale
-from policies.scaling.static import Static, peak_replicas
+from shadowscale.policies.scaling.base import Decisions, Reason, ScalingPolicy, Signals
+from shadowscale.policies.scaling.demand import Demand
+from shadowscale.policies.scaling.hpa import HPA
+from shadowscale.policies.scaling.keda import KEDA
+from shadowscale.policies.scaling.kpa import KPA
+from shadowscale.policies.scaling.oracle import Oracle, oracle_schedule
+from shadowscale.policies.scaling.shadowscale import Shadowscale
+from shadowscale.policies.scaling.static import Static, peak_replicas
 
 POLICY_NAMES: tuple[str, ...] = ("hpa", "keda", "kpa", "static", "oracle", "shadowscale")
 RIGHT_SIZED_POLICIES: frozenset[str] = frozenset({"shadowscale"})

@@ -20,7 +20,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 S = TypeVar("S")
 

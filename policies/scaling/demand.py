@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.scaling.base import (
+from shadowscale.policies.scaling.base import (
     Decisions,
     Reason,
     Sample,
@@ -40,7 +40,7 @@ from policies.scaling.base import (
     full,
     push,
 )
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 _HOLD = int(Reason.HOLD)
 _WITHIN = int(Reason.WITHIN_TOLERANCE)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int, full
-from policies.scaling.hpa import Behavior, Recommendations, label_direction, stabilize
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int, full
+from shadowscale.policies.scaling.hpa import Behavior, Recommendations, label_direction, stabilize
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 _WITHIN_TOLERANCE = int(Reason.WITHIN_TOLERANCE)
 _HOLD = int(Reason.HOLD)

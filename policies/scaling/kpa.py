@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.scaling.base import Decisions, Reason, Sample, Signals, bounds, ceil_int, push, window_start
-from policies.scaling.hpa import label_direction
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.scaling.base import Decisions, Reason, Sample, Signals, bounds, ceil_int, push, window_start
+from shadowscale.policies.scaling.hpa import label_direction
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 _PANIC = int(Reason.PANIC)
 _RATE_LIMITED = int(Reason.RATE_LIMITED)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int
-from policies.scaling.demand import Demand, work_per_bin
-from policies.types import IntArray, ServiceConfig
+from shadowscale.policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int
+from shadowscale.policies.scaling.demand import Demand, work_per_bin
+from shadowscale.policies.types import IntArray, ServiceConfig
 
 
 def oracle_schedule(demand: Demand, bin_s: float) -> IntArray:

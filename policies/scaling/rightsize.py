@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from policies.types import FloatArray, ModelProfile, ServiceConfig
+from shadowscale.policies.types import FloatArray, ModelProfile, ServiceConfig
 
 TARGET_LOAD = 0.85
 LATENCY_MARGIN = 0.4

@@ -36,9 +36,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
-from policies.scaling.hpa import label_direction
-from policies.types import FloatArray, IntArray, ServiceConfig
+from shadowscale.policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
+from shadowscale.policies.scaling.hpa import label_direction
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 _HOLD = int(Reason.HOLD)
 _NO_METRICS = int(Reason.NO_METRICS)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int
-from policies.scaling.demand import Demand, work_per_bin
-from policies.types import IntArray, ServiceConfig
+from shadowscale.policies.scaling.base import Decisions, Reason, Signals, bounds, ceil_int
+from shadowscale.policies.scaling.demand import Demand, work_per_bin
+from shadowscale.policies.types import IntArray, ServiceConfig
 
 
 def peak_replicas(demand: Demand, window_s: float = 60.0) -> IntArray:

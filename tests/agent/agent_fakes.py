@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from agent.config import AgentConfig, parse_config
-from agent.events import TRAFFIC_V1, TrafficEvent, encode
-from policies.ports import Position, RecordBatch, ScaleResult, WorkloadState
+from shadowscale.agent.config import AgentConfig, parse_config
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.policies.ports import Position, RecordBatch, ScaleResult, WorkloadState
 
 
 class Msg(NamedTuple):

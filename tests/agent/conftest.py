@@ -12,7 +12,7 @@ import pytest_asyncio
 from agent_k8s import K8s, fixed_guess_k8s
 from durable_broker import s3  # noqa: F401 (the durable-storage fixture, shared with tests/profiling)
 
-from agent.broker import LocalBroker
+from shadowscale.agent.broker import LocalBroker
 
 
 @pytest.fixture(scope="session")

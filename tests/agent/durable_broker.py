@@ -26,7 +26,7 @@ from types import TracebackType
 
 import pytest
 
-from agent.broker import LocalBroker, end_process
+from shadowscale.agent.broker import LocalBroker, end_process
 
 BUCKET = "tansu"
 # Any key pair: weed mini started without credentials in its environment accepts every request; tansu signs anyway.

@@ -10,11 +10,11 @@ import pytest
 from agent_fakes import traffic
 from agent_k8s import K8s
 
-from agent.app import Running, serve
-from agent.broker import LocalBroker
-from agent.config import parse_config
-from agent.kafka import KafkaSink
-from agent.kube import KubeActuator
+from shadowscale.agent.app import Running, serve
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.config import parse_config
+from shadowscale.agent.kafka import KafkaSink
+from shadowscale.agent.kube import KubeActuator
 
 pytestmark = pytest.mark.asyncio
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import LocalBroker, free_port
-from agent.config import parse_config
-from agent.events import TrafficEvent
-from agent.kafka import KafkaSource
+from shadowscale.agent.broker import LocalBroker, free_port
+from shadowscale.agent.config import parse_config
+from shadowscale.agent.events import TrafficEvent
+from shadowscale.agent.kafka import KafkaSource
 from shadowscale.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

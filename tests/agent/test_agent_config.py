@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config
+from shadowscale.agent.config import ConfigError, load_config
 
 GOOD = """
 policy: hpa

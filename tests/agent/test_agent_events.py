@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.events import (
+from shadowscale.agent.events import (
     GPU_V1,
     NAME_RE,
     NAMESPACE_RE,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from agent.config import GuardConfig
-from agent.guards import Guards, Proposal
+from shadowscale.agent.config import GuardConfig
+from shadowscale.agent.guards import Guards, Proposal
 
 
 def guards(**kw: float | int | None) -> Guards:

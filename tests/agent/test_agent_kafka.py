@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from agent_fakes import Msg, traffic
 
-from agent.broker import LocalBroker
-from agent.clock import WallClock
-from agent.config import AgentConfig, KafkaConfig, parse_config
-from agent.kafka import KafkaSink, KafkaSource, KafkaUnavailable, ensure_topics, partition_for
-from agent.loop import Agent
-from simulators.actuator import SimulatedCluster
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.clock import WallClock
+from shadowscale.agent.config import AgentConfig, KafkaConfig, parse_config
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, KafkaUnavailable, ensure_topics, partition_for
+from shadowscale.agent.loop import Agent
+from shadowscale.simulators.actuator import SimulatedCluster
 
 pytestmark = pytest.mark.asyncio
 
@@ -167,7 +167,7 @@ async def test_agent_end_to_end_and_resume_from_committed_offsets(broker: LocalB
 
 
 def _services(cfg: AgentConfig) -> list[Any]:
-    from agent.core import services_of
+    from shadowscale.agent.core import services_of
 
     return services_of(cfg)
 

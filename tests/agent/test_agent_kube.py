@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 from agent_k8s import K8s
 
-from agent.config import KubernetesConfig, ModelConfig
-from agent.kube import KubeActuator
+from shadowscale.agent.config import KubernetesConfig, ModelConfig
+from shadowscale.agent.kube import KubeActuator
 
 pytestmark = pytest.mark.asyncio
 

@@ -9,8 +9,8 @@ import pytest
 from agent_k8s import K8s
 from kubernetes_asyncio import client
 
-from agent.config import LeaderConfig
-from agent.leader import LeaderElector
+from shadowscale.agent.config import LeaderConfig
+from shadowscale.agent.leader import LeaderElector
 
 pytestmark = pytest.mark.asyncio
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, VirtualClock, config, record, traffic
 
-from agent.loop import Agent
+from shadowscale.agent.loop import Agent
 
 pytestmark = pytest.mark.asyncio
 
@@ -183,7 +183,7 @@ async def test_a_failing_source_does_not_stop_the_loop() -> None:
 
 async def _hpa_with_gpu_events(gpu_util: float | None) -> list[dict[str, Any]]:
     """HPA on a model whose pods report traffic but no busy time; the GPU exporter (if any) reports its GPU."""
-    from agent.events import GPU_V1, GpuEvent, GpuPod, encode
+    from shadowscale.agent.events import GPU_V1, GpuEvent, GpuPod, encode
 
     cfg = config(["m1"], policy="hpa", kafka={"commit_interval_s": 0.0})
     clock = VirtualClock(0.0)

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from agent_fakes import MemorySink, Msg, RecordingActuator, ScriptedSource, Step, VirtualClock, record
 
-from agent.config import parse_config
-from agent.core import services_of
-from agent.events import TRAFFIC_V1, TrafficEvent, encode
-from agent.loop import Agent
-from policies.scaling import Decisions, Signals, make_policy
-from policies.types import ServiceConfig
-from simulators.engine import Engine, SimConfig
-from simulators.traces import load_trace
+from shadowscale.agent.config import parse_config
+from shadowscale.agent.core import services_of
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.agent.loop import Agent
+from shadowscale.policies.scaling import Decisions, Signals, make_policy
+from shadowscale.policies.types import ServiceConfig
+from shadowscale.simulators.engine import Engine, SimConfig
+from shadowscale.simulators.traces import load_trace
 
 
 class Recording:

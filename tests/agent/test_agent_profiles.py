@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, VirtualClock, config, record, traffic
 
-from agent.app import Running, serve
-from agent.broker import LocalBroker
-from agent.loop import Agent
-from agent.profiling.book import ProfileBook
-from agent.profiling.store import KafkaProfileStore
-from policies.profiling.codec import StoredProfile
-from policies.profiling.drift import RetrialSettings
-from policies.profiling.ports import MemoryProfileStore
-from policies.profiling.types import Observation, Profile, TrialResult, TrialStatus
+from shadowscale.agent.app import Running, serve
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.loop import Agent
+from shadowscale.agent.profiling.book import ProfileBook
+from shadowscale.agent.profiling.store import KafkaProfileStore
+from shadowscale.policies.profiling.codec import StoredProfile
+from shadowscale.policies.profiling.drift import RetrialSettings
+from shadowscale.policies.profiling.ports import MemoryProfileStore
+from shadowscale.policies.profiling.types import Observation, Profile, TrialResult, TrialStatus
 
 pytestmark = pytest.mark.asyncio
 

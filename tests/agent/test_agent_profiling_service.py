@@ -17,26 +17,26 @@ from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, Vir
 from agent_k8s import K8s
 from structlog.testing import capture_logs
 
-from agent.app import Running, open_profiling, serve
-from agent.broker import LocalBroker
-from agent.config import ConfigError, parse_config, profiling_plans
-from agent.kube import api_client
-from agent.loop import Agent
-from agent.metrics import Metrics
-from agent.profiling.book import ProfileBook
-from agent.profiling.driver import DriverSettings
-from agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
-from agent.profiling.shadow import ShadowTrialRunner, Workload
-from agent.profiling.store import KafkaProfileStore
-from policies.ports import RecordBatch
-from policies.profiling.codec import StoredProfile
-from policies.profiling.drift import RetrialSettings
-from policies.profiling.objective import Objective
-from policies.profiling.planner import PlannerSettings
-from policies.profiling.ports import MemoryProfileStore
-from policies.profiling.replay import Measured, ReplayRunner
-from policies.profiling.space import Levels, Point, SearchSpace
-from policies.profiling.types import Observation, Profile, Trial, TrialResult, TrialStatus
+from shadowscale.agent.app import Running, open_profiling, serve
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.config import ConfigError, parse_config, profiling_plans
+from shadowscale.agent.kube import api_client
+from shadowscale.agent.loop import Agent
+from shadowscale.agent.metrics import Metrics
+from shadowscale.agent.profiling.book import ProfileBook
+from shadowscale.agent.profiling.driver import DriverSettings
+from shadowscale.agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
+from shadowscale.agent.profiling.shadow import ShadowTrialRunner, Workload
+from shadowscale.agent.profiling.store import KafkaProfileStore
+from shadowscale.policies.ports import RecordBatch
+from shadowscale.policies.profiling.codec import StoredProfile
+from shadowscale.policies.profiling.drift import RetrialSettings
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.planner import PlannerSettings
+from shadowscale.policies.profiling.ports import MemoryProfileStore
+from shadowscale.policies.profiling.replay import Measured, ReplayRunner
+from shadowscale.policies.profiling.space import Levels, Point, SearchSpace
+from shadowscale.policies.profiling.types import Observation, Profile, Trial, TrialResult, TrialStatus
 
 DECISIONS = "shadowscale.decisions"
 SPACE = SearchSpace((Levels("batch", (1, 2, 4, 8), log=True, integer=True),))

@@ -22,13 +22,13 @@ from agent_fakes import traffic
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from durable_broker import DurableBroker, SeaweedS3
 
-from agent.clock import WallClock
-from agent.config import AgentConfig, KafkaConfig, parse_config
-from agent.core import services_of
-from agent.kafka import KafkaSink, KafkaSource, ensure_topics
-from agent.loop import Agent
-from policies.ports import RecordBatch
-from simulators.actuator import SimulatedCluster
+from shadowscale.agent.clock import WallClock
+from shadowscale.agent.config import AgentConfig, KafkaConfig, parse_config
+from shadowscale.agent.core import services_of
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+from shadowscale.agent.loop import Agent
+from shadowscale.policies.ports import RecordBatch
+from shadowscale.simulators.actuator import SimulatedCluster
 
 pytestmark = pytest.mark.asyncio
 

@@ -16,10 +16,10 @@ import pytest
 import pytest_asyncio
 from agent_k8s import K8s
 
-from agent.broker import LocalBroker
-from agent.config import KubernetesConfig, SchedulerConfig
-from agent.kube import api_client
-from agent.scheduler import HAMI_NODE_REGISTER, SecondaryScheduler, hami_devices, quantity
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.config import KubernetesConfig, SchedulerConfig
+from shadowscale.agent.kube import api_client
+from shadowscale.agent.scheduler import HAMI_NODE_REGISTER, SecondaryScheduler, hami_devices, quantity
 
 pytestmark = pytest.mark.asyncio
 
@@ -267,7 +267,7 @@ async def test_quantities_and_hami_registration() -> None:
 
 
 async def test_config_section() -> None:
-    from agent.config import ConfigError, parse_config
+    from shadowscale.agent.config import ConfigError, parse_config
 
     base = {"models": [{"name": "m", "capacity_rps": 1}]}
     cfg = parse_config(base)
@@ -279,8 +279,8 @@ async def test_config_section() -> None:
 
 
 async def test_the_agent_app_starts_the_scheduler(k8s: K8s, broker: LocalBroker) -> None:
-    from agent.app import Running, serve
-    from agent.config import parse_config
+    from shadowscale.agent.app import Running, serve
+    from shadowscale.agent.config import parse_config
 
     for r in ("v1/pods", "v1/nodes", "v1/events"):
         k8s.emulator.resources[r] = {}

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from agent_fakes import VirtualClock
 
-from agent.events import TrafficEvent
-from policies.types import ServiceConfig
+from shadowscale.agent.events import TrafficEvent
+from shadowscale.policies.types import ServiceConfig
 from shadowscale.replay import Replayer
-from simulators.actuator import SimulatedCluster
-from simulators.catalog import load_catalog
-from simulators.traces import load_trace
-from simulators.workload import make_workload
+from shadowscale.simulators.actuator import SimulatedCluster
+from shadowscale.simulators.catalog import load_catalog
+from shadowscale.simulators.traces import load_trace
+from shadowscale.simulators.workload import make_workload
 
 
 def services() -> list[ServiceConfig]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.events import GPU_V1, TRAFFIC_V1, GpuEvent, GpuPod, TrafficEvent
-from agent.windows import Windows
+from shadowscale.agent.events import GPU_V1, TRAFFIC_V1, GpuEvent, GpuPod, TrafficEvent
+from shadowscale.agent.windows import Windows
 
 
 def ev(t: float, pod: str = "a", arrivals: int = 10, queue: int = 0, model: str = "m", **kw: float) -> TrafficEvent:
@@ -81,8 +81,8 @@ def test_stale_pods_leave_the_gauges() -> None:
 def test_a_duplicate_after_the_pod_went_quiet_is_still_a_duplicate() -> None:
     """Stale pods leave the gauges after pod_stale_s but keep their duplicate memory for dedupe_s: a window
     redelivered 31 s later (e.g. after a broker outage) is not counted twice."""
-    from agent.events import TrafficEvent
-    from agent.windows import Windows
+    from shadowscale.agent.events import TrafficEvent
+    from shadowscale.agent.windows import Windows
 
     w = Windows(["m"], pod_stale_s=30.0, dedupe_s=60.0)
     ev = TrafficEvent(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import model_profiling, parse_config, profiling_plans
+from shadowscale.agent.config import model_profiling, parse_config, profiling_plans
 
 helm = pytest.importorskip("helm_python")
 kv = pytest.importorskip("kubernetes_validate")
@@ -221,7 +221,7 @@ def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
     docs = render(FULL)
     cfg_raw = agent_config(docs)
     env = {"SHADOWSCALE_AGENT__KAFKA__SASL_USERNAME": "u", "SHADOWSCALE_AGENT__KAFKA__SASL_PASSWORD": "p"}
-    from agent.config import apply_env
+    from shadowscale.agent.config import apply_env
 
     apply_env(cfg_raw, env)
     cfg = parse_config(cfg_raw)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import placement as bench
-from policies.placement import POLICY_NAMES, PodRequest
+from shadowscale.benchmarks import placement as bench
+from shadowscale.policies.placement import POLICY_NAMES, PodRequest
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

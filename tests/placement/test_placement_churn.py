@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import placement as bench
-from policies.placement import PodRequest
+from shadowscale.benchmarks import placement as bench
+from shadowscale.policies.placement import PodRequest
 
 ARRIVE, DEPART, DEPART_SAME_TIME = 1, 0, 2
 

@@ -7,8 +7,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from policies.placement import ClusterSpec, ClusterState, Placement, PodRequest, candidates, feasible_nodes, select
-from policies.placement.feasible import Candidates, whole_gpus
+from shadowscale.policies.placement import (
+    ClusterSpec,
+    ClusterState,
+    Placement,
+    PodRequest,
+    candidates,
+    feasible_nodes,
+    select,
+)
+from shadowscale.policies.placement.feasible import Candidates, whole_gpus
 
 
 def spec(

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.placement import ClusterSpec, ClusterState, Placement, PodRequest, candidates
-from policies.placement.defrag import BoundPod, BoundTable, DefragPlan, apply_plan, plan_defrag, release
-from policies.placement.feasible import gpus_for
+from shadowscale.policies.placement import ClusterSpec, ClusterState, Placement, PodRequest, candidates
+from shadowscale.policies.placement.defrag import BoundPod, BoundTable, DefragPlan, apply_plan, plan_defrag, release
+from shadowscale.policies.placement.feasible import gpus_for
 
 Bind = tuple[str, PodRequest, int, tuple[int, ...], str]
 

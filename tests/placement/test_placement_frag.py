@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.placement import (
+from shadowscale.policies.placement import (
     ClusterSpec,
     ClusterState,
     FragMemo,
@@ -18,7 +18,7 @@ from policies.placement import (
     node_fragmentation,
     task_classes,
 )
-from policies.placement.feasible import gpus_for
+from shadowscale.policies.placement.feasible import gpus_for
 
 
 def classes(rows: list[tuple[int, int, int, float, frozenset[str]]]) -> TaskClasses:

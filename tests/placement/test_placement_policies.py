@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.placement import (
+from shadowscale.policies.placement import (
     POLICY_NAMES,
     ClusterSpec,
     ClusterState,
@@ -21,7 +21,7 @@ from policies.placement import (
     make_policy,
     task_classes,
 )
-from policies.placement.shadowscale import cpu_per_gpu_share
+from shadowscale.policies.placement.shadowscale import cpu_per_gpu_share
 
 ANY_CLASSES = TaskClasses(
     cpu_milli=np.array([4000, 8000]),

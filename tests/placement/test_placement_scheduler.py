@@ -8,8 +8,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from policies.placement import POLICY_NAMES, make_policy
-from policies.placement.scheduler import (
+from shadowscale.policies.placement import POLICY_NAMES, make_policy
+from shadowscale.policies.placement.scheduler import (
     HAMI_USE_GPUUUID,
     Binding,
     ClusterView,

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from policies.scaling.base import Decisions, ScalingPolicy, Signals
-from policies.scaling.demand import Demand
-from policies.types import ModelProfile, ServiceConfig
+from shadowscale.policies.scaling.base import Decisions, ScalingPolicy, Signals
+from shadowscale.policies.scaling.demand import Demand
+from shadowscale.policies.types import ModelProfile, ServiceConfig
 
 INF = math.inf
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from policy_harness import Load, drive, service
 
-from policies.scaling import HPA, Reason, make_policy
-from policies.scaling.hpa import Behavior
+from shadowscale.policies.scaling import HPA, Reason, make_policy
+from shadowscale.policies.scaling.hpa import Behavior
 
 SVC = [service()]
 UP, DOWN, HOLD = int(Reason.SCALE_UP), int(Reason.SCALE_DOWN), int(Reason.HOLD)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from policy_harness import Load, drive, service
 
-from policies.scaling import KPA, Reason, make_policy
+from shadowscale.policies.scaling import KPA, Reason, make_policy
 
 SVC = [service()]
 UP, DOWN, HOLD = int(Reason.SCALE_UP), int(Reason.SCALE_DOWN), int(Reason.HOLD)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from policy_harness import Load, assert_pure, demand, drive, same, service, uniform
 
-from policies.scaling import (
+from shadowscale.policies.scaling import (
     HINDSIGHT_POLICIES,
     POLICY_NAMES,
     UnknownPolicyError,

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 from policy_harness import Load, drive, service
 
-from policies.scaling import Reason, Shadowscale, make_policy
-from policies.scaling.rightsize import choose_spec
-from policies.types import ModelProfile
+from shadowscale.policies.scaling import Reason, Shadowscale, make_policy
+from shadowscale.policies.scaling.rightsize import choose_spec
+from shadowscale.policies.types import ModelProfile
 
 SVC = [service(capacity_rps=20.0)]  # one replica serves 20 req/s at the SLO; planned at 50 % = 10 req/s
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from policy_harness import Load, demand, drive, service, uniform
 
-from policies.scaling import ORACLE_BIN_S, Oracle, Reason, Static, make_policy, oracle_schedule
-from policies.scaling.static import peak_replicas
+from shadowscale.policies.scaling import ORACLE_BIN_S, Oracle, Reason, Static, make_policy, oracle_schedule
+from shadowscale.policies.scaling.static import peak_replicas
 
 SVC = [service()]
 

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.scaling.base import WindowMax
+from shadowscale.policies.scaling.base import WindowMax
 
 
 @settings(max_examples=200, deadline=None)

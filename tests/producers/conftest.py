@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.broker import LocalBroker
+from shadowscale.agent.broker import LocalBroker
 
 
 @pytest.fixture(scope="session")

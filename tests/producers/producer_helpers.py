@@ -7,8 +7,8 @@ import time
 
 import msgspec
 
-from agent.config import KafkaConfig
-from agent.kafka import KafkaSource, ensure_topics
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.kafka import KafkaSource, ensure_topics
 
 _ids = itertools.count()
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from producer_helpers import fresh_topic, read_all
 
-from agent.broker import LocalBroker, free_port
-from agent.config import KafkaConfig
-from agent.events import Decoder, GpuEvent, GpuPod, encode
-from agent.kafka import KafkaSink
-from agent.producers import gpu as gpu_mod
-from agent.producers.gpu import (
+from shadowscale.agent.broker import LocalBroker, free_port
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import Decoder, GpuEvent, GpuPod, encode
+from shadowscale.agent.kafka import KafkaSink
+from shadowscale.agent.producers import gpu as gpu_mod
+from shadowscale.agent.producers.gpu import (
     HAMI_ALLOCATED,
     GpuExporter,
     NvmlReader,
@@ -266,7 +266,7 @@ async def test_broker_down_then_up_backs_off_and_recovers() -> None:
         assert exporter.stats.broker_failures >= 1 and exporter.stats.dropped >= 1
         assert exporter.stats.published == 0
         await asyncio.to_thread(late.start)
-        from agent.kafka import ensure_topics
+        from shadowscale.agent.kafka import ensure_topics
 
         await ensure_topics(cfg, ["gpu-late"], 1)
         recs = await read_all(cfg, "gpu-late", 2)

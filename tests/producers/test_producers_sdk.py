@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from producer_helpers import fresh_topic, read_all
 
-from agent.broker import LocalBroker, free_port
-from agent.events import Decoder, TrafficEvent, encode
-from agent.producers.sdk import TrafficMiddleware, TrafficRecorder, TrafficReporter
+from shadowscale.agent.broker import LocalBroker, free_port
+from shadowscale.agent.events import Decoder, TrafficEvent, encode
+from shadowscale.agent.producers.sdk import TrafficMiddleware, TrafficRecorder, TrafficReporter
 
 
 class Tick:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import profiler as bench
+from shadowscale.benchmarks import profiler as bench
 
 
 def write_generic(path: Path, *, header: str = "task,model,batch,gpu,throughput,latency_ms,cost") -> Path:

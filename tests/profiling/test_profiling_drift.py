@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from policies.profiling.drift import (
+from shadowscale.policies.profiling.drift import (
     Drift,
     DriftSettings,
     DriftState,

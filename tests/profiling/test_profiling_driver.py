@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from agent.profiling.driver import DriverSettings, TrialGate, run_search
-from policies.profiling.objective import Objective
-from policies.profiling.planner import PlannerSettings, Search
-from policies.profiling.replay import Measured, ReplayRunner
-from policies.profiling.space import Categorical, Levels, SearchSpace
-from policies.profiling.types import Trial, TrialResult, TrialStatus
+from shadowscale.agent.profiling.driver import DriverSettings, TrialGate, run_search
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.planner import PlannerSettings, Search
+from shadowscale.policies.profiling.replay import Measured, ReplayRunner
+from shadowscale.policies.profiling.space import Categorical, Levels, SearchSpace
+from shadowscale.policies.profiling.types import Trial, TrialResult, TrialStatus
 
 SPACE = SearchSpace((Levels("share", (25, 50, 100), integer=True), Categorical("gpu", ("a", "b", "c"))))
 ROWS = {

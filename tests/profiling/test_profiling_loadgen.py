@@ -17,14 +17,14 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from agent.broker import LocalBroker, free_port
-from agent.config import KafkaConfig
-from agent.events import TRIAL_RESULT_V1, TrialResultEvent, decode_trial_result, encode
-from agent.kafka import KafkaSink, KafkaTail, KafkaUnavailable
-from agent.profiling.loadgen import HttpTarget, LoadPlan, RequestShape, measure_trial, parse_shape, publish
-from agent.profiling.loadtest import arrivals
-from agent.profiling.results import KafkaTrialResults, TrialResultsHub
-from policies.profiling.types import TrialStatus
+from shadowscale.agent.broker import LocalBroker, free_port
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import TRIAL_RESULT_V1, TrialResultEvent, decode_trial_result, encode
+from shadowscale.agent.kafka import KafkaSink, KafkaTail, KafkaUnavailable
+from shadowscale.agent.profiling.loadgen import HttpTarget, LoadPlan, RequestShape, measure_trial, parse_shape, publish
+from shadowscale.agent.profiling.loadtest import arrivals
+from shadowscale.agent.profiling.results import KafkaTrialResults, TrialResultsHub
+from shadowscale.policies.profiling.types import TrialStatus
 
 
 def test_arrival_schedules_keep_the_mean_rate_and_the_observed_burstiness() -> None:
@@ -182,7 +182,7 @@ async def test_tail_of_a_missing_topic_is_a_clear_error(broker: LocalBroker) -> 
 
 async def loadgen(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.profiling.loadgen", *args, env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "shadowscale.agent.profiling.loadgen", *args, env=env, stderr=asyncio.subprocess.PIPE
     )
     _, err = await proc.communicate()
     return proc.returncode or 0, err.decode()
@@ -221,7 +221,7 @@ async def test_bad_command_lines_exit_2_and_say_what_is_wrong() -> None:
 @pytest.mark.asyncio
 async def test_an_unreachable_broker_exits_1_after_printing_the_result() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.profiling.loadgen", *BASE, "--target", f"tcp://127.0.0.1:{free_port()}",
+        sys.executable, "-m", "shadowscale.agent.profiling.loadgen", *BASE, "--target", f"tcp://127.0.0.1:{free_port()}",
         "--connect-timeout-s", "0.3", "--publish-timeout-s", "1.5",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -235,7 +235,7 @@ async def test_an_unreachable_broker_exits_1_after_printing_the_result() -> None
 def test_tls_and_sasl_come_from_flags_and_the_credentials_from_the_environment(tmp_path: Any) -> None:
     import argparse
 
-    from agent.profiling.loadgen import add_arguments, invocation
+    from shadowscale.agent.profiling.loadgen import add_arguments, invocation
 
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.profiling.driver import DriverSettings, run_search
-from agent.profiling.loadtest import Step, find_capacity
-from agent.profiling.local import LocalSettings, LocalTrialRunner
-from policies.profiling.objective import CostTerm, Objective, Pricing
-from policies.profiling.planner import PlannerSettings, Search
-from policies.profiling.space import Levels, SearchSpace
-from policies.profiling.types import Trial, TrialStatus
+from shadowscale.agent.profiling.driver import DriverSettings, run_search
+from shadowscale.agent.profiling.loadtest import Step, find_capacity
+from shadowscale.agent.profiling.local import LocalSettings, LocalTrialRunner
+from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
+from shadowscale.policies.profiling.planner import PlannerSettings, Search
+from shadowscale.policies.profiling.space import Levels, SearchSpace
+from shadowscale.policies.profiling.types import Trial, TrialStatus
 
 QUICK = LocalSettings(step_s=0.4, start_rps=40.0, bisect_steps=1, server_args=("--hidden", "128", "--layers", "2"))
 

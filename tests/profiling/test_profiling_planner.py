@@ -10,12 +10,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from policies.profiling.objective import CostTerm, Objective, Pricing
-from policies.profiling.planner import PlannerSettings, Search
-from policies.profiling.skopt_adapter import Encoder, FloatArray
-from policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace
-from policies.profiling.transfer import SourceProfile, fit_source
-from policies.profiling.types import Observation, TrialResult, TrialStatus
+from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
+from shadowscale.policies.profiling.planner import PlannerSettings, Search
+from shadowscale.policies.profiling.skopt_adapter import Encoder, FloatArray
+from shadowscale.policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace
+from shadowscale.policies.profiling.transfer import SourceProfile, fit_source
+from shadowscale.policies.profiling.types import Observation, TrialResult, TrialStatus
 
 SPACE = SearchSpace(
     (

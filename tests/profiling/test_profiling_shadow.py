@@ -24,13 +24,20 @@ import pytest_asyncio
 from agent_k8s import fixed_guess_k8s
 from kubernetes_asyncio import client
 
-from agent.broker import LocalBroker
-from agent.config import KafkaConfig
-from agent.profiling.live import shadow_profiling
-from agent.profiling.loadgen import LoadPlan, RequestShape
-from agent.profiling.results import KafkaTrialResults
-from agent.profiling.shadow import ROLE_LABEL, SHADOW_LABEL, TRIAL_LABEL, ShadowSettings, ShadowTrialRunner, Workload
-from policies.profiling.types import Trial, TrialResult, TrialStatus
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.profiling.live import shadow_profiling
+from shadowscale.agent.profiling.loadgen import LoadPlan, RequestShape
+from shadowscale.agent.profiling.results import KafkaTrialResults
+from shadowscale.agent.profiling.shadow import (
+    ROLE_LABEL,
+    SHADOW_LABEL,
+    TRIAL_LABEL,
+    ShadowSettings,
+    ShadowTrialRunner,
+    Workload,
+)
+from shadowscale.policies.profiling.types import Trial, TrialResult, TrialStatus
 
 pytestmark = pytest.mark.asyncio
 
@@ -369,7 +376,7 @@ async def test_end_to_end_the_load_generator_measures_the_real_server_through_ka
     api: Any, broker: LocalBroker
 ) -> None:
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.profiling.server", "--threads", "2", "--batch", "8",
+        sys.executable, "-m", "shadowscale.agent.profiling.server", "--threads", "2", "--batch", "8",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

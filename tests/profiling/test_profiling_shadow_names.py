@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from agent.profiling.shadow import ShadowSettings, Workload, dns_label, loadgen_job, shadow_deployment
-from policies.profiling.types import Trial
+from shadowscale.agent.profiling.shadow import ShadowSettings, Workload, dns_label, loadgen_job, shadow_deployment
+from shadowscale.policies.profiling.types import Trial
 
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -33,7 +33,7 @@ def test_long_trial_ids_that_share_a_prefix_get_distinct_valid_labels_and_names(
 
 
 def test_a_tls_and_sasl_broker_reaches_the_load_generator_through_secrets_not_values() -> None:
-    from agent.profiling.shadow import KAFKA_CA_DIR
+    from shadowscale.agent.profiling.shadow import KAFKA_CA_DIR
 
     original = {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}
     wl = Workload("serving", "resnet", port=80)

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from policies.profiling.config import apply_annotations
-from policies.profiling.objective import CostTerm, Objective, Pricing
-from policies.profiling.space import Categorical, Levels, Range, SearchSpace
-from policies.profiling.types import TrialResult, TrialStatus
+from shadowscale.policies.profiling.config import apply_annotations
+from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
+from shadowscale.policies.profiling.space import Categorical, Levels, Range, SearchSpace
+from shadowscale.policies.profiling.types import TrialResult, TrialStatus
 
 GPU = Categorical("gpu_type", ("T4", "A100"))
 SHARE = Levels("gpu_fraction", (0.25, 0.5, 1.0))

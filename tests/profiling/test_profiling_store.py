@@ -19,16 +19,22 @@ import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 from structlog.testing import capture_logs
 
-from agent.broker import LocalBroker
-from agent.config import KafkaConfig
-from agent.profiling.store import KafkaProfileStore
-from policies.profiling.codec import SCHEMA, ProfileDecodeError, StoredProfile, decode_profile, encode_profile
-from policies.profiling.objective import Objective
-from policies.profiling.planner import PlannerSettings, Search
-from policies.profiling.ports import MemoryProfileStore, ProfileStore
-from policies.profiling.replay import Measured, ReplayRunner
-from policies.profiling.space import Categorical, Levels, Point, SearchSpace
-from policies.profiling.types import Profile, Trial
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.profiling.store import KafkaProfileStore
+from shadowscale.policies.profiling.codec import (
+    SCHEMA,
+    ProfileDecodeError,
+    StoredProfile,
+    decode_profile,
+    encode_profile,
+)
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.planner import PlannerSettings, Search
+from shadowscale.policies.profiling.ports import MemoryProfileStore, ProfileStore
+from shadowscale.policies.profiling.replay import Measured, ReplayRunner
+from shadowscale.policies.profiling.space import Categorical, Levels, Point, SearchSpace
+from shadowscale.policies.profiling.types import Profile, Trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))  # the durable broker helper lives there
 from durable_broker import DurableBroker, SeaweedS3

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.types import ModelProfile
-from simulators.catalog import (
+from shadowscale.policies.types import ModelProfile
+from shadowscale.simulators.catalog import (
     DEFAULT_PROMPT_WEIGHT,
     Catalog,
     DataError,
@@ -22,7 +22,7 @@ from simulators.catalog import (
     scale_profile,
     stable_hash,
 )
-from simulators.traces import TraceError, load_trace
+from shadowscale.simulators.traces import TraceError, load_trace
 
 RESNET50_100 = (0.0047624, 0.0047646, 0.0049369, 0.0050452, 0.0072425, 0.0133591, 0.0256861)
 RESNET50_40 = (0.0047416, 0.0047993, 0.0049004, 0.0070183, 0.01234, 0.0223721, 0.0427417)

@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from policies.scaling import POLICY_NAMES, Demand, make_policy
-from policies.types import ModelProfile, ServiceConfig
-from simulators.engine import Engine, SimConfig, SimResult
-from simulators.reference import simulate_reference
-from simulators.run import run_policies, summarize
-from simulators.traces import load_trace
-from simulators.workload import Workload
+from shadowscale.policies.scaling import POLICY_NAMES, Demand, make_policy
+from shadowscale.policies.types import ModelProfile, ServiceConfig
+from shadowscale.simulators.engine import Engine, SimConfig, SimResult
+from shadowscale.simulators.reference import simulate_reference
+from shadowscale.simulators.run import run_policies, summarize
+from shadowscale.simulators.traces import load_trace
+from shadowscale.simulators.workload import Workload
 
 
 def _profile(l1: float, max_batch: int = 16) -> ModelProfile:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulators.sweep import Point, compare, cost_at
+from shadowscale.simulators.sweep import Point, compare, cost_at
 
 
 def pts(*xs: tuple[float, float, float]) -> list[Point]:

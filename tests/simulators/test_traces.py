@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.types import IntArray
-from simulators.catalog import default_data_dir, load_catalog, stable_hash
-from simulators.traces import TRACE_NAMES, TraceError, load_trace
-from simulators.workload import Workload
+from shadowscale.policies.types import IntArray
+from shadowscale.simulators.catalog import default_data_dir, load_catalog, stable_hash
+from shadowscale.simulators.traces import TRACE_NAMES, TraceError, load_trace
+from shadowscale.simulators.workload import Workload
 
 DATA = default_data_dir()
 INV = DATA / "traces" / "azure-functions-2019" / "1000_inv.csv"
