@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from shadowscale.policies.placement import (
 )
 from shadowscale.policies.placement.cluster import FloatArray, IntArray
 from shadowscale.policies.placement.defrag import DEFAULT_MAX_MOVES, BoundTable, apply_plan, plan_defrag, release
+from shadowscale.simulators.datasets import REMOTE, default_root, env_data_dir, locate
 
 TRACE = "alibaba-gpu-v2023"
 NODE_FILE = "openb_node_list_gpu_node.csv"
@@ -84,20 +84,25 @@ PAPER_FRAG_RATE_AT_90 = {
 }
 
 
-def data_dir() -> Path:
-    """Where ``traces/`` lives: ``$SHADOWSCALE_DATA`` or the repository's ``data/``."""
-    env = os.environ.get("SHADOWSCALE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
-
-
 def trace_dir() -> Path:
-    return data_dir() / "traces" / TRACE
+    """The trace's folder under ``$SHADOWSCALE_DATA`` or the package's data (where it may be absent: the files
+    are then downloaded on first use, see :mod:`simulators.datasets`)."""
+    return default_root() / "traces" / TRACE
+
+
+def trace_file(name: str) -> Path:
+    """A file of the trace, downloaded into the cache on first use when it is not at hand."""
+    return locate(f"traces/{TRACE}/{name}")
 
 
 def pod_list_names(directory: Path | None = None) -> list[str]:
-    """The pod-list suffixes available (``default``, ``cpu050``, …)."""
+    """The pod-list suffixes available (``default``, ``cpu050``, …): on disk, or downloadable."""
     d = directory or trace_dir()
-    return sorted(p.stem[len(POD_PREFIX) :] for p in d.glob(f"{POD_PREFIX}*.csv"))
+    names = {p.stem[len(POD_PREFIX) :] for p in d.glob(f"{POD_PREFIX}*.csv")}
+    if directory is None and env_data_dir() is None:
+        prefix = f"traces/{TRACE}/{POD_PREFIX}"
+        names |= {k[len(prefix) : -len(".csv")] for k in REMOTE if k.startswith(prefix)}
+    return sorted(names)
 
 
 # ----------------------------------------------------------------------------------------------- input
@@ -210,7 +215,7 @@ def resolve_pod_list(name: str) -> Path:
     if name not in names:
         valid = ", ".join(names) if names else f"none found under {trace_dir()}"
         raise ValueError(f"unknown pod list {name!r}; valid pod lists: {valid}")
-    return trace_dir() / f"{POD_PREFIX}{name}.csv"
+    return trace_file(f"{POD_PREFIX}{name}.csv")
 
 
 # ------------------------------------------------------------------------------------------- procedure
@@ -352,7 +357,7 @@ class Workload:
 
 def load_workload(pods_name: str) -> Workload:
     pod_path = resolve_pod_list(pods_name)
-    spec = load_nodes(trace_dir() / NODE_FILE)
+    spec = load_nodes(trace_file(NODE_FILE))
     pods = tuple(load_pods(pod_path))
     return Workload(pods_name, spec, pods, task_classes(pods))
 

@@ -34,7 +34,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 import time
 from collections import defaultdict
@@ -55,6 +54,7 @@ from shadowscale.policies.profiling.skopt_adapter import DefaultGP, Encoder, Flo
 from shadowscale.policies.profiling.space import Categorical, Dimension, Levels, Point, SearchSpace, Value
 from shadowscale.policies.profiling.transfer import SourceProfile, TransferPrior, fit_source
 from shadowscale.policies.profiling.types import Observation, Trial
+from shadowscale.simulators.datasets import locate
 
 METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "gp", "random")
 DATASETS: tuple[str, ...] = ("llm-inference-bench", "gpulet", "infadapter")
@@ -128,12 +128,6 @@ class Dataset:
             for i, p in enumerate(task.points)
         }
         return ReplayRunner(self.space(task), rows)
-
-
-def data_dir() -> Path:
-    """Where ``profiles/`` lives: ``$SHADOWSCALE_DATA`` or the repository's ``data/``."""
-    env = os.environ.get("SHADOWSCALE_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "data"
 
 
 def _float(path: Path, line: int, name: str, text: str, *, blank_ok: bool = False) -> float:
@@ -336,17 +330,17 @@ def load_infadapter(directory: Path) -> Dataset:
 
 
 _LOADERS: dict[str, tuple[str, Callable[[Path], Dataset]]] = {
-    "llm-inference-bench": ("llm-inference-bench", load_llm_inference_bench),
-    "gpulet": ("gpulet-reimpl", load_gpulet),
-    "infadapter": ("infadapter", load_infadapter),
+    "llm-inference-bench": ("llm-inference-bench/All_results.csv", load_llm_inference_bench),
+    "gpulet": ("gpulet-reimpl/inference.csv", load_gpulet),
+    "infadapter": ("infadapter/capacity_result_Feb_21.csv", load_infadapter),
 }
 
 
 def load_dataset(name_or_path: str) -> Dataset:
     """A bundled dataset by name (``data/profiles/…``) or a generic CSV by path."""
     if name_or_path in _LOADERS:
-        folder, loader = _LOADERS[name_or_path]
-        return loader(data_dir() / "profiles" / folder)
+        file, loader = _LOADERS[name_or_path]
+        return loader(locate(f"profiles/{file}").parent)
     path = Path(name_or_path)
     if not path.exists():
         raise ValueError(f"unknown dataset {name_or_path!r}: not one of {', '.join(DATASETS)} and no such file")

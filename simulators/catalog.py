@@ -1,10 +1,11 @@
 """Measured model profiles and the rules that map traced services onto them.
 
-Sources (copied under ``data/profiles/``, see ``data/README.md``):
+Sources (copied under ``data/profiles/``, see ``data/README.md``; located by :mod:`simulators.datasets`):
 
 * ``gpulet-reimpl/inference.csv``: batch latency of 10 CNNs at batch sizes 1..64 and MPS GPU shares
   20..100 %. Each CNN at a share gives one :class:`~policies.types.ModelProfile`
-  (``gpu_fraction = share/100``).
+  (``gpu_fraction = share/100``). Its source states no license, so it is not in the wheel: it is read (and, for
+  an installed wheel, downloaded) only when a CNN profile is first needed (the Azure Functions trace).
 * ``llm-inference-bench/All_results.csv``: end-to-end latency of a whole batch of LLM requests. One profile:
   Llama-2-7B on one A100 with vLLM at 256 input and 256 output tokens (the unit LLM request).
 
@@ -23,8 +24,9 @@ Mapping rules (deterministic; also in ``docs/traces.md``):
 * Azure function ``h`` (its ``HashFunction``) -> CNN number ``int(h[:8], 16) % 10`` of the CNN names sorted
   alphabetically; the whole curve is multiplied by ``k = T1 / L(1)``, ``T1`` = the function's mean duration
   (``Average`` ms of ``1000_run.csv``, in seconds) clamped to ``[L(1), 1.0 s]``; ``k = 1`` without a duration.
-* A generic-CSV model ``m`` -> CNN by the same rule with ``h = sha256(m).hexdigest()``; with ``service_ms``
-  the curve is scaled so that ``L(1)`` = the model's median ``service_ms`` (s) clamped to ``[L(1), 1.0 s]``.
+* A generic-CSV model ``m`` (without token columns) -> the LLM profile's curve (licensed, bundled: a user's own
+  trace never needs unlicensed data); with ``service_ms`` the curve is scaled so that ``L(1)`` = the model's
+  median ``service_ms`` (s), at least 1 ms; without it each request is one unit LLM request.
 * LLM request of ``i`` prompt and ``o`` generated tokens -> size ``(o + w*i) / (256 + w*256)``, at least
   0.01, where ``w`` (cost of a prompt token relative to a generated token) comes from
   :func:`derive_prompt_weight`.
@@ -37,7 +39,6 @@ import functools
 import hashlib
 import io
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,17 +46,18 @@ from pathlib import Path
 import numpy as np
 
 from shadowscale.policies.types import FloatArray, ModelProfile
+from shadowscale.simulators.datasets import default_root, locate
 
 # ----------------------------------------------------------------------------------------------------
 # constants
 
-DATA_ENV_VAR = "SHADOWSCALE_DATA"
 GPULET_DIR = Path("profiles") / "gpulet-reimpl"
 LLM_BENCH_DIR = Path("profiles") / "llm-inference-bench"
 
 CNN_SHARES: tuple[int, ...] = (20, 40, 50, 60, 80, 100)
 SLO_FACTOR = 5.0  # slo_s = SLO_FACTOR * L(1)
 MAX_T1_S = 1.0  # upper clamp of a traced service time
+MIN_SERVICE_S = 0.001  # lower clamp of a generic CSV's service time (LLM curve)
 
 LLM_HARDWARE = "Nvidia A100 GPU"
 LLM_NUM_HARDWARE = 1
@@ -78,11 +80,8 @@ _GPULET_FIELDS = (
 
 
 def default_data_dir() -> Path:
-    """``$SHADOWSCALE_DATA`` if set, else the repository's ``data/`` folder."""
-    env = os.environ.get(DATA_ENV_VAR)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "data"
+    """``$SHADOWSCALE_DATA`` if set, else the data bundled with the package (see :mod:`simulators.datasets`)."""
+    return default_root()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -297,10 +296,17 @@ class PromptWeight:
 class Catalog:
     """Every measured profile, and the mapping of traced services onto them (compared by identity)."""
 
-    data_dir: Path
-    cnn_curves: dict[tuple[str, int], CnnCurve] = field(repr=False)
+    data_dir: Path | None
     llm: ModelProfile
     prompt_weight: PromptWeight
+    _cnn: dict[tuple[str, int], CnnCurve] = field(default_factory=dict, repr=False)
+
+    @property
+    def cnn_curves(self) -> dict[tuple[str, int], CnnCurve]:
+        """gpulet's CNN curves, read on first use (they are not needed for LLM or user traces)."""
+        if not self._cnn:
+            self._cnn.update(read_gpulet(locate(GPULET_DIR / "inference.csv", self.data_dir)))
+        return self._cnn
 
     @property
     def cnn_models(self) -> tuple[str, ...]:
@@ -379,9 +385,21 @@ class Catalog:
         return self.scaled_to(model, None if average_ms is None else average_ms / 1000.0)
 
     def named_profile(self, name: str, median_service_ms: float | None) -> ModelProfile:
-        """Profile of a generic-CSV model: CNN by SHA-256 of its name, scaled to its median service time."""
-        model = self.cnn_by_hash(stable_hash(name))
-        return self.scaled_to(model, None if median_service_ms is None else median_service_ms / 1000.0)
+        """Profile of a generic-CSV model: the LLM curve, scaled so ``L(1)`` is its median service time.
+
+        Only bundled, licensed data (``llm-inference-bench``) is read. Without a service time every request is
+        one unit LLM request (256 prompt + 256 generated tokens on the LLM profile).
+        """
+        if median_service_ms is None:
+            return self.llm
+        t1 = max(median_service_ms / 1000.0, MIN_SERVICE_S)
+        k = t1 / self.llm.batch_latency_s[0]
+        return scale_profile(
+            self.llm,
+            k,
+            name=f"{self.llm.name}×{_format_scale(k)}",
+            source=f"{self.llm.source}, latencies ×{k:.6g} (L(1) = median service_ms of {name!r})",
+        )
 
     def llm_request_size(self, input_tokens: FloatArray, output_tokens: FloatArray) -> FloatArray:
         """``(o + w*i) / (256 + w*256)``, at least 0.01, per request."""
@@ -392,20 +410,21 @@ class Catalog:
 
 
 def load_catalog(data_dir: Path | None = None) -> Catalog:
-    """The catalogue of ``data_dir`` (default :func:`default_data_dir`); cached per resolved folder."""
-    return _load_catalog((default_data_dir() if data_dir is None else data_dir).resolve())
+    """The catalogue of ``data_dir`` (default: wherever :func:`simulators.datasets.locate` finds each file);
+    cached per folder (and per ``$SHADOWSCALE_DATA`` when ``data_dir`` is None)."""
+    if data_dir is None:
+        return _load_catalog(None, str(default_root()))
+    return _load_catalog(data_dir.resolve(), "")
 
 
 @functools.lru_cache(maxsize=8)
-def _load_catalog(data_dir: Path) -> Catalog:
-    curves = read_gpulet(data_dir / GPULET_DIR / "inference.csv")
-    bench = data_dir / LLM_BENCH_DIR
-    llm_rows = read_llm_bench(bench / "All_results.csv")
+def _load_catalog(data_dir: Path | None, _default_root: str) -> Catalog:
+    results = locate(LLM_BENCH_DIR / "All_results.csv", data_dir)
+    llm_rows = read_llm_bench(results)
     return Catalog(
         data_dir=data_dir,
-        cnn_curves=curves,
-        llm=llm_profile(llm_rows, bench / "All_results.csv"),
-        prompt_weight=derive_prompt_weight(bench / "all_results_TTFT_ITL.csv", llm_rows),
+        llm=llm_profile(llm_rows, results),
+        prompt_weight=derive_prompt_weight(locate(LLM_BENCH_DIR / "all_results_TTFT_ITL.csv", data_dir), llm_rows),
     )
 
 

@@ -39,12 +39,12 @@ from shadowscale.simulators.catalog import (
     Catalog,
     DataError,
     column_index,
-    default_data_dir,
     load_catalog,
     parse_number,
     read_csv,
     read_text,
 )
+from shadowscale.simulators.datasets import locate
 from shadowscale.simulators.workload import Workload, make_workload
 
 TRACE_NAMES: tuple[str, ...] = (
@@ -89,7 +89,8 @@ def load_trace(
 
     ``hours`` keeps requests arriving before ``hours * 3600`` s; ``models`` keeps the ``models`` models with
     the most requests (ties by name), re-indexed in that order. ``data_dir`` defaults to ``$SHADOWSCALE_DATA``
-    or the repository's ``data/``. The same ``seed`` gives identical arrays.
+    or the data bundled with (or downloaded by) the package, see :mod:`simulators.datasets`. The same ``seed``
+    gives identical arrays.
     """
     if hours is not None and not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"hours must be positive and finite, got {hours}")
@@ -97,7 +98,7 @@ def load_trace(
         raise ValueError(f"models must be >= 1, got {models}")
     if not (cold_start_s >= 0 and math.isfinite(cold_start_s)):
         raise ValueError(f"cold_start_s must be non-negative and finite, got {cold_start_s}")
-    root = default_data_dir() if data_dir is None else data_dir
+    root = data_dir
     try:
         reader = _READERS.get(spec)
         if reader is not None:
@@ -239,11 +240,10 @@ def _cell(row: list[str], index: int, header: list[str], path: Path, line: int) 
 _HEX = re.compile(r"[0-9a-fA-F]{12,}")
 
 
-def _read_azure_functions(root: Path, seed: int) -> _Parsed:
-    directory = root / FUNCTIONS_DIR
-    inv = directory / "1000_inv.csv"
+def _read_azure_functions(root: Path | None, seed: int) -> _Parsed:
+    inv = locate(FUNCTIONS_DIR / "1000_inv.csv", root)
     hashes, counts = _read_invocations(inv)
-    durations = _read_durations(directory / "1000_run.csv")
+    durations = _read_durations(locate(FUNCTIONS_DIR / "1000_run.csv", root))
     catalog = load_catalog(root)
     names = [f"fn-{h[:12]}" for h in hashes]
     profiles = [catalog.function_profile(h, durations.get(h)) for h in hashes]
@@ -362,10 +362,10 @@ def _read_durations(path: Path) -> dict[str, float]:
 # LLM traces
 
 
-def _read_azure_llm(kind: str) -> Callable[[Path, int], _Parsed]:
-    def read(root: Path, seed: int) -> _Parsed:
+def _read_azure_llm(kind: str) -> Callable[[Path | None, int], _Parsed]:
+    def read(root: Path | None, seed: int) -> _Parsed:
         del seed  # real arrivals: nothing random
-        path = root / LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv"
+        path = locate(LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv", root)
         header, header_line, rows = _csv(path)
         cols = [_column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")]
         t_col, in_col, out_col = (c for c in cols if c is not None)
@@ -384,9 +384,9 @@ def _read_azure_llm(kind: str) -> Callable[[Path, int], _Parsed]:
     return read
 
 
-def _read_mooncake(root: Path, seed: int) -> _Parsed:
+def _read_mooncake(root: Path | None, seed: int) -> _Parsed:
     del seed
-    path = root / MOONCAKE_DIR / "conversation_trace.jsonl"
+    path = locate(MOONCAKE_DIR / "conversation_trace.jsonl", root)
     try:
         text = read_text(path)
     except DataError as e:
@@ -450,7 +450,7 @@ def _single_llm(
 # generic CSV
 
 
-def _read_generic(path: Path, root: Path) -> _Parsed:
+def _read_generic(path: Path, root: Path | None) -> _Parsed:
     header, header_line, rows = _csv(path)
     t_col = _column(header, "timestamp", path, header_line)
     m_col = _column(header, "model", path, header_line)
@@ -497,7 +497,7 @@ def _read_generic(path: Path, root: Path) -> _Parsed:
     return _Parsed(names=names, profiles=profiles, arrival_s=arrival, model=model, size=size, span_s=_span(arrival))
 
 
-_READERS: dict[str, Callable[[Path, int], _Parsed]] = {
+_READERS: dict[str, Callable[[Path | None, int], _Parsed]] = {
     "azure-functions-2019": _read_azure_functions,
     "azure-llm-2023-conv": _read_azure_llm("conv"),
     "azure-llm-2023-code": _read_azure_llm("code"),

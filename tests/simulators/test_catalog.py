@@ -20,7 +20,6 @@ from shadowscale.simulators.catalog import (
     read_gpulet,
     read_llm_bench,
     scale_profile,
-    stable_hash,
 )
 from shadowscale.simulators.traces import TraceError, load_trace
 
@@ -216,12 +215,16 @@ def test_function_profile(
     assert p.name == (f"gpulet/{model}" if k == 1 else f"gpulet/{model}×{k:.3g}")
 
 
-def test_named_profile_uses_sha256_of_the_name(catalog: Catalog) -> None:
-    name = "my-model"
-    model = CNNS[int(stable_hash(name)[:8], 16) % 10]
-    assert catalog.named_profile(name, None) == catalog.cnn(model)
-    p = catalog.named_profile(name, 300.0)
-    assert p.batch_latency_s[0] == pytest.approx(0.3)
+def test_named_profile_is_the_licensed_llm_curve(catalog: Catalog) -> None:
+    """A user's CSV model maps onto the bundled LLM curve (never gpulet's unlicensed CNNs), scaled to its service
+    time. Mutation caught: mapping it back onto ``cnn_by_hash`` fails the name check."""
+    assert catalog.named_profile("my-model", None) == catalog.llm
+    p = catalog.named_profile("my-model", 300.0)
+    assert p.name.startswith("llm-bench/") and p.batch_latency_s[0] == pytest.approx(0.3)
+    k = 0.3 / catalog.llm.batch_latency_s[0]
+    assert p.batch_latency_s == pytest.approx([x * k for x in catalog.llm.batch_latency_s])
+    assert catalog.named_profile("m", 0.0).batch_latency_s[0] == pytest.approx(0.001)  # at least 1 ms
+    assert catalog.specs_of(p) == ()
 
 
 def test_data_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -263,9 +266,9 @@ def test_bad_gpulet_row(tmp_path: Path, row: str, field: str | None) -> None:
 
 def test_bad_profile_file_surfaces_as_trace_error(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    (root / "profiles" / "gpulet-reimpl").mkdir(parents=True)
-    (root / "profiles" / "gpulet-reimpl" / "inference.csv").write_text("resnet50,1,100,throughput,1,latency,bad,1\n")
+    (root / "profiles" / "llm-inference-bench").mkdir(parents=True)
+    (root / "profiles" / "llm-inference-bench" / "All_results.csv").write_text("Hardware,Num of Hardware\nx,1\n")
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("timestamp,model\n0,a\n")
-    with pytest.raises(TraceError, match=r"inference\.csv:1: field 'latency_s'"):
+    with pytest.raises(TraceError, match=r"All_results\.csv:1: field 'Framework'"):
         load_trace(str(csv_path), data_dir=root)
