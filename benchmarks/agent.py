@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from shadowscale.agent.config import AgentConfig, KafkaConfig, parse_config
 from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.errors import UsageError
 
 if TYPE_CHECKING:  # the Kafka client is imported only when the benchmark runs
     from shadowscale.agent.kafka import KafkaSource
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.models < args.steps or args.ingest_events < 1 or args.background < 0:
-        raise ValueError("need --steps >= 1, --models >= --steps, --ingest-events >= 1, --background >= 0")
+        raise UsageError("need --steps >= 1, --models >= --steps, --ingest-events >= 1, --background >= 0")
     from shadowscale.agent.config import LogConfig
     from shadowscale.agent.logs import configure
 

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from shadowscale.errors import MissingExtra, UsageError
 from shadowscale.policies.placement import (
     POLICY_NAMES,
     ClusterSpec,
@@ -111,13 +112,13 @@ def pod_list_names(directory: Path | None = None) -> list[str]:
 def _field_int(path: Path, line: int, row: dict[str, str], name: str) -> int:
     raw = row.get(name)
     if raw is None or raw.strip() == "":
-        raise ValueError(f"{path}:{line}:{name}: missing value")
+        raise UsageError(f"{path}:{line}:{name}: missing value")
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{path}:{line}:{name}: not an integer: {raw!r}") from None
+        raise UsageError(f"{path}:{line}:{name}: not an integer: {raw!r}") from None
     if value < 0:
-        raise ValueError(f"{path}:{line}:{name}: negative value {value}")
+        raise UsageError(f"{path}:{line}:{name}: negative value {value}")
     return value
 
 
@@ -129,11 +130,11 @@ def _rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(f"{path}:1:{missing[0]}: missing column (header: {','.join(header)})")
+            raise UsageError(f"{path}:1:{missing[0]}: missing column (header: {','.join(header)})")
         out = []
         for row in reader:
             if None in row:
-                raise ValueError(f"{path}:{reader.line_num}:{header[-1]}: more fields than the header")
+                raise UsageError(f"{path}:{reader.line_num}:{header[-1]}: more fields than the header")
             out.append((reader.line_num, row))
     return out
 
@@ -147,11 +148,11 @@ def load_nodes(path: Path) -> ClusterSpec:
         mem.append(_field_int(path, line, row, "memory_mib"))
         g = _field_int(path, line, row, "gpu")
         if g > 8:
-            raise ValueError(f"{path}:{line}:gpu: at most 8 GPUs per node, got {g}")
+            raise UsageError(f"{path}:{line}:gpu: at most 8 GPUs per node, got {g}")
         gpus.append(g)
         models.append(row["model"] or "")
     if not names:
-        raise ValueError(f"{path}: no nodes")
+        raise UsageError(f"{path}: no nodes")
     return ClusterSpec.build(cpu, mem, gpus, models, names)
 
 
@@ -174,9 +175,9 @@ def load_pods(path: Path) -> list[PodRequest]:
             )
         except ValueError as exc:
             field = "gpu_milli" if "gpu_milli" in str(exc) else "num_gpu"
-            raise ValueError(f"{path}:{line}:{field}: {exc}") from None
+            raise UsageError(f"{path}:{line}:{field}: {exc}") from None
     if not pods:
-        raise ValueError(f"{path}: no pods")
+        raise UsageError(f"{path}: no pods")
     return pods
 
 
@@ -185,17 +186,17 @@ def parse_seeds(text: str) -> list[int]:
     seeds: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            raise ValueError(f"bad seed list {text!r}: empty item")
+            raise UsageError(f"bad seed list {text!r}: empty item")
         lo_s, dash, hi_s = part.partition("-")
         try:
             lo = int(lo_s)
             hi = int(hi_s) if dash else lo
         except ValueError:
-            raise ValueError(f"bad seed list {text!r}: {part!r} is not N or N-M with integers N, M") from None
+            raise UsageError(f"bad seed list {text!r}: {part!r} is not N or N-M with integers N, M") from None
         if lo < 0 or hi < lo:
-            raise ValueError(f"bad seed range {part!r}: need 0 <= N <= M")
+            raise UsageError(f"bad seed range {part!r}: need 0 <= N <= M")
         if hi - lo >= 10_000:
-            raise ValueError(f"bad seed range {part!r}: more than 10000 seeds")
+            raise UsageError(f"bad seed range {part!r}: more than 10000 seeds")
         seeds.update(range(lo, hi + 1))
     return sorted(seeds)
 
@@ -206,7 +207,7 @@ def parse_policy_list(text: str | None) -> list[str]:
         return list(POLICY_NAMES)
     names = [canonical_name(p) for p in text.split(",") if p.strip()]
     if not names:
-        raise ValueError(f"no policy given; valid policies: {', '.join(POLICY_NAMES)}")
+        raise UsageError(f"no policy given; valid policies: {', '.join(POLICY_NAMES)}")
     return list(dict.fromkeys(names))
 
 
@@ -214,7 +215,7 @@ def resolve_pod_list(name: str) -> Path:
     names = pod_list_names()
     if name not in names:
         valid = ", ".join(names) if names else f"none found under {trace_dir()}"
-        raise ValueError(f"unknown pod list {name!r}; valid pod lists: {valid}")
+        raise UsageError(f"unknown pod list {name!r}; valid pod lists: {valid}")
     return trace_file(f"{POD_PREFIX}{name}.csv")
 
 
@@ -459,7 +460,7 @@ def load_pod_times(path: Path) -> dict[str, tuple[int, int | None]]:
         header = csv.DictReader(f).fieldnames or []
     missing = [c for c in TIME_COLUMNS if c not in header]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"{path}: no {'/'.join(missing)} column, so churn mode cannot replay this pod list (the multigpu* "
             f"lists carry only name, cpu_milli, memory_mib, num_gpu, gpu_milli); use --mode static"
         )
@@ -470,7 +471,7 @@ def load_pod_times(path: Path) -> dict[str, tuple[int, int | None]]:
             None if (row.get("deletion_time") or "").strip() == "" else _field_int(path, line, row, "deletion_time")
         )
         if deleted is not None and deleted < created:
-            raise ValueError(f"{path}:{line}:deletion_time: {deleted} is before creation_time {created}")
+            raise UsageError(f"{path}:{line}:deletion_time: {deleted} is before creation_time {created}")
         out[row["name"]] = (created, deleted)
     return out
 
@@ -510,13 +511,13 @@ def churn_schedule(
 ) -> ChurnSchedule:
     """Events for ``pods`` (an arrival sequence) with lifetimes multiplied by ``stretch``."""
     if not stretch > 0 or not math.isfinite(stretch):
-        raise ValueError(f"stretch must be a positive number, got {stretch}")
+        raise UsageError(f"stretch must be a positive number, got {stretch}")
     n = len(pods)
     try:
         created = np.array([times[source_name(p)][0] for p in pods], dtype=np.float64)
         deleted = [times[source_name(p)][1] for p in pods]
     except KeyError as exc:
-        raise ValueError(f"no creation/deletion time for pod {exc.args[0]!r}") from None
+        raise UsageError(f"no creation/deletion time for pod {exc.args[0]!r}") from None
     lives = np.array([np.inf if d is None else d for d in deleted], dtype=np.float64) - created
     departs = np.flatnonzero(np.isfinite(lives))
     dep_time = created[departs] + stretch * lives[departs]
@@ -543,7 +544,7 @@ def stretch_for_peak(
     """
     target = peak_load * capacity_milli
     if not peak_load > 0:
-        raise ValueError(f"--peak-load must be positive, got {peak_load}")
+        raise UsageError(f"--peak-load must be positive, got {peak_load}")
 
     def peak(s: float) -> int:
         return int(churn_schedule(pods, times, s).demand_milli.max())
@@ -552,7 +553,7 @@ def stretch_for_peak(
         return 1.0
     top = peak(_MAX_STRETCH)
     if top < target:
-        raise ValueError(
+        raise UsageError(
             f"--peak-load {peak_load} is out of reach: with lifetimes stretched x{_MAX_STRETCH:.0e} the requested "
             f"load peaks at {top / capacity_milli:.3f} x capacity"
         )
@@ -769,10 +770,10 @@ def _run_churn_job(job: tuple[str, str, int, float, float | None, DefragSettings
 def run_churn(args: argparse.Namespace, seeds: list[int], policies: list[str]) -> int:
     """``--mode churn``: each policy without (and with ``--defrag``, also with) defragmentation."""
     if args.stretch is not None and args.peak_load is not None:
-        raise ValueError("give --stretch or --peak-load, not both")
+        raise UsageError("give --stretch or --peak-load, not both")
     peak_load = args.peak_load if args.peak_load is not None else DEFAULT_PEAK_LOAD
     if args.max_moves < 1 or args.budget < 0:
-        raise ValueError("--max-moves must be at least 1 and --budget at least 0")
+        raise UsageError("--max-moves must be at least 1 and --budget at least 0")
     workload = load_workload(args.pods)
     times = load_pod_times(resolve_pod_list(args.pods))
     settings = DefragSettings(args.max_moves, args.budget)
@@ -843,7 +844,10 @@ def plot_churn(
     path: Path, pods_name: str, plain: dict[str, list[ChurnResult]], with_defrag: dict[str, list[ChurnResult]]
 ) -> None:
     """Allocation ratio and requested load over the busy part of the replay (mean over seeds), per policy."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingExtra("plots", "sim", "matplotlib") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -933,12 +937,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import rich  # noqa: F401  # progress bar and tables
+    except ImportError as e:
+        raise MissingExtra("shadowscale bench placement", "sim", "rich") from e
     seeds = parse_seeds(args.seeds)
     policies = parse_policy_list(args.policies)
     if args.jobs < 1:
-        raise ValueError("--jobs must be at least 1")
+        raise UsageError("--jobs must be at least 1")
     if args.plot is not None and not str(args.plot).lower().endswith(".png"):
-        raise ValueError(f"--plot wants a .png path, got {args.plot!r}")
+        raise UsageError(f"--plot wants a .png path, got {args.plot!r}")
     if getattr(args, "mode", "static") == "churn":
         return run_churn(args, seeds, policies)
     workload = load_workload(args.pods)
@@ -1028,7 +1036,10 @@ def plot_curves(
     path: Path, pods_name: str, results: dict[str, list[RunResult]], paper: dict[str, dict[int, float]]
 ) -> None:
     """Mean allocation ratio vs arrived load per policy (lines), the paper's means as markers."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingExtra("plots", "sim", "matplotlib") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

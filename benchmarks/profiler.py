@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
 
+from shadowscale.errors import UsageError
 from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
 from shadowscale.policies.profiling.planner import PlannerSettings, Search
 from shadowscale.policies.profiling.replay import Measured, ReplayRunner
@@ -343,7 +344,7 @@ def load_dataset(name_or_path: str) -> Dataset:
         return loader(locate(f"profiles/{file}").parent)
     path = Path(name_or_path)
     if not path.exists():
-        raise ValueError(f"unknown dataset {name_or_path!r}: not one of {', '.join(DATASETS)} and no such file")
+        raise UsageError(f"unknown dataset {name_or_path!r}: not one of {', '.join(DATASETS)} and no such file")
     return load_generic(path)
 
 
@@ -699,13 +700,13 @@ def main(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"--methods: unknown {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
+        raise UsageError(f"--methods: unknown {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
     if args.jobs < 1:
-        raise ValueError("--jobs must be >= 1")
+        raise UsageError("--jobs must be >= 1")
     if args.tasks is not None and args.tasks < 1:
-        raise ValueError("--tasks must be >= 1")
+        raise UsageError("--tasks must be >= 1")
     if args.min_configs < 1:
-        raise ValueError("--min-configs must be >= 1")
+        raise UsageError("--min-configs must be >= 1")
     ds = load_dataset(args.dataset)
     report, details = bench(
         ds,

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from shadowscale.errors import UsageError
 from shadowscale.simulators.engine import SimConfig
 from shadowscale.simulators.run import run_policy
 from shadowscale.simulators.traces import load_trace
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.repeat < 1:
-        raise ValueError("--repeat must be >= 1")
+        raise UsageError("--repeat must be >= 1")
     t0 = time.perf_counter()
     workload = load_trace(args.trace, seed=0)
     load_s = time.perf_counter() - t0

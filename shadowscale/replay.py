@@ -22,16 +22,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
 from shadowscale.agent.config import AgentConfig
 from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
-from shadowscale.agent.producers.cli import register_gpu
+from shadowscale.errors import UsageError
 from shadowscale.policies.ports import Actuator, Clock
 from shadowscale.simulators.actuator import SimulatedCluster
-from shadowscale.simulators.cli import positive_float, positive_int
 from shadowscale.simulators.workload import Workload
 
 Send = Callable[[Sequence[tuple[bytes | None, bytes]]], Awaitable[None]]
@@ -142,34 +140,6 @@ class Replayer:
 # -- the CLI --------------------------------------------------------------------------------------------------------
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("produce", help="publish events to Kafka (trace replay, GPU exporter)", description=__doc__)
-    psub = p.add_subparsers(dest="producer", metavar="PRODUCER")
-    psub.required = True
-    r = psub.add_parser(
-        "replay",
-        help="publish a trace as per-pod traffic events",
-        description="Publish a bundled trace or a CSV as shadowscale.traffic/v1 events, paced in real time x SPEED.",
-    )
-    r.add_argument("--trace", required=True, metavar="NAME|PATH", help="bundled trace name or a CSV file")
-    r.add_argument(
-        "--speed", type=positive_float, default=1.0, metavar="X", help="trace seconds per second (default 1)"
-    )
-    r.add_argument("--bootstrap", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers")
-    r.add_argument("--topic", default="shadowscale.traffic", help="traffic topic (default shadowscale.traffic)")
-    r.add_argument("--hours", type=positive_float, help="replay only the first H hours of the trace")
-    r.add_argument("--models", type=positive_int, default=20, metavar="N", help="the N busiest models (default 20)")
-    r.add_argument("--window", type=positive_float, default=1.0, metavar="S", help="trace seconds per event window")
-    r.add_argument("--pods", type=positive_int, default=1, metavar="N", help="pods per model (fixed; default 1)")
-    r.add_argument("--namespace", default="default", help="namespace the events name (default default)")
-    r.add_argument("--duration", type=positive_float, metavar="S", help="stop after S wall seconds")
-    r.add_argument("--seed", type=int, default=0, help="seed for spreading per-minute counts (default 0)")
-    r.add_argument("--create-topic", action="store_true", help="create the topic if it does not exist")
-    r.add_argument("--partitions", type=positive_int, default=4, help="partitions of a created topic (default 4)")
-    r.set_defaults(func=replay_main)
-    register_gpu(psub)
-
-
 def replay_main(args: argparse.Namespace) -> int:
     from shadowscale.agent.clock import WallClock
     from shadowscale.agent.config import parse_config
@@ -177,7 +147,7 @@ def replay_main(args: argparse.Namespace) -> int:
     from shadowscale.simulators.traces import load_trace
 
     if not args.bootstrap.strip() or ":" not in args.bootstrap:
-        raise ValueError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
+        raise UsageError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
     workload = load_trace(args.trace, seed=args.seed, hours=args.hours, models=args.models)
     clock = WallClock()
     cluster = SimulatedCluster(workload.services, clock, initial={s.model: args.pods for s in workload.services})

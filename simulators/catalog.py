@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shadowscale.errors import UsageError
 from shadowscale.policies.types import FloatArray, ModelProfile
 from shadowscale.simulators.datasets import default_root, locate
 
@@ -88,7 +89,7 @@ def default_data_dir() -> Path:
 # errors and parsing helpers (shared with simulators.traces)
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A data file is missing or malformed. The message names the file, the 1-based line and the field."""
 
     def __init__(self, path: Path | str, line: int | None, reason: str, field: str | None = None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from shadowscale.errors import MissingExtra
 from shadowscale.policies.types import FloatArray
 from shadowscale.simulators.engine import SimResult
 from shadowscale.simulators.run import PolicySummary
@@ -85,7 +86,10 @@ def write_summary(
 
 def plot(out: Path, results: Mapping[str, SimResult], trace_name: str) -> list[Path]:
     """Replicas and demand over time, and the latency CDF per policy, from the CSVs in ``out``."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingExtra("plots", "sim", "matplotlib") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shadowscale.errors import MissingExtra
 from shadowscale.simulators.engine import SimConfig
 from shadowscale.simulators.run import right_sized, run_policy, summarize
 from shadowscale.simulators.workload import Workload
@@ -183,7 +184,10 @@ def _split(
 def plot_sweep(
     path: Path, plain: Mapping[str, Sequence[Point]], sized: Mapping[str, Sequence[Point]], trace: str
 ) -> Path:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise MissingExtra("plots", "sim", "matplotlib") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from shadowscale.errors import UsageError
+
 
 def _positive(text: str) -> float:
     try:
@@ -45,7 +47,7 @@ def gpu_main(args: argparse.Namespace) -> int:
 
     bootstrap = str(args.bootstrap).strip()
     if not bootstrap or ":" not in bootstrap:
-        raise ValueError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
+        raise UsageError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
     try:
         reader = NvmlReader(load_nvml())
         reader.init()

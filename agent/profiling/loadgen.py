@@ -43,6 +43,7 @@ import numpy.typing as npt
 from shadowscale.agent.config import KafkaConfig
 from shadowscale.agent.events import NAME_RE, NAMESPACE_RE, TRIAL_RESULT_V1, TrialResultEvent, TrialStep, encode
 from shadowscale.agent.profiling.loadtest import Capacity, Step, arrivals, find_capacity, probe
+from shadowscale.errors import UsageError
 
 SHAPE_ENV = "SHADOWSCALE_LOADGEN_SHAPE"
 TRIAL_ENV = "SHADOWSCALE_TRIAL_ID"
@@ -108,9 +109,9 @@ def parse_shape(text: str, where: str) -> RequestShape:
     try:
         return msgspec.json.decode(text, type=RequestShape)
     except msgspec.ValidationError as e:
-        raise ValueError(f"request shape in {where}: {e}") from None
+        raise UsageError(f"request shape in {where}: {e}") from None
     except msgspec.DecodeError as e:
-        raise ValueError(f"request shape in {where}: not JSON: {e}") from None
+        raise UsageError(f"request shape in {where}: not JSON: {e}") from None
 
 
 def shape_json(shape: RequestShape) -> str:
@@ -323,13 +324,13 @@ def target_from_url(url: str, shape: RequestShape) -> Target:
         port = None
     if parts.scheme == "tcp":
         if not parts.hostname or port is None:
-            raise ValueError(f"--target {url!r}: a TCP target needs tcp://HOST:PORT")
+            raise UsageError(f"--target {url!r}: a TCP target needs tcp://HOST:PORT")
         return TcpLineTarget(parts.hostname, port)
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
-            raise ValueError(f"--target {url!r}: no host")
+            raise UsageError(f"--target {url!r}: no host")
         return HttpTarget(url, shape)
-    raise ValueError(f"--target {url!r}: the scheme must be http, https or tcp")
+    raise UsageError(f"--target {url!r}: the scheme must be http, https or tcp")
 
 
 # -- one trial ------------------------------------------------------------------------------------------------------
@@ -455,7 +456,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "loadgen",
         help="load-test one shadow trial's target and publish its capacity at the SLO (the trial Job's program)",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=(
+            "Load-test one shadow trial's target: wait until it answers, raise open-loop load shaped like the "
+            "model's traffic until the p99 latency breaks the SLO, bisect to the capacity, then publish the result "
+            "on the trials topic and print it. The shadow runner starts this as a Kubernetes Job. Exit status: 0 "
+            "once the result is published, 1 if it could not be, 2 for bad arguments."
+        ),
     )
     add_arguments(p)
     p.set_defaults(func=run_args)
@@ -480,22 +486,22 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
     env = dict(os.environ) if env is None else env
     trial = args.trial_id or env.get(TRIAL_ENV)
     if not trial:
-        raise ValueError(f"--trial-id is missing (and ${TRIAL_ENV} is not set)")
+        raise UsageError(f"--trial-id is missing (and ${TRIAL_ENV} is not set)")
     for flag, name in (("--trial-id", trial), ("--model", args.model)):
         if len(name) > 253 or NAME_RE.fullmatch(name) is None:
-            raise ValueError(f"{flag} {name[:80]!r} is not a valid Kubernetes name")
+            raise UsageError(f"{flag} {name[:80]!r} is not a valid Kubernetes name")
     if NAMESPACE_RE.fullmatch(args.namespace) is None:
-        raise ValueError(f"--namespace {args.namespace[:80]!r} is not a valid Kubernetes namespace")
+        raise UsageError(f"--namespace {args.namespace[:80]!r} is not a valid Kubernetes namespace")
     if not (math.isfinite(args.slo_ms) and 0 < args.slo_ms <= 86_400_000):
-        raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {args.slo_ms}")
+        raise UsageError(f"--slo-ms must be a positive number of milliseconds, got {args.slo_ms}")
     bootstrap = str(args.bootstrap).strip()
     if not bootstrap or ":" not in bootstrap:
-        raise ValueError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
+        raise UsageError(f"--bootstrap must be HOST:PORT, got {args.bootstrap!r}")
     if args.shape:
         try:
             text = Path(args.shape).read_text()
         except OSError as e:
-            raise ValueError(f"--shape {args.shape}: {e.strerror}") from None
+            raise UsageError(f"--shape {args.shape}: {e.strerror}") from None
         shape = parse_shape(text, f"--shape {args.shape}")
     elif env.get(SHAPE_ENV):
         shape = parse_shape(env[SHAPE_ENV], f"${SHAPE_ENV}")
@@ -514,9 +520,9 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
         msg = str(e)
         for name in ("step_s", "start_rps", "max_rps", "bisect_steps", "drain_s", "connect_timeout_s"):
             msg = msg.replace(name, "--" + name.replace("_", "-"))
-        raise ValueError(msg) from None
+        raise UsageError(msg) from None
     if not args.publish_timeout_s > 0:
-        raise ValueError(f"--publish-timeout-s must be positive, got {args.publish_timeout_s}")
+        raise UsageError(f"--publish-timeout-s must be positive, got {args.publish_timeout_s}")
     if args.config:
         from shadowscale.agent.config import load_config
 
@@ -553,7 +559,7 @@ def _security(kafka: KafkaConfig, args: argparse.Namespace, environ: Mapping[str
         over["sasl_mechanism"] = args.sasl_mechanism
     if args.ssl_cafile:
         if not Path(args.ssl_cafile).is_file():
-            raise ValueError(f"--ssl-cafile {args.ssl_cafile}: no such file")
+            raise UsageError(f"--ssl-cafile {args.ssl_cafile}: no such file")
         over["ssl_cafile"] = args.ssl_cafile
     for env, field_name in ((SASL_USERNAME_ENV, "sasl_username"), (SASL_PASSWORD_ENV, "sasl_password")):
         if environ.get(env):
@@ -562,7 +568,7 @@ def _security(kafka: KafkaConfig, args: argparse.Namespace, environ: Mapping[str
     if kafka.security_protocol.startswith("SASL") and not (
         kafka.sasl_mechanism and kafka.sasl_username and kafka.sasl_password
     ):
-        raise ValueError(
+        raise UsageError(
             f"--security-protocol {kafka.security_protocol} needs --sasl-mechanism and ${SASL_USERNAME_ENV} / "
             f"${SASL_PASSWORD_ENV}"
         )

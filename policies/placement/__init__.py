@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from shadowscale.errors import UsageError
 from shadowscale.policies.placement.base import PlacementPolicy, select
 from shadowscale.policies.placement.bestfit import BestFit
 from shadowscale.policies.placement.cluster import (
@@ -42,7 +43,7 @@ POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 _BY_LOWER = {n.lower(): n for n in POLICY_NAMES}
 
 
-class UnknownPolicyError(ValueError):
+class UnknownPolicyError(UsageError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown placement policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
 

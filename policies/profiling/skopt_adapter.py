@@ -19,14 +19,19 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from skopt import Optimizer
-from skopt.learning import GaussianProcessRegressor
-from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-from skopt.space import Categorical as SkCategorical
-from skopt.space import Integer as SkInteger
-from skopt.space import Real as SkReal
-from skopt.space import Space as SkSpace
 
+from shadowscale.errors import MissingExtra
+
+try:
+    from skopt import Optimizer
+    from skopt.learning import GaussianProcessRegressor
+    from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    from skopt.space import Categorical as SkCategorical
+    from skopt.space import Integer as SkInteger
+    from skopt.space import Real as SkReal
+    from skopt.space import Space as SkSpace
+except ImportError as e:  # the core install has no scikit-optimize (it pulls scipy and scikit-learn)
+    raise MissingExtra("Bayesian profiling (shadow trials, bench profiler)", "profiling", "scikit-optimize") from e
 from shadowscale.policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace, Value
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from shadowscale.errors import UsageError
 from shadowscale.policies.scaling.base import Decisions, Reason, ScalingPolicy, Signals
 from shadowscale.policies.scaling.demand import Demand
 from shadowscale.policies.scaling.hpa import HPA
@@ -27,7 +28,7 @@ HINDSIGHT_POLICIES: frozenset[str] = frozenset({"static", "oracle"})
 ORACLE_BIN_S = 10.0
 
 
-class UnknownPolicyError(ValueError):
+class UnknownPolicyError(UsageError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown policy {name!r}; valid policies: {', '.join(POLICY_NAMES)}")
 
@@ -59,7 +60,7 @@ def parse_policies(text: str) -> list[str]:
     """Split a comma-separated list and check every name; raises :class:`UnknownPolicyError`."""
     names = [p.strip() for p in text.split(",") if p.strip()]
     if not names:
-        raise ValueError(f"no policy given; valid policies: {', '.join(POLICY_NAMES)}")
+        raise UsageError(f"no policy given; valid policies: {', '.join(POLICY_NAMES)}")
     for n in names:
         if n not in POLICY_NAMES:
             raise UnknownPolicyError(n)
