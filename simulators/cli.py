@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shadowscale.errors import MissingExtra, UsageError
+from shadowscale.simulators.executor import add_arguments as add_executor_arguments
 
 DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle,shadowscale"
 # Named here so `simulate --help` imports no numpy; tests/test_cli.py checks them against the registries.
@@ -110,6 +111,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "KPA target concurrency, shadowscale headroom), on the traced and on right-sized specs, and "
         "compare at equal SLO attainment (sweep.png, summary.json 'sweep')",
     )
+    add_executor_arguments(p, default_help="2, at most the CPUs available; used by --sweep")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
     p.set_defaults(func=main)
@@ -161,6 +163,7 @@ def main(args: argparse.Namespace) -> int:
         plot(out, results, workload.name)
     extra: dict[str, Any] = {}
     if args.sweep:
+        from shadowscale.simulators.executor import make_executor
         from shadowscale.simulators.sweep import compare, plot_sweep, run_sweep
 
         with Progress(
@@ -172,7 +175,10 @@ def main(args: argparse.Namespace) -> int:
             disable=args.quiet,
         ) as bar:
             task = bar.add_task("sweep", total=1.0)
-            plain, sized = run_sweep(workload, names, config, progress=lambda f: bar.update(task, completed=f))
+            with make_executor(args.jobs, args.dask, default=2) as executor:
+                plain, sized = run_sweep(
+                    workload, names, config, progress=lambda f: bar.update(task, completed=f), executor=executor
+                )
         extra["sweep"] = {n: [p.as_dict() for p in pts] for n, pts in plain.items()}
         extra["sweep_right_sized"] = {n: [p.as_dict() for p in pts] for n, pts in sized.items()}
         extra["comparison"] = compare(plain, sized)

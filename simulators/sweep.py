@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shadowscale.errors import MissingExtra
 from shadowscale.simulators.engine import SimConfig
+from shadowscale.simulators.executor import Executor, LocalExecutor
 from shadowscale.simulators.run import right_sized, run_policy, summarize
 from shadowscale.simulators.workload import Workload
 
@@ -54,14 +53,22 @@ def _one(args: tuple[Workload, str, float, SimConfig]) -> Point:
     return Point(knob, s.slo_attainment, s.gpu_hours, s.gpus_held_hours)
 
 
+def _one_of(shared: tuple[Workload, Workload], job: tuple[int, str, float, SimConfig]) -> Point:
+    """:func:`_one` on the workload ``job[0]`` names in ``shared`` (sent to each worker once, not per job)."""
+    which, name, knob, config = job
+    return _one((shared[which], name, knob, config))
+
+
 def run_sweep(
     workload: Workload,
     names: Sequence[str],
     config: SimConfig,
     progress: Callable[[float], None] | None = None,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> tuple[dict[str, list[Point]], dict[str, list[Point]]]:
-    """(sweep on the traced specs, sweep of the baselines on right-sized specs). Runs in ``workers`` processes."""
+    """(sweep on the traced specs, sweep of the baselines on right-sized specs). Runs on ``executor`` (default:
+    ``workers`` local processes, at most 2 when not given)."""
     rs = right_sized(workload)
     jobs: list[tuple[str, bool, tuple[Workload, str, float, SimConfig]]] = []
     for name in names:
@@ -71,24 +78,9 @@ def run_sweep(
                 jobs.append((name, True, (rs, name, knob, config)))
     plain: dict[str, list[Point]] = {n: [] for n in names}
     sized: dict[str, list[Point]] = {n: [] for n in names if n in BASELINES}
-    n_workers = workers or max(1, min(2, os.cpu_count() or 1))
-    done = 0
-    if n_workers == 1:
-        results = []
-        for job in jobs:
-            results.append(_one(job[2]))
-            done += 1
-            if progress:
-                progress(done / len(jobs))
-    else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            futures = [pool.submit(_one, job[2]) for job in jobs]
-            results = []
-            for f in futures:
-                results.append(f.result())
-                done += 1
-                if progress:
-                    progress(done / len(jobs))
+    ex = executor or LocalExecutor(workers or 2)
+    items = [(int(a[0] is rs), a[1], a[2], a[3]) for _, _, a in jobs]
+    results = ex.map(_one_of, (workload, rs), items, None if progress is None else lambda d, t: progress(d / t))
     for (name, is_sized, _), point in zip(jobs, results, strict=True):
         (sized if is_sized else plain)[name].append(point)
     return plain, sized
