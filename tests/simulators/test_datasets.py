@@ -7,6 +7,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -20,8 +21,8 @@ REL = "profiles/gpulet-reimpl/inference.csv"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    hits: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    hits: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.hits.append(self.path)
@@ -112,9 +113,7 @@ def test_fetch_on_first_use_then_cached(
     url, handler = server
     body = (REPO_DATA / REL).read_bytes()
     handler.files["/inference.csv"] = body
-    monkeypatch.setitem(
-        datasets.REMOTE, REL, Remote(f"{url}/inference.csv", hashlib.sha256(body).hexdigest(), "test")
-    )
+    monkeypatch.setitem(datasets.REMOTE, REL, Remote(f"{url}/inference.csv", hashlib.sha256(body).hexdigest(), "test"))
     monkeypatch.delenv(datasets.OFFLINE_ENV_VAR)
     path = locate(REL)
     assert path == tmp_path / "cache" / REL and path.read_bytes() == body

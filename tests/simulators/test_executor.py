@@ -20,7 +20,6 @@ def _job(shared: dict[str, Any], item: int) -> tuple[int, int, int]:
     return item, item * shared["factor"], os.getpid()
 
 
-
 def _count_shared_pickles(shared: _Counted, item: int) -> int:
     return shared.value + item
 
@@ -99,7 +98,8 @@ def test_unreachable_scheduler_is_a_usage_error() -> None:
 
 def test_sweep_on_dask_gives_the_local_summary(dask_address: str, tmp_path: Path) -> None:
     """``simulate --sweep --dask ADDRESS`` writes the same summary.json as the local run (but wall_s).
-    Mutation caught: DaskExecutor returning its results in any order but the items' (tried: reversed) mixes up the sweep points."""
+    Mutation caught: DaskExecutor returning its results in any order but the items' (tried: reversed) mixes up
+    the sweep points."""
     args = [
         "simulate",
         "--trace",
