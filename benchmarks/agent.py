@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--models", type=int, default=256, help="models the agent manages (default 256; >= --steps)")
     p.add_argument("--step-interval", type=float, default=0.05, help="seconds between steps (default 0.05)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the traffic topic (default 4)")
-    p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    p.add_argument("--json", action="store_true", help="print only the JSON object (no summary on stderr)")
     p.set_defaults(func=main)
 
 
@@ -57,7 +58,16 @@ def main(args: argparse.Namespace) -> int:
     from shadowscale.agent.logs import configure
 
     configure(LogConfig(level="error", format="json"))  # stdout carries the JSON result only
-    print(json.dumps(asyncio.run(run(args))))
+    result = asyncio.run(run(args))
+    print(json.dumps(result))
+    if not args.json:
+        print(
+            "agent bench: "
+            + ", ".join(
+                f"{k} {v}" for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
+            ),
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -76,3 +76,4 @@ def register(sub: argparse._SubParsersAction[Any], argv: list[str] | None = None
             continue
         importlib.import_module(module).register(bench_sub)
         bench_sub.choices[name].description = description
+        bench_sub.choices[name].formatter_class = argparse.HelpFormatter

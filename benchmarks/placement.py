@@ -33,7 +33,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,8 @@ from shadowscale.policies.placement import (
 from shadowscale.policies.placement.cluster import FloatArray, IntArray
 from shadowscale.policies.placement.defrag import DEFAULT_MAX_MOVES, BoundTable, apply_plan, plan_defrag, release
 from shadowscale.simulators.datasets import REMOTE, default_root, env_data_dir, locate
+from shadowscale.simulators.executor import LocalExecutor, make_executor
+from shadowscale.simulators.executor import add_arguments as add_executor_arguments
 
 TRACE = "alibaba-gpu-v2023"
 NODE_FILE = "openb_node_list_gpu_node.csv"
@@ -361,12 +362,6 @@ def load_workload(pods_name: str) -> Workload:
     spec = load_nodes(trace_file(NODE_FILE))
     pods = tuple(load_pods(pod_path))
     return Workload(pods_name, spec, pods, task_classes(pods))
-
-
-def _run_job(job: tuple[str, str, int]) -> RunResult:
-    pods_name, policy, seed = job
-    w = load_workload(pods_name)
-    return simulate(w.spec, w.pods, w.classes, policy, seed)
 
 
 def _rounded(x: float, digits: int) -> float | None:
@@ -758,10 +753,13 @@ def summarize_churn(results: Sequence[ChurnResult]) -> dict[str, Any]:
     return out
 
 
-def _run_churn_job(job: tuple[str, str, int, float, float | None, DefragSettings | None]) -> ChurnResult:
-    pods_name, policy, seed, peak_load, stretch, defrag = job
-    w = load_workload(pods_name)
-    times = load_pod_times(resolve_pod_list(pods_name))
+def _churn_job(
+    shared: tuple[Workload, dict[str, tuple[int, int | None]]],
+    job: tuple[str, int, float, float | None, DefragSettings | None],
+) -> ChurnResult:
+    """One churn run on the shared workload and pod times (sent to each worker once)."""
+    w, times = shared
+    policy, seed, peak_load, stretch, defrag = job
     return simulate_churn(
         w.spec, churn_schedule_for_seed(w, times, seed, peak_load, stretch), w.classes, policy, seed, defrag
     )
@@ -779,7 +777,7 @@ def run_churn(args: argparse.Namespace, seeds: list[int], policies: list[str]) -
     settings = DefragSettings(args.max_moves, args.budget)
     variants: list[DefragSettings | None] = [None, settings] if args.defrag else [None]
     jobs = [(args.pods, p, s, peak_load, args.stretch, d) for p in policies for d in variants for s in seeds]
-    if args.jobs == 1 or len(jobs) == 1:
+    if (args.dask is None and (args.jobs or 1) == 1) or len(jobs) == 1:
         schedules = {s: churn_schedule_for_seed(workload, times, s, peak_load, args.stretch) for s in seeds}
         done = []
         for _, p, s, _, _, d in jobs:
@@ -788,8 +786,8 @@ def run_churn(args: argparse.Namespace, seeds: list[int], policies: list[str]) -
             if not args.json:
                 print(f"churn {p} seed {s} defrag={d is not None}: {r.seconds:.1f} s", file=sys.stderr)
     else:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            done = list(pool.map(_run_churn_job, jobs))
+        with make_executor(args.jobs, args.dask, default=1) as ex:
+            done = ex.map(_churn_job, (workload, times), [j[1:] for j in jobs])
     plain: dict[str, list[ChurnResult]] = {p: [] for p in policies}
     with_defrag: dict[str, list[ChurnResult]] = {p: [] for p in policies}
     for r in done:
@@ -909,7 +907,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--policies", default=None, help=f"comma-separated (default: all): {','.join(POLICY_NAMES)}")
     parser.add_argument("--json", action="store_true", help="print only the JSON object (no progress bar or table)")
     parser.add_argument("--plot", default=None, metavar="PATH.png", help="write allocation-vs-arrived-load curves")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default: 1)")
+    add_executor_arguments(parser, default_help="1")
     parser.add_argument(
         "--mode",
         choices=("static", "churn"),
@@ -943,8 +941,6 @@ def run(args: argparse.Namespace) -> int:
         raise MissingExtra("shadowscale bench placement", "sim", "rich") from e
     seeds = parse_seeds(args.seeds)
     policies = parse_policy_list(args.policies)
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     if args.plot is not None and not str(args.plot).lower().endswith(".png"):
         raise UsageError(f"--plot wants a .png path, got {args.plot!r}")
     if getattr(args, "mode", "static") == "churn":
@@ -953,7 +949,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(args.pods, p, s) for p in policies for s in seeds]
     results: dict[str, list[RunResult]] = {p: [] for p in policies}
     if args.json:
-        for r in _execute(workload, jobs, args.jobs, None):
+        for r in _execute(workload, jobs, args, None):
             results[r.policy].append(r)
     else:
         from rich.console import Console
@@ -978,7 +974,7 @@ def run(args: argparse.Namespace) -> int:
             def advance(k: int) -> None:
                 bar.advance(task, k)
 
-            for r in _execute(workload, jobs, args.jobs, advance):
+            for r in _execute(workload, jobs, args, advance):
                 results[r.policy].append(r)
     summary = {p: summarize(rs) for p, rs in results.items()}
     paper = {p: v for p, v in paper_numbers(args.pods).items() if p in results}
@@ -992,17 +988,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _execute(
-    workload: Workload, jobs: list[tuple[str, str, int]], n_jobs: int, advance: Callable[[int], None] | None
+    workload: Workload,
+    jobs: list[tuple[str, str, int]],
+    args: argparse.Namespace,
+    advance: Callable[[int], None] | None,
 ) -> list[RunResult]:
-    if n_jobs == 1 or len(jobs) == 1:
-        return [simulate(workload.spec, workload.pods, workload.classes, p, s, advance) for _, p, s in jobs]
-    out = []
-    with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-        for r in pool.map(_run_job, jobs):
+    with make_executor(args.jobs, args.dask, default=1) as ex:
+        if (isinstance(ex, LocalExecutor) and ex.jobs == 1) or len(jobs) == 1:
+            return [simulate(workload.spec, workload.pods, workload.classes, p, s, advance) for _, p, s in jobs]
+
+        def progress(done: int, total: int) -> None:
             if advance is not None:
-                advance(r.n_pods)
-            out.append(r)
-    return out
+                s = jobs[done - 1][2]
+                advance(len(arrivals(workload.pods, workload.spec.total_gpu_milli, np.random.default_rng(s))))
+
+        return ex.map(_placement_job, workload, [(p, s) for _, p, s in jobs], progress)
+
+
+def _placement_job(workload: Workload, job: tuple[str, int]) -> RunResult:
+    """One (policy, seed) run on the shared workload (sent to each worker once)."""
+    policy, seed = job
+    return simulate(workload.spec, workload.pods, workload.classes, policy, seed)
 
 
 def _fmt(v: float | None, spec: str) -> str:

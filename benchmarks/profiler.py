@@ -38,7 +38,6 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,8 @@ from shadowscale.policies.profiling.space import Categorical, Dimension, Levels,
 from shadowscale.policies.profiling.transfer import SourceProfile, TransferPrior, fit_source
 from shadowscale.policies.profiling.types import Observation, Trial
 from shadowscale.simulators.datasets import locate
+from shadowscale.simulators.executor import Executor, LocalExecutor, make_executor
+from shadowscale.simulators.executor import add_arguments as add_executor_arguments
 
 METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "gp", "random")
 DATASETS: tuple[str, ...] = ("llm-inference-bench", "gpulet", "infadapter")
@@ -507,10 +508,9 @@ def _fit_one(ds: Dataset, k: int) -> tuple[int, tuple[FloatArray, ...] | None]:
         return k, None if model is None else model.predict(enc.transform(list(union)))
 
 
-def fit_sources(ds: Dataset, pool: ProcessPoolExecutor | None) -> Sources:
+def fit_sources(ds: Dataset, executor: Executor | None = None) -> Sources:
     union = _union(ds)
-    ks = range(len(ds.tasks))
-    results = list(pool.map(_fit_one, [ds] * len(ks), ks)) if pool else [_fit_one(ds, k) for k in ks]
+    results = (executor or LocalExecutor(1)).map(_fit_one, ds, list(range(len(ds.tasks))))
     fitted = [(k, pred) for k, pred in results if pred is not None]
     if not fitted:
         return Sources(union, (), (), None)
@@ -525,6 +525,11 @@ def fit_sources(ds: Dataset, pool: ProcessPoolExecutor | None) -> Sources:
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------------
+
+
+def _job_of(ds: Dataset, job: tuple[int, str, Sequence[int], TransferPrior | None, bool]) -> list[Run]:
+    """:func:`_job` on the shared dataset (sent to each worker once)."""
+    return _job(ds, *job)
 
 
 def _job(
@@ -575,30 +580,20 @@ def bench(
     min_configs: int = MIN_CONFIGS,
     jobs: int = 1,
     stop_rule: bool = False,
+    executor: Executor | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run every method on every scored task with every seed: ``(report, details)``."""
     t0 = time.perf_counter()
     scored = scored_tasks(ds, min_configs)
     if max_tasks is not None:
         scored = scored[:max_tasks]
-    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
-    try:
-        sources = fit_sources(ds, pool) if "shadowscale" in methods and scored else None
-        fit_s = time.perf_counter() - t0
-        work = [(k, m) for k in scored for m in methods]
-        priors = [sources.for_task(ds.tasks[k]) if sources and m == "shadowscale" else None for k, m in work]
-        args = (
-            [ds] * len(work),
-            [k for k, _ in work],
-            [m for _, m in work],
-            [list(seeds)] * len(work),
-            priors,
-            [stop_rule] * len(work),
-        )
-        results = list(pool.map(_job, *args)) if pool else [_job(*a) for a in zip(*args, strict=True)]
-    finally:
-        if pool:
-            pool.shutdown()
+    ex = executor or LocalExecutor(jobs)
+    sources = fit_sources(ds, ex) if "shadowscale" in methods and scored else None
+    fit_s = time.perf_counter() - t0
+    work = [(k, m) for k in scored for m in methods]
+    priors = [sources.for_task(ds.tasks[k]) if sources and m == "shadowscale" else None for k, m in work]
+    items = [(k, m, list(seeds), prior, stop_rule) for (k, m), prior in zip(work, priors, strict=True)]
+    results = ex.map(_job_of, ds, items)
     per: dict[str, dict[str, Any]] = {m: {} for m in methods}
     for (k, m), runs in zip(work, results, strict=True):
         t = ds.tasks[k]
@@ -627,7 +622,7 @@ def bench(
         "min_configs": min_configs,
         "wall_s": round(time.perf_counter() - t0, 2),
         "source_fit_s": round(fit_s, 2),
-        "jobs": jobs,
+        "executor": repr(ex),
         "tasks": {ds.tasks[k].name: {"model": ds.tasks[k].model, "configs": len(ds.tasks[k])} for k in scored},
         "per_task": per,
         "report": report,
@@ -685,14 +680,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--seeds", default="10", help="number of seeds (0..N-1) or a list/range such as 0-9 (default 10)")
     p.add_argument("--tasks", type=int, default=None, help="score only the first K scored tasks (quick runs)")
     p.add_argument("--min-configs", type=int, default=MIN_CONFIGS, help="smallest task that is scored (default 30)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    add_executor_arguments(p, default_help="1")
     p.add_argument("--details", type=Path, default=None, help="write per-task results and the wall time here (JSON)")
     p.add_argument(
         "--stop-rule",
         action="store_true",
         help="also run the planners with their own stopping rule (results in --details and on stderr)",
     )
-    p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    p.add_argument("--json", action="store_true", help="print only the JSON object (no summary on stderr)")
     p.set_defaults(func=main)
 
 
@@ -701,31 +696,32 @@ def main(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UsageError(f"--methods: unknown {', '.join(unknown) or '(none)'}; valid: {', '.join(METHODS)}")
-    if args.jobs < 1:
-        raise UsageError("--jobs must be >= 1")
     if args.tasks is not None and args.tasks < 1:
         raise UsageError("--tasks must be >= 1")
     if args.min_configs < 1:
         raise UsageError("--min-configs must be >= 1")
     ds = load_dataset(args.dataset)
-    report, details = bench(
-        ds,
-        methods=methods,
-        seeds=parse_seeds(args.seeds),
-        max_tasks=args.tasks,
-        min_configs=args.min_configs,
-        jobs=args.jobs,
-        stop_rule=args.stop_rule,
-    )
+    with make_executor(args.jobs, args.dask, default=1) as executor:
+        report, details = bench(
+            ds,
+            methods=methods,
+            seeds=parse_seeds(args.seeds),
+            max_tasks=args.tasks,
+            min_configs=args.min_configs,
+            stop_rule=args.stop_rule,
+            executor=executor,
+        )
     print(json.dumps(report), flush=True)
-    for m, summary in details.get("stop_rule", {}).items():
-        print(f"profiler bench: {m} with its stopping rule: {json.dumps(summary)}", file=sys.stderr)
     if args.details is not None:
         args.details.parent.mkdir(parents=True, exist_ok=True)
         args.details.write_text(json.dumps(details, indent=1))
+    if args.json:
+        return 0
+    for m, summary in details.get("stop_rule", {}).items():
+        print(f"profiler bench: {m} with its stopping rule: {json.dumps(summary)}", file=sys.stderr)
     print(
         f"profiler bench: {ds.name}, {report['tasks']} tasks × {len(methods)} methods × {len(details['seeds'])} seeds "
-        f"in {details['wall_s']:.1f} s (jobs={args.jobs})",
+        f"in {details['wall_s']:.1f} s ({details['executor']})",
         file=sys.stderr,
     )
     return 0

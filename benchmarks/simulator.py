@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--trace", default="azure-functions-2019", help="trace to replay (default: the 24 h sample)")
     p.add_argument("--policy", default="hpa", help="policy to run (default hpa)")
     p.add_argument("--repeat", type=int, default=1, help="runs; the fastest is reported (default 1)")
-    p.add_argument("--json", action="store_true", help="print JSON only (the default output is JSON too)")
+    p.add_argument("--json", action="store_true", help="print only the JSON object (no summary on stderr)")
     p.set_defaults(func=main)
 
 
@@ -59,4 +60,10 @@ def main(args: argparse.Namespace) -> int:
             }
         )
     )
+    if not args.json:
+        print(
+            f"simulator bench: {n:,} requests of {workload.name} through {args.policy} in {best:.2f} s: "
+            f"{n / best:,.0f} simulated requests/s (CPU {best_cpu:.2f} s; loading the trace {load_s:.2f} s)",
+            file=sys.stderr,
+        )
     return 0

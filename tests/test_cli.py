@@ -236,3 +236,13 @@ def test_internal_error_shows_a_traceback_and_exits_1(monkeypatch: pytest.Monkey
 def test_debug_shows_the_traceback_of_a_usage_error(tmp_path: Path) -> None:
     proc = run_cli("--debug", "simulate", "--trace", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "Traceback" in proc.stderr and "not an existing file" in proc.stderr
+
+
+def test_json_flag_keeps_only_the_json() -> None:
+    """--json means 'only the JSON object': without it the bench also prints a summary on stderr.
+    Mutation caught: making --json a no-op again (summary printed either way) fails the first assertion."""
+    args = ("bench", "simulator", "--trace", "azure-llm-2023-code")
+    quiet, chatty = run_cli(*args, "--json"), run_cli(*args)
+    assert quiet.returncode == chatty.returncode == 0
+    assert "simulator bench:" not in quiet.stderr and "simulated requests/s" in chatty.stderr
+    assert json.loads(quiet.stdout)["requests"] == json.loads(chatty.stdout)["requests"] == 8819
