@@ -4,14 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out
-PY_DIRS := shadowscale agent policies simulators benchmarks tests
+PY_DIRS := shadowscale agent policies simulators benchmarks tests tools
 
-.PHONY: setup test unit lint demo demo-agent demo-simulate bench clean help
+.PHONY: setup test unit lint lock lock-check wheel-check demo demo-agent demo-simulate bench clean help
 
 help:
 	@echo "make demo   - the live agent: bundled Kafka broker, simulated cluster, a real trace replayed x30 (60 s)"
 	@echo "make demo-simulate - replay the 24 h Azure Functions trace through hpa, keda, kpa, static, oracle, shadowscale"
-	@echo "make test   - lint, type-check, layering contracts and the test suite (what CI runs)"
+	@echo "make test   - lint, type-check, layering contracts, lock check, the test suite, the wheel check (CI)"
+	@echo "make lock   - re-resolve requirements/agent.lock (the agent image's pinned core dependencies)"
+	@echo "make wheel-check - build the wheel, install it with [sim] in a fresh venv and run it as a user would"
 	@echo "make bench  - benchmarks, JSON to stdout"
 	@echo "make setup  - create .venv and install shadowscale with its dev extras"
 
@@ -29,10 +31,19 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+lock: setup
+	$(BIN)/python tools/lock.py
+
+lock-check: setup
+	$(BIN)/python tools/lock.py --check
+
 unit: setup
 	$(BIN)/python -m pytest -q -n 2
 
-test: lint unit
+wheel-check: setup
+	tools/wheel_check.sh $(BIN)/python
+
+test: lint lock-check unit wheel-check
 
 demo: demo-agent
 
