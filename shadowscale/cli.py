@@ -32,7 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("shadowscale.benchmarks.cli", "run a benchmark and print its results as JSON"),
     "agent": ("shadowscale.agent.cli", "run the live autoscaling agent (Kafka events in, scale decisions out)"),
     "produce": ("shadowscale.produce", "publish events to Kafka (trace replay, GPU exporter)"),
-    "loadgen": ("shadowscale.agent.profiling.loadgen", "load-test one shadow trial's target (the trial Job's program)"),
+    "loadgen": (
+        "shadowscale.agent.profiling.loadgen_cli",
+        "load-test one shadow trial's target (the trial Job's program)",
+    ),
 }
 """Sub-command -> (module with ``register``, one-line help shown by ``shadowscale --help``)."""
 

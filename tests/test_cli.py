@@ -187,7 +187,7 @@ HEAVY = ("numpy", "matplotlib", "skopt", "scipy", "sklearn", "aiokafka", "kubern
 
 @pytest.mark.parametrize(
     "argv",
-    [["--version"], ["--help"], ["simulate", "--help"], ["bench", "--help"], ["agent", "--help"], ["produce", "--help"]],
+    [["--version"], ["--help"], *([c, "--help"] for c in ("simulate", "bench", "agent", "produce", "loadgen"))],
 )
 def test_version_and_help_import_no_heavy_dependency(argv: list[str]) -> None:
     """--version and --help answer without importing numpy, plotting, Kafka or Kubernetes libraries (what made them

@@ -19,6 +19,7 @@ trap 'rm -rf "$WORK"' EXIT
 step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS"; }
 
 step "build the wheel"
+rm -rf "$ROOT/build"  # setuptools' staging folder: a stale copy would put deleted modules in the wheel
 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$WORK/dist" "$ROOT"
 WHEEL=$(ls "$WORK"/dist/shadowscale-*.whl)
 "$PY" - "$WHEEL" <<'EOF'
