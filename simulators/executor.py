@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
@@ -87,6 +86,8 @@ class LocalExecutor(_Base):
                 if progress is not None:
                     progress(len(out), total)
             return out
+        from concurrent.futures import ProcessPoolExecutor
+
         key = id(shared)
         workers = min(self.jobs, total)
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(key, shared)) as pool:
