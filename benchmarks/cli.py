@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "Replay a measured dataset (llm-inference-bench, gpulet, infadapter or your own CSV) as the oracle and "
         "count, for every task and seed, how many trials each search method (shadowscale's planner with and "
         "without warm start, plain Gaussian-process search, random) needs before it tries a configuration within "
-        "5 %% of the best. Needs the profiling extra. See docs/profiler.md.",
+        "5 % of the best. Needs the profiling extra. See docs/profiler.md.",
     ),
 }
 """Benchmark -> (module with ``register``, one-line help, description for ``bench NAME --help``)."""

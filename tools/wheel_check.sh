@@ -15,7 +15,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${1:-$ROOT/.venv/bin/python}
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shadowscale-wheel.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK" "$ROOT/build"' EXIT
 step() { printf '\n== %s (%ds)\n' "$*" "$SECONDS"; }
 
 step "build the wheel"
