@@ -85,7 +85,13 @@ def build_parser(command: str | None = None, argv: list[str] | None = None) -> a
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(args_in)
-    parser = build_parser(command if command is not None else "", args_in)
+    try:
+        parser = build_parser(command if command is not None else "", args_in)
+    except ShadowscaleError as exc:  # a command whose optional dependencies are missing
+        if "--debug" in args_in:
+            traceback.print_exc()
+        print(f"shadowscale {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
     args = parser.parse_args(args_in)
     try:
         status: int = args.func(args)

