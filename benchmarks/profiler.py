@@ -44,9 +44,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
 
-from shadowscale.errors import UsageError
+from shadowscale.errors import MissingExtra, UsageError
+
+try:
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
+except ImportError as e:
+    raise MissingExtra("shadowscale bench profiler", "profiling", "threadpoolctl") from e
 from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
 from shadowscale.policies.profiling.planner import PlannerSettings, Search
 from shadowscale.policies.profiling.replay import Measured, ReplayRunner

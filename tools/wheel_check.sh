@@ -75,6 +75,16 @@ assert d['policies']['hpa']['requests'] > 0; print('azure-functions-2019, 1 h:',
 step "agent --check on the example configuration"
 "$SS" agent --config "$ROOT/examples/agent.yaml" --check
 
+step "the core alone (no extras): agent --check, the SDK, and simulate naming the extra it needs"
+"$PY" -m uv venv --quiet --python "$PY" "$WORK/core"
+"$PY" -m uv pip install --quiet --python "$WORK/core/bin/python" "$WHEEL"
+"$WORK/core/bin/shadowscale" agent --config "$ROOT/examples/agent.yaml" --check
+"$WORK/core/bin/python" -c "import shadowscale.agent.producers.sdk, shadowscale.agent.app, shadowscale.agent.producers.gpu"
+if "$WORK/core/bin/shadowscale" simulate --trace mine.csv --out out-core --quiet 2> core.err; then
+  echo "simulate ran without the sim extra" >&2; exit 1
+fi
+grep -q "pip install 'shadowscale\[sim\]'" core.err && cat core.err
+
 step "pip install shadowscale (no extras) pulls no SciPy, scikit-learn, Matplotlib or Kafka broker"
 "$PY" -m pip install --quiet --dry-run --ignore-installed --report "$WORK/report.json" "$WHEEL" 2>&1 \
   | { grep -v "^WARNING: Location" || true; } >&2
