@@ -15,9 +15,6 @@ import time
 from typing import Any
 
 from shadowscale.errors import UsageError
-from shadowscale.simulators.engine import SimConfig
-from shadowscale.simulators.run import run_policy
-from shadowscale.simulators.traces import load_trace
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -32,6 +29,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from shadowscale.simulators.engine import SimConfig
+    from shadowscale.simulators.run import run_policy
+    from shadowscale.simulators.traces import load_trace
+
     if args.repeat < 1:
         raise UsageError("--repeat must be >= 1")
     t0 = time.perf_counter()
