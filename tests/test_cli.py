@@ -260,8 +260,7 @@ def test_a_missing_extra_is_named(blocked: str, argv: list[str], extra: str, tmp
     """Without an optional dependency the command says which extra installs it (exit 1, no traceback).
     Mutation caught: importing scikit-optimize at the top of skopt_adapter without the MissingExtra guard."""
     code = (
-        f"import sys\nsys.modules[{blocked!r}] = None\n"
-        "from shadowscale.cli import main\nsys.exit(main(sys.argv[1:]))"
+        f"import sys\nsys.modules[{blocked!r}] = None\nfrom shadowscale.cli import main\nsys.exit(main(sys.argv[1:]))"
     )
     argv = [a.replace("OUT", str(tmp_path / "o")) for a in argv]
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
