@@ -60,6 +60,8 @@ class GpuReading:
     """For a MIG instance: the physical GPU's UUID (utilization is then the parent's; NVML has none per instance)."""
     pid_memory: Mapping[int, int] = field(default_factory=dict)
     """GPU memory used by each process (bytes; 0 where NVML does not say)."""
+    power_watts: float | None = None
+    """The board's power draw (for a MIG instance the parent's); None where NVML does not report it."""
 
 
 def load_nvml() -> Any:
@@ -121,6 +123,7 @@ class NvmlReader:
         h = nv.nvmlDeviceGetHandleByIndex(i)
         uuid = _text(nv.nvmlDeviceGetUUID(h))
         util = _utilization(nv, h)
+        power = _power(nv, h)
         if _mig_enabled(nv, h):
             shares = []
             for j in range(int(nv.nvmlDeviceGetMaxMigDeviceCount(h))):
@@ -137,6 +140,7 @@ class NvmlReader:
                         memory_used_bytes=int(mem.used),
                         memory_total_bytes=int(mem.total),
                         parent_uuid=uuid,
+                        power_watts=power,
                         **_procs(nv, mh),
                     )
                 )
@@ -149,6 +153,7 @@ class NvmlReader:
                 utilization=util,
                 memory_used_bytes=int(mem.used),
                 memory_total_bytes=int(mem.total),
+                power_watts=power,
                 **_procs(nv, h),
             )
         ]
@@ -160,6 +165,18 @@ def _text(v: str | bytes) -> str:
 
 def _utilization(nv: Any, h: Any) -> float:
     return min(max(float(nv.nvmlDeviceGetUtilizationRates(h).gpu) / 100.0, 0.0), 1.0)
+
+
+def _power(nv: Any, h: Any) -> float | None:
+    """Watts from ``nvmlDeviceGetPowerUsage`` (milliwatts); None where the GPU or the binding has none."""
+    fn = getattr(nv, "nvmlDeviceGetPowerUsage", None)
+    if fn is None:
+        return None
+    try:
+        mw = float(fn(h))
+    except (nv.NVMLError, TypeError, ValueError):
+        return None
+    return mw / 1000.0 if 0.0 <= mw <= 1e8 else None
 
 
 def _mig_enabled(nv: Any, h: Any) -> bool:
@@ -362,6 +379,7 @@ def gpu_events(
                 memory_used_bytes=min(r.memory_used_bytes, r.memory_total_bytes),
                 memory_total_bytes=r.memory_total_bytes,
                 pods=tuple(seen.values()),
+                power_watts=r.power_watts,
             )
         )
         if shares is None:
