@@ -131,28 +131,28 @@ class NvmlReader:
                     mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
                 except nv.NVMLError_NotFound:
                     continue  # an empty slot
-                mem = nv.nvmlDeviceGetMemoryInfo(mh)
+                used, total = _memory(nv, mh)
                 shares.append(
                     GpuReading(
                         index=i,
                         uuid=_text(nv.nvmlDeviceGetUUID(mh)),
                         utilization=util,
-                        memory_used_bytes=int(mem.used),
-                        memory_total_bytes=int(mem.total),
+                        memory_used_bytes=used,
+                        memory_total_bytes=total,
                         parent_uuid=uuid,
                         power_watts=power,
                         **_procs(nv, mh),
                     )
                 )
             return shares
-        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        used, total = _memory(nv, h)
         return [
             GpuReading(
                 index=i,
                 uuid=uuid,
                 utilization=util,
-                memory_used_bytes=int(mem.used),
-                memory_total_bytes=int(mem.total),
+                memory_used_bytes=used,
+                memory_total_bytes=total,
                 power_watts=power,
                 **_procs(nv, h),
             )
@@ -165,6 +165,22 @@ def _text(v: str | bytes) -> str:
 
 def _utilization(nv: Any, h: Any) -> float:
     return min(max(float(nv.nvmlDeviceGetUtilizationRates(h).gpu) / 100.0, 0.0), 1.0)
+
+
+def _memory(nv: Any, h: Any) -> tuple[int, int]:
+    """``(used, total)`` bytes as ``nvidia-smi`` shows them: NVML's v2 memory info, whose ``used`` leaves out the
+    memory the driver reserves (v1's ``used`` counts it: 615 MiB more on an idle H200 with driver 580, measured
+    against nvidia-smi, docs/results.md), with the reserved memory taken off ``total`` too, so that total − used
+    stays what can be allocated. Falls back to v1 where the driver or the binding has no v2 (MIG instances)."""
+    version = getattr(nv, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            m = nv.nvmlDeviceGetMemoryInfo(h, version=version)
+            return int(m.used), max(int(m.total) - int(m.reserved), 0)
+        except (nv.NVMLError, TypeError, AttributeError):
+            pass
+    m = nv.nvmlDeviceGetMemoryInfo(h)
+    return int(m.used), int(m.total)
 
 
 def _power(nv: Any, h: Any) -> float | None:
