@@ -96,6 +96,8 @@ class GpuEvent(msgspec.Struct, frozen=True, kw_only=True):
     memory_used_bytes: Annotated[int, msgspec.Meta(ge=0, le=_MAX_BYTES)]
     memory_total_bytes: Annotated[int, msgspec.Meta(ge=0, le=_MAX_BYTES)]
     pods: tuple[GpuPod, ...] = ()
+    power_watts: Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)] | None = None
+    """The whole board's power draw (NVML); None where NVML has none (and on a share's event)."""
 
 
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):

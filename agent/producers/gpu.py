@@ -60,6 +60,8 @@ class GpuReading:
     """For a MIG instance: the physical GPU's UUID (utilization is then the parent's; NVML has none per instance)."""
     pid_memory: Mapping[int, int] = field(default_factory=dict)
     """GPU memory used by each process (bytes; 0 where NVML does not say)."""
+    power_watts: float | None = None
+    """The board's power draw (for a MIG instance the parent's); None where NVML does not report it."""
 
 
 def load_nvml() -> Any:
@@ -121,6 +123,7 @@ class NvmlReader:
         h = nv.nvmlDeviceGetHandleByIndex(i)
         uuid = _text(nv.nvmlDeviceGetUUID(h))
         util = _utilization(nv, h)
+        power = _power(nv, h)
         if _mig_enabled(nv, h):
             shares = []
             for j in range(int(nv.nvmlDeviceGetMaxMigDeviceCount(h))):
@@ -128,27 +131,29 @@ class NvmlReader:
                     mh = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
                 except nv.NVMLError_NotFound:
                     continue  # an empty slot
-                mem = nv.nvmlDeviceGetMemoryInfo(mh)
+                used, total = _memory(nv, mh)
                 shares.append(
                     GpuReading(
                         index=i,
                         uuid=_text(nv.nvmlDeviceGetUUID(mh)),
                         utilization=util,
-                        memory_used_bytes=int(mem.used),
-                        memory_total_bytes=int(mem.total),
+                        memory_used_bytes=used,
+                        memory_total_bytes=total,
                         parent_uuid=uuid,
+                        power_watts=power,
                         **_procs(nv, mh),
                     )
                 )
             return shares
-        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        used, total = _memory(nv, h)
         return [
             GpuReading(
                 index=i,
                 uuid=uuid,
                 utilization=util,
-                memory_used_bytes=int(mem.used),
-                memory_total_bytes=int(mem.total),
+                memory_used_bytes=used,
+                memory_total_bytes=total,
+                power_watts=power,
                 **_procs(nv, h),
             )
         ]
@@ -160,6 +165,34 @@ def _text(v: str | bytes) -> str:
 
 def _utilization(nv: Any, h: Any) -> float:
     return min(max(float(nv.nvmlDeviceGetUtilizationRates(h).gpu) / 100.0, 0.0), 1.0)
+
+
+def _memory(nv: Any, h: Any) -> tuple[int, int]:
+    """``(used, total)`` bytes as ``nvidia-smi`` shows them: NVML's v2 memory info, whose ``used`` leaves out the
+    memory the driver reserves (v1's ``used`` counts it: 615 MiB more on an idle H200 with driver 580, measured
+    against nvidia-smi, docs/results.md), with the reserved memory taken off ``total`` too, so that total − used
+    stays what can be allocated. Falls back to v1 where the driver or the binding has no v2 (MIG instances)."""
+    version = getattr(nv, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            m = nv.nvmlDeviceGetMemoryInfo(h, version=version)
+            return int(m.used), max(int(m.total) - int(m.reserved), 0)
+        except (nv.NVMLError, TypeError, AttributeError):
+            pass
+    m = nv.nvmlDeviceGetMemoryInfo(h)
+    return int(m.used), int(m.total)
+
+
+def _power(nv: Any, h: Any) -> float | None:
+    """Watts from ``nvmlDeviceGetPowerUsage`` (milliwatts); None where the GPU or the binding has none."""
+    fn = getattr(nv, "nvmlDeviceGetPowerUsage", None)
+    if fn is None:
+        return None
+    try:
+        mw = float(fn(h))
+    except (nv.NVMLError, TypeError, ValueError):
+        return None
+    return mw / 1000.0 if 0.0 <= mw <= 1e8 else None
 
 
 def _mig_enabled(nv: Any, h: Any) -> bool:
@@ -362,6 +395,7 @@ def gpu_events(
                 memory_used_bytes=min(r.memory_used_bytes, r.memory_total_bytes),
                 memory_total_bytes=r.memory_total_bytes,
                 pods=tuple(seen.values()),
+                power_watts=r.power_watts,
             )
         )
         if shares is None:

@@ -146,6 +146,50 @@ def test_reader_turns_nvml_into_readings_per_gpu_and_mig_instance() -> None:
     assert (got[1].memory_used_bytes, got[1].memory_total_bytes, got[1].pids) == (3 * GIB, 10 * GIB, (201,))
 
 
+def test_power_draw_is_read_in_watts_and_missing_power_is_none() -> None:
+    """Catches: milliwatts published as watts (or the parent's power dropped for a MIG instance), and a GPU without
+    power readings (NotSupported, or a binding without the function) failing the whole reading."""
+    nv = fake_nvml(two_gpus())
+    nv.nvmlDeviceGetPowerUsage = lambda h: 312_500 if h["uuid"] == "GPU-aaaa" else 95_000
+    r = NvmlReader(nv)
+    r.init()
+    got = r.read()
+    assert [g.power_watts for g in got] == [312.5, 95.0, 95.0]
+    ev = gpu_mod.gpu_events("node-a", got[:1], {}, 1.0)
+    assert ev[0].power_watts == 312.5
+
+    def unsupported(h: Any) -> int:
+        raise nv.NVMLError_NotSupported("Not Supported")
+
+    nv.nvmlDeviceGetPowerUsage = unsupported
+    assert [g.power_watts for g in r.read()] == [None, None, None]
+    del nv.nvmlDeviceGetPowerUsage
+    assert [g.power_watts for g in r.read()] == [None, None, None]
+
+
+def test_memory_leaves_out_what_the_driver_reserves_like_nvidia_smi() -> None:
+    """On an H200, NVML v1's ``used`` was 615 MiB above nvidia-smi's at idle: the driver's reserved memory.
+    Catches: reading v1 where v2 exists (used would include the reserve), or not taking the reserve off total
+    (total − used would overstate what can be allocated); and a binding or device without v2 failing the read."""
+    nv = fake_nvml(two_gpus())
+    v1 = nv.nvmlDeviceGetMemoryInfo
+    nv.nvmlMemory_v2 = 0x02000028
+
+    def info(h: Any, version: int | None = None) -> Any:
+        if version is None:
+            return v1(h)
+        if "mig" in h or "MIG" in h["uuid"]:
+            raise nv.NVMLError_NotSupported("Not Supported")
+        return SimpleNamespace(used=h["used"], reserved=GIB // 2, total=h["total"], free=0)
+
+    nv.nvmlDeviceGetMemoryInfo = info
+    r = NvmlReader(nv)
+    r.init()
+    got = r.read()
+    assert (got[0].memory_used_bytes, got[0].memory_total_bytes) == (10 * GIB, 80 * GIB - GIB // 2)
+    assert (got[1].memory_used_bytes, got[1].memory_total_bytes) == (3 * GIB, 10 * GIB)  # MIG: v1
+
+
 def test_lost_gpu_is_skipped_and_comes_back() -> None:
     gpus = two_gpus()
     r = NvmlReader(fake_nvml(gpus))
