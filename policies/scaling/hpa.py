@@ -58,13 +58,20 @@ DOWNSCALE_STABILIZATION_S = 300.0
 
 @dataclass(frozen=True, slots=True)
 class Behavior:
-    """HPA ``behavior`` defaults (autoscaling/v2 ``HPAScalingRules``)."""
+    """HPA ``behavior`` defaults (autoscaling/v2 ``HPAScalingRules``).
+
+    Each direction has at most one ``Percent`` and one ``Pods`` policy, combined with ``selectPolicy: Max`` (the
+    policy that allows the larger change wins); a value of 0 means "no such policy". Rate limits are taken over
+    one sync period (``period_s``), i.e. relative to the replicas the sync starts from.
+    """
 
     scale_up_stabilization_s: float = 0.0
     scale_down_stabilization_s: float = 300.0
     scale_up_percent: float = 100.0
     scale_up_pods: int = 4
     scale_down_percent: float = 100.0
+    scale_down_pods: int = 0
+    """``Pods`` scale-down policy: at most this many replicas removed per period (0: no such policy)."""
     period_s: float = 15.0
 
 
@@ -111,18 +118,21 @@ def normalize(
     up_limit = np.maximum(
         ceil_int(current * np.float64(1.0 + behavior.scale_up_percent / 100.0)), current + behavior.scale_up_pods
     )
-    if behavior.scale_down_percent >= 100.0:
-        limited = rec > up_limit
-        out = np.minimum(rec, up_limit)
-    else:
-        down_limit = np.floor(current * (1.0 - behavior.scale_down_percent / 100.0) + 1e-9).astype(np.int64)
-        limited = (rec > up_limit) | (rec < down_limit)
-        out = np.clip(rec, down_limit, up_limit)
+    # calculateScaleDownLimitWithBehaviors, selectPolicy Max: the lowest limit of the policies; a percent policy
+    # truncates towards zero (int32(current × (1 − p))), a missing pods policy allows no change. The default
+    # (100 %) limits nothing.
+    pct_limit = np.floor(current * (1.0 - behavior.scale_down_percent / 100.0) + 1e-9).astype(np.int64)
+    down_limit = np.minimum(pct_limit, current - behavior.scale_down_pods)
+    up_limited = rec > up_limit
+    down_limited = rec < down_limit
+    out = np.clip(rec, down_limit, up_limit)
     bounded = np.clip(out, lo, hi)
     # held by the window: a scale-down was recommended and the stabilized value is above it
     code = np.where((raw < current) & (rec > raw), _STABILIZED, -1)
-    code[limited] = _RATE_LIMITED
-    code[bounded != out] = _BOUNDS
+    code[up_limited | down_limited] = _RATE_LIMITED
+    # convertDesiredReplicasWithBehaviorRate names the limit that binds: TooMany/TooFewReplicas when max/min is
+    # at least as tight as the rate limit, ScaleUpLimit/ScaleDownLimit otherwise.
+    code[(up_limited & (hi <= up_limit)) | (down_limited & (lo >= down_limit)) | (bounded != out)] = _BOUNDS
     return bounded, code, Recommendations(down, up)
 
 
@@ -145,8 +155,11 @@ def normalize_legacy(
     allowed_max = np.minimum(hi, up_limit)
     out = np.where(stabilized < lo, lo, np.minimum(stabilized, allowed_max))
     code = np.where((raw < current) & (stabilized > raw), _STABILIZED, -1)
-    code[stabilized > up_limit] = _RATE_LIMITED
-    code[(stabilized < lo) | (stabilized > hi)] = _BOUNDS
+    # The reason names the limit that binds: ScaleUpLimit only while maxReplicas is above it (a tie is
+    # TooManyReplicas), as convertDesiredReplicasWithRules reports it.
+    over = stabilized > allowed_max
+    code[over & (hi > up_limit)] = _RATE_LIMITED
+    code[(over & (hi <= up_limit)) | (stabilized < lo)] = _BOUNDS
     return out, code, Recommendations(down, recs.up)
 
 
@@ -166,8 +179,10 @@ def stabilize(
 
 
 def initial_recommendations(now: float, current: IntArray) -> Recommendations:
-    """``recordInitialRecommendation``: the first sync remembers the current replica count."""
-    return Recommendations(WindowMax().push(now, current.copy()))
+    """``recordInitialRecommendation``: the first sync remembers the current replica count, in the one list both
+    stabilization windows read (a scale-up window therefore holds the count it found, as a scale-down window
+    does)."""
+    return Recommendations(WindowMax().push(now, current.copy()), (Sample(now, current.astype(np.float64)),))
 
 
 @dataclass(frozen=True, slots=True)
