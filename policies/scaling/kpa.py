@@ -11,7 +11,8 @@ Faithful to Knative Serving's ``config-autoscaler`` defaults and ``pkg/autoscale
 - Scale to zero: the stable-window desired count reaches 0 after 60 s without concurrency; the replicas go
   only after ``scale-to-zero-grace-period`` 30 s more. From zero, the activator buffers requests and its
   concurrency reaches the autoscaler by the next tick.
-- ``initial-scale`` 1.
+- ``initial-scale`` 1. An autoscaler that starts (or restarts) over more than one ready replica starts in panic
+  mode at that count, as ``newAutoscaler`` does.
 
 Observed concurrency = requests in flight (queued at the activator/queue-proxy or being served), averaged
 over the window from the concurrency-seconds counter.
@@ -95,12 +96,15 @@ class KPA:
         history = push(state.history, Sample(now, signals.inflight_s), self.stable_window_s)
         first = window_start(history, now, self.stable_window_s)
         if now - first.t <= 1e-9:
-            # No window yet ("no data" is a result, not an error): keep the current scale.
+            # No window yet ("no data" is a result, not an error): keep the current scale. An autoscaler that
+            # starts over more than one ready pod starts in panic mode at that count (newAutoscaler), so the
+            # lost metric history cannot scale it down before a stable window has passed.
             code = np.full(n, int(Reason.NO_METRICS), np.int64)
             decisions = Decisions(self.name, now, current.copy(), code, np.zeros(n), target, current.astype(np.float64))
-            return decisions, KPAState(
-                history, state.panic_since, state.max_panic_pods, state.zero_since, state.lo, state.hi
-            )
+            start = np.isnan(state.panic_since) & (signals.ready > 1)
+            panic_since = np.where(start, now, state.panic_since)
+            max_panic = np.where(start, signals.ready, state.max_panic_pods).astype(np.int64)
+            return decisions, KPAState(history, panic_since, max_panic, state.zero_since, state.lo, state.hi)
         p0 = window_start(history, now, self.panic_window_s)
         stable = (signals.inflight_s - first.values) / (now - first.t)
         panic = (signals.inflight_s - p0.values) / max(now - p0.t, 1e-9)
@@ -127,9 +131,10 @@ class KPA:
         desired = np.where(panicking, max_panic, dspc_l)
         code = np.where(panicking, _PANIC, np.where(limited, _RATE_LIMITED, _HOLD))
 
-        # Scale to zero only after the grace period; from zero, activate on any buffered request.
+        # Scale to zero only after the grace period; from zero, activate on any buffered request. The reconciler
+        # applies min/max first (scaler.go), so with a minimum above 0 the count goes to it at once.
         zero_since = state.zero_since.copy()
-        wants_zero = (desired == 0) & (current > 0)
+        wants_zero = (desired == 0) & (current > 0) & (state.lo == 0)
         zero_since[~wants_zero] = math.nan
         newly = wants_zero & np.isnan(zero_since)
         zero_since[newly] = now
