@@ -11,6 +11,7 @@ Faithful to Knative Serving's ``config-autoscaler`` defaults and ``pkg/autoscale
 - Scale to zero: the stable-window desired count reaches 0 after 60 s without concurrency; the replicas go
   only after ``scale-to-zero-grace-period`` 30 s more. From zero, the activator buffers requests and its
   concurrency reaches the autoscaler by the next tick.
+- ``scale-down-delay`` 0 s (``scale_down_delay_s``): when set, the highest desired count of that window applies.
 - ``initial-scale`` 1. An autoscaler that starts (or restarts) over more than one ready replica starts in panic
   mode at that count, as ``newAutoscaler`` does.
 
@@ -26,7 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shadowscale.policies.scaling.base import Decisions, Reason, Sample, Signals, bounds, ceil_int, push, window_start
+from shadowscale.policies.scaling.base import (
+    Decisions,
+    Reason,
+    Sample,
+    Signals,
+    WindowMax,
+    bounds,
+    ceil_int,
+    push,
+    window_start,
+)
 from shadowscale.policies.scaling.hpa import label_direction
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
@@ -37,6 +48,7 @@ _COOLDOWN = int(Reason.COOLDOWN)
 _SCALE_TO_ZERO = int(Reason.SCALE_TO_ZERO)
 _ACTIVATE = int(Reason.ACTIVATE)
 _BOUNDS = int(Reason.BOUNDS)
+_STABILIZED = int(Reason.STABILIZED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,8 @@ class KPAState:
     """Time the desired count first became 0 while replicas remained; NaN otherwise."""
     lo: IntArray
     hi: IntArray
+    delayed: WindowMax = WindowMax()
+    """Desired counts over the last ``scale_down_delay_s`` (empty when there is no delay)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,9 @@ class KPA:
     scale_to_zero_grace_s: float = 30.0
     tick_interval_s: float = 2.0
     initial_scale: int = 1
+    scale_down_delay_s: float = 0.0
+    """``scale-down-delay``: a scale-down takes effect only once the lower count has held this long (the highest
+    desired count of the window applies)."""
 
     @property
     def name(self) -> str:
@@ -104,7 +121,9 @@ class KPA:
             start = np.isnan(state.panic_since) & (signals.ready > 1)
             panic_since = np.where(start, now, state.panic_since)
             max_panic = np.where(start, signals.ready, state.max_panic_pods).astype(np.int64)
-            return decisions, KPAState(history, panic_since, max_panic, state.zero_since, state.lo, state.hi)
+            return decisions, KPAState(
+                history, panic_since, max_panic, state.zero_since, state.lo, state.hi, state.delayed
+            )
         p0 = window_start(history, now, self.panic_window_s)
         stable = (signals.inflight_s - first.values) / (now - first.t)
         panic = (signals.inflight_s - p0.values) / max(now - p0.t, 1e-9)
@@ -130,6 +149,14 @@ class KPA:
         max_panic = np.where(panicking, np.maximum(np.maximum(dppc_l, dspc_l), state.max_panic_pods), 0)
         desired = np.where(panicking, max_panic, dspc_l)
         code = np.where(panicking, _PANIC, np.where(limited, _RATE_LIMITED, _HOLD))
+        # scale-down-delay (autoscaler.go delayWindow): the highest count decided within the delay applies.
+        delayed = state.delayed
+        if self.scale_down_delay_s > 0:
+            delayed = delayed.expire(now - self.scale_down_delay_s).push(now, desired.astype(np.int64))
+            held = delayed.max()
+            assert held is not None
+            code = np.where(held > desired, _STABILIZED, code)
+            desired = np.maximum(desired, held)
 
         # Scale to zero only after the grace period; from zero, activate on any buffered request. The reconciler
         # applies min/max first (scaler.go), so with a minimum above 0 the count goes to it at once.
@@ -152,4 +179,6 @@ class KPA:
         decisions = Decisions(
             self.name, now, out.astype(np.int64), code, stable, target, np.where(panicking, panic, stable) / target
         )
-        return decisions, KPAState(history, panic_since, max_panic.astype(np.int64), zero_since, state.lo, state.hi)
+        return decisions, KPAState(
+            history, panic_since, max_panic.astype(np.int64), zero_since, state.lo, state.hi, delayed
+        )

@@ -19,7 +19,7 @@ panic threshold 200 %, stable window 60 s. The decider itself never holds at a z
 reconciler's grace period), so the decider cases run with ``scale_to_zero_grace_s=0``.
 
 Not translated, with the reason (Knative knobs the port does not model; each defaults to off):
-``TestAutoscalerScaleDownDelay*`` (``scale-down-delay``, default 0 s), ``TestAutoscalerActivationScale``
+``TestAutoscalerScaleDownDelayNotReachable`` (revision reachability), ``TestAutoscalerActivationScale``
 (``activation-scale``, default 1), ``AutoscalerStableModeDecreaseNonReachable`` and the reconciler's
 reachability cases (revision reachability), RPS-mode tests (our KPA is concurrency mode), the metrics and
 excess-burst-capacity assertions (observability, not decisions), pod-counter errors, and the reconciler's
@@ -28,7 +28,8 @@ activator probing, last-pod retention, initial scale and activation deadlines.
 Disagreements found and fixed in the port while translating: an autoscaler started over more than one ready
 replica did not start in panic mode (``TestStartInPanicMode``), and with a minimum scale above zero a zero
 count was held for the scale-to-zero grace period instead of going to the minimum at once (``TestScaler``
-"scale down to minScale before grace period").
+"scale down to minScale before grace period"). The port had no ``scale-down-delay``; it has it now
+(``KPA.scale_down_delay_s``, default 0 s as Knative's) so the ``TestAutoscalerScaleDownDelay`` cases run.
 """
 
 from __future__ import annotations
@@ -299,6 +300,38 @@ def test_update_target() -> None:
     assert pods(a.scale(1000.0, stable=100, panic=101, ready=1)) == 10
     a.kpa = decider(1)
     assert pods(a.scale(1000.0, stable=100, panic=101, ready=10)) == 100
+
+
+def delayed(delay_s: float) -> Autoscaler:
+    """TestAutoscalerScaleDownDelay's spec: target 10, rates 10, panic threshold 10 000 % (never), no ready pods."""
+    kpa = replace(decider(10), panic_threshold=100.0, scale_down_delay_s=delay_s)
+    return Autoscaler.new(kpa)
+
+
+def test_scale_down_delay() -> None:
+    """``TestAutoscalerScaleDownDelay`` (both subtests on one autoscaler, ScaleDownDelay 5 min). ``simple``: 40 ->
+    4 pods; 0 for 5 minutes: still 4; 2 s later: 0. ``gradual``: 40 at 9 min -> 4; 30 at 10 min -> 4 (4 still
+    dominates); 0 at 11 min -> 4; at 14 min the 4 has scrolled out -> 3; at 15 min everything has -> 0.
+
+    Mutations caught: no delay (0 at 5 min), an entry kept at exactly the delay's age (4 at 14 min, 3 at 15 min).
+    """
+    a = delayed(300.0)
+    assert pods(a.scale(2.0, stable=40, panic=40, ready=0)) == 4
+    assert pods(a.scale(300.0, stable=0, panic=0, ready=0)) == 4
+    assert pods(a.scale(302.0, stable=0, panic=0, ready=0)) == 0
+    assert pods(a.scale(540.0, stable=40, panic=40, ready=0)) == 4
+    assert pods(a.scale(600.0, stable=30, panic=30, ready=0)) == 4
+    assert pods(a.scale(660.0, stable=0, panic=0, ready=0)) == 4
+    assert pods(a.scale(840.0, stable=0, panic=0, ready=0)) == 3
+    assert pods(a.scale(900.0, stable=0, panic=0, ready=0)) == 0
+
+
+def test_scale_down_delay_zero() -> None:
+    """``TestAutoscalerScaleDownDelayZero``: without a delay a lower count applies at once: 40 -> 4, then 20 -> 2
+    half a second later."""
+    a = delayed(0.0)
+    assert pods(a.scale(0.0, stable=40, panic=40, ready=0)) == 4
+    assert pods(a.scale(0.5, stable=20, panic=20, ready=0)) == 2
 
 
 @pytest.mark.parametrize("ready", [0, 1, 2, 5], ids=lambda r: f"{AS}::TestStartInPanicMode/ready-{r}")
