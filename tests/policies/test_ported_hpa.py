@@ -101,8 +101,9 @@ def test_replica_calculator(current: int, ready: int, util: float, target: float
     """``GetResourceReplicas`` as the case's ``expectedReplicas``: our recommendation (``Decisions.raw``) after one
     sync equals it; a scale-up is also applied (all are within the 2× limit); no change reports WITHIN_TOLERANCE.
 
-    Mutations caught: counting unready replicas at the ready ones' utilization on a scale-up (UnreadyLessScale gives
-    5, UnreadyNoScale 5), dropping the direction-flip check (NoScale gives 1), ``<`` for ``<=`` in the tolerance.
+    Mutations run: unready replicas counted at the ready ones' utilization on a scale-up (UnreadyLessScale and
+    HotCpuLessScale give 6, UnreadyNoScale and HotCpuNoScale 4: 4 failures); the direction-flip check dropped
+    (the two NoScale cases give 2: 2 failures).
     """
     hpa = HPA(target_utilization=target)
     run = drive(hpa, [service()], lambda t: Load(util=util, replicas=current, ready=ready), until=15)
@@ -312,8 +313,8 @@ def test_scaling_with_rules(
     """``convertDesiredReplicasWithBehaviorRate``: the behavior's Pods/Percent policies (selectPolicy Max), then
     min/max, with the reason naming the limit that binds.
 
-    Mutations caught: a Pods scale-down policy ignored ("scaleDown with pod policy …" give 2/98→2), Min instead of
-    Max selection (110 → 20), ``ceil`` for the truncating percent scale-down (floor(100 × 0.99) = 99).
+    Mutations run: the Pods scale-down policy ignored (4 failures); selectPolicy Min instead of Max for scale-up
+    (9 failures).
     """
     hpa = HPA(target_utilization=TARGET, min_replicas=lo, behavior=behavior)
     d = normalized(hpa, current, desired, lo=lo, hi=hi, horizon_s=behavior.scale_down_stabilization_s)
