@@ -344,7 +344,7 @@ def test_normalize_desired_replicas(history: dict[float, int], desired: int, exp
     """``stabilizeRecommendation``: the highest recommendation of the last 5 minutes (entries older drop out).
 
     The replicas stay at 100, above every case, so the result is the stabilized recommendation itself.
-    Mutation caught: a window of 10 minutes (the "old recommendations" cases give 10).
+    Mutation run: a 10-minute window (all 5 fail: the 9 of 9 minutes ago, or the first sync's 100, still count).
     """
     d = normalized(HPA(target_utilization=TARGET), 100, desired, history=history)
     assert int(d.replicas[0]) == expected
@@ -413,8 +413,8 @@ def test_normalize_desired_replicas_with_behavior(
     """Scale-up window: the lowest recommendation of the window; scale-down window: the highest; the result is the
     current count brought within [up, down].
 
-    Mutations caught: a scale-up window taking the maximum (4 → 7), the current count ignored (the last two give
-    1 and 3).
+    Mutations run: the scale-up window taking its maximum (4 failures); the current count left out of the
+    result (5 failures).
     """
     behavior = Behavior(scale_up_stabilization_s=up_s, scale_down_stabilization_s=down_s, scale_up_percent=UNLIMITED)
     hpa = HPA(target_utilization=TARGET, behavior=behavior)

@@ -383,8 +383,8 @@ def test_reconciler_applies_the_count(
     once the revision has been active a stable window).
 
     The decider is given the stable and panic concurrency ``count × 70`` and rates that never bind, so its count is
-    exactly the case's ``scaleTo``. Mutations caught: the minimum applied after the grace period (the port did:
-    "scale down to minScale before grace period" kept 10), a grace period counted from the last tick.
+    exactly the case's ``scaleTo``. Mutation caught: the minimum applied after the grace period (the port did:
+    "scale down to minScale before grace period" kept 10).
     """
     kpa = KPA(max_scale_down_rate=1e6)
     a = Autoscaler.new(kpa, min_scale=min_scale, max_scale=max_scale)
