@@ -30,27 +30,29 @@ Not translated, with the reason (modelling choices, documented in policies/scali
   empty metrics and missing requests: every ready replica of ours reports its utilization;
 - custom/object/external metrics (``*CM*``): our HPA scales on utilization only (KEDA's external ``AverageValue``
   metric is ported in test_ported_keda.py);
-- ``TestScalingWithRules`` cases with ``scaleUpEvents``/``scaleDownEvents`` whose result depends on them: our
-  HPA limits each change relative to the replicas at the start of the sync (``period_s`` = the 15 s sync), it
-  keeps no scale-event history for longer policy periods; the case marked ``testThis`` is skipped upstream;
+- the ``TestScalingWithRules`` case marked ``testThis`` (skipped upstream too);
 - stored-log lengths (``expectedLogLength``, ``expectedRecommendations``): internal bookkeeping, not decisions.
 
-Disagreements found and fixed in the port while translating (see the commit message): ``Behavior`` had no
-``Pods`` scale-down policy (``TestScalingWithRules`` "scaleDown with pod policy …"); the legacy path reported
-BOUNDS where Kubernetes reports ``ScaleUpLimit`` (maxReplicas above the 2× limit); the first sync's recorded
-recommendation fed only the scale-down window, not the scale-up one.
+Disagreements found and fixed in the port while translating (see the commit messages): ``Behavior`` had no
+``Pods`` scale-down policy (``TestScalingWithRules`` "scaleDown with pod policy …"); policies had no period of
+their own and the HPA kept no scale events, so a policy such as "5 pods per 120 s" limited each 15 s sync
+instead of the 120 s (the ``… previous events`` cases); the legacy path reported BOUNDS where Kubernetes reports
+``ScaleUpLimit`` (maxReplicas above the 2× limit); the first sync's recorded recommendation fed only the
+scale-down window, not the scale-up one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
+import numpy as np
 import pytest
-from policy_harness import Load, drive, service
+from policy_harness import Load, assert_pure, drive, service
 
 from shadowscale.policies.scaling import HPA, Reason
-from shadowscale.policies.scaling.base import Decisions
-from shadowscale.policies.scaling.hpa import Behavior
+from shadowscale.policies.scaling.base import Decisions, Sample, Signals
+from shadowscale.policies.scaling.hpa import Behavior, Recommendations
 
 RC = "replica_calculator_test.go"
 HZ = "horizontal_test.go"
@@ -193,7 +195,7 @@ def rules(pods: int, percent: float, window_s: float, up: bool) -> Behavior:
 
 DEFAULT = Behavior()
 # TestScalingWithRules (convertDesiredReplicasWithBehaviorRate). Rule arguments are generateScalingRules'
-# (pods, percent, stabilizationWindow); periods do not matter without scale events.
+# (pods, percent, stabilizationWindow); periods do not matter without scale events (cases with events below).
 # (name, behavior, current, prenormalized desired, min, max, expected, reason)
 WITH_RULES = [
     ("prenormalized desired replicas within range", DEFAULT, 5, 7, 3, 8, 7, None),
@@ -287,19 +289,6 @@ WITH_RULES = [
     ),
     ("scaleDown with pod policy limitation", rules(5, 0, 300, False), 10, 2, 1, 1000, 5, RATE_LIMITED),
     ("scaleDown with percent policy limitation", rules(0, 50, 300, False), 10, 5, 1, 1000, 5, None),
-    # With the default 100 % scale-down policy the earlier scale-down events cannot limit anything.
-    ("scaleDown with default policy and previous events", DEFAULT, 10, 5, 1, 1000, 5, None),
-    # 1000 % of (10 + 30) removable: the events cannot limit this either.
-    (
-        "scaleDown with with previous events still allowing more scale down",
-        rules(0, 1000, 300, False),
-        10,
-        5,
-        1,
-        1000,
-        5,
-        None,
-    ),
 ]
 
 
@@ -318,6 +307,338 @@ def test_scaling_with_rules(
     """
     hpa = HPA(target_utilization=TARGET, min_replicas=lo, behavior=behavior)
     d = normalized(hpa, current, desired, lo=lo, hi=hi, horizon_s=behavior.scale_down_stabilization_s)
+    assert int(d.replicas[0]) == expected
+    if reason is None:
+        assert int(d.reason[0]) not in LIMITS
+    else:
+        assert int(d.reason[0]) == reason
+
+
+def spread(changes: Sequence[int], period_s: float) -> dict[float, int]:
+    """``generateEventsUniformDistribution``: the events' ages (seconds), each in the middle of its share of the
+    period, e.g. ([1, 5, 9], 120) -> {100: 1, 60: 5, 20: 9}."""
+    seg = period_s / len(changes)
+    return {period_s - seg * (i + 1) + seg / 2: c for i, c in enumerate(changes)}
+
+
+def policies(
+    up: bool, pods: int, pods_period_s: float, percent: float, percent_period_s: float, window_s: float
+) -> Behavior:
+    """``generateScalingRules(pods, podsPeriod, percent, percentPeriod, window)`` for one direction."""
+    if up:
+        return Behavior(
+            scale_up_pods=pods,
+            scale_up_pods_period_s=pods_period_s,
+            scale_up_percent=percent,
+            scale_up_percent_period_s=percent_period_s,
+            scale_up_stabilization_s=window_s,
+        )
+    return Behavior(
+        scale_down_pods=pods,
+        scale_down_pods_period_s=pods_period_s,
+        scale_down_percent=percent,
+        scale_down_percent_period_s=percent_period_s,
+        scale_down_stabilization_s=window_s,
+    )
+
+
+UP19 = spread([1, 5, 9], 120)
+OUTDATED = spread([8, 12, 9, 11], 120)
+# TestScalingWithRules cases with scale events: (name, behavior, up events, down events, current, desired, min,
+# max, expected, reason). Events map age (s) -> replicas added or removed.
+WITH_EVENTS = [
+    (
+        "scaleUp with spec MaxReplicas limitation with large pod policy and events",
+        policies(True, 300, 60, 0, 0, 0),
+        UP19,
+        {},
+        100,
+        500,
+        1,
+        200,
+        200,
+        BOUNDS,
+    ),
+    (
+        "scaleUp with spec MaxReplicas limitation with large percent policy and events",
+        policies(True, 0, 0, 10000, 60, 0),
+        UP19,
+        {},
+        100,
+        500,
+        1,
+        200,
+        200,
+        BOUNDS,
+    ),
+    (
+        "scaleUp with currentReplicas limitation with rate.PeriodSeconds with a lot of recent scale up events",
+        policies(True, 5, 120, 0, 0, 0),
+        UP19,
+        {},
+        100,
+        500,
+        1,
+        1000,
+        100,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleUp with pod policy and previous scale up events",
+        policies(True, 150, 120, 0, 0, 0),
+        UP19,
+        {},
+        100,
+        500,
+        1,
+        1000,
+        235,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleUp with percent policy and previous scale up events",
+        policies(True, 0, 0, 200, 120, 0),
+        UP19,
+        {},
+        100,
+        500,
+        1,
+        1000,
+        255,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleUp with percent policy and previous scale up and down events",
+        policies(True, 0, 0, 300, 300, 0),
+        spread([4], 120),
+        spread([2], 120),
+        6,
+        24,
+        1,
+        1000,
+        16,
+        RATE_LIMITED,
+    ),
+    ("scaleDown with default policy and previous events", DEFAULT, {}, UP19, 10, 5, 1, 1000, 5, None),
+    (
+        "scaleDown with spec MinReplicas=nil limitation with large pod policy and previous events",
+        policies(False, 115, 120, 0, 0, 300),
+        {},
+        UP19,
+        100,
+        0,
+        1,
+        1000,
+        1,
+        BOUNDS,
+    ),
+    (
+        "scaleDown with spec MinReplicas limitation with large pod policy and previous events",
+        policies(False, 130, 120, 0, 0, 300),
+        {},
+        UP19,
+        100,
+        0,
+        5,
+        1000,
+        5,
+        BOUNDS,
+    ),
+    (
+        "scaleDown with spec MinReplicas limitation with large percent policy and previous events",
+        policies(False, 0, 0, 100, 120, 300),
+        {},
+        UP19,
+        100,
+        2,
+        5,
+        1000,
+        5,
+        BOUNDS,
+    ),
+    (
+        "scaleDown with pod policy limitation and previous events",
+        policies(False, 5, 120, 0, 0, 300),
+        {},
+        UP19,
+        100,
+        2,
+        1,
+        1000,
+        100,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleDown with percent policy limitation and previous events",
+        policies(False, 0, 0, 50, 120, 300),
+        {},
+        spread([2, 4, 6], 120),
+        100,
+        0,
+        1,
+        1000,
+        56,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleDown with percent policy and previous scale up and down events",
+        policies(False, 0, 0, 50, 180, 0),
+        spread([2], 120),
+        spread([4], 120),
+        10,
+        1,
+        1,
+        1000,
+        6,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleDown with previous events preventing further scale down",
+        policies(False, 0, 0, 10, 120, 300),
+        {},
+        spread([10, 10, 10], 120),
+        100,
+        0,
+        1,
+        1000,
+        100,
+        RATE_LIMITED,
+    ),
+    (
+        "scaleDown with with previous events still allowing more scale down",
+        policies(False, 0, 0, 1000, 120, 300),
+        {},
+        spread([10, 10, 10], 120),
+        10,
+        5,
+        1,
+        1000,
+        5,
+        None,
+    ),
+    (
+        "check 'outdated' flag for events for one behavior for up",
+        policies(True, 1000, 60, 0, 0, 0),
+        OUTDATED,
+        {},
+        100,
+        200,
+        1,
+        1000,
+        200,
+        None,
+    ),
+    (
+        "check that events were not marked 'outdated' for two different policies in the behavior for up",
+        policies(True, 1000, 120, 100, 60, 0),
+        OUTDATED,
+        {},
+        100,
+        200,
+        1,
+        1000,
+        200,
+        None,
+    ),
+    (
+        "check that events were marked 'outdated' for two different policies in the behavior for up",
+        policies(True, 1000, 30, 100, 60, 0),
+        OUTDATED,
+        {},
+        100,
+        200,
+        1,
+        1000,
+        200,
+        None,
+    ),
+    (
+        "check 'outdated' flag for events for one behavior for down",
+        policies(False, 1000, 60, 0, 0, 300),
+        {},
+        OUTDATED,
+        100,
+        5,
+        1,
+        1000,
+        5,
+        None,
+    ),
+    (
+        "check that events were not marked 'outdated' for two different policies in the behavior for down",
+        policies(False, 1000, 120, 100, 60, 300),
+        {},
+        OUTDATED,
+        100,
+        5,
+        1,
+        1000,
+        5,
+        None,
+    ),
+    (
+        "check that events were marked 'outdated' for two different policies in the behavior for down",
+        policies(False, 1000, 30, 100, 60, 300),
+        {},
+        OUTDATED,
+        100,
+        5,
+        1,
+        1000,
+        5,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("behavior", "up_events", "down_events", "current", "desired", "lo", "hi", "expected", "reason"),
+    [pytest.param(*c[1:], id=f"{HZ}::TestScalingWithRules/{c[0]}") for c in WITH_EVENTS],
+)
+def test_scaling_with_rules_and_scale_events(
+    behavior: Behavior,
+    up_events: dict[float, int],
+    down_events: dict[float, int],
+    current: int,
+    desired: int,
+    lo: int,
+    hi: int,
+    expected: int,
+    reason: int | None,
+) -> None:
+    """A policy limits the change over its period from the replicas at the period's start: current minus the
+    replicas this HPA added in the period plus those it removed (its scale events), never past the current count.
+
+    The Go test injects the controller's ``scaleUpEvents``/``scaleDownEvents``; here the same events (signed
+    replica changes at the cases' ages) are put into the HPA state that ``decide()`` is given, with empty
+    stabilization windows (the Go function does not stabilize), and the metric makes the calculator recommend the
+    case's prenormalized count. Mutations run: events ignored (the port kept none: 8 failures); events counted
+    whatever their age (0 failures: no upstream case here has an event outside a policy's period that changes the
+    result).
+    """
+    now = 1000.0
+    hpa = HPA(target_utilization=TARGET, min_replicas=lo, behavior=behavior)
+    _, state = hpa.init([service(min_replicas=lo, max_replicas=hi)])
+    events = sorted(
+        [(now - age, float(n)) for age, n in up_events.items()]
+        + [(now - age, -float(n)) for age, n in down_events.items()]
+    )
+    recs = Recommendations(events=tuple(Sample(t, np.array([change])) for t, change in events))
+    state = replace(state, last_t=now - 15.0, last_busy=np.zeros(1), last_ready=np.zeros(1), recs=recs)
+    ready_s = current * 15.0
+    zero = np.zeros(1)
+    signals = Signals(
+        now=now,
+        replicas=np.array([current]),
+        ready=np.array([current]),
+        arrivals=zero,
+        busy_s=np.array([desired * TARGET / current * ready_s]),
+        ready_s=np.array([ready_s]),
+        inflight_s=zero,
+        outstanding=np.array([0]),
+    )
+    d, _ = assert_pure(hpa, signals, state)
+    assert d.raw[0] == desired
     assert int(d.replicas[0]) == expected
     if reason is None:
         assert int(d.reason[0]) not in LIMITS
