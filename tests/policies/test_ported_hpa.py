@@ -97,7 +97,7 @@ REPLICA_CALC = [
 
 @pytest.mark.parametrize(
     ("current", "ready", "util", "target", "expected"),
-    [pytest.param(*case[1:], id=f"{RC}::{case[0]}") for case in REPLICA_CALC],
+    [pytest.param(*case[1:], id=f"{RC} {case[0]}") for case in REPLICA_CALC],
 )
 def test_replica_calculator(current: int, ready: int, util: float, target: float, expected: int) -> None:
     """``GetResourceReplicas`` as the case's ``expectedReplicas``: our recommendation (``Decisions.raw``) after one
@@ -169,7 +169,7 @@ LEGACY_RULES = [
 
 @pytest.mark.parametrize(
     ("current", "desired", "lo", "hi", "expected", "reason"),
-    [pytest.param(*c[1:], id=f"{HZ}::TestConvertDesiredReplicasWithRules/{c[0]}") for c in LEGACY_RULES],
+    [pytest.param(*c[1:], id=f"{HZ} TestConvertDesiredReplicasWithRules/{c[0]}") for c in LEGACY_RULES],
 )
 def test_convert_desired_replicas_with_rules(
     current: int, desired: int, lo: int, hi: int, expected: int, reason: int | None
@@ -294,7 +294,7 @@ WITH_RULES = [
 
 @pytest.mark.parametrize(
     ("behavior", "current", "desired", "lo", "hi", "expected", "reason"),
-    [pytest.param(*c[1:], id=f"{HZ}::TestScalingWithRules/{c[0]}") for c in WITH_RULES],
+    [pytest.param(*c[1:], id=f"{HZ} TestScalingWithRules/{c[0]}") for c in WITH_RULES],
 )
 def test_scaling_with_rules(
     behavior: Behavior, current: int, desired: int, lo: int, hi: int, expected: int, reason: int | None
@@ -593,7 +593,7 @@ WITH_EVENTS = [
 
 @pytest.mark.parametrize(
     ("behavior", "up_events", "down_events", "current", "desired", "lo", "hi", "expected", "reason"),
-    [pytest.param(*c[1:], id=f"{HZ}::TestScalingWithRules/{c[0]}") for c in WITH_EVENTS],
+    [pytest.param(*c[1:], id=f"{HZ} TestScalingWithRules/{c[0]}") for c in WITH_EVENTS],
 )
 def test_scaling_with_rules_and_scale_events(
     behavior: Behavior,
@@ -659,7 +659,7 @@ LEGACY_STABILIZE = [
 
 @pytest.mark.parametrize(
     ("history", "desired", "expected"),
-    [pytest.param(*c[1:], id=f"{HZ}::TestNormalizeDesiredReplicas/{c[0]}") for c in LEGACY_STABILIZE],
+    [pytest.param(*c[1:], id=f"{HZ} TestNormalizeDesiredReplicas/{c[0]}") for c in LEGACY_STABILIZE],
 )
 def test_normalize_desired_replicas(history: dict[float, int], desired: int, expected: int) -> None:
     """``stabilizeRecommendation``: the highest recommendation of the last 5 minutes (entries older drop out).
@@ -726,7 +726,7 @@ WITH_BEHAVIOR = [
 
 @pytest.mark.parametrize(
     ("history", "current", "desired", "expected", "up_s", "down_s"),
-    [pytest.param(*c[1:], id=f"{HZ}::TestNormalizeDesiredReplicasWithBehavior/{c[0]}") for c in WITH_BEHAVIOR],
+    [pytest.param(*c[1:], id=f"{HZ} TestNormalizeDesiredReplicasWithBehavior/{c[0]}") for c in WITH_BEHAVIOR],
 )
 def test_normalize_desired_replicas_with_behavior(
     history: dict[float, int], current: int, desired: int, expected: int, up_s: float, down_s: float

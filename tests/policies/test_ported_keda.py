@@ -232,7 +232,7 @@ PER_POD_EXTERNAL = [
 
 @pytest.mark.parametrize(
     ("current", "total", "per_pod", "expected"),
-    [pytest.param(*c[1:], id=f"kubernetes:replica_calculator_test.go::{c[0]}") for c in PER_POD_EXTERNAL],
+    [pytest.param(*c[1:], id=f"kubernetes:replica_calculator_test.go {c[0]}") for c in PER_POD_EXTERNAL],
 )
 def test_keda_hpa_external_average_value(current: int, total: int, per_pod: float, expected: int) -> None:
     """The metric total (e.g. Kafka lag 8600) over the per-pod target (lagThreshold): 8600 / 2150 = 4 from 3

@@ -150,7 +150,7 @@ ONE_CALL = [
 
 @pytest.mark.parametrize(
     ("target", "stable", "panic", "ready", "prepared", "expected"),
-    [pytest.param(*c[1:], id=f"{AS}::{c[0]}") for c in ONE_CALL],
+    [pytest.param(*c[1:], id=f"{AS} {c[0]}") for c in ONE_CALL],
 )
 def test_decider_single_scale(
     target: float, stable: float, panic: float, ready: int, prepared: tuple[float, int] | None, expected: int
@@ -180,7 +180,7 @@ RATES = [
 
 @pytest.mark.parametrize(
     ("target", "stable", "panic", "ready", "up", "down", "expected"),
-    [pytest.param(*c[1:], id=f"{AS}::{c[0]}") for c in RATES],
+    [pytest.param(*c[1:], id=f"{AS} {c[0]}") for c in RATES],
 )
 def test_decider_scale_rates(
     target: float, stable: float, panic: float, ready: int, up: float, down: float, expected: int
@@ -334,7 +334,7 @@ def test_scale_down_delay_zero() -> None:
     assert pods(a.scale(0.5, stable=20, panic=20, ready=0)) == 2
 
 
-@pytest.mark.parametrize("ready", [0, 1, 2, 5], ids=lambda r: f"{AS}::TestStartInPanicMode/ready-{r}")
+@pytest.mark.parametrize("ready", [0, 1, 2, 5], ids=lambda r: f"{AS} TestStartInPanicMode/ready-{r}")
 def test_start_in_panic_mode(ready: int) -> None:
     """``TestStartInPanicMode``: created over 0 or 1 ready pods: no panic; over 2 or more: panic mode at that count,
     so losing the metric history (a restart) cannot scale it down for a stable window.
@@ -373,7 +373,7 @@ RECONCILER = [
 
 @pytest.mark.parametrize(
     ("start", "count", "min_scale", "max_scale", "zero_for", "expected"),
-    [pytest.param(*c[1:], id=f"{SC}::TestScaler/{c[0]}") for c in RECONCILER],
+    [pytest.param(*c[1:], id=f"{SC} TestScaler/{c[0]}") for c in RECONCILER],
 )
 def test_reconciler_applies_the_count(
     start: int, count: int, min_scale: int, max_scale: int, zero_for: float | None, expected: int
