@@ -58,26 +58,61 @@ DOWNSCALE_STABILIZATION_S = 300.0
 
 @dataclass(frozen=True, slots=True)
 class Behavior:
-    """HPA ``behavior`` defaults (autoscaling/v2 ``HPAScalingRules``)."""
+    """HPA ``behavior`` defaults (autoscaling/v2 ``HPAScalingRules``).
+
+    Each direction has at most one ``Percent`` and one ``Pods`` policy, combined with ``selectPolicy: Max`` (the
+    policy that allows the larger change wins); a value of 0 means "no such policy". A policy limits the change
+    over its period (``periodSeconds``: ``period_s`` unless the policy's own period is given) relative to the
+    replicas at the period's start, which the HPA works out from its own scale events of that period
+    (``calculateScaleUpLimitWithScalingRules``); with the default 15 s periods that is the replicas the sync
+    starts from.
+    """
 
     scale_up_stabilization_s: float = 0.0
     scale_down_stabilization_s: float = 300.0
     scale_up_percent: float = 100.0
     scale_up_pods: int = 4
     scale_down_percent: float = 100.0
+    scale_down_pods: int = 0
+    """``Pods`` scale-down policy: at most this many replicas removed per period (0: no such policy)."""
     period_s: float = 15.0
+    scale_up_percent_period_s: float | None = None
+    scale_up_pods_period_s: float | None = None
+    scale_down_percent_period_s: float | None = None
+    scale_down_pods_period_s: float | None = None
+
+    def periods(self) -> tuple[float, float, float, float]:
+        """(up percent, up pods, down percent, down pods) policy periods in seconds."""
+        p = self.period_s
+        return (
+            p if self.scale_up_percent_period_s is None else self.scale_up_percent_period_s,
+            p if self.scale_up_pods_period_s is None else self.scale_up_pods_period_s,
+            p if self.scale_down_percent_period_s is None else self.scale_down_percent_period_s,
+            p if self.scale_down_pods_period_s is None else self.scale_down_pods_period_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Recommendations:
-    """What the HPA controller remembers between syncs: its raw recommendations over the stabilization window.
+    """What the HPA controller remembers between syncs: its raw recommendations over the stabilization window,
+    and (``behavior`` set) its scale events over the longest policy period.
 
     The scale-down window is kept as a sliding maximum; a scale-up window (0 s by default) as the plain
-    history of (time, recommendation).
+    history of (time, recommendation); scale events as (time, replicas added (> 0) or removed (< 0)).
     """
 
     down: WindowMax = WindowMax()
     up: tuple[Sample, ...] = ()
+    events: tuple[Sample, ...] = ()
+
+
+def _changed_since(events: tuple[Sample, ...], cut: float) -> tuple[FloatArray, FloatArray]:
+    """``getReplicasChangePerPeriod`` for scale-ups and scale-downs: replicas added and removed after ``cut``."""
+    recent = [e.values for e in events if e.t > cut]
+    if not recent:
+        return np.zeros(()), np.zeros(())
+    stacked = np.stack(recent)
+    return np.maximum(stacked, 0.0).sum(axis=0), np.maximum(-stacked, 0.0).sum(axis=0)
 
 
 def normalize(
@@ -107,23 +142,41 @@ def normalize(
         up_rec = raw
     rec = np.minimum(np.maximum(current, up_rec), down_rec)
 
-    # Rate limits. The sync period equals the policy period, so replicas at the period start = current.
+    # Rate limits over each policy's period, from the replicas at the period's start (current minus what this HPA
+    # added in the period plus what it removed), selectPolicy Max; never below/above the current count.
+    up_pct_s, up_pods_s, down_pct_s, down_pods_s = behavior.periods()
+
+    def start(period_s: float) -> FloatArray:
+        added, removed = _changed_since(recs.events, now - period_s)
+        return current - added + removed
+
     up_limit = np.maximum(
-        ceil_int(current * np.float64(1.0 + behavior.scale_up_percent / 100.0)), current + behavior.scale_up_pods
+        ceil_int(start(up_pct_s) * np.float64(1.0 + behavior.scale_up_percent / 100.0)),
+        (start(up_pods_s) + behavior.scale_up_pods).astype(np.int64),
     )
-    if behavior.scale_down_percent >= 100.0:
-        limited = rec > up_limit
-        out = np.minimum(rec, up_limit)
-    else:
-        down_limit = np.floor(current * (1.0 - behavior.scale_down_percent / 100.0) + 1e-9).astype(np.int64)
-        limited = (rec > up_limit) | (rec < down_limit)
-        out = np.clip(rec, down_limit, up_limit)
+    up_limit = np.maximum(up_limit, current)
+    # calculateScaleDownLimitWithBehaviors: the lowest limit of the policies; a percent policy truncates towards
+    # zero (int32(start × (1 − p))), a missing pods policy allows no change. The default (100 %) limits nothing.
+    pct_limit = np.floor(start(down_pct_s) * (1.0 - behavior.scale_down_percent / 100.0) + 1e-9).astype(np.int64)
+    down_limit = np.minimum(pct_limit, (start(down_pods_s) - behavior.scale_down_pods).astype(np.int64))
+    down_limit = np.minimum(down_limit, current)
+    up_limited = rec > up_limit
+    down_limited = rec < down_limit
+    out = np.clip(rec, down_limit, up_limit)
     bounded = np.clip(out, lo, hi)
     # held by the window: a scale-down was recommended and the stabilized value is above it
     code = np.where((raw < current) & (rec > raw), _STABILIZED, -1)
-    code[limited] = _RATE_LIMITED
-    code[bounded != out] = _BOUNDS
-    return bounded, code, Recommendations(down, up)
+    code[up_limited | down_limited] = _RATE_LIMITED
+    # convertDesiredReplicasWithBehaviorRate names the limit that binds: TooMany/TooFewReplicas when max/min is
+    # at least as tight as the rate limit, ScaleUpLimit/ScaleDownLimit otherwise.
+    code[(up_limited & (hi <= up_limit)) | (down_limited & (lo >= down_limit)) | (bounded != out)] = _BOUNDS
+    # storeScaleEvent: remember this sync's change for the policies' periods
+    keep = max(behavior.periods())
+    events = tuple(e for e in recs.events if e.t > now - keep)
+    change = (bounded - current).astype(np.float64)
+    if change.any():
+        events = (*events, Sample(now, change))
+    return bounded, code, Recommendations(down, up, events)
 
 
 def normalize_legacy(
@@ -145,8 +198,11 @@ def normalize_legacy(
     allowed_max = np.minimum(hi, up_limit)
     out = np.where(stabilized < lo, lo, np.minimum(stabilized, allowed_max))
     code = np.where((raw < current) & (stabilized > raw), _STABILIZED, -1)
-    code[stabilized > up_limit] = _RATE_LIMITED
-    code[(stabilized < lo) | (stabilized > hi)] = _BOUNDS
+    # The reason names the limit that binds: ScaleUpLimit only while maxReplicas is above it (a tie is
+    # TooManyReplicas), as convertDesiredReplicasWithRules reports it.
+    over = stabilized > allowed_max
+    code[over & (hi > up_limit)] = _RATE_LIMITED
+    code[(over & (hi <= up_limit)) | (stabilized < lo)] = _BOUNDS
     return out, code, Recommendations(down, recs.up)
 
 
@@ -166,8 +222,10 @@ def stabilize(
 
 
 def initial_recommendations(now: float, current: IntArray) -> Recommendations:
-    """``recordInitialRecommendation``: the first sync remembers the current replica count."""
-    return Recommendations(WindowMax().push(now, current.copy()))
+    """``recordInitialRecommendation``: the first sync remembers the current replica count, in the one list both
+    stabilization windows read (a scale-up window therefore holds the count it found, as a scale-down window
+    does)."""
+    return Recommendations(WindowMax().push(now, current.copy()), (Sample(now, current.astype(np.float64)),))
 
 
 @dataclass(frozen=True, slots=True)

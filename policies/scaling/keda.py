@@ -2,7 +2,8 @@
 
 Faithful to KEDA's defaults (keda.sh/docs/2.14/reference/scaledobject-spec, Kafka scaler docs):
 - ``pollingInterval`` = 30 s: KEDA checks activity (lag > ``activationLagThreshold`` = 0) every 30 s and alone
-  moves the workload between 0 and 1 replica.
+  moves the workload between 0 and 1 replica (and up to ``minReplicaCount`` when it is below it). The polling and
+  the HPA's syncs are separate loops: the policy runs at the instants either acts.
 - ``cooldownPeriod`` = 300 s: scale to zero only after 300 s without activity.
 - Between 1 and N replicas the HPA that KEDA creates scales on an ``AverageValue`` external metric with target
   ``lagThreshold`` (Kafka default 10): ``desired = ceil(lag / lagThreshold)``. That HPA syncs every 15 s
@@ -16,6 +17,7 @@ Lag in the simulator = requests accepted and not yet completed (unacknowledged m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,7 +58,9 @@ class KEDA:
 
     @property
     def tick_s(self) -> float:
-        return self.hpa_sync_s
+        """KEDA's polling loop and the HPA's sync loop run independently; the policy is evaluated at every instant
+        either acts (the greatest common divisor of the two periods, 15 s for the defaults 30 s and 15 s)."""
+        return _gcd_s(self.polling_s, self.hpa_sync_s)
 
     @property
     def hindsight(self) -> bool:
@@ -83,29 +87,45 @@ class KEDA:
             active = lag > self.activation_lag_threshold
             last_active = np.where(active, now, last_active)
 
-        # The HPA part, for workloads KEDA has activated (current >= 1).
+        # The HPA part, for workloads KEDA has activated (current >= 1), at the HPA's own syncs.
         scaled = current >= 1
         ratio = np.divide(lag, np.maximum(current, 1) * self.lag_threshold)
         raw = np.maximum(ceil_int(lag / self.lag_threshold), 1)
         within = np.abs(ratio - 1.0) <= self.tolerance
         raw = np.where(within, current, raw)
-        hpa_lo = np.maximum(state.lo, 1)
-        out, override, recs = stabilize(now, np.maximum(current, 1), raw, state.recs, self.behavior, hpa_lo, state.hi)
-        code = np.where(within, _WITHIN_TOLERANCE, _HOLD)
-        code = np.where(override >= 0, override, code)
-        out = np.where(scaled, out, current)
+        if _is_multiple(now, self.hpa_sync_s):
+            hpa_lo = np.maximum(state.lo, 1)
+            out, override, recs = stabilize(
+                now, np.maximum(current, 1), raw, state.recs, self.behavior, hpa_lo, state.hi
+            )
+            code = np.where(within, _WITHIN_TOLERANCE, _HOLD)
+            code = np.where(override >= 0, override, code)
+            out = np.where(scaled, out, current)
+        else:
+            out, recs, code = current.copy(), state.recs, np.full(n, _HOLD, np.int64)
 
         if poll:
-            activate = (current == 0) & (lag > self.activation_lag_threshold)
+            # scale_executor RequestScale: active at zero -> max(minReplicaCount, 1); inactive past the cooldown
+            # with minReplicaCount 0 -> 0; inactive below minReplicaCount -> minReplicaCount.
+            active = lag > self.activation_lag_threshold
+            activate = (current == 0) & active
             out = np.where(activate, np.maximum(1, state.lo), out)
             code = np.where(activate, _ACTIVATE, code)
-            idle_long = (now - last_active >= self.cooldown_s - 1e-9) & (lag <= self.activation_lag_threshold)
+            idle_long = (now - last_active >= self.cooldown_s - 1e-9) & ~active
             to_zero = scaled & idle_long & (state.lo == 0)
             out = np.where(to_zero, 0, out)
             code = np.where(to_zero, _SCALE_TO_ZERO, code)
+            to_min = ~active & (current < state.lo)
+            out = np.where(to_min, state.lo, out)
+            code = np.where(to_min, int(Reason.BOUNDS), code)
         code = label_direction(code, out, current)
         decisions = Decisions(self.name, now, out.astype(np.int64), code, lag, target, raw.astype(np.float64))
         return decisions, KEDAState(last_active, recs, state.lo, state.hi)
+
+
+def _gcd_s(a: float, b: float) -> float:
+    """Greatest common divisor of two periods, in milliseconds' resolution."""
+    return math.gcd(round(a * 1000), round(b * 1000)) / 1000.0
 
 
 def _is_multiple(t: float, period: float) -> bool:

@@ -11,7 +11,9 @@ Faithful to Knative Serving's ``config-autoscaler`` defaults and ``pkg/autoscale
 - Scale to zero: the stable-window desired count reaches 0 after 60 s without concurrency; the replicas go
   only after ``scale-to-zero-grace-period`` 30 s more. From zero, the activator buffers requests and its
   concurrency reaches the autoscaler by the next tick.
-- ``initial-scale`` 1.
+- ``scale-down-delay`` 0 s (``scale_down_delay_s``): when set, the highest desired count of that window applies.
+- ``initial-scale`` 1. An autoscaler that starts (or restarts) over more than one ready replica starts in panic
+  mode at that count, as ``newAutoscaler`` does.
 
 Observed concurrency = requests in flight (queued at the activator/queue-proxy or being served), averaged
 over the window from the concurrency-seconds counter.
@@ -25,7 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shadowscale.policies.scaling.base import Decisions, Reason, Sample, Signals, bounds, ceil_int, push, window_start
+from shadowscale.policies.scaling.base import (
+    Decisions,
+    Reason,
+    Sample,
+    Signals,
+    WindowMax,
+    bounds,
+    ceil_int,
+    push,
+    window_start,
+)
 from shadowscale.policies.scaling.hpa import label_direction
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
@@ -36,6 +48,7 @@ _COOLDOWN = int(Reason.COOLDOWN)
 _SCALE_TO_ZERO = int(Reason.SCALE_TO_ZERO)
 _ACTIVATE = int(Reason.ACTIVATE)
 _BOUNDS = int(Reason.BOUNDS)
+_STABILIZED = int(Reason.STABILIZED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +62,8 @@ class KPAState:
     """Time the desired count first became 0 while replicas remained; NaN otherwise."""
     lo: IntArray
     hi: IntArray
+    delayed: WindowMax = WindowMax()
+    """Desired counts over the last ``scale_down_delay_s`` (empty when there is no delay)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,9 @@ class KPA:
     scale_to_zero_grace_s: float = 30.0
     tick_interval_s: float = 2.0
     initial_scale: int = 1
+    scale_down_delay_s: float = 0.0
+    """``scale-down-delay``: a scale-down takes effect only once the lower count has held this long (the highest
+    desired count of the window applies)."""
 
     @property
     def name(self) -> str:
@@ -95,11 +113,16 @@ class KPA:
         history = push(state.history, Sample(now, signals.inflight_s), self.stable_window_s)
         first = window_start(history, now, self.stable_window_s)
         if now - first.t <= 1e-9:
-            # No window yet ("no data" is a result, not an error): keep the current scale.
+            # No window yet ("no data" is a result, not an error): keep the current scale. An autoscaler that
+            # starts over more than one ready pod starts in panic mode at that count (newAutoscaler), so the
+            # lost metric history cannot scale it down before a stable window has passed.
             code = np.full(n, int(Reason.NO_METRICS), np.int64)
             decisions = Decisions(self.name, now, current.copy(), code, np.zeros(n), target, current.astype(np.float64))
+            start = np.isnan(state.panic_since) & (signals.ready > 1)
+            panic_since = np.where(start, now, state.panic_since)
+            max_panic = np.where(start, signals.ready, state.max_panic_pods).astype(np.int64)
             return decisions, KPAState(
-                history, state.panic_since, state.max_panic_pods, state.zero_since, state.lo, state.hi
+                history, panic_since, max_panic, state.zero_since, state.lo, state.hi, state.delayed
             )
         p0 = window_start(history, now, self.panic_window_s)
         stable = (signals.inflight_s - first.values) / (now - first.t)
@@ -126,10 +149,19 @@ class KPA:
         max_panic = np.where(panicking, np.maximum(np.maximum(dppc_l, dspc_l), state.max_panic_pods), 0)
         desired = np.where(panicking, max_panic, dspc_l)
         code = np.where(panicking, _PANIC, np.where(limited, _RATE_LIMITED, _HOLD))
+        # scale-down-delay (autoscaler.go delayWindow): the highest count decided within the delay applies.
+        delayed = state.delayed
+        if self.scale_down_delay_s > 0:
+            delayed = delayed.expire(now - self.scale_down_delay_s).push(now, desired.astype(np.int64))
+            held = delayed.max()
+            assert held is not None
+            code = np.where(held > desired, _STABILIZED, code)
+            desired = np.maximum(desired, held)
 
-        # Scale to zero only after the grace period; from zero, activate on any buffered request.
+        # Scale to zero only after the grace period; from zero, activate on any buffered request. The reconciler
+        # applies min/max first (scaler.go), so with a minimum above 0 the count goes to it at once.
         zero_since = state.zero_since.copy()
-        wants_zero = (desired == 0) & (current > 0)
+        wants_zero = (desired == 0) & (current > 0) & (state.lo == 0)
         zero_since[~wants_zero] = math.nan
         newly = wants_zero & np.isnan(zero_since)
         zero_since[newly] = now
@@ -147,4 +179,6 @@ class KPA:
         decisions = Decisions(
             self.name, now, out.astype(np.int64), code, stable, target, np.where(panicking, panic, stable) / target
         )
-        return decisions, KPAState(history, panic_since, max_panic.astype(np.int64), zero_since, state.lo, state.hi)
+        return decisions, KPAState(
+            history, panic_since, max_panic.astype(np.int64), zero_since, state.lo, state.hi, delayed
+        )

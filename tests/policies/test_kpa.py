@@ -8,6 +8,9 @@ Concurrency here is the ``inflight_s`` counter's rate; ``outstanding`` is what t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import pytest
 from policy_harness import Load, drive, service
 
@@ -21,6 +24,18 @@ COOLDOWN, TO_ZERO, ACTIVATE = int(Reason.COOLDOWN), int(Reason.SCALE_TO_ZERO), i
 
 def conc(c: float, replicas: int | None = None, outstanding: int = 0) -> Load:
     return Load(concurrency=c, replicas=replicas, outstanding=outstanding)
+
+
+def settled(load: Callable[[float], Load]) -> Callable[[float], Load]:
+    """``load`` with one replica at t=0: the autoscaler starts over a single ready replica, so it does not start
+    in panic mode (an autoscaler created over more than one ready replica does, as Knative's newAutoscaler; see
+    test_ported_kpa.py). These tests are about the steady state from t=2 on."""
+
+    def wrapped(t: float) -> Load:
+        ld = load(t)
+        return replace(ld, replicas=1, ready=None) if t == 0 and ld.replicas is not None else ld
+
+    return wrapped
 
 
 def test_defaults_match_config_autoscaler() -> None:
@@ -56,7 +71,7 @@ def test_stable_mode_desired_is_ceil_average_concurrency_over_target(
     concurrency, ready: int, expected: int, reason: int
 ) -> None:
     """Stable mode: desired = ceil(average concurrency over the last 60 s / 70) (no panic in these rows)."""
-    run = drive(KPA(), SVC, lambda t: conc(concurrency(t), replicas=ready), until=60)
+    run = drive(KPA(), SVC, settled(lambda t: conc(concurrency(t), replicas=ready)), until=60)
     assert run.replicas_at(60) == expected
     assert run.reason_at(60) == reason
     assert all(run.reason_at(t) != PANIC for t in run.times)
@@ -76,7 +91,7 @@ def test_panic_when_panic_window_desired_is_at_least_twice_ready(
     c: float, ready: int, panics: bool, expected: int
 ) -> None:
     """Panic mode starts when ceil(6 s average / 70) >= 2 × ready replicas."""
-    run = drive(KPA(), SVC, lambda t: conc(c, replicas=ready), until=2)
+    run = drive(KPA(), SVC, settled(lambda t: conc(c, replicas=ready)), until=2)
     assert (run.reason_at(2) == PANIC) is panics
     assert run.replicas_at(2) == expected
 
@@ -92,7 +107,7 @@ def test_panic_window_reacts_before_the_stable_window() -> None:
     With 2 ready replicas 5 >= 2 × 2, so KPA panics at t=64 and goes to 5 although the 60 s average
     (92) only asks for 2. At t=62 the panic average is 180 -> 3 < 4: no panic yet.
     """
-    run = drive(KPA(), SVC, lambda t: conc(burst(t), replicas=2), until=64)
+    run = drive(KPA(), SVC, settled(lambda t: conc(burst(t), replicas=2)), until=64)
     assert run.reason_at(62) != PANIC
     assert run.reason_at(64) == PANIC
     assert run.replicas_at(64) == 5
@@ -108,7 +123,7 @@ def test_no_scale_down_while_panicking_and_panic_ends_60s_after_last_over_thresh
     t=128 (= 68 + 60, not yet "more than" 60 s); at t=130 it leaves panic and the stable count applies (an
     all-70 window -> 1 pod; the ÷2 limit from 2 ready allows 1).
     """
-    run = drive(KPA(), SVC, lambda t: conc(burst(t), replicas=2), until=132)
+    run = drive(KPA(), SVC, settled(lambda t: conc(burst(t), replicas=2)), until=132)
     assert run.replicas_at(66) == 6
     assert run.between(66, 128) == [6] * 32
     assert all(run.reason_at(t) == PANIC for t in range(64, 129, 2))
@@ -127,15 +142,15 @@ def test_no_scale_down_while_panicking_and_panic_ends_60s_after_last_over_thresh
 )
 def test_scale_down_is_at_most_halving_per_tick(ready: int, c: float, expected: int, reason: int) -> None:
     """max-scale-down-rate 2: one decision keeps at least floor(ready / 2) replicas."""
-    run = drive(KPA(), SVC, lambda t: conc(c, replicas=ready), until=60)
+    run = drive(KPA(), SVC, settled(lambda t: conc(c, replicas=ready)), until=60)
     assert run.replicas_at(60) == expected
     assert run.reason_at(60) == reason
 
 
 def test_scale_down_halves_tick_by_tick_when_following_its_decisions() -> None:
-    """From 8 warm replicas with 70 in flight: 8 (no window yet), 4, 2, 1, 1."""
-    run = drive(KPA(), SVC, lambda t: conc(70.0), until=8, initial=8)
-    assert run.series() == [8, 4, 2, 1, 1]
+    """8 replicas (forced at t=2, the autoscaler started over one) with 70 in flight: 4, 2, 1, 1."""
+    run = drive(KPA(), SVC, lambda t: conc(70.0, replicas={0: 1, 2: 8}.get(int(t))), until=8)
+    assert run.series()[1:] == [4, 2, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -193,13 +208,13 @@ def test_activation_from_zero_when_requests_are_buffered(
 )
 def test_target_concurrency_knob_changes_the_result(knob: float | None, expected: int) -> None:
     """The knob is container-concurrency-target-default: 35 in flight on 5 replicas want ceil(35 / (0.7 × knob))."""
-    run = drive(make_policy("kpa", knob=knob), SVC, lambda t: conc(35.0, replicas=5), until=60)
+    run = drive(make_policy("kpa", knob=knob), SVC, settled(lambda t: conc(35.0, replicas=5)), until=60)
     assert run.replicas_at(60) == expected
 
 
 def test_reason_string_mentions_concurrency_and_target() -> None:
     """Decisions.explain for KPA reports the stable concurrency as the metric and 70 as the target."""
-    run = drive(KPA(), SVC, lambda t: conc(200.0, replicas=2), until=60)
+    run = drive(KPA(), SVC, settled(lambda t: conc(200.0, replicas=2)), until=60)
     text = run.at(60).explain(0)
     assert text.startswith("kpa: scale up")
     assert "metric=200 " in text
@@ -217,6 +232,6 @@ def test_panic_provisions_for_the_stable_count_when_it_is_larger() -> None:
     def load(t: float) -> Load:
         return conc(1000.0, replicas=10) if t <= 60 else Load(concurrency=300.0, replicas=10, ready=2)
 
-    run = drive(KPA(), SVC, load, until=62)
+    run = drive(KPA(), SVC, settled(load), until=62)
     assert run.reason_at(62) == PANIC
     assert run.replicas_at(62) == 14

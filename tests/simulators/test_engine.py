@@ -47,9 +47,18 @@ def _both(services, a, m, s, duration, name, config, knob=None) -> tuple[SimResu
 
 
 def _assert_same(fast: SimResult, ref: SimResult) -> None:
+    """Same decisions, and for every request the same outcome: dropped or served, latency, SLO met or missed.
+
+    Comparing ``met`` request by request is what makes the parity tests see a wrong SLO rule. Mutation caught: the
+    fast engine judging a request against the profile's SLO without scaling it by the request's size
+    (``slo_per_req = slo_s[model]`` in ``Engine.run``): latencies and drops stay identical, only ``met`` changes,
+    and before ``met`` was compared all 32 tests of this file passed with it.
+    """
     assert fast.decisions == ref.decisions
     np.testing.assert_array_equal(fast.dropped, ref.dropped)
-    np.testing.assert_allclose(fast.latency_s[~fast.dropped], ref.latency_s[~ref.dropped], rtol=1e-9, atol=1e-9)
+    # every request: NaN (dropped) in both, or the same latency
+    np.testing.assert_allclose(fast.latency_s, ref.latency_s, rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_array_equal(fast.met, ref.met)
     np.testing.assert_allclose(fast.gpu_s, ref.gpu_s, rtol=1e-9, atol=1e-6)
     assert fast.scale_events == ref.scale_events
     assert fast.cold_starts == ref.cold_starts
@@ -62,18 +71,27 @@ KNOBS = {"kpa": 3.0, "keda": 5.0, "hpa": None, "static": None, "oracle": None, "
 @pytest.mark.parametrize("vector_min", [0, 10**9], ids=["vector-path", "per-request-path"])
 @pytest.mark.parametrize("name", POLICY_NAMES)
 def test_fast_engine_matches_event_loop_reference(name: str, vector_min: int) -> None:
-    """Same requests, same decisions, same latencies, drops and GPU time — with and without the vector path."""
-    services, a, m, s, duration = _synthetic(seed=3)
+    """Same requests, same decisions, same latencies, drops, SLO outcomes and GPU time — with and without the
+    vector path, with request sizes that vary (0.3–2× the profile's unit of work), so that both the service time
+    and the SLO of each request depend on its size.
+
+    Mutations caught: the fast engine ignoring request size in its SLO rule (12 of 12 cases fail), in the service
+    time of a batch (``L(b)`` for ``L(b) × max(size)``) or of a lone request (12 of 12 each), or in the vector path
+    (its 6 cases).
+    """
+    services, a, m, s, duration = _synthetic(seed=3, sizes=True)
     config = SimConfig(timeout_s=15.0, record_decisions=True, vector_min_requests=vector_min)
     fast, ref = _both(services, a, m, s, duration, name, config, KNOBS[name])
     _assert_same(fast, ref)
     assert fast.decisions or name == "static", "the scenario must make the policy act"
 
 
+@pytest.mark.parametrize("sizes", [True, False], ids=["varied-sizes", "unit-sizes"])
 @pytest.mark.parametrize("name", ["hpa", "kpa", "keda"])
-def test_reference_parity_with_request_sizes_and_zero_cold_start(name: str) -> None:
-    """Variable request sizes (LLM-like) and instant warm-up exercise batch formation and draining."""
-    services, a, m, s, duration = _synthetic(seed=11, sizes=True, peak=6.0)
+def test_reference_parity_with_request_sizes_and_zero_cold_start(name: str, sizes: bool) -> None:
+    """Variable request sizes (LLM-like) and instant warm-up exercise batch formation and draining; unit sizes the
+    batches whose requests all end together."""
+    services, a, m, s, duration = _synthetic(seed=11, sizes=sizes, peak=6.0)
     config = SimConfig(timeout_s=10.0, cold_start_s=0.0, record_decisions=True, vector_min_requests=0)
     fast, ref = _both(services, a, m, s, duration, name, config, KNOBS[name])
     _assert_same(fast, ref)
@@ -103,6 +121,29 @@ def test_every_request_is_served_or_counted_as_a_miss(name: str) -> None:
     # a request is never served faster than its batch-of-one latency
     l1 = np.array([sv.profile.batch_latency_s[0] for sv in services])[m]
     assert np.all(r.latency_s[served] >= l1[served] * s[served] - 1e-12)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_met_means_served_within_the_slo_scaled_by_request_size(engine: str) -> None:
+    """Each engine on its own: a request meets its SLO exactly when it was served within ``slo_s × size`` of its
+    model's profile (the SLO of long-running requests is relative to their work).
+
+    The scenario is checked to be one where the rule matters: some served requests meet the size-scaled SLO but
+    not the unscaled one, and some the other way round. Mutation caught: either engine judging against the
+    unscaled SLO (``… * size`` dropped from its ``met``).
+    """
+    services, a, m, s, duration = _synthetic(seed=11, sizes=True, peak=6.0)
+    config = SimConfig(timeout_s=10.0, cold_start_s=0.0, vector_min_requests=0)
+    fast, ref = _both(services, a, m, s, duration, "keda", config, KNOBS["keda"])
+    r = fast if engine == "fast" else ref
+    slo = np.array([sv.profile.slo_s for sv in services])[m]
+    served = ~r.dropped
+    lat = np.where(served, r.latency_s, np.inf)
+    within_scaled = served & (lat <= slo * s + 1e-12)
+    within_unscaled = served & (lat <= slo + 1e-12)
+    assert (within_scaled & ~within_unscaled).sum() > 0
+    assert (within_unscaled & ~within_scaled).sum() > 0
+    np.testing.assert_array_equal(r.met, within_scaled)
 
 
 def test_equal_request_counts_across_policies_and_determinism() -> None:
