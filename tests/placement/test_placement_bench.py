@@ -199,6 +199,8 @@ def test_real_trace_classes_keep_the_popular_95_percent(openb: bench.Workload) -
     every class: the weights then sum over the long tail too)."""
     c = openb.classes
     assert len(c) == 35 and len(task_classes(openb.pods, 1.0)) == 91 and abs(float(c.weight.sum()) - 1) < 1e-9
+
+
 def test_real_trace_matches_the_paper_for_one_seed(capsys: pytest.CaptureFixture[str]) -> None:
     out = run_cli(["--pods", "default", "--seeds", "42", "--policies", "BestFit,FGD", "--json"], capsys)
     ours, paper = out["policies"], out["paper"]
