@@ -85,7 +85,7 @@ class Node:
 
     ``shares``: the GPUs are registered by HAMi's device plugin and may be shared; otherwise they are the
     kubelet's whole devices (allocatable ``nvidia.com/gpu``), ``gpu_uuids`` are placeholders that are never
-    written anywhere, and a pod takes whole GPUs there. ``max_pods`` 0 means no pod limit is known.
+    written anywhere, and a pod takes whole GPUs there. ``max_pods`` -1 means no pod limit is known.
     """
 
     name: str
@@ -96,7 +96,7 @@ class Node:
     shares: bool = True
     gpu_memory_mib: tuple[int, ...] = ()
     """Memory of each GPU (HAMi's ``devmem``); empty when unknown."""
-    max_pods: int = 0
+    max_pods: int = -1
     extended: Resources = ()
     """Allocatable resources other than cpu, memory and pods."""
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -321,6 +321,9 @@ class LiveCluster:
         """Every node given, usable or not."""
         return tuple(self._nodes.values())
 
+    def node(self, name: str) -> Node | None:
+        return self._nodes.get(name)
+
     def set_node(self, node: Node) -> None:
         """Add or update a node."""
         old = self._nodes.get(node.name)
@@ -416,7 +419,7 @@ class LiveCluster:
             self._account(p)
 
     def _set_attributes(self, i: int, n: Node) -> None:
-        self._max_pods[i] = n.max_pods if n.max_pods > 0 else _NO_LIMIT
+        self._max_pods[i] = n.max_pods if n.max_pods >= 0 else _NO_LIMIT
         for k, v in n.extended:
             self._ext_cap[i, self._resource[k]] = v
         if any(t.effect in FILTERED_EFFECTS for t in n.taints):
@@ -522,11 +525,21 @@ class LiveCluster:
         ]
         return tuple(lines)
 
-    def placed(self, name: str) -> tuple[int, tuple[int, ...]] | None:
-        """(node row, GPU columns) a bound pod is counted on, or ``None`` when it is not counted."""
+    def placed(self, name: str) -> tuple[int, tuple[int, ...], int] | None:
+        """(node row, GPU columns, shares held per GPU) a bound pod is counted on; ``None`` when not counted."""
         self._ensure()
         rec = self._placed.get(name)
-        return None if rec is None or rec.full else (rec.node, rec.gpus)
+        return None if rec is None or rec.full else (rec.node, rec.gpus, rec.milli)
+
+    def allowed(self, pending: PendingPod, name: str) -> bool:
+        """Whether the filters (not the free CPU, memory or GPUs) let ``pending`` go to node ``name`` now."""
+        self._ensure()
+        i = self._index.get(name)
+        if i is None:
+            return False
+        static, _ = self._static(pending, 0 < pending.gpu_milli < MILLI and pending.num_gpu == 1)
+        dynamic, _ = self._dynamic(pending, static)
+        return bool(dynamic[i])
 
     # -- filters ---------------------------------------------------------------------------------------------------
     def _static(self, pending: PendingPod, share: bool) -> tuple[BoolArray, str]:
@@ -611,8 +624,10 @@ class LiveCluster:
         *,
         classes: TaskClasses | None = None,
         rng: np.random.Generator | None = None,
+        prefer: str | None = None,
     ) -> Decision:
-        """Where ``policy`` binds ``pending``, or why it cannot (see the module docstring).
+        """Where ``policy`` binds ``pending``, or why it cannot (see the module docstring). With ``prefer`` (a
+        node reserved for this pod) the pod goes there when it fits under every filter, else where the policy says.
 
         ``classes`` is the target workload FGD-style policies score against; the policy's memo is kept while the
         policy, the classes and the node layout stay the same objects. Without ``classes`` they are derived from
@@ -663,9 +678,15 @@ class LiveCluster:
         if self._memo is None or self._memo_key != key:
             self._memo = policy.init(state, classes)
             self._memo_key = key
-        placement, self._memo = policy.place(
-            replace(state, eligible=eligible), req, self._memo, rng if rng is not None else np.random.default_rng(0)
-        )
+        rng = rng if rng is not None else np.random.default_rng(0)
+        placement = None
+        at = self._index.get(prefer) if prefer is not None else None
+        if at is not None and eligible[at]:
+            only = np.zeros_like(eligible)
+            only[at] = True
+            placement, self._memo = policy.place(replace(state, eligible=only), req, self._memo, rng)
+        if placement is None:
+            placement, self._memo = policy.place(replace(state, eligible=eligible), req, self._memo, rng)
         if placement is None:
             extra = f"; {why_static}" if why_static else ""
             extra += f"; {why_dynamic}" if why_dynamic else ""

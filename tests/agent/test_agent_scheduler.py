@@ -19,7 +19,7 @@ from agent_k8s import K8s
 from shadowscale.agent.broker import LocalBroker
 from shadowscale.agent.config import KubernetesConfig, SchedulerConfig
 from shadowscale.agent.kube import api_client
-from shadowscale.agent.scheduler import HAMI_NODE_REGISTER, SecondaryScheduler, hami_devices, quantity
+from shadowscale.agent.scheduler import HAMI_NODE_REGISTER, HamiDevice, SecondaryScheduler, hami_devices, quantity
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,7 +33,8 @@ def node(name: str, gpus: int, cpu: str = "32", memory: str = "128Gi", model: st
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": name, "annotations": {HAMI_NODE_REGISTER: register}},
-        "status": {"allocatable": {"cpu": cpu, "memory": memory, "nvidia.com/gpu": str(gpus)}},
+        # HAMi's device plugin advertises each GPU DeviceSplitCount (here 10) times
+        "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": str(10 * gpus)}},
     }
 
 
@@ -111,7 +112,7 @@ async def cluster(k8s: K8s) -> AsyncIterator[Cluster]:
     from kmock._internal.k8s import KubernetesError
 
     emu = k8s.emulator
-    for r in ("v1/pods", "v1/nodes", "v1/events"):
+    for r in ("v1/pods", "v1/nodes", "v1/events", "policy/v1/poddisruptionbudgets"):
         emu.resources[r] = {}
     refuse = [0]
 
@@ -134,7 +135,7 @@ async def cluster(k8s: K8s) -> AsyncIterator[Cluster]:
     emu[lambda req: req.method == "POST" and req.subresource == "eviction"] << evict
     kube = KubernetesConfig(host=k8s.url, retry_delays_s=(0.01, 0.02), request_timeout_s=2.0)
     api = await api_client(kube)
-    sched = SecondaryScheduler(SchedulerConfig(enabled=True, retry_s=0.2, migrations=True), kube, api)
+    sched = SecondaryScheduler(SchedulerConfig(enabled=True, retry_s=0.2, migrations=True, migration_interval_s=0), kube, api)
     c = Cluster(k8s, sched, refuse)
     await c.add_node(node("n1", 2))
     stop = asyncio.Event()
@@ -262,8 +263,10 @@ async def test_quantities_and_hami_registration() -> None:
     assert quantity("500m") * 1000 == 500 and quantity("1Gi") == 1024**3 and quantity(2) == 2
     with pytest.raises(ValueError):
         quantity("lots")
-    assert hami_devices('[{"id": "GPU-1", "type": "NVIDIA-A100"}]') == [("GPU-1", "NVIDIA-A100")]
-    assert hami_devices("GPU-a,10,1,100,T4,0,true:GPU-b,10,1,100,T4,0,true:") == [("GPU-a", "T4"), ("GPU-b", "T4")]
+    a100 = hami_devices('[{"id": "GPU-1", "type": "NVIDIA-A100", "devmem": 81920, "health": true}]')
+    assert a100 == [HamiDevice("GPU-1", "NVIDIA-A100", 81920)]
+    old = hami_devices("GPU-a,10,15360,100,T4,0,true:GPU-b,10,15360,100,T4,0,false:")
+    assert old == [HamiDevice("GPU-a", "T4", 15360), HamiDevice("GPU-b", "T4", 15360, healthy=False)]
 
 
 async def test_config_section() -> None:
