@@ -409,6 +409,7 @@ class LiveCluster:
         for i, n in enumerate(usable):
             self._set_attributes(i, n)
         self._masks: dict[object, tuple[BoolArray, str]] = {}
+        self._warnings: tuple[str, ...] = ()
         self._placed: dict[str, _Placed] = {}
         self._pod_warnings: dict[str, str] = {}
         self._dirty = False
@@ -450,7 +451,7 @@ class LiveCluster:
             else:
                 rec.gpus = tuple(g for g in gpus if g is not None)
                 rec.milli = p.gpu_milli
-                rec.tag = PodRequest(0, 0, p.num_gpu, p.gpu_milli).tag
+                rec.tag = 0 if p.num_gpu == 1 and p.gpu_milli < MILLI else p.num_gpu
         elif p.num_gpu:  # the kubelet's whole devices: which ones does not matter, how many does
             free = np.flatnonzero(self._gpu[i, : len(node.gpu_uuids)] == MILLI)[: p.num_gpu]
             if free.shape[0] < p.num_gpu:
@@ -462,7 +463,7 @@ class LiveCluster:
             else:
                 rec.gpus = tuple(int(g) for g in free)
                 rec.milli = MILLI
-                rec.tag = PodRequest(0, 0, p.num_gpu, MILLI).tag
+                rec.tag = p.num_gpu
         self._cpu[i] -= rec.cpu
         self._mem[i] -= rec.mem
         self._pods_used[i] += 1
@@ -502,28 +503,30 @@ class LiveCluster:
         """An immutable snapshot; nodes treated as full (inconsistent records, over-commitment) have nothing free."""
         self._ensure()
         if self._state is None:
-            full = (self._full > 0) | self._over()
+            over = self._over()
+            full = (self._full > 0) | over
             arrays = []
             for a in (self._cpu, self._mem, self._gpu):
                 b = a.copy()
-                b[full] = 0
+                if full.any():
+                    b[full] = 0
                 b.flags.writeable = False
                 arrays.append(b)
             tags = self._tags.copy()
             tags.flags.writeable = False
             self._state = ClusterState(self._spec, arrays[0], arrays[1], arrays[2], tags)
+            lines = [*self._layout_warnings, *self._pod_warnings.values()]
+            lines += [
+                f"node {self._usable[i].name}: bound pods ask for more than it has; node treated as full"
+                for i in np.flatnonzero(over & (self._full == 0)).tolist()
+            ]
+            self._warnings = tuple(lines)
         return self._state
 
     def warnings(self) -> tuple[str, ...]:
         """One line per node or pod left out or distrusted."""
-        self._ensure()
-        over = self._over() & (self._full == 0)
-        lines = [*self._layout_warnings, *self._pod_warnings.values()]
-        lines += [
-            f"node {self._usable[i].name}: bound pods ask for more than it has; node treated as full"
-            for i in np.flatnonzero(over).tolist()
-        ]
-        return tuple(lines)
+        self.state()
+        return self._warnings
 
     def placed(self, name: str) -> tuple[int, tuple[int, ...], int] | None:
         """(node row, GPU columns, shares held per GPU) a bound pod is counted on; ``None`` when not counted."""
@@ -663,7 +666,12 @@ class LiveCluster:
         if not static.any():
             why = f"0/{len(nodes)} nodes are available: {why_static}"
             return Unschedulable(pending.name, "Impossible", why, warnings)
-        why_big = _too_big(state.spec, req, static)
+        big_key = ("too big", req.cpu_milli, req.memory_mib, req.num_gpu, req.gpu_models, id(static))
+        cached = self._masks.get(big_key)
+        if cached is None or cached[0] is not static:  # cached per request shape while the nodes stay the same
+            cached = (static, _too_big(state.spec, req, static) or "")
+            self._masks[big_key] = cached
+        why_big = cached[1] or None
         if why_big is not None:
             return Unschedulable(pending.name, "Impossible", why_big, warnings)
         eligible, why_dynamic = self._dynamic(pending, static)
