@@ -607,3 +607,63 @@ async def test_node_deletion_takes_its_capacity_away(cluster: Cluster) -> None:
     await cluster.add_pod(pod("c", milli=1000))
     await until(lambda: bound(cluster, "c"))
     assert (cluster.pod("c") or {})["spec"]["nodeName"] == "n1"
+
+
+def pdb(name: str, app: str, allowed: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": "ml"},
+        "spec": {"selector": {"matchLabels": {"app": app}}, "maxUnavailable": 0},
+        "status": {"disruptionsAllowed": allowed},
+    }
+
+
+async def test_migrations_respect_pdbs_and_steer_the_replacement_to_the_reserved_node(cluster: Cluster) -> None:
+    """Budgets with no disruption allowed pin a and b, so the plan moves c (the only movable pod) off n2; c's
+    replacement (same ReplicaSet) is steered to the destination the plan reserved, and the pending whole-GPU pod
+    gets the freed n2. Mutations: ignore the budgets (the plan evicts a or b first: the tie-break prefers n1),
+    drop the reservation (c's replacement is placed by the policy, not necessarily on its planned GPU)."""
+    await cluster.add_node(node("n2", 1))
+    for name, where, gpu in (("a", "n1", "GPU-n1-0"), ("b", "n1", "GPU-n1-1"), ("c", "n2", "GPU-n2-0")):
+        await cluster.add_pod(
+            pod(name, milli=300, node_name=where, pinned=gpu, owner=f"rs-{name}", labels={"app": name})
+        )
+    for name in ("a", "b"):
+        resp = await cluster.k8s.http.post(
+            f"{cluster.k8s.url}/apis/policy/v1/namespaces/ml/poddisruptionbudgets", json=pdb(f"pdb-{name}", name, 0)
+        )
+        assert resp.status < 300, await resp.text()
+    await cluster.add_pod(pod("whole", milli=1000))
+    await until(lambda: bool(cluster.sched.stats.migrations), timeout_s=15)
+    assert [r.name for r in cluster.posts("eviction")] == ["c"]
+    [report] = cluster.sched.stats.migrations
+    assert report.done == ("ml/c",) and report.stopped is None
+    await until(lambda: bound(cluster, "whole"))
+    assert (cluster.pod("whole") or {})["spec"]["nodeName"] == "n2"
+    [reserved] = cluster.sched.reservations["ReplicaSet/rs-c"]
+    await cluster.add_pod(pod("c-2", milli=300, owner="rs-c", labels={"app": "c"}))
+    await until(lambda: bound(cluster, "c-2"))
+    assert (cluster.pod("c-2") or {})["spec"]["nodeName"] == reserved.node == "n1"
+    assert cluster.sched.stats.steered == 1 and not cluster.sched.reservations
+    assert not any(n.startswith("reservation/") for n in cluster.sched.live.pods)
+
+
+async def test_a_refused_plan_releases_its_reservations_and_plans_are_rate_limited(cluster: Cluster) -> None:
+    """A 429 abandons the plan: no reservation is left holding capacity. With a long interval a second pod that
+    finds no room does not start another plan. Mutation: keep the reservations of an abandoned plan."""
+    import msgspec
+
+    await cluster.add_node(node("n2", 1))
+    for name, where, gpu in (("a", "n1", "GPU-n1-0"), ("b", "n1", "GPU-n1-1"), ("c", "n2", "GPU-n2-0")):
+        await cluster.add_pod(pod(name, milli=300, node_name=where, pinned=gpu, owner=f"rs-{name}"))
+    cluster.sched.cfg = msgspec.structs.replace(cluster.sched.cfg, migration_interval_s=3600)
+    cluster.refuse[0] = 1
+    await cluster.add_pod(pod("whole", milli=1000))
+    await until(lambda: bool(cluster.sched.stats.migrations), timeout_s=15)
+    [first] = cluster.sched.stats.migrations
+    assert first.refused is not None and "PodDisruptionBudget" in (first.stopped or "")
+    assert not cluster.sched.reservations and not any(n.startswith("reservation/") for n in cluster.sched.live.pods)
+    await asyncio.sleep(0.6)  # NoRoom retries queue the pod again; the interval holds the next plan back
+    assert len(cluster.sched.stats.migrations) == 1 and len(cluster.posts("eviction")) == 1
+    assert not bound(cluster, "whole")
