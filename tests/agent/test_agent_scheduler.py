@@ -667,3 +667,41 @@ async def test_a_refused_plan_releases_its_reservations_and_plans_are_rate_limit
     await asyncio.sleep(0.6)  # NoRoom retries queue the pod again; the interval holds the next plan back
     assert len(cluster.sched.stats.migrations) == 1 and len(cluster.posts("eviction")) == 1
     assert not bound(cluster, "whole")
+
+
+async def test_the_target_workload_comes_from_config_or_arrivals_not_running_pods() -> None:
+    """FGD scores against the configured classes, else the shapes of pods that arrived for this scheduler;
+    pods already running (DaemonSets, other schedulers' pods) never weigh in. Mutation: derive the classes from
+    the bound pods (the issue's bug: 4 DaemonSet pods per node made a CPU-only class 47 % of the weight)."""
+    from shadowscale.agent.config import ConfigError, parse_config
+    from shadowscale.agent.scheduler import pod_of
+
+    kube = KubernetesConfig(host="http://127.0.0.1:1")
+    base = {"models": [{"name": "m", "capacity_rps": 1}]}
+    cfg = parse_config(
+        {
+            **base,
+            "scheduler": {
+                "enabled": True,
+                "workload": [
+                    {"cpu_milli": 4000, "num_gpu": 1, "gpu_milli": 500, "weight": 3},
+                    {"cpu_milli": 8000, "num_gpu": 1, "gpu_milli": 1000, "weight": 1},
+                ],
+            },
+        }
+    )
+    configured = SecondaryScheduler(cfg.scheduler, kube, None).classes()
+    assert configured is not None and list(configured.weight) == [0.75, 0.25]
+    with pytest.raises(ConfigError, match=r"scheduler\.workload\[0\]: gpu_milli must be 0"):
+        parse_config({**base, "scheduler": {"enabled": True, "workload": [{"cpu_milli": 1, "gpu_milli": 5}]}})
+
+    observed = SecondaryScheduler(SchedulerConfig(enabled=True), kube, None)
+    assert observed.classes() is None
+    for i in range(4):  # DaemonSet pods running everywhere: not arrivals of ours
+        observed.pods[f"kube-system/ds-{i}"] = pod_of(pod(f"ds-{i}", gpus=0, cpu="100m", node_name="n1"))
+    for i in range(3):
+        observed._note_arrival(pod_of(pod(f"w{i}", milli=500, cpu="4")))
+    observed._note_arrival(pod_of(pod("w0", milli=500, cpu="4")))  # seen again: counted once
+    classes = observed.classes()
+    assert classes is not None and len(classes) == 1
+    assert (int(classes.cpu_milli[0]), int(classes.gpu_milli[0]), float(classes.weight[0])) == (4000, 500, 1.0)
