@@ -931,7 +931,7 @@ class SecondaryScheduler:
 
     async def _annotate(self, p: PodInfo, annotations: Mapping[str, str]) -> str:
         """Write ``annotations`` on the still-pending pod ``p``, conditional on its ``resourceVersion``:
-        ``"ok"``, or why not (``"bound"``, ``"gone"``, ``"changed"``). A bound pod is never written."""
+        ``"ok"``, or why not (``"bound-elsewhere"``, ``"gone"``, ``"changed"``). A bound pod is never written."""
         rv, uid = p.resource_version, p.uid
         for _ in range(3):
             meta: dict[str, Any] = {"annotations": dict(annotations)}
@@ -958,7 +958,7 @@ class SecondaryScheduler:
                 return "gone"
             now = pod_of(obj)
             if now.node is not None:
-                return "bound"
+                return "bound-elsewhere"
             if now.uid != uid or now.fingerprint != p.fingerprint or now.phase != "Pending" or now.deleting:
                 return "changed"
             rv = now.resource_version

@@ -555,7 +555,8 @@ async def test_a_stale_annotation_patch_gets_409_and_a_pod_bound_meanwhile_is_le
     p = cluster.pod("p")
     assert p is not None and p["spec"]["nodeName"] == "n2"
     assert "hami.io/vgpu-node" not in p["metadata"]["annotations"]
-    assert not cluster.posts("binding")
+    assert not cluster.posts("binding") and cluster.sched.stats.bound == 0
+    assert not [e for e in await cluster.events() if e["reason"] == "Scheduled"]
 
 
 async def test_a_restart_with_bound_pods_rebuilds_the_same_state(cluster: Cluster) -> None:
