@@ -179,6 +179,11 @@ class SchedulerConfig(_Section, frozen=True, kw_only=True):
     """Observed task classes are recomputed at most this often (each change rebuilds the policy's cache)."""
     bind_concurrency: PositiveInt = 16
     """Bindings (annotate + bind) in flight at once; decisions go on while they run."""
+    hami_node_lock: bool = True
+    """Take HAMi's node lock (``hami.io/mutex.lock``) before binding a GPU pod to a HAMi node, as HAMi's scheduler
+    does, so its device plugin never sees two pods allocating on one node; the plugin releases it."""
+    node_lock_wait_s: PositiveFloat = 30.0
+    """How long a binding waits for another pod's node lock before the pod is decided again."""
 
 
 class DriftConfig(_Section, frozen=True, kw_only=True):

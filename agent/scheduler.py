@@ -8,7 +8,9 @@ after the other; the API calls of a binding run on their own task (``bind_concur
 decision does not wait for them:
 
 - **Binding** (HAMi's protocol, as HAMi's scheduler does it in ``Filter`` and ``Bind``): the binding enters the
-  cluster first (an *assumed* pod: the next decision already sees it), then one PATCH writes HAMi's device
+  cluster first (an *assumed* pod: the next decision already sees it); for a GPU pod on a HAMi node the node is
+  locked (``hami.io/mutex.lock``, taken only when absent or older than HAMi's 5 minutes, released by HAMi's
+  device plugin after Allocate, or by us if the binding fails), then one PATCH writes HAMi's device
   annotations (``hami.io/vgpu-node``, ``vgpu-devices-to-allocate``, ``vgpu-devices-allocated``, ``vgpu-time``,
   ``bind-time``, ``bind-phase: allocating`` and ``nvidia.com/use-gpuuuid``) with the pod's ``resourceVersion`` as
   a precondition, then the ``Binding`` is POSTed. A 409 on the PATCH re-reads the pod: bound meanwhile, deleted
@@ -99,6 +101,10 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 REFUSED_PIN_S = 60.0
 """A pod whose eviction was refused is left out of migration plans this long."""
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+HAMI_NODE_LOCK = "hami.io/mutex.lock"
+"""HAMi ``nodelock.NodeLockKey``: ``<RFC 3339 time>,<namespace>,<pod>`` while a pod's devices are being allocated."""
+NODE_LOCK_EXPIRY_S = 300.0
+"""HAMi ``nodelock.NodeLockTimeout``: an older lock is stale and may be taken over."""
 RESERVED = "reservation/"
 """Name prefix of the placeholder pods that hold a migration's reserved capacity."""
 
@@ -964,16 +970,62 @@ class SecondaryScheduler:
             rv = now.resource_version
         return "changed"
 
+    async def _lock_node(self, p: PodInfo, node: str) -> bool:
+        """Take HAMi's node lock for ``p`` (HAMi ``nodelock.LockNode``: set only when absent or stale, on condition
+        of the node's resourceVersion); wait up to ``node_lock_wait_s`` for another pod's lock to go."""
+        owner = f",{p.namespace},{p.name}"
+        deadline = time.monotonic() + self.cfg.node_lock_wait_s
+        while True:
+            obj = await self.api.call(f"read node {node}", self.core.read_node, node)
+            meta = obj.get("metadata") or {}
+            held = str((meta.get("annotations") or {}).get(HAMI_NODE_LOCK) or "")
+            if held.endswith(owner):
+                return True
+            if not held or _lock_stale(held, time.time()):
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                body: dict[str, Any] = {"metadata": {"annotations": {HAMI_NODE_LOCK: stamp + owner}}}
+                if meta.get("resourceVersion"):
+                    body["metadata"]["resourceVersion"] = meta["resourceVersion"]
+                try:
+                    await self.api.call(f"lock node {node}", self.core.patch_node, node, body, retry=frozenset({429}))
+                    return True
+                except KubeError as e:
+                    if e.status != 409:
+                        raise
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    async def _unlock_node(self, p: PodInfo, node: str) -> None:
+        """Release our node lock after a binding that did not happen (the device plugin releases it otherwise)."""
+        with contextlib.suppress(KubeError):
+            obj = await self.api.call(f"read node {node}", self.core.read_node, node)
+            meta = obj.get("metadata") or {}
+            held = str((meta.get("annotations") or {}).get(HAMI_NODE_LOCK) or "")
+            if held.endswith(f",{p.namespace},{p.name}"):
+                body: dict[str, Any] = {"metadata": {"annotations": {HAMI_NODE_LOCK: None}}}
+                if meta.get("resourceVersion"):
+                    body["metadata"]["resourceVersion"] = meta["resourceVersion"]
+                await self.api.call(f"unlock node {node}", self.core.patch_node, node, body, retry=frozenset({429}))
+
     async def _bind(self, p: PodInfo, b: Binding) -> None:
         outcome = "failed"
+        locked = False
         try:
-            async with self._sem:
-                outcome = await self._bind_calls(p, b)
+            if b.annotations and self.cfg.hami_node_lock:
+                locked = await self._lock_node(p, b.node)
+                if not locked:
+                    outcome = "node-locked"
+            if outcome != "node-locked":
+                async with self._sem:
+                    outcome = await self._bind_calls(p, b)
         except KubeError as e:
             log.warning("binding failed", pod=p.key, node=b.node, gpus=list(b.gpu_uuids), error=str(e))
             if e.status != 404:
                 self._spawn(self._event(p, "FailedBinding", f"binding to node {b.node} failed: {e}"), "event")
         finally:
+            if locked and outcome != "bound":
+                await self._unlock_node(p, b.node)
             self._inflight.discard(p.key)
             if outcome == "bound":
                 self.stats.bound += 1
@@ -1203,6 +1255,17 @@ class SecondaryScheduler:
             self.live.add_pod(phantom)
             self.reservations.setdefault(p.key, []).append(_Reservation(phantom.name, target.name, expires, plan_id))
         self._wake.set()
+
+
+def _lock_stale(value: str, now_s: float) -> bool:
+    """Whether a HAMi node lock (``<RFC 3339>[,<ns>,<pod>]``) is older than HAMi's timeout (unreadable: stale)."""
+    from datetime import datetime
+
+    try:
+        taken = datetime.fromisoformat(value.split(",", 1)[0].strip()).timestamp()
+    except ValueError:
+        return True
+    return now_s - taken > NODE_LOCK_EXPIRY_S
 
 
 def configured_classes(cfg: SchedulerConfig) -> TaskClasses | None:
