@@ -164,10 +164,9 @@ def hami_devices(annotation: str) -> list[HamiDevice]:
     if text.startswith("["):
         for d in json.loads(text):
             if isinstance(d, Mapping) and d.get("id"):
-                health = d.get("health", True)
-                out.append(
-                    HamiDevice(str(d["id"]), str(d.get("type", "")), int(d.get("devmem", 0) or 0), health is not False)
-                )
+                # Go's omitempty drops a false Health; HAMi's fit skips such devices (device.go ``!dev.Health``)
+                healthy = d.get("health") is True
+                out.append(HamiDevice(str(d["id"]), str(d.get("type", "")), int(d.get("devmem", 0) or 0), healthy))
         return out
     for entry in text.split(":"):
         fields = [f.strip() for f in entry.split(",")]

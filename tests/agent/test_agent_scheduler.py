@@ -348,6 +348,7 @@ async def test_quantities_and_hami_registration() -> None:
         quantity("lots")
     a100 = hami_devices('[{"id": "GPU-1", "type": "NVIDIA-A100", "devmem": 81920, "health": true}]')
     assert a100 == [HamiDevice("GPU-1", "NVIDIA-A100", 81920)]
+    assert hami_devices('[{"id": "GPU-2", "type": "T4"}]') == [HamiDevice("GPU-2", "T4", 0, healthy=False)]
     old = hami_devices("GPU-a,10,15360,100,T4,0,true:GPU-b,10,15360,100,T4,0,false:")
     assert old == [HamiDevice("GPU-a", "T4", 15360), HamiDevice("GPU-b", "T4", 15360, healthy=False)]
 
