@@ -68,6 +68,7 @@ from kubernetes_asyncio import client
 
 from shadowscale.agent.config import KubernetesConfig, SchedulerConfig
 from shadowscale.agent.kube import KubeError, _json, list_and_watch
+from shadowscale.agent.metrics import Metrics
 from shadowscale.policies.placement import make_policy
 from shadowscale.policies.placement.cluster import PodRequest
 from shadowscale.policies.placement.defrag import BoundPod, DefragPlan, plan_defrag
@@ -585,8 +586,10 @@ class SecondaryScheduler:
         *,
         identity: str = "shadowscale",
         is_leader: Callable[[], bool] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
+        self.metrics = metrics or Metrics()
         self.kube = kube
         self.identity = identity
         self.is_leader = is_leader or (lambda: True)
@@ -889,7 +892,9 @@ class SecondaryScheduler:
                 rng=self.rng,
                 prefer=reserved.node if reserved is not None else None,
             )
-            self.stats.decision_ms.append((time.perf_counter() - start) * 1000)
+            spent = time.perf_counter() - start
+            self.stats.decision_ms.append(spent * 1000)
+            self.metrics.placement_decision.observe(spent)
             for w in decision.warnings:
                 self._warn(w)
             if reserved is not None and isinstance(decision, Binding) and decision.node == reserved.node:
@@ -906,6 +911,7 @@ class SecondaryScheduler:
         self._tried[p.key] = _Tried(p.fingerprint, self._capacity_gen, decision.kind, time.monotonic())
         if decision.kind == "AlreadyBound":
             return
+        self.metrics.placement_outcomes.labels(decision.kind).inc()
         self.stats.unschedulable += 1
         if self._reported.get(p.key) != decision.reason:
             self._reported[p.key] = decision.reason
@@ -1026,6 +1032,7 @@ class SecondaryScheduler:
             if locked and outcome != "bound":
                 await self._unlock_node(p, b.node)
             self._inflight.discard(p.key)
+            self.metrics.placement_outcomes.labels(outcome if outcome in ("bound", "failed") else "abandoned").inc()
             if outcome == "bound":
                 self.stats.bound += 1
                 self._reported.pop(p.key, None)
@@ -1229,6 +1236,7 @@ class SecondaryScheduler:
         log.info("migration plan", pod=p.key, moves=len(plan.moves), reason=plan.reason)
         report = await MigrationExecutor(self.api, self._gone, self.cfg.migration_wait_s).execute(plan)
         self.stats.migrations.append(report)
+        self.metrics.placement_migrations.labels("done" if report.stopped is None else "stopped").inc()
         if report.stopped is not None:
             self._release_plan(plan_id)
             if report.refused is not None:

@@ -406,6 +406,14 @@ async def test_the_agent_app_starts_the_scheduler(k8s: K8s, broker: LocalBroker)
         assert "placement-scheduler" in {t.get_name() for t in asyncio.all_tasks()}
         p = c.pod("p")
         assert p is not None and p["metadata"]["annotations"][PIN] == "GPU-n1-0"
+        text = running[0].agent.metrics.render().decode()
+        assert "shadowscale_placement_decision_seconds_count 1.0" in text
+        await until(
+            lambda: (
+                'shadowscale_placement_outcomes_total{outcome="bound"} 1.0'
+                in running[0].agent.metrics.render().decode()
+            )
+        )
     finally:
         stop.set()
         status = await asyncio.wait_for(task, 20)
