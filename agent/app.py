@@ -160,6 +160,7 @@ async def serve(
                 api,
                 identity=cfg.identity,
                 is_leader=leader.is_leader if leader is not None else None,
+                metrics=metrics,
             )
             tasks.append(guarded(scheduler.run(stop), "placement-scheduler", stop))
         loop_task = guarded(agent.run(stop), "decision-loop", stop)

@@ -141,6 +141,18 @@ class LogConfig(_Section, frozen=True, kw_only=True):
     format: Literal["json", "console"] = "json"
 
 
+class WorkloadClass(_Section, frozen=True, kw_only=True):
+    """One task class of the target workload FGD-style policies score against (``scheduler.workload``)."""
+
+    cpu_milli: NonNegInt
+    memory_mib: NonNegInt = 0
+    num_gpu: Annotated[int, msgspec.Meta(ge=0, le=8)] = 0
+    gpu_milli: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    gpu_models: tuple[str, ...] = ()
+    weight: PositiveFloat = 1.0
+    """Relative popularity (weights are normalised)."""
+
+
 class SchedulerConfig(_Section, frozen=True, kw_only=True):
     """The secondary scheduler for pods with ``schedulerName: <name>`` (agent/scheduler.py; off by default)."""
 
@@ -155,6 +167,24 @@ class SchedulerConfig(_Section, frozen=True, kw_only=True):
     """A pod that found no room is decided again after this long (sooner when capacity is freed)."""
     migration_wait_s: PositiveFloat = 60.0
     """How long one migration waits for its evicted pod to be gone before the plan is abandoned."""
+    migration_interval_s: NonNegFloat = 300.0
+    """At most one migration plan starts per this many seconds (plans run on their own task)."""
+    reservation_s: PositiveFloat = 120.0
+    """How long a migration holds the planned destination for the moved pod's replacement (and the freed node
+    for the pod it made room for) before the capacity goes back to everyone."""
+    workload: tuple[WorkloadClass, ...] = ()
+    """The target workload (task classes) FGD-style policies score against; empty: the last
+    ``workload_window`` pods that arrived for this scheduler."""
+    workload_window: PositiveInt = 2000
+    workload_refresh_s: PositiveFloat = 60.0
+    """Observed task classes are recomputed at most this often (each change rebuilds the policy's cache)."""
+    bind_concurrency: PositiveInt = 16
+    """Bindings (annotate + bind) in flight at once; decisions go on while they run."""
+    hami_node_lock: bool = True
+    """Take HAMi's node lock (``hami.io/mutex.lock``) before binding a GPU pod to a HAMi node, as HAMi's scheduler
+    does, so its device plugin never sees two pods allocating on one node; the plugin releases it."""
+    node_lock_wait_s: PositiveFloat = 30.0
+    """How long a binding waits for another pod's node lock before the pod is decided again."""
 
 
 class DriftConfig(_Section, frozen=True, kw_only=True):
@@ -363,6 +393,13 @@ def _check(cfg: AgentConfig) -> None:
             canonical_name(cfg.scheduler.policy)
         except UnknownPolicyError as e:
             raise ConfigError(f"scheduler.policy: {e}") from None
+        from shadowscale.policies.placement import PodRequest
+
+        for i, w in enumerate(cfg.scheduler.workload):
+            try:
+                PodRequest(w.cpu_milli, w.memory_mib, w.num_gpu, w.gpu_milli, frozenset(w.gpu_models))
+            except ValueError as e:
+                raise ConfigError(f"scheduler.workload[{i}]: {str(e).split(': ', 1)[-1]}") from None
     try:
         drift_settings(cfg.profiles)
     except ValueError as e:

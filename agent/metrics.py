@@ -44,5 +44,24 @@ class Metrics:
             registry=r,
         )
 
+        self.placement_decision = Histogram(
+            "shadowscale_placement_decision_seconds",
+            "One placement decision of the secondary scheduler (CPU spent deciding, no API call)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1),
+            registry=r,
+        )
+        self.placement_outcomes = Counter(
+            "shadowscale_placement_outcomes",
+            "Secondary scheduler outcomes: bound, failed, abandoned, or the unschedulable kind",
+            ["outcome"],
+            registry=r,
+        )
+        self.placement_migrations = Counter(
+            "shadowscale_placement_migrations",
+            "Migration plans run, by outcome (done, stopped)",
+            ["outcome"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

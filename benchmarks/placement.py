@@ -53,6 +53,7 @@ from shadowscale.policies.placement import (
 )
 from shadowscale.policies.placement.cluster import FloatArray, IntArray
 from shadowscale.policies.placement.defrag import DEFAULT_MAX_MOVES, BoundTable, apply_plan, plan_defrag, release
+from shadowscale.policies.placement.scheduler import Binding, LiveCluster, Node, PendingPod, running_pod
 from shadowscale.simulators.datasets import REMOTE, default_root, env_data_dir, locate
 from shadowscale.simulators.executor import LocalExecutor, make_executor
 from shadowscale.simulators.executor import add_arguments as add_executor_arguments
@@ -380,6 +381,95 @@ def summarize(results: Sequence[RunResult]) -> dict[str, float | None]:
         "alloc_std_at_130": _rounded(float(np.std(at130, ddof=1)) if len(at130) > 1 else 0.0, 2),
         "frag_rate_at_90": _rounded(float(np.mean(fr90)), 1),
         "pods_per_s": round(sum(r.n_pods for r in results) / max(sum(r.seconds for r in results), 1e-9), 1),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ live
+
+LIVE_BOUND = 6000
+"""Bound pods when the live scheduler's decision time is measured (``--live``)."""
+LIVE_DECISIONS = 2000
+
+
+def live_nodes(spec: ClusterSpec) -> list[Node]:
+    """The cluster as the live scheduler sees it: every GPU registered by HAMi (shares allowed)."""
+    return [
+        Node(
+            name,
+            int(spec.cpu_milli[i]),
+            int(spec.memory_mib[i]),
+            spec.models[int(spec.model[i])],
+            tuple(f"GPU-{name}-{g}" for g in range(int(spec.gpu_count[i]))),
+        )
+        for i, name in enumerate(spec.names)
+    ]
+
+
+def pending_of(pod: PodRequest, name: str) -> PendingPod:
+    return PendingPod(name, pod.cpu_milli, pod.memory_mib, pod.num_gpu, pod.gpu_milli, pod.gpu_models)
+
+
+def live_decisions(
+    workload: Workload, policy_name: str, seed: int, bound: int = LIVE_BOUND, decisions: int = LIVE_DECISIONS
+) -> dict[str, Any]:
+    """The live scheduler's decision time on the openb cluster holding ``bound`` pods: fill it with the seed's
+    arrivals (each decision then :meth:`LiveCluster.add_pod`, as the agent does), then ``decisions`` times
+    remove a random bound pod (a departure) and decide the next arrival; only :meth:`LiveCluster.decide` is
+    timed (the bookkeeping around it is reported separately). ``decision_ms_*`` is the thread's CPU time, which
+    other processes on a shared machine cannot inflate; ``decision_wall_ms_*`` is wall time, which they can."""
+    rng = np.random.default_rng(seed)
+    order = arrivals(workload.pods, workload.spec.total_gpu_milli, rng)
+    live = LiveCluster(live_nodes(workload.spec))
+    policy = make_policy(policy_name)
+    n = 0
+    misses = 0
+    while len(live.pods) < bound and misses < 1000:
+        pending = pending_of(order[n % len(order)], f"p{n}")
+        n += 1
+        d = live.decide(pending, policy, classes=workload.classes, rng=rng)
+        if isinstance(d, Binding):
+            live.add_pod(running_pod(pending, d))
+        else:
+            misses += 1
+    filled = len(live.pods)
+    wall_ns: list[int] = []
+    cpu_ns: list[int] = []
+    update_ns: list[int] = []
+    placed = 0
+    names = list(live.pods)
+    for _ in range(decisions):
+        t0 = time.thread_time_ns()
+        gone = names.pop(int(rng.integers(len(names))))
+        live.remove_pod(gone)
+        pending = pending_of(order[n % len(order)], f"p{n}")
+        n += 1
+        w1, t1 = time.perf_counter_ns(), time.thread_time_ns()
+        d = live.decide(pending, policy, classes=workload.classes, rng=rng)
+        w2, t2 = time.perf_counter_ns(), time.thread_time_ns()
+        if isinstance(d, Binding):
+            live.add_pod(running_pod(pending, d))
+            names.append(pending.name)
+            placed += 1
+        t3 = time.thread_time_ns()
+        wall_ns.append(w2 - w1)
+        cpu_ns.append(t2 - t1)
+        update_ns.append((t1 - t0) + (t3 - t2))
+    ms = np.array(cpu_ns) / 1e6
+    wall = np.array(wall_ns) / 1e6
+    up = np.array(update_ns) / 1e6
+    return {
+        "policy": policy.name,
+        "seed": seed,
+        "bound_pods": filled,
+        "decisions": decisions,
+        "placed": placed,
+        "decision_ms_p50": round(float(np.percentile(ms, 50)), 3),
+        "decision_ms_p99": round(float(np.percentile(ms, 99)), 3),
+        "decision_ms_max": round(float(ms.max()), 3),
+        "decision_wall_ms_p50": round(float(np.percentile(wall, 50)), 3),
+        "decision_wall_ms_p99": round(float(np.percentile(wall, 99)), 3),
+        "update_ms_p99": round(float(np.percentile(up, 99)), 3),
+        "decisions_per_s": round(decisions / max(float(ms.sum()) / 1000, 1e-9), 1),
     }
 
 
@@ -923,6 +1013,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--stretch", type=float, default=None, help="churn: fixed lifetime stretch (1 = as recorded)")
     parser.add_argument("--defrag", action="store_true", help="churn: also run with the defragmentation planner")
     parser.add_argument(
+        "--live",
+        action="store_true",
+        help=f"static: also time the live scheduler's decisions (LiveCluster) at {LIVE_BOUND} bound pods, first seed",
+    )
+    parser.add_argument(
         "--max-moves",
         type=int,
         default=DEFAULT_MAX_MOVES,
@@ -978,7 +1073,10 @@ def run(args: argparse.Namespace) -> int:
                 results[r.policy].append(r)
     summary = {p: summarize(rs) for p, rs in results.items()}
     paper = {p: v for p, v in paper_numbers(args.pods).items() if p in results}
-    out = {"pods": args.pods, "seeds": seeds, "policies": summary, "paper": paper}
+    out: dict[str, Any] = {"pods": args.pods, "seeds": seeds, "policies": summary, "paper": paper}
+    if getattr(args, "live", False):
+        bound = min(LIVE_BOUND, len(workload.pods))
+        out["live"] = {p: live_decisions(workload, p, seeds[0], bound=bound) for p in policies}
     if args.plot is not None:
         plot_curves(Path(args.plot), args.pods, results, paper_curves(args.pods))
     if not args.json:
@@ -1036,6 +1134,20 @@ def _print_table(out: dict[str, Any]) -> None:
             name, cell("alloc_pct_at_100", ".2f"), at130, cell("frag_rate_at_90", ".1f"), _fmt(s["pods_per_s"], ".0f")
         )
     Console(stderr=True, width=120).print(table)
+    if "live" in out:
+        live = Table(title="live scheduler: one decision (CPU ms; wall ms in brackets)")
+        for col in ("policy", "bound pods", "p50", "p99", "max", "decisions/s"):
+            live.add_column(col, justify="right")
+        for name, r in out["live"].items():
+            live.add_row(
+                name,
+                str(r["bound_pods"]),
+                f"{r['decision_ms_p50']:.3f} [{r['decision_wall_ms_p50']:.3f}]",
+                f"{r['decision_ms_p99']:.3f} [{r['decision_wall_ms_p99']:.3f}]",
+                f"{r['decision_ms_max']:.3f}",
+                f"{r['decisions_per_s']:.0f}",
+            )
+        Console(stderr=True, width=120).print(live)
 
 
 def plot_curves(

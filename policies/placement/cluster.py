@@ -197,6 +197,11 @@ class ClusterState:
 
     ``gpu_free[n, g]`` is 0 for columns beyond node ``n``'s GPU count, so such slots never fit a request and add
     nothing to sums. ``tag_count[n, t]`` counts the pods with GPU-clustering tag ``t`` running on node ``n``.
+
+    ``eligible`` (``None``: every node) restricts the nodes the next pod may go to without changing what is free:
+    the live scheduler sets it per pod from Kubernetes' filters (node selector and affinity, taints, readiness, pod
+    count, extended resources), so the policies' caches, which follow the free arrays, stay valid. :meth:`apply`
+    drops it.
     """
 
     spec: ClusterSpec
@@ -204,6 +209,7 @@ class ClusterState:
     memory_free: IntArray
     gpu_free: IntArray
     tag_count: IntArray
+    eligible: BoolArray | None = None
 
     @classmethod
     def empty(cls, spec: ClusterSpec) -> ClusterState:
@@ -222,6 +228,8 @@ class ClusterState:
         """True when ``placement`` respects every constraint for ``pod`` (CPU, memory, model, per-GPU shares)."""
         n = placement.node
         if not 0 <= n < self.spec.n_nodes:
+            return False
+        if self.eligible is not None and not bool(self.eligible[n]):
             return False
         if self.cpu_free[n] < pod.cpu_milli or self.memory_free[n] < pod.memory_mib:
             return False

@@ -28,8 +28,11 @@ class Candidates:
 
 
 def node_mask(state: ClusterState, pod: PodRequest) -> BoolArray:
-    """Nodes with the pod's CPU, memory and (for GPU pods) model; GPU room is not checked here."""
+    """Nodes with the pod's CPU, memory and (for GPU pods) model, among ``state.eligible``; GPU room is not
+    checked here."""
     ok: BoolArray = (state.cpu_free >= pod.cpu_milli) & (state.memory_free >= pod.memory_mib)
+    if state.eligible is not None:
+        ok &= state.eligible
     if pod.num_gpu and pod.gpu_models:
         ok &= state.spec.model_mask(pod.gpu_models)
     return ok

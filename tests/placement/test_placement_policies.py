@@ -291,3 +291,20 @@ def test_same_seed_same_placements(name: str) -> None:
         return out
 
     assert run(1) == run(1)
+
+
+def test_fgd_and_bestfit_disagree_where_the_tightest_gpu_strands_shares() -> None:
+    """The target workload asks for halves: BestFit takes node 0's 700 free shares (tightest fit, leaving 200 no
+    half can use), FGD takes the idle GPU of node 1 (leaving 500, exactly one half). Catches FGD scoring like
+    BestFit and a fragmentation measure that ignores the task classes."""
+    halves = TaskClasses(
+        cpu_milli=np.array([1000]),
+        num_gpu=np.array([1]),
+        gpu_milli=np.array([500]),
+        gpu_models=(frozenset(),),
+        weight=np.array([1.0]),
+    )
+    state = cluster([[700], [1000]], [8000, 8000])
+    pod = PodRequest(1000, num_gpu=1, gpu_milli=500)
+    assert place("BestFit", state, pod, halves) == (0, (0,))
+    assert place("FGD", state, pod, halves) == (1, (0,))

@@ -72,11 +72,23 @@ def test_a_gpu_pod_on_a_cluster_without_gpus() -> None:
     assert isinstance(d, Unschedulable) and d.kind == "Impossible" and "no node has a GPU" in d.reason
 
 
-def test_binding_carries_the_hami_pinning_annotation() -> None:
+def test_binding_carries_hamis_device_annotations() -> None:
+    """HAMi's encoding (``EncodePodSingleDevice``): ``UUID,NVIDIA,MiB,cores:`` per GPU, ``;`` per container."""
     d = decide(ClusterView(NODES), PendingPod("ns/p", 4000, 1024, 2, 1000), FGD)
     assert isinstance(d, Binding) and d.node in {"a", "b"}
     assert d.gpu_uuids == tuple(f"GPU-{d.node}-{i}" for i in d.gpu_indices) and len(d.gpu_indices) == 2
-    assert d.annotations == {HAMI_USE_GPUUUID: ",".join(d.gpu_uuids)}
+    devices = "".join(f"{u},NVIDIA,0,100:" for u in d.gpu_uuids) + ";"
+    assert d.annotations == {
+        HAMI_USE_GPUUUID: ",".join(d.gpu_uuids),
+        "hami.io/vgpu-node": d.node,
+        "hami.io/vgpu-devices-to-allocate": devices,
+        "hami.io/vgpu-devices-allocated": devices,
+    }
+    node = Node("m", 8000, 1024, "A10", ("GPU-m0",), gpu_memory_mib=(24000,))
+    share = PendingPod("ns/s", 1000, 0, 1, 250, containers=3, gpu_container=2)
+    d = decide(ClusterView((node,)), share, FGD)
+    assert isinstance(d, Binding)  # a quarter of 24000 MiB, 25 % of the cores, in the third container's entry
+    assert d.annotations["hami.io/vgpu-devices-to-allocate"] == ";;GPU-m0,NVIDIA,6000,25:;"
     assert d.reason.startswith(f"FGD: node {d.node} gpus")
     cpu_only = decide(ClusterView(NODES), PendingPod("ns/q", 4000), FGD)
     assert isinstance(cpu_only, Binding) and cpu_only.annotations == {} and cpu_only.gpu_uuids == ()
