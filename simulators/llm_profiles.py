@@ -34,12 +34,12 @@ Held-out split of the Splitwise data (``shadowscale bench llm-model``): the data
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import nnls
 
 from shadowscale.policies.llm import (
     BLOOM_176B,
@@ -50,13 +50,14 @@ from shadowscale.policies.llm import (
     LlmArch,
     LlmServing,
 )
-from shadowscale.policies.types import FloatArray
+from shadowscale.policies.types import FloatArray, ModelProfile
 from shadowscale.simulators.catalog import (
     LLM_BENCH_DIR,
     DataError,
     column_index,
     default_data_dir,
     field_of,
+    make_profile,
     parse_number,
     read_csv,
     read_llm_bench,
@@ -166,9 +167,29 @@ def _relative_nnls(x: FloatArray, y: FloatArray) -> FloatArray:
     w = 1.0 / y
     scale = np.abs(x * w[:, None]).max(axis=0)
     scale[scale == 0] = 1.0
-    c, _ = nnls(x * w[:, None] / scale, y * w)
+    c = _nnls(x * w[:, None] / scale, y * w)
     out: FloatArray = c / scale
     return out
+
+
+def _nnls(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Exact non-negative least squares for a handful of columns: the best unconstrained fit over every subset
+    of columns whose coefficients all come out >= 0 (2^7 = 128 small solves at most)."""
+    n = a.shape[1]
+    best = np.zeros(n)
+    best_r = float(b @ b)
+    for size in range(1, n + 1):
+        for cols in itertools.combinations(range(n), size):
+            sub = list(cols)
+            c, *_ = np.linalg.lstsq(a[:, sub], b, rcond=None)
+            if np.any(c < 0):
+                continue
+            r = float(np.sum((a[:, sub] @ c - b) ** 2))
+            if r < best_r - 1e-15:
+                best_r = r
+                best = np.zeros(n)
+                best[sub] = c
+    return best
 
 
 def fit_splitwise(rows: list[SplitwiseRow], source: str = "") -> IterationModel:
@@ -337,3 +358,22 @@ def deployment(name: str, data_dir: Path | None = None) -> LlmServing:
 def splitwise_bench(data_dir: Path | None = None) -> dict[str, float | int]:
     root = default_data_dir() if data_dir is None else data_dir
     return evaluate_splitwise(read_splitwise(root / SPLITWISE_DIR / "perf_model.csv"))
+
+
+UNIT_PROMPT = 256
+UNIT_OUTPUT = 256
+
+
+def unit_profile(serving: LlmServing) -> ModelProfile:
+    """The capacity curve policies read for an LLM deployment: batch latency of ``b`` unit requests (256 prompt
+    + 256 output tokens, the unit of ``Workload.size``) started together, for ``b`` up to what the KV cache and
+    ``max_num_seqs`` allow; the SLO rule of :mod:`simulators.catalog` on top (``gpu_fraction`` = its GPUs)."""
+    top = serving.max_unit_batch(UNIT_PROMPT, UNIT_OUTPUT)
+    sizes = sorted({1, *[b for b in (2, 4, 8, 16, 32, 64, 128, 256) if b < top], top})
+    return make_profile(
+        f"llm/{serving.name}",
+        f"continuous batching, {serving.iteration.source}",
+        sizes,
+        [serving.unit_batch_latency(b, UNIT_PROMPT, UNIT_OUTPUT) for b in sizes],
+        gpu_fraction=float(serving.gpus),
+    )

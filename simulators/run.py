@@ -77,7 +77,16 @@ def demand_of(workload: Workload) -> Demand:
 
 
 def engine_for(workload: Workload, config: SimConfig) -> Engine:
-    return Engine(workload.services, workload.arrival_s, workload.model, workload.size, workload.duration_s, config)
+    return Engine(
+        workload.services,
+        workload.arrival_s,
+        workload.model,
+        workload.size,
+        workload.duration_s,
+        config,
+        workload.prompt_tokens,
+        workload.output_tokens,
+    )
 
 
 def run_policy(

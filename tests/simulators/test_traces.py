@@ -10,7 +10,8 @@ import pytest
 
 from shadowscale.policies.types import IntArray
 from shadowscale.simulators.catalog import default_data_dir, load_catalog, stable_hash
-from shadowscale.simulators.traces import TRACE_NAMES, TraceError, load_trace
+from shadowscale.simulators.llm_profiles import deployment, unit_profile
+from shadowscale.simulators.traces import SINGLE_LLM_DEPLOYMENT, TRACE_NAMES, TraceError, load_trace
 from shadowscale.simulators.workload import Workload
 
 DATA = default_data_dir()
@@ -123,7 +124,12 @@ def test_llm_traces(name: str, model: str, count: int, last_s: float | None) -> 
     w = load_trace(name)
     assert w.n_requests == count
     assert [s.model for s in w.services] == [model]
-    assert w.services[0].profile == load_catalog().llm
+    serving = deployment(SINGLE_LLM_DEPLOYMENT)
+    assert w.services[0].llm == serving  # continuous batching on a long-context 7B-class deployment
+    assert w.services[0].profile == unit_profile(serving)
+    assert w.services[0].cold_start_s == pytest.approx(serving.cold_start_s)
+    assert w.prompt_tokens is not None and w.output_tokens is not None
+    assert w.prompt_tokens.shape == (count,) and np.all(w.prompt_tokens + w.output_tokens <= serving.arch.context)
     assert w.arrival_s[0] == 0.0
     assert np.all(np.diff(w.arrival_s) >= 0)
     assert np.all(w.size > 0)
@@ -194,8 +200,13 @@ def test_generic_naive_iso_is_utc(tmp_path: Path) -> None:
 
 def test_generic_tokens(tmp_path: Path) -> None:
     w = load_trace(str(_write(tmp_path, "timestamp,model,input_tokens,output_tokens\n0,x,256,256\n1,y,0,0\n")))
-    assert [s.profile for s in w.services] == [load_catalog().llm] * 2
+    serving = deployment(SINGLE_LLM_DEPLOYMENT)
+    assert [s.profile for s in w.services] == [unit_profile(serving)] * 2
+    assert [s.llm for s in w.services] == [serving] * 2
     np.testing.assert_allclose(w.size, [1.0, 0.01])
+    assert w.prompt_tokens is not None and w.output_tokens is not None
+    np.testing.assert_array_equal(w.prompt_tokens, [256, 0])
+    np.testing.assert_array_equal(w.output_tokens, [256, 0])
 
 
 def test_generic_hours_and_models(tmp_path: Path) -> None:
