@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from shadowscale.policies.llm import BLOOM_176B, LLAMA2_7B, LLAMA2_70B, cold_start_s
-from shadowscale.simulators.llm import simulate_fast, simulate_iterations, steps_until
-from shadowscale.simulators.llm_profiles import deployment, splitwise_bench
+from shadowscale.policies.scaling.base import Decisions, Signals
+from shadowscale.policies.types import IntArray, ServiceConfig
+from shadowscale.simulators.engine import Engine, SimConfig
+from shadowscale.simulators.llm import request_met, simulate_fast, simulate_iterations, steps_until
+from shadowscale.simulators.llm_profiles import deployment, splitwise_bench, unit_profile
 
 
 def test_splitwise_held_out_error_within_targets() -> None:
@@ -69,3 +72,71 @@ def test_context_longer_than_the_model_is_rejected() -> None:
     s = deployment("llama-2-7b@1xA100")
     lat, ttft, rej = simulate_fast(s, [0.0, 1.0], [4000.0, 100.0], [200.0, 10.0], [(0.0, 1)], 0.0, 30.0)
     assert rej == [1, 0] and math.isnan(lat[0]) and lat[1] > 0 and ttft[1] > 0
+
+
+class _Scheduled:
+    """A test policy: replicas per model follow ``schedule`` [(time, replicas)] at 10 s ticks."""
+
+    def __init__(self, schedule: list[tuple[float, int]], n_models: int) -> None:
+        self.schedule = schedule
+        self.n = n_models
+
+    @property
+    def name(self) -> str:
+        return "scheduled"
+
+    @property
+    def tick_s(self) -> float:
+        return 10.0
+
+    @property
+    def hindsight(self) -> bool:
+        return False
+
+    def _at(self, now: float) -> IntArray:
+        want = [r for t, r in self.schedule if t <= now][-1]
+        return np.full(self.n, want, np.int64)
+
+    def init(self, services: object) -> tuple[IntArray, None]:
+        return self._at(0.0), None
+
+    def decide(self, signals: Signals, state: None) -> tuple[Decisions, None]:
+        r = self._at(signals.now)
+        z = np.zeros(self.n)
+        return Decisions("scheduled", signals.now, r, np.zeros(self.n, np.int64), z, z, z), None
+
+
+def test_engine_serves_llm_services_as_the_reference_does() -> None:
+    """Two LLM models (a 7B and a 70B on two GPUs) in the fast engine, scaled by a schedule: per request latency,
+    TTFT and rejection equal the step-by-step reference per model; met is TTFT and TPOT within the objectives;
+    GPU-seconds count the 70B's two GPUs. Mutations caught: the engine judging LLM requests by the
+    static-batching SLO (``met`` differs), an LLM model taking the vectorised single-replica path, dropping the
+    final drain of LLM models (requests still running at the end lose their latency)."""
+    rng = np.random.default_rng(7)
+    names = ("llama-2-7b@1xA100", "llama-2-70b@2xA100")
+    servings = [deployment(x) for x in names]
+    n = 1200
+    arrival = np.sort(rng.random(n) * 200.0)
+    model = rng.integers(0, 2, n).astype(np.int64)
+    prompt = rng.integers(1, 4200, n).astype(np.float64)
+    output = rng.integers(1, 400, n).astype(np.float64)
+    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=15.0, llm=s) for i, s in enumerate(servings))
+    schedule = [(0.0, 1), (30.0, 3), (100.0, 0), (120.0, 2)]
+    config = SimConfig(timeout_s=25.0)
+    engine = Engine(services, arrival, model, np.ones(n), 210.0, config, prompt, output)
+    r = engine.run(_Scheduled(schedule, 2))
+    assert r.ttft_s is not None and r.rejected is not None
+    ticks = [(t, want) for t, want in schedule]
+    for i, s in enumerate(servings):
+        idx = np.flatnonzero(model == i)
+        ref = simulate_iterations(
+            s, arrival[idx].tolist(), prompt[idx].tolist(), output[idx].tolist(), ticks, 15.0, 25.0
+        )
+        np.testing.assert_allclose(r.latency_s[idx], ref[0], rtol=1e-9, atol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(r.ttft_s[idx], ref[1], rtol=1e-9, atol=1e-9, equal_nan=True)
+        np.testing.assert_array_equal(r.rejected[idx], np.array(ref[2], bool))
+        _, met = request_met(s, prompt[idx], output[idx], r.latency_s[idx], r.ttft_s[idx])
+        np.testing.assert_array_equal(r.met[idx], met)
+    assert 0 < r.met.sum() < n and r.rejected.sum() > 0 and r.dropped.sum() > r.rejected.sum()
+    # the 70B holds two GPUs per replica: 1 replica for 30 s, 3 for 70 s, then 2 from 120 s to 210 s (+ drains)
+    assert r.gpu_s[1] >= 2 * (30 + 3 * 70 + 2 * 90) - 1e-6
