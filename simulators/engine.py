@@ -190,7 +190,11 @@ class Engine:
             rejected_list = [0] * n_req
         for i, s in enumerate(services):
             if s.llm is not None:
-                models.append(LlmModel(seg[i], seg[i + 1], s.llm, prompt_l, output_l, ttft_list, rejected_list))
+                models.append(
+                    LlmModel(
+                        seg[i], seg[i + 1], s.llm, prompt_l, output_l, ttft_list, rejected_list, s.profile.max_batch
+                    )
+                )
                 continue
             table: list[float] = s.profile.latency_table().tolist()
             models.append(_Model(seg[i], seg[i + 1], table, s.profile.max_batch, s.profile.slo_s))

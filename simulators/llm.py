@@ -70,7 +70,7 @@ class _Rep:
     """One replica: its state at its current step boundary ``t`` (past, or the end of a running prefill)."""
 
     __slots__ = (
-        "busy_from",
+        "bt",
         "created",
         "ctx",
         "draining",
@@ -97,7 +97,7 @@ class _Rep:
         self.it = 0  # decode steps done at t
         self.kv = 0.0  # KV tokens reserved
         self.fin: list[tuple[int, int]] = []  # (decode step count at which it is done, request)
-        self.busy_from = -1.0
+        self.bt = now  # busy time is accounted up to here
         self.draining = False
         self.wake = INF
         self.ver = 0
@@ -108,6 +108,10 @@ class LlmModel:
 
     ``advance`` has the same contract and result tuple as ``engine._advance``; the replica set is managed through
     ``add``/``remove_one``/``ready_count``/``last_removed_gpu``/``len`` as ``cluster.Replicas`` is.
+
+    Busy time, the utilization policies read, is batch occupancy: a replica running ``B`` requests is busy
+    ``min(1, B / batch_capacity)`` (``batch_capacity``: the profile's ``max_batch``, the batch the replica
+    sustains within its objectives), the analogue of vLLM's running-requests gauge over its useful batch.
     """
 
     llm = True
@@ -121,8 +125,10 @@ class LlmModel:
         output: list[float],
         ttft: list[float],
         rejected: list[int],
+        batch_capacity: int = 0,
     ) -> None:
         self.ptr = start
+        self.inv_cap = 1.0 / (batch_capacity if batch_capacity > 0 else serving.max_num_seqs)
         self.end = end
         self.s = serving
         it = serving.iteration
@@ -183,9 +189,6 @@ class LlmModel:
         self.last_removed_gpu = best.gpu
         if best.n == 0 and best.t <= now:
             best.ver += 1  # cancels its wake
-            if best.busy_from >= 0:
-                self.busy_done += best.t - best.busy_from
-                best.busy_from = -1.0
             return now
         best.draining = True
         self.drain.append(best)
@@ -225,130 +228,151 @@ class LlmModel:
             heapq.heappop(heap)
         return INF
 
-    def _schedule(self, r: _Rep, w: float, k: int) -> None:
-        r.ver += 1
-        r.wake = w
-        self.seq += 1
-        heapq.heappush(self.heap, (w, self.seq, r, r.ver, k))
-
-    def _boundary(self, r: _Rep, at: float) -> tuple[float, int]:
-        """(time, decode steps from ``r.t``) of ``r``'s first step boundary at or after ``at``."""
-        if r.n == 0:
-            t = r.t if r.t > at else at
-            return (t if t > r.ready else r.ready), 0
-        if r.t >= at:
-            return r.t, 0
-        s0 = self.d0 + self.d1 * r.n + self.d2 * r.ctx
-        h = self.d2 * r.n
-        k = steps_until(s0, h, at - r.t)
-        return r.t + k * s0 + h * k * (k - 1) / 2.0, k
-
-    def _fits(self, r: _Rep, j: int) -> bool:
-        return r.kv + self.prompt[j] + self.output[j] <= self.kv_cap and r.n < self.max_seqs
-
     def _assign_head(self, now: float) -> None:
         """The queue head goes to the replica whose next boundary comes first among those it fits."""
         j = self.q[self.qh]
+        need = self.prompt[j] + self.output[j]
+        cap = self.kv_cap - need
+        max_seqs = self.max_seqs
         best: _Rep | None = None
         best_t = INF
         best_k = 0
+        d0 = self.d0
+        d1 = self.d1
+        d2 = self.d2
         for r in self.reps:
-            if not self._fits(r, j):
+            if r.kv > cap or r.n >= max_seqs:
                 continue
-            t, k = self._boundary(r, now)
+            k = 0
+            n = r.n
+            t = r.t
+            if n == 0:
+                if t < now:
+                    t = now
+                if t < r.ready:
+                    t = r.ready
+            elif t < now:
+                s0 = d0 + d1 * n + d2 * r.ctx
+                h = d2 * n
+                k = steps_until(s0, h, now - t)
+                t += k * s0 + h * k * (k - 1) / 2.0
             if t < best_t or (t == best_t and best is not None and r.slot < best.slot):
                 best, best_t, best_k = r, t, k
         if best is not None and best_t < best.wake:
-            self._schedule(best, best_t, best_k)
+            best.ver += 1
+            best.wake = best_t
+            self.seq += 1
+            heapq.heappush(self.heap, (best_t, self.seq, best, best.ver, best_k))
 
     def _step(self, r: _Rep, w: float, k: int, lat: list[float], timeout: float) -> None:
         """Move ``r`` to its boundary ``w`` (``k`` decode steps on), let finished requests leave, admit."""
         arr = self._arr
-        if k:
-            n = r.n
-            r.t = w
-            r.it += k
-            r.ctx += k * n
-        else:
-            r.t = w
+        n = r.n
+        if n:
+            occ = n * self.inv_cap
+            self.busy_done += (occ if occ < 1.0 else 1.0) * (w - r.bt)
+            if k:
+                r.it += k
+                r.ctx += k * n
+        r.bt = w
+        r.t = w
         fin = r.fin
         it = r.it
         prompt = self.prompt
         output = self.output
-        while fin and fin[0][0] <= it:
-            _, j = heapq.heappop(fin)
-            a = arr[j]
-            lat[j] = w - a
-            self.inflight_done += w - a
-            self.out_sum_a -= a
-            self.out_n -= 1
-            r.n -= 1
-            r.ctx -= prompt[j] + output[j] - 1.0
-            r.kv -= prompt[j] + output[j]
-        if r.n == 0:
-            r.ctx = 0.0
-            r.kv = 0.0
-            if r.busy_from >= 0:
-                self.busy_done += w - r.busy_from
-                r.busy_from = -1.0
-            if r.draining:
-                self.drain.remove(r)
-                r.ver += 1
-                return
-        admitted = 0
-        if not r.draining and w >= r.ready:
-            q = self.q
+        if fin and fin[0][0] <= it:
+            done = 0.0
+            sum_a = 0.0
+            ctx = r.ctx
+            kv = r.kv
+            while fin and fin[0][0] <= it:
+                j = heapq.heappop(fin)[1]
+                a = arr[j]
+                lat[j] = w - a
+                sum_a += a
+                n -= 1
+                need = prompt[j] + output[j]
+                ctx -= need - 1.0
+                kv -= need
+                done += 1.0
+            self.inflight_done += done * w - sum_a
+            self.out_sum_a -= sum_a
+            self.out_n -= int(done)
+            r.n = n
+            if n == 0:
+                r.ctx = 0.0
+                r.kv = 0.0
+                if r.draining:
+                    self.drain.remove(r)
+                    r.ver += 1
+                    return
+            else:
+                r.ctx = ctx
+                r.kv = kv
+        q = self.q
+        qh = self.qh
+        if qh < len(q) and not r.draining and w >= r.ready:
             tokens = 0.0
             sq = 0.0
             joined: list[int] = []
-            while self.qh < len(q):
-                j = q[self.qh]
+            kv_cap = self.kv_cap
+            max_seqs = self.max_seqs
+            max_tokens = self.max_tokens
+            nq = len(q)
+            while qh < nq:
+                j = q[qh]
                 a = arr[j]
                 if a + timeout < w:  # timed out before this boundary
-                    self.qh += 1
+                    qh += 1
                     self.q_sum_a -= a
                     self.inflight_done += timeout
                     continue
                 p = prompt[j]
-                if not self._fits(r, j) or (admitted and tokens + p > self.max_tokens):
+                o = output[j]
+                if r.kv + p + o > kv_cap or r.n >= max_seqs or (joined and tokens + p > max_tokens):
                     break
-                self.qh += 1
+                qh += 1
                 self.q_sum_a -= a
                 self.out_sum_a += a
-                self.out_n += 1
-                admitted += 1
                 tokens += p
                 sq += p * p
                 r.n += 1
                 r.ctx += p
-                r.kv += p + output[j]
-                heapq.heappush(fin, (it + int(output[j]) - 1, j))
+                r.kv += p + o
+                heapq.heappush(fin, (it + int(o) - 1, j))
                 joined.append(j)
-            if admitted:
+            self.qh = qh
+            if joined:
+                admitted = len(joined)
+                self.out_n += admitted
                 end = w + self.pa + self.pb * tokens + self.pc * sq + self.pe * admitted
                 ttft = self.ttft
                 for j in joined:
                     ttft[j] = end - arr[j]
-                if r.busy_from < 0:
-                    r.busy_from = w
                 r.t = end
-                self._schedule(r, end, 0)
-                if self.qh < len(q):
+                r.ver += 1
+                r.wake = end
+                self.seq += 1
+                heapq.heappush(self.heap, (end, self.seq, r, r.ver, 0))
+                if qh < nq:
                     self._assign_head(w)
-                if self.qh > 4096 and self.qh * 2 > len(q):
-                    del q[: self.qh]
+                if qh > 4096 and qh * 2 > nq:
+                    del q[:qh]
                     self.qh = 0
                 return
         if r.n:
-            f = fin[0][0] - r.it
-            s0 = self.d0 + self.d1 * r.n + self.d2 * r.ctx
-            self._schedule(r, r.t + f * s0 + self.d2 * r.n * f * (f - 1) / 2.0, f)
-            if r.busy_from < 0:
-                r.busy_from = w
+            n = r.n
+            f = fin[0][0] - it
+            s0 = self.d0 + self.d1 * n + self.d2 * r.ctx
+            wake = w + f * s0 + self.d2 * n * f * (f - 1) / 2.0
+            r.ver += 1
+            r.wake = wake
+            self.seq += 1
+            heapq.heappush(self.heap, (wake, self.seq, r, r.ver, f))
         else:
             r.wake = INF
             r.ver += 1
-        if self.qh < len(self.q) and not r.draining:
+        if self.qh < len(q) and not r.draining:
             self._assign_head(w)
 
     def advance(
@@ -411,14 +435,13 @@ class LlmModel:
         inflight = self.inflight_done + out * until - self.q_sum_a - self.out_sum_a
         busy = self.busy_done
         running = 0
-        for r in self.reps:
-            if r.busy_from >= 0:
-                busy += until - r.busy_from
-                running += 1
-        for r in self.drain:
-            if r.busy_from >= 0:
-                busy += until - r.busy_from
-                running += 1
+        inv_cap = self.inv_cap
+        for group in (self.reps, self.drain):
+            for r in group:
+                if r.n and until > r.bt:
+                    occ = r.n * inv_cap
+                    busy += (occ if occ < 1.0 else 1.0) * (until - r.bt)
+                    running += 1
         n_ready = 0
         ready_s = 0.0
         nxt = self._top()
@@ -430,6 +453,8 @@ class LlmModel:
                 nxt = r.ready
         if n_q:
             nxt = min(nxt, arr[q[self.qh]] + timeout)
+        if running:
+            nxt = until  # busy time grows with occupancy, not linearly per replica: look again at the next tick
         return float(self.arrived), busy, inflight, out, running, nxt, n_ready, ready_s, False, 0.0
 
 

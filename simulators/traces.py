@@ -7,6 +7,8 @@ Bundled traces (see ``data/README.md`` and ``docs/traces.md``):
   minute (a Poisson process conditioned on the count), with ``np.random.default_rng(seed)``; size 1.
 * ``azure-llm-2023-conv`` / ``azure-llm-2023-code``: one request per row; model ``llm-conv`` / ``llm-code``.
 * ``mooncake``: Kimi conversation trace, one request per JSON line; model ``mooncake``.
+* ``llm-fleet``: 60 LLM endpoints of four sizes over one hour, arrivals from azure-functions-2019 series and
+  lengths from azure-llm-2023 (generator and choices: :mod:`simulators.fleet`); seeded.
 
 LLM sizes and every profile come from :mod:`simulators.catalog`.
 
@@ -46,7 +48,8 @@ from shadowscale.simulators.catalog import (
     read_csv,
     read_text,
 )
-from shadowscale.simulators.llm_profiles import deployment, unit_profile
+from shadowscale.simulators.fleet import build_fleet
+from shadowscale.simulators.llm_profiles import deployment, deployments, unit_profile
 from shadowscale.simulators.workload import Workload, make_workload
 
 TRACE_NAMES: tuple[str, ...] = (
@@ -54,6 +57,7 @@ TRACE_NAMES: tuple[str, ...] = (
     "azure-llm-2023-conv",
     "azure-llm-2023-code",
     "mooncake",
+    "llm-fleet",
 )
 
 FUNCTIONS_DIR = Path("traces") / "azure-functions-2019"
@@ -400,23 +404,60 @@ def _read_durations(path: Path) -> dict[str, float]:
 def _read_azure_llm(kind: str) -> Callable[[Path, int], _Parsed]:
     def read(root: Path, seed: int) -> _Parsed:
         del seed  # real arrivals: nothing random
-        path = root / LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv"
-        header, header_line, rows = _csv(path)
-        cols = [_column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")]
-        t_col, in_col, out_col = (c for c in cols if c is not None)
-        time = _TimeColumn(path, "TIMESTAMP")
-        n = len(rows)
-        t = np.empty(n, np.float64)
-        tokens_in = np.empty(n, np.float64)
-        tokens_out = np.empty(n, np.float64)
-        for j, (line, row) in enumerate(rows):
-            t[j] = time(_cell(row, t_col, header, path, line), line)
-            tokens_in[j] = _number(row[in_col], path, line, "ContextTokens", integer=True)
-            tokens_out[j] = _number(row[out_col], path, line, "GeneratedTokens", integer=True)
+        t, tokens_in, tokens_out = _azure_llm_columns(root, kind)
         catalog = load_catalog(root)
         return _single_llm(f"llm-{kind}", catalog, t - t.min(), tokens_in, tokens_out)
 
     return read
+
+
+def _azure_llm_columns(root: Path, kind: str) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(timestamp s, prompt tokens, output tokens) of ``AzureLLMInferenceTrace_<kind>.csv``."""
+    path = root / LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv"
+    header, header_line, rows = _csv(path)
+    cols = [_column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")]
+    t_col, in_col, out_col = (c for c in cols if c is not None)
+    time = _TimeColumn(path, "TIMESTAMP")
+    n = len(rows)
+    t = np.empty(n, np.float64)
+    tokens_in = np.empty(n, np.float64)
+    tokens_out = np.empty(n, np.float64)
+    for j, (line, row) in enumerate(rows):
+        t[j] = time(_cell(row, t_col, header, path, line), line)
+        tokens_in[j] = _number(row[in_col], path, line, "ContextTokens", integer=True)
+        tokens_out[j] = _number(row[out_col], path, line, "GeneratedTokens", integer=True)
+    return t, tokens_in, tokens_out
+
+
+def _read_llm_fleet(root: Path, seed: int) -> _Parsed:
+    """``llm-fleet``: see :mod:`simulators.fleet` (the generator and its choices)."""
+    hashes, counts = _read_invocations(root / FUNCTIONS_DIR / "1000_inv.csv")
+    conv = _azure_llm_columns(root, "conv")[1:]
+    code = _azure_llm_columns(root, "code")[1:]
+    catalog = load_catalog(root)
+    servings = deployments(catalog.data_dir)
+    profiles = {name: unit_profile(d) for name, d in servings.items()}
+    fleet = build_fleet(
+        hashes,
+        counts,
+        conv,
+        code,
+        servings,
+        {name: p.capacity_rps for name, p in profiles.items()},
+        catalog.llm_request_size,
+        seed,
+    )
+    return _Parsed(
+        names=fleet.names,
+        profiles=[profiles[d] for d in fleet.deployments],
+        arrival_s=fleet.arrival_s,
+        model=fleet.model,
+        size=catalog.llm_request_size(fleet.prompt, fleet.output),
+        span_s=3600.0,
+        llm=[servings[d] for d in fleet.deployments],
+        prompt=fleet.prompt,
+        output=fleet.output,
+    )
 
 
 def _read_mooncake(root: Path, seed: int) -> _Parsed:
@@ -556,4 +597,5 @@ _READERS: dict[str, Callable[[Path, int], _Parsed]] = {
     "azure-llm-2023-conv": _read_azure_llm("conv"),
     "azure-llm-2023-code": _read_azure_llm("code"),
     "mooncake": _read_mooncake,
+    "llm-fleet": _read_llm_fleet,
 }
