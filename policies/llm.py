@@ -22,6 +22,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
 ENGINE_START_S = 20.0
 """vLLM engine start after the weights are in GPU memory: memory profiling, KV-cache allocation, CUDA-graph
 capture (vLLM captures graphs for 67 batch sizes by default). An assumption documented in docs/simulator.md."""
@@ -151,15 +156,25 @@ class LlmServing:
         return max(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * self.iteration.decode_s(1, prompt))
 
     def unit_batch_latency(self, batch: int, prompt: int = 256, output: int = 256) -> float:
-        """Seconds a batch of ``batch`` identical requests takes start to end when they start together: one
-        prefill, then ``output - 1`` decode steps with the context growing (the curve policies read as
-        capacity)."""
+        """Seconds ``batch`` identical requests take together on a replica in steady state: each arrives on its
+        own and is prefilled in its own step (requests rarely arrive in the same step), then ``output - 1``
+        decode steps at batch ``batch`` with the context growing (the curve policies read as capacity)."""
         it = self.iteration
-        t = it.prefill_s(batch, batch * prompt, batch * prompt * prompt)
+        t = batch * it.prefill_s(1, prompt, prompt * prompt)
         k = output - 1
         d0, d1, d2 = it.decode
         ctx = batch * (prompt + 1)
         return t + k * (d0 + d1 * batch + d2 * ctx) + d2 * batch * k * (k - 1) / 2.0
+
+    def request_cost_s(self, prompt: FloatArray, output: FloatArray, batch: int) -> FloatArray:
+        """Replica-seconds a request uses when it runs in a batch of ``batch``: its own prefill step (which holds
+        up the whole replica) plus, per generated token after the first, its share of a decode step
+        (``d0 / batch + d1``) and the cost of its mean context (``d2 × (prompt + output / 2)``)."""
+        a, b, c, e = self.iteration.prefill
+        d0, d1, d2 = self.iteration.decode
+        pre = a + b * prompt + c * prompt * prompt + e
+        cost: FloatArray = pre + np.maximum(output - 1.0, 0.0) * (d0 / batch + d1 + d2 * (prompt + output / 2.0))
+        return cost
 
     def max_unit_batch(self, prompt: int = 256, output: int = 256) -> int:
         """Unit requests that run together at most: vLLM's max-num-seqs and the KV cache bound it."""

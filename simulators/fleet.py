@@ -62,6 +62,7 @@ class Fleet:
     model: IntArray
     prompt: FloatArray
     output: FloatArray
+    size: FloatArray
 
 
 def build_fleet(
@@ -71,12 +72,12 @@ def build_fleet(
     code: tuple[FloatArray, FloatArray],
     servings: dict[str, LlmServing],
     capacity_rps: dict[str, float],
-    request_size: Callable[[FloatArray, FloatArray], FloatArray],
+    request_size: Callable[[LlmServing, FloatArray, FloatArray], FloatArray],
     seed: int,
 ) -> Fleet:
     """The fleet from the invocation counts ``[function, minute]`` and the (prompt, output) columns of the two
     LLM traces. ``capacity_rps[d]`` is deployment ``d``'s unit-request capacity per replica and
-    ``request_size(prompt, output)`` the size of requests in those units."""
+    ``request_size(serving, prompt, output)`` the size of requests in those units."""
     size_of = request_size
     n_min = counts.shape[1]
     hours = n_min // 60
@@ -97,6 +98,7 @@ def build_fleet(
     models: list[IntArray] = []
     prompts: list[FloatArray] = []
     outputs: list[FloatArray] = []
+    sizes: list[FloatArray] = []
     for e, f in enumerate(ranked):
         dep = MIX[e % len(MIX)]
         serving = servings[dep]
@@ -106,7 +108,7 @@ def build_fleet(
         series = window[f].astype(np.float64)
         # scale from the mean size of a large sample of this endpoint's draws (the same stream supplies them)
         sample = rng.choice(fits, size=4096)
-        mean_size = float(np.mean(size_of(src_p[sample], src_o[sample])))
+        mean_size = float(np.mean(size_of(serving, src_p[sample], src_o[sample])))
         k = u * capacity_rps[dep] / mean_size / (series.max() / MINUTE_S)
         n_per_min = rng.poisson(series * k)
         cnt = int(n_per_min.sum())
@@ -121,6 +123,7 @@ def build_fleet(
         models.append(np.full(cnt, e, np.int64))
         prompts.append(src_p[rows])
         outputs.append(src_o[rows])
+        sizes.append(size_of(serving, src_p[rows], src_o[rows]))
     return Fleet(
         names=names,
         deployments=deps,
@@ -132,4 +135,5 @@ def build_fleet(
         model=np.concatenate(models),
         prompt=np.concatenate(prompts),
         output=np.concatenate(outputs),
+        size=np.concatenate(sizes),
     )

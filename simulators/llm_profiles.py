@@ -377,3 +377,21 @@ def unit_profile(serving: LlmServing) -> ModelProfile:
         [serving.unit_batch_latency(b, UNIT_PROMPT, UNIT_OUTPUT) for b in sizes],
         gpu_fraction=float(serving.gpus),
     )
+
+
+MIN_REQUEST_SIZE = 0.01
+
+
+def request_size(serving: LlmServing, prompt: FloatArray, output: FloatArray) -> FloatArray:
+    """Work of LLM requests in unit requests of ``unit_profile(serving)`` (256 + 256 tokens): the ratio of
+    their replica-seconds at the profile's ``max_batch`` (:meth:`LlmServing.request_cost_s`), at least 0.01.
+
+    Unlike a fixed prompt-token weight this charges every request its own prefill step, which holds up the
+    whole replica: a 2,000-token prompt with 13 output tokens costs more than a unit request, not a third of one.
+    """
+    batch = unit_profile(serving).max_batch
+    p = np.asarray(prompt, np.float64)
+    o = np.maximum(np.asarray(output, np.float64), 1.0)
+    unit = serving.request_cost_s(np.array([float(UNIT_PROMPT)]), np.array([float(UNIT_OUTPUT)]), batch)[0]
+    size: FloatArray = np.maximum(serving.request_cost_s(p, o, batch) / unit, MIN_REQUEST_SIZE)
+    return size

@@ -49,7 +49,7 @@ from shadowscale.simulators.catalog import (
     read_text,
 )
 from shadowscale.simulators.fleet import build_fleet
-from shadowscale.simulators.llm_profiles import deployment, deployments, unit_profile
+from shadowscale.simulators.llm_profiles import deployment, deployments, request_size, unit_profile
 from shadowscale.simulators.workload import Workload, make_workload
 
 TRACE_NAMES: tuple[str, ...] = (
@@ -444,7 +444,7 @@ def _read_llm_fleet(root: Path, seed: int) -> _Parsed:
         code,
         servings,
         {name: p.capacity_rps for name, p in profiles.items()},
-        catalog.llm_request_size,
+        request_size,
         seed,
     )
     return _Parsed(
@@ -452,7 +452,7 @@ def _read_llm_fleet(root: Path, seed: int) -> _Parsed:
         profiles=[profiles[d] for d in fleet.deployments],
         arrival_s=fleet.arrival_s,
         model=fleet.model,
-        size=catalog.llm_request_size(fleet.prompt, fleet.output),
+        size=fleet.size,
         span_s=3600.0,
         llm=[servings[d] for d in fleet.deployments],
         prompt=fleet.prompt,
@@ -518,7 +518,7 @@ def _single_llm(
         profiles=[unit_profile(serving)],
         arrival_s=arrival,
         model=np.zeros(arrival.size, dtype=np.int64),
-        size=catalog.llm_request_size(tokens_in, tokens_out),
+        size=request_size(serving, tokens_in, tokens_out),
         span_s=_span(arrival),
         llm=[serving],
         prompt=np.asarray(tokens_in, np.float64),
@@ -563,8 +563,8 @@ def _read_generic(path: Path, root: Path) -> _Parsed:
     if "input_tokens" in values or "output_tokens" in values:
         zeros = np.zeros(n, np.float64)
         prompt, output = values.get("input_tokens", zeros), values.get("output_tokens", zeros)
-        size = catalog.llm_request_size(prompt, output)
         serving = deployment(SINGLE_LLM_DEPLOYMENT, catalog.data_dir)
+        size = request_size(serving, prompt, output)
         profiles = [unit_profile(serving)] * len(names)
         llm = [serving] * len(names)
     else:
