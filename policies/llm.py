@@ -145,15 +145,19 @@ class LlmServing:
         """Whether a request is served at all: vLLM rejects prompt + output beyond the model's context."""
         return prompt + output <= self.arch.context
 
-    def ttft_slo_s(self, prompt: float) -> float:
-        """TTFT objective: ``max(1 s, 5 × the prefill of this prompt alone)`` (relative to its own work for long
-        prompts, as DistServe states SLOs as a multiple of the request's latency on an idle server)."""
-        alone = self.iteration.prefill_s(1, prompt, prompt * prompt)
-        return max(TTFT_SLO_MIN_S, TTFT_SLO_FACTOR * alone)
+    def ttft_slo_s(self, prompt: FloatArray) -> FloatArray:
+        """TTFT objective per request: ``max(1 s, 5 × the prefill of its prompt alone)`` (relative to its own work
+        for long prompts, as DistServe states SLOs as a multiple of the latency on an idle server)."""
+        a, b, c, e = self.iteration.prefill
+        alone = a + b * prompt + c * prompt * prompt + e
+        slo: FloatArray = np.maximum(TTFT_SLO_MIN_S, TTFT_SLO_FACTOR * alone)
+        return slo
 
-    def tpot_slo_s(self, prompt: float) -> float:
-        """TPOT objective: ``max(0.1 s, 5 × one decode step of this request alone)``."""
-        return max(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * self.iteration.decode_s(1, prompt))
+    def tpot_slo_s(self, prompt: FloatArray) -> FloatArray:
+        """TPOT objective per request: ``max(0.1 s, 5 × one decode step of it alone)``."""
+        d0, d1, d2 = self.iteration.decode
+        slo: FloatArray = np.maximum(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (d0 + d1 + d2 * prompt))
+        return slo
 
     def unit_batch_latency(self, batch: int, prompt: int = 256, output: int = 256) -> float:
         """Seconds ``batch`` identical requests take together on a replica in steady state: each arrives on its

@@ -80,7 +80,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     p.add_argument("--hours", type=positive_float, help="simulate only the first H hours")
     p.add_argument("--models", type=positive_int, metavar="N", help="keep the N busiest models")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed for spreading per-minute counts (default 0)")
+    p.add_argument(
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="seed for spreading per-minute counts and generating llm-fleet (default 0)",
+    )
     p.add_argument(
         "--cold-start",
         type=non_negative_float,

@@ -35,13 +35,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from shadowscale.policies.llm import (
-    TPOT_SLO_FACTOR,
-    TPOT_SLO_MIN_S,
-    TTFT_SLO_FACTOR,
-    TTFT_SLO_MIN_S,
-    LlmServing,
-)
+from shadowscale.policies.llm import LlmServing
 from shadowscale.policies.types import FloatArray
 
 BoolArray = npt.NDArray[np.bool_]
@@ -464,10 +458,8 @@ def request_met(
     """(TPOT, met) of the requests of one model (``LlmServing.ttft_slo_s``/``tpot_slo_s``, vectorised); a NaN
     latency means not served, never met."""
     tpot: FloatArray = np.where(output > 1, (latency - ttft) / np.maximum(output - 1.0, 1.0), 0.0)
-    a, b, c, e = serving.iteration.prefill
-    ttft_slo = np.maximum(TTFT_SLO_MIN_S, TTFT_SLO_FACTOR * (a + b * prompt + c * prompt * prompt + e))
-    d0, d1, d2 = serving.iteration.decode
-    tpot_slo = np.maximum(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (d0 + d1 + d2 * prompt))
+    ttft_slo = serving.ttft_slo_s(prompt)
+    tpot_slo = serving.tpot_slo_s(prompt)
     served = ~np.isnan(latency)
     met: BoolArray = (
         served & (np.nan_to_num(ttft, nan=INF) <= ttft_slo + 1e-12) & (np.nan_to_num(tpot, nan=INF) <= tpot_slo + 1e-12)

@@ -140,3 +140,22 @@ def test_engine_serves_llm_services_as_the_reference_does() -> None:
     assert 0 < r.met.sum() < n and r.rejected.sum() > 0 and r.dropped.sum() > r.rejected.sum()
     # the 70B holds two GPUs per replica: 1 replica for 30 s, 3 for 70 s, then 2 from 120 s to 210 s (+ drains)
     assert r.gpu_s[1] >= 2 * (30 + 3 * 70 + 2 * 90) - 1e-6
+
+
+def test_a_request_meets_its_slo_only_when_ttft_and_tpot_both_hold() -> None:
+    """Hand-made outcomes against the objectives (TTFT ≥ 1 s floor; TPOT ≥ 0.1 s floor). Mutation caught: an
+    ``or`` instead of ``and`` between the two (the second and third requests would count as met)."""
+    s = deployment("llama-2-70b@4xH100")
+    p = np.array([500.0, 500.0, 500.0, 500.0])
+    o = np.array([101.0, 101.0, 101.0, 1.0])
+    ttft_slo = s.ttft_slo_s(p)[0]
+    tpot_slo = s.tpot_slo_s(p)[0]
+    assert ttft_slo == pytest.approx(1.0) and tpot_slo == pytest.approx(5 * s.iteration.decode_s(1, 500.0))
+    ttft = np.array([0.9, 1.1, 0.9, 0.5])
+    lat = ttft + np.array([100 * tpot_slo * 0.99, 100 * tpot_slo * 0.5, 100 * tpot_slo * 1.01, 0.0])
+    tpot, met = request_met(s, p, o, lat, ttft)
+    np.testing.assert_allclose(tpot[:3], (lat[:3] - ttft[:3]) / 100)
+    assert tpot[3] == 0.0
+    assert met.tolist() == [True, False, False, True]
+    _, met_nan = request_met(s, p[:1], o[:1], np.array([np.nan]), np.array([np.nan]))
+    assert not met_nan[0]
