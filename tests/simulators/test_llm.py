@@ -4,6 +4,7 @@ continuous-batching model against its step-by-step reference."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -159,3 +160,22 @@ def test_a_request_meets_its_slo_only_when_ttft_and_tpot_both_hold() -> None:
     assert met.tolist() == [True, False, False, True]
     _, met_nan = request_met(s, p[:1], o[:1], np.array([np.nan]), np.array([np.nan]))
     assert not met_nan[0]
+
+
+def test_multi_gpu_replicas_hold_whole_gpus() -> None:
+    """A tensor-parallel replica takes whole GPUs of its own (counted in ``used``) and gives them back; a share of
+    1.5 GPUs is refused by the profile."""
+    from shadowscale.simulators.gpus import GpuPool, to_milli
+
+    pool = GpuPool()
+    half = pool.place(to_milli(0.5))
+    tp4 = pool.place(to_milli(4.0))
+    assert pool.used == 5 and tp4 == -1
+    pool.place(to_milli(0.5))
+    assert pool.used == 5  # the second half shares the first one's GPU
+    pool.release(tp4, to_milli(4.0))
+    pool.release(half, to_milli(0.5))
+    assert pool.used == 1
+    assert unit_profile(deployment("bloom-176b@8xH100")).gpu_fraction == 8.0
+    with pytest.raises(ValueError, match="whole number of GPUs"):
+        replace(unit_profile(deployment("llama-2-7b@1xA100")), gpu_fraction=1.5)
