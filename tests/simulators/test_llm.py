@@ -15,6 +15,7 @@ from shadowscale.policies.types import IntArray, ServiceConfig
 from shadowscale.simulators.engine import Engine, SimConfig
 from shadowscale.simulators.llm import request_met, simulate_fast, simulate_iterations, steps_until
 from shadowscale.simulators.llm_profiles import deployment, splitwise_bench, unit_profile
+from shadowscale.simulators.run import summarize
 
 
 def test_splitwise_held_out_error_within_targets() -> None:
@@ -139,6 +140,7 @@ def test_engine_serves_llm_services_as_the_reference_does() -> None:
         _, met = request_met(s, prompt[idx], output[idx], r.latency_s[idx], r.ttft_s[idx])
         np.testing.assert_array_equal(r.met[idx], met)
     assert 0 < r.met.sum() < n and r.rejected.sum() > 0 and r.dropped.sum() > r.rejected.sum()
+    assert summarize(r).rejected == int(r.rejected.sum()) and summarize(r).as_dict()["rejected"] > 0
     # the 70B holds two GPUs per replica: 1 replica for 30 s, 3 for 70 s, then 2 from 120 s to 210 s (+ drains)
     assert r.gpu_s[1] >= 2 * (30 + 3 * 70 + 2 * 90) - 1e-6
 
