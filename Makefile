@@ -56,6 +56,8 @@ demo-simulate: setup
 
 bench: setup
 	$(BIN)/shadowscale bench simulator --json
+	$(BIN)/shadowscale bench simulator --trace llm-fleet --json
+	$(BIN)/shadowscale bench llm-model --json
 	$(BIN)/shadowscale bench placement --pods default --seeds 42 --json
 
 clean:

@@ -43,6 +43,14 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "without warm start, plain Gaussian-process search, random) needs before it tries a configuration within "
         "5 % of the best. Needs the profiling extra. See docs/profiler.md.",
     ),
+    "llm-model": (
+        "shadowscale.benchmarks.llm_model",
+        "error of the LLM iteration-time model on held-out Splitwise measurements",
+        "Fit the continuous-batching LLM serving model's prefill and decode step times on part of Splitwise's "
+        "measured perf_model.csv (Llama-2-70B and BLOOM-176B on A100/H100) and print its error on the rest: "
+        "MAPE of the decode step and of the prefill, the median end-to-end error, and how many rows a documented "
+        "rule excluded. See docs/simulator.md.",
+    ),
 }
 """Benchmark -> (module with ``register``, one-line help, description for ``bench NAME --help``)."""
 

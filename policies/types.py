@@ -14,6 +14,8 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from shadowscale.policies.llm import LlmServing
+
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 IntArray: TypeAlias = npt.NDArray[np.int64]
 
@@ -35,6 +37,7 @@ class ModelProfile:
     slo_s: float
     max_batch: int
     gpu_fraction: float = 1.0
+    """Share of one GPU in (0, 1], or a whole number of GPUs (> 1) for a tensor-parallel replica."""
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or self.batch_sizes[0] != 1:
@@ -49,8 +52,8 @@ class ModelProfile:
             raise ValueError(f"profile {self.name}: slo_s must be positive and finite")
         if not 1 <= self.max_batch <= self.batch_sizes[-1]:
             raise ValueError(f"profile {self.name}: max_batch must be within the measured batch sizes")
-        if not 0 < self.gpu_fraction <= 1:
-            raise ValueError(f"profile {self.name}: gpu_fraction must be in (0, 1]")
+        if not (0 < self.gpu_fraction <= 1 or (self.gpu_fraction > 1 and float(self.gpu_fraction).is_integer())):
+            raise ValueError(f"profile {self.name}: gpu_fraction must be in (0, 1] or a whole number of GPUs")
 
     def latency_table(self) -> FloatArray:
         """Batch latency for every batch size 0..max_batch (index = batch size; index 0 is unused, 0.0)."""
@@ -76,7 +79,9 @@ class ServiceConfig:
     """How one model is deployed: its profile, replica bounds and cold-start time.
 
     ``specs`` are the measured alternatives to ``profile`` (the same model at other GPU shares, same SLO) that
-    right-sizing may choose from; empty when only ``profile`` was measured.
+    right-sizing may choose from; empty when only ``profile`` was measured. ``llm`` is set for an LLM served
+    with continuous batching (:mod:`policies.llm`): the simulator then serves it step by step and judges its
+    requests by TTFT and TPOT; ``profile`` stays the capacity curve policies read.
     """
 
     model: str
@@ -85,6 +90,7 @@ class ServiceConfig:
     max_replicas: int = 1000
     cold_start_s: float = 60.0
     specs: tuple[ModelProfile, ...] = ()
+    llm: LlmServing | None = None
 
 
 @dataclass(frozen=True, slots=True)

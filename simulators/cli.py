@@ -80,13 +80,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     p.add_argument("--hours", type=positive_float, help="simulate only the first H hours")
     p.add_argument("--models", type=positive_int, metavar="N", help="keep the N busiest models")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed for spreading per-minute counts (default 0)")
+    p.add_argument(
+        "--seed",
+        type=seed_int,
+        default=0,
+        help="seed for spreading per-minute counts and generating llm-fleet (default 0)",
+    )
     p.add_argument(
         "--cold-start",
         type=non_negative_float,
-        default=60.0,
+        default=None,
         metavar="S",
-        help="seconds before a new replica serves (default 60, a GPU model)",
+        help="seconds before a new replica serves, for every model (default: 60 for a CNN-class model; an LLM's "
+        "follows its weights: 20 s engine start + weights at 1.6 GB/s, about 28 s for 7B, 1.8 min for 70B)",
     )
     p.add_argument(
         "--timeout",

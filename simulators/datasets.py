@@ -37,6 +37,7 @@ BUNDLED: tuple[str, ...] = (
     "traces/azure-llm-2023",  # CC-BY 4.0
     "traces/mooncake",  # Apache-2.0
     "profiles/llm-inference-bench",  # BSD 3-Clause
+    "profiles/splitwise-perf-model",  # MIT
 )
 """Data folders shipped in the wheel (their licenses allow redistribution; each keeps its README/LICENSE)."""
 

@@ -13,6 +13,8 @@ Semantics (the event-loop reference in :mod:`simulators.reference` implements th
 - GPU time: every replica holds ``gpu_fraction`` of a GPU from creation (cold start included) until removal,
   or until the batch it was running when removed ends; counted up to the end of the trace.
 - After the last tick the replicas stay as they are and every remaining request is served or dropped.
+- Services with ``llm`` set are served with continuous batching instead (:mod:`simulators.llm`: iteration-level
+  steps, KV-cache admission, context limit, TTFT and TPOT objectives); the rest of the loop is the same.
 
 Fast path: between two ticks only models with arrivals or work in flight are advanced (a pure-Python loop per
 request); quiet models cost nothing but one vectorised counter update; the policy sees all models at once.
@@ -34,6 +36,7 @@ from shadowscale.policies.scaling.base import ScalingPolicy, Signals
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 from shadowscale.simulators.cluster import Replicas
 from shadowscale.simulators.gpus import GpuPool, to_milli
+from shadowscale.simulators.llm import LlmModel, request_met
 
 INF = math.inf
 
@@ -79,6 +82,10 @@ class SimResult:
     wall_s: float = 0.0
     scored: npt_bool | None = None
     """Per request: counted in the result (it arrived after the warm-up); None: every request."""
+    ttft_s: FloatArray | None = None
+    """Per request of an LLM service: time to first token (NaN when not served); None without LLM services."""
+    rejected: npt_bool | None = None
+    """Per request: refused on arrival because prompt + output exceed the model's context (LLM services)."""
 
     @property
     def requests(self) -> int:
@@ -90,6 +97,8 @@ npt_bool = Any  # numpy bool arrays; numpy's typing of bool arrays is noisy unde
 
 class _Model:
     """Serving state of one model: its queue, replicas and the raw sums behind its counters."""
+
+    llm = False
 
     __slots__ = (
         "arrived",
@@ -130,7 +139,13 @@ class Engine:
         size: FloatArray,
         duration_s: float,
         config: SimConfig = SimConfig(),
+        prompt_tokens: FloatArray | None = None,
+        output_tokens: FloatArray | None = None,
     ) -> None:
+        if any(s.llm is not None for s in services) and (prompt_tokens is None or output_tokens is None):
+            raise ValueError("simulation: LLM services need each request's prompt and output tokens")
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
         self.services = services
         self.arrival_s = arrival_s
         self.model = model
@@ -163,8 +178,24 @@ class Engine:
         lat = np.full(n_req, np.nan)
         lat_list: list[float] = lat.tolist()
 
-        models: list[_Model] = []
+        models: list[_Model | LlmModel] = []
+        is_llm = [s.llm is not None for s in services]
+        ttft_list: list[float] = []
+        rejected_list: list[int] = []
+        if any(is_llm):
+            assert self.prompt_tokens is not None and self.output_tokens is not None
+            prompt_l: list[float] = self.prompt_tokens.tolist()
+            output_l: list[float] = np.maximum(self.output_tokens, 1.0).tolist()
+            ttft_list = [math.nan] * n_req
+            rejected_list = [0] * n_req
         for i, s in enumerate(services):
+            if s.llm is not None:
+                models.append(
+                    LlmModel(
+                        seg[i], seg[i + 1], s.llm, prompt_l, output_l, ttft_list, rejected_list, s.profile.max_batch
+                    )
+                )
+                continue
             table: list[float] = s.profile.latency_table().tolist()
             models.append(_Model(seg[i], seg[i + 1], table, s.profile.max_batch, s.profile.slo_s))
 
@@ -184,7 +215,7 @@ class Engine:
         gpus_held_s = 0.0
         initial, state = policy.init(services)
         for i in np.nonzero(initial)[0].tolist():
-            reps = models[i].reps
+            reps = _replicas(models[i])
             for _ in range(int(initial[i])):
                 reps.add(0.0, 0.0, pool.place(milli[i]))  # the run starts from a warm, already deployed state
         held[:] = initial
@@ -192,7 +223,7 @@ class Engine:
         # Mirrors for the vectorised path: a model is "single" when it has exactly one replica, ready, no queue
         # and nothing draining; free0 is when that replica's last batch ends. What the vectorised path served is
         # applied to the per-model objects lazily (pend_cnt, pend_sum; see _sync).
-        single = initial == 1
+        single = (initial == 1) & ~np.array(is_llm, dtype=bool)
         free0 = np.zeros(n)
         l1 = np.array([m.table[1] for m in models])
         vec_min = self.config.vector_min_requests
@@ -264,7 +295,7 @@ class Engine:
                 for i in idx[pend_cnt[idx] > 0].tolist():
                     vec.sync(i)
                 res = np.array(
-                    [advance(models[i], prev_t, now, arr, sz, order, lat_list, timeout) for i in idx_l],
+                    [_advance_any(models[i], prev_t, now, arr, sz, order, lat_list, timeout, advance) for i in idx_l],
                     dtype=np.float64,
                 )
                 arrivals[idx] = res[:, 0]
@@ -296,7 +327,7 @@ class Engine:
                 m = models[i]
                 if pend_cnt[i]:
                     vec.sync(i)
-                reps = m.reps
+                reps = _replicas(m)
                 want = int(target[i])
                 cold = 0.0 if hindsight else self.cold_start(i)
                 if self.config.record_decisions:
@@ -333,8 +364,8 @@ class Engine:
             vec.sync(i)
         for i in range(n):
             m = models[i]
-            if m.ptr < m.end or m.q:
-                advance(m, prev_t, INF, arr, sz, order, lat_list, timeout)
+            if m.ptr < m.end or m.q or m.llm:
+                _advance_any(m, prev_t, INF, arr, sz, order, lat_list, timeout, advance)
         if progress is not None:
             progress(1.0)
 
@@ -343,6 +374,16 @@ class Engine:
         dropped = np.isnan(lat)
         slo_per_req = np.array([s.profile.slo_s for s in services])[self.model] * self.size
         met = ~dropped & (np.nan_to_num(lat, nan=INF) <= slo_per_req + 1e-12)
+        ttft = rejected = None
+        if any(is_llm):
+            ttft = np.array(ttft_list, dtype=np.float64)
+            rejected = np.array(rejected_list, dtype=bool)
+            assert self.prompt_tokens is not None and self.output_tokens is not None
+            for i, s in enumerate(services):
+                if s.llm is not None:
+                    j = self.order[seg[i] : seg[i + 1]]
+                    out_tok = np.maximum(self.output_tokens[j], 1.0)
+                    met[j] = request_met(s.llm, self.prompt_tokens[j], out_tok, lat[j], ttft[j])[1]
         return SimResult(
             policy=policy.name,
             latency_s=lat,
@@ -359,7 +400,30 @@ class Engine:
             decisions=decisions_log,
             wall_s=time.perf_counter() - wall0,
             scored=self.arrival_s >= warm if warm > 0 else None,
+            ttft_s=ttft,
+            rejected=rejected,
         )
+
+
+def _replicas(m: _Model | LlmModel) -> Any:
+    """The replica set the tick loop scales: ``cluster.Replicas`` or the LLM model itself (same methods)."""
+    return m if isinstance(m, LlmModel) else m.reps
+
+
+def _advance_any(
+    m: _Model | LlmModel,
+    prev: float,
+    until: float,
+    arr: list[float],
+    sz: list[float],
+    order: list[int],
+    lat: list[float],
+    timeout: float,
+    advance: Callable[..., tuple[float, float, float, int, int, float, int, float, bool, float]],
+) -> tuple[float, float, float, int, int, float, int, float, bool, float]:
+    if isinstance(m, LlmModel):
+        return m.advance(prev, until, arr, order, lat, timeout)
+    return advance(m, prev, until, arr, sz, order, lat, timeout)
 
 
 def _advance(
@@ -577,8 +641,10 @@ def _held_until(pool: GpuPool, releases: list[tuple[float, int, int]], t0: float
     return held_s + pool.used * _after(t, t1, warm)
 
 
-def _next_event(m: _Model, now: float, arr: list[float], timeout: float) -> float:
+def _next_event(m: _Model | LlmModel, now: float, arr: list[float], timeout: float) -> float:
     """After a scale change at ``now``: when the model must be looked at again."""
+    if isinstance(m, LlmModel):
+        return m.next_event(now, timeout)
     reps = m.reps
     nxt = INF
     if m.q:
@@ -608,8 +674,10 @@ def _next_event(m: _Model, now: float, arr: list[float], timeout: float) -> floa
     return nxt
 
 
-def _single(m: _Model, now: float) -> tuple[bool, float]:
+def _single(m: _Model | LlmModel, now: float) -> tuple[bool, float]:
     """(exactly one replica, ready by ``now``, no queue, nothing draining; when its last batch ends)."""
+    if isinstance(m, LlmModel):
+        return False, 0.0
     reps = m.reps
     if len(reps.free) != 1 or m.q or reps.draining or reps.ready[0] > now:
         return False, 0.0
@@ -627,7 +695,7 @@ class _VectorPath:
 
     def __init__(
         self,
-        models: list[_Model],
+        models: list[_Model | LlmModel],
         model_arr: IntArray,
         arrival_arr: FloatArray,
         size_arr: FloatArray,
@@ -703,6 +771,7 @@ class _VectorPath:
     def sync(self, i: int) -> None:
         """Apply to model ``i``'s object what this path served for it since the last sync."""
         m = self.models[i]
+        assert isinstance(m, _Model)  # LLM models never take the vectorised path
         c = int(self.pend_cnt[i])
         total = float(self.pend_sum[i])
         m.ptr += c

@@ -11,6 +11,9 @@ MILLI = 1000
 
 
 def to_milli(fraction: float) -> int:
+    """A share in milli-GPU (1..1000), or whole GPUs × 1000 for a multi-GPU replica (fraction > 1)."""
+    if fraction > 1:
+        return round(fraction) * MILLI
     return max(1, min(MILLI, round(fraction * MILLI)))
 
 
@@ -27,7 +30,11 @@ class GpuPool:
         self.used = 0
 
     def place(self, milli: int) -> int:
-        """Put a share of ``milli`` on a GPU (best fit, else an empty one); return the GPU id."""
+        """Put a share of ``milli`` on a GPU (best fit, else an empty one); return the GPU id. A multi-GPU
+        replica (``milli`` > 1000) takes whole GPUs of its own: they are only counted (id -1)."""
+        if milli > MILLI:
+            self.used += milli // MILLI
+            return -1
         best = -1
         best_free = MILLI + 1
         for free, ids in self.by_free.items():
@@ -49,6 +56,9 @@ class GpuPool:
         return best
 
     def release(self, gpu: int, milli: int) -> None:
+        if milli > MILLI:
+            self.used -= milli // MILLI
+            return
         old = self.free[gpu]
         new = old + milli
         if new == MILLI:

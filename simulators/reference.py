@@ -64,6 +64,11 @@ def simulate_reference(
     policy: ScalingPolicy[Any],
     config: SimConfig = SimConfig(),
 ) -> SimResult:
+    if any(s.llm is not None for s in services):
+        raise ValueError(
+            "simulate_reference serves batch-latency profiles only; LLM services (continuous batching) have their "
+            "own reference, simulators.llm.simulate_iterations"
+        )
     wall0 = time.perf_counter()
     n = len(services)
     arr = arrival_s.tolist()

@@ -36,6 +36,8 @@ class PolicySummary:
     dropped: int
     scale_events: int
     cold_starts: int
+    rejected: int = 0
+    """Requests refused because prompt + output exceed the model's context (LLM services); also in dropped."""
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -47,6 +49,7 @@ class PolicySummary:
             "dropped": self.dropped,
             "scale_events": self.scale_events,
             "cold_starts": self.cold_starts,
+            "rejected": self.rejected,
         }
 
 
@@ -69,6 +72,9 @@ def summarize(result: SimResult) -> PolicySummary:
         dropped=int(dropped.sum()),
         scale_events=result.scale_events,
         cold_starts=result.cold_starts,
+        rejected=0
+        if result.rejected is None
+        else int(result.rejected.sum() if keep is None else result.rejected[keep].sum()),
     )
 
 
@@ -77,7 +83,16 @@ def demand_of(workload: Workload) -> Demand:
 
 
 def engine_for(workload: Workload, config: SimConfig) -> Engine:
-    return Engine(workload.services, workload.arrival_s, workload.model, workload.size, workload.duration_s, config)
+    return Engine(
+        workload.services,
+        workload.arrival_s,
+        workload.model,
+        workload.size,
+        workload.duration_s,
+        config,
+        workload.prompt_tokens,
+        workload.output_tokens,
+    )
 
 
 def run_policy(

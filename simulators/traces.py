@@ -7,6 +7,8 @@ Bundled traces (see ``data/README.md`` and ``docs/traces.md``):
   minute (a Poisson process conditioned on the count), with ``np.random.default_rng(seed)``; size 1.
 * ``azure-llm-2023-conv`` / ``azure-llm-2023-code``: one request per row; model ``llm-conv`` / ``llm-code``.
 * ``mooncake``: Kimi conversation trace, one request per JSON line; model ``mooncake``.
+* ``llm-fleet``: 60 LLM endpoints of four sizes over one hour, arrivals from azure-functions-2019 series and
+  lengths from azure-llm-2023 (generator and choices: :mod:`simulators.fleet`); seeded.
 
 LLM sizes and every profile come from :mod:`simulators.catalog`.
 
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shadowscale.policies.llm import LlmServing
 from shadowscale.policies.types import FloatArray, IntArray, ModelProfile, ServiceConfig
 from shadowscale.simulators.catalog import (
     Catalog,
@@ -45,6 +48,8 @@ from shadowscale.simulators.catalog import (
     read_text,
 )
 from shadowscale.simulators.datasets import locate
+from shadowscale.simulators.fleet import build_fleet
+from shadowscale.simulators.llm_profiles import deployment, deployments, request_size, unit_profile
 from shadowscale.simulators.workload import Workload, make_workload
 
 TRACE_NAMES: tuple[str, ...] = (
@@ -52,6 +57,7 @@ TRACE_NAMES: tuple[str, ...] = (
     "azure-llm-2023-conv",
     "azure-llm-2023-code",
     "mooncake",
+    "llm-fleet",
 )
 
 FUNCTIONS_DIR = Path("traces") / "azure-functions-2019"
@@ -74,6 +80,9 @@ class _Parsed:
     model: IntArray
     size: FloatArray
     span_s: float  # natural duration without ``hours``
+    llm: list[LlmServing | None] | None = None  # per model: continuous-batching deployment, if any
+    prompt: FloatArray | None = None
+    output: FloatArray | None = None
 
 
 def load_trace(
@@ -82,7 +91,7 @@ def load_trace(
     seed: int = 0,
     hours: float | None = None,
     models: int | None = None,
-    cold_start_s: float = 60.0,
+    cold_start_s: float | None = None,
     data_dir: Path | None = None,
 ) -> Workload:
     """Read trace ``spec`` (a name in :data:`TRACE_NAMES` or a generic-CSV path) into a :class:`Workload`.
@@ -90,13 +99,15 @@ def load_trace(
     ``hours`` keeps requests arriving before ``hours * 3600`` s; ``models`` keeps the ``models`` models with
     the most requests (ties by name), re-indexed in that order. ``data_dir`` defaults to ``$SHADOWSCALE_DATA``
     or the data bundled with (or downloaded by) the package, see :mod:`simulators.datasets`. The same ``seed``
-    gives identical arrays.
+    gives identical arrays. ``cold_start_s`` sets every
+    service's cold start; by default an LLM's follows its weights (:func:`policies.llm.cold_start_s`) and
+    every other model takes :data:`DEFAULT_COLD_START_S`.
     """
     if hours is not None and not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"hours must be positive and finite, got {hours}")
     if models is not None and models < 1:
         raise ValueError(f"models must be >= 1, got {models}")
-    if not (cold_start_s >= 0 and math.isfinite(cold_start_s)):
+    if cold_start_s is not None and not (cold_start_s >= 0 and math.isfinite(cold_start_s)):
         raise ValueError(f"cold_start_s must be non-negative and finite, got {cold_start_s}")
     root = data_dir
     try:
@@ -121,27 +132,55 @@ def load_trace(
     arrival = parsed.arrival_s[order]
     model = parsed.model[order]
     size = parsed.size[order]
+    prompt = None if parsed.prompt is None else parsed.prompt[order]
+    output = None if parsed.output is None else parsed.output[order]
     duration = parsed.span_s
     if hours is not None:
         duration = hours * 3600.0
         end = int(np.searchsorted(arrival, duration, side="left"))
         arrival, model, size = arrival[:end], model[:end], size[:end]
+        prompt = None if prompt is None else prompt[:end]
+        output = None if output is None else output[:end]
     catalog = load_catalog(root)
+    llms = parsed.llm or [None] * len(parsed.names)
     services = tuple(
         ServiceConfig(
             model=n,
             profile=p,
             min_replicas=0,
             max_replicas=1000,
-            cold_start_s=cold_start_s,
+            cold_start_s=_cold_start(cold_start_s, llm),
             specs=catalog.specs_of(p),
+            llm=llm,
         )
-        for n, p in zip(parsed.names, parsed.profiles, strict=True)
+        for n, p, llm in zip(parsed.names, parsed.profiles, llms, strict=True)
     )
     workload = make_workload(
-        name=spec, duration_s=duration, services=services, arrival_s=arrival, model=model, size=size
+        name=spec,
+        duration_s=duration,
+        services=services,
+        arrival_s=arrival,
+        model=model,
+        size=size,
+        prompt_tokens=prompt,
+        output_tokens=output,
     )
     return workload if models is None else workload.subset(models)
+
+
+DEFAULT_COLD_START_S = 60.0
+"""Cold start of a model that is not an LLM (a GPU container with a CNN): pull, start, load."""
+SINGLE_LLM_DEPLOYMENT = "llama-3.1-8b@1xA100"
+"""The deployment serving the single-model LLM traces and generic CSVs with tokens: a 7B-class model on one
+A100, with a context long enough for the traces (Llama-2-7B's 4,096 tokens would turn away 68 % of mooncake,
+14 % of azure-llm-2023-code and 8 % of -conv requests; a deployment facing such traffic runs a long-context
+model). Its iteration times are fitted to Llama-3-8B, the same architecture."""
+
+
+def _cold_start(override: float | None, llm: LlmServing | None) -> float:
+    if override is not None:
+        return override
+    return DEFAULT_COLD_START_S if llm is None else llm.cold_start_s
 
 
 def _span(arrival: FloatArray) -> float:
@@ -365,23 +404,60 @@ def _read_durations(path: Path) -> dict[str, float]:
 def _read_azure_llm(kind: str) -> Callable[[Path | None, int], _Parsed]:
     def read(root: Path | None, seed: int) -> _Parsed:
         del seed  # real arrivals: nothing random
-        path = locate(LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv", root)
-        header, header_line, rows = _csv(path)
-        cols = [_column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")]
-        t_col, in_col, out_col = (c for c in cols if c is not None)
-        time = _TimeColumn(path, "TIMESTAMP")
-        n = len(rows)
-        t = np.empty(n, np.float64)
-        tokens_in = np.empty(n, np.float64)
-        tokens_out = np.empty(n, np.float64)
-        for j, (line, row) in enumerate(rows):
-            t[j] = time(_cell(row, t_col, header, path, line), line)
-            tokens_in[j] = _number(row[in_col], path, line, "ContextTokens", integer=True)
-            tokens_out[j] = _number(row[out_col], path, line, "GeneratedTokens", integer=True)
+        t, tokens_in, tokens_out = _azure_llm_columns(root, kind)
         catalog = load_catalog(root)
         return _single_llm(f"llm-{kind}", catalog, t - t.min(), tokens_in, tokens_out)
 
     return read
+
+
+def _azure_llm_columns(root: Path | None, kind: str) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(timestamp s, prompt tokens, output tokens) of ``AzureLLMInferenceTrace_<kind>.csv``."""
+    path = locate(LLM_DIR / f"AzureLLMInferenceTrace_{kind}.csv", root)
+    header, header_line, rows = _csv(path)
+    cols = [_column(header, c, path, header_line) for c in ("TIMESTAMP", "ContextTokens", "GeneratedTokens")]
+    t_col, in_col, out_col = (c for c in cols if c is not None)
+    time = _TimeColumn(path, "TIMESTAMP")
+    n = len(rows)
+    t = np.empty(n, np.float64)
+    tokens_in = np.empty(n, np.float64)
+    tokens_out = np.empty(n, np.float64)
+    for j, (line, row) in enumerate(rows):
+        t[j] = time(_cell(row, t_col, header, path, line), line)
+        tokens_in[j] = _number(row[in_col], path, line, "ContextTokens", integer=True)
+        tokens_out[j] = _number(row[out_col], path, line, "GeneratedTokens", integer=True)
+    return t, tokens_in, tokens_out
+
+
+def _read_llm_fleet(root: Path | None, seed: int) -> _Parsed:
+    """``llm-fleet``: see :mod:`simulators.fleet` (the generator and its choices)."""
+    hashes, counts = _read_invocations(locate(FUNCTIONS_DIR / "1000_inv.csv", root))
+    conv = _azure_llm_columns(root, "conv")[1:]
+    code = _azure_llm_columns(root, "code")[1:]
+    catalog = load_catalog(root)
+    servings = deployments(catalog.data_dir)
+    profiles = {name: unit_profile(d) for name, d in servings.items()}
+    fleet = build_fleet(
+        hashes,
+        counts,
+        conv,
+        code,
+        servings,
+        {name: p.capacity_rps for name, p in profiles.items()},
+        request_size,
+        seed,
+    )
+    return _Parsed(
+        names=fleet.names,
+        profiles=[profiles[d] for d in fleet.deployments],
+        arrival_s=fleet.arrival_s,
+        model=fleet.model,
+        size=fleet.size,
+        span_s=3600.0,
+        llm=[servings[d] for d in fleet.deployments],
+        prompt=fleet.prompt,
+        output=fleet.output,
+    )
 
 
 def _read_mooncake(root: Path | None, seed: int) -> _Parsed:
@@ -436,13 +512,17 @@ def _json_number(record: dict[str, object], key: str, path: Path, line: int) -> 
 def _single_llm(
     name: str, catalog: Catalog, arrival: FloatArray, tokens_in: FloatArray, tokens_out: FloatArray
 ) -> _Parsed:
+    serving = deployment(SINGLE_LLM_DEPLOYMENT, catalog.data_dir)
     return _Parsed(
         names=[name],
-        profiles=[catalog.llm],
+        profiles=[unit_profile(serving)],
         arrival_s=arrival,
         model=np.zeros(arrival.size, dtype=np.int64),
-        size=catalog.llm_request_size(tokens_in, tokens_out),
+        size=request_size(serving, tokens_in, tokens_out),
         span_s=_span(arrival),
+        llm=[serving],
+        prompt=np.asarray(tokens_in, np.float64),
+        output=np.asarray(tokens_out, np.float64),
     )
 
 
@@ -478,10 +558,15 @@ def _read_generic(path: Path, root: Path | None) -> _Parsed:
     names = list(index)
     catalog = load_catalog(root)
     arrival = t - t.min()
+    llm: list[LlmServing | None] | None = None
+    prompt = output = None
     if "input_tokens" in values or "output_tokens" in values:
         zeros = np.zeros(n, np.float64)
-        size = catalog.llm_request_size(values.get("input_tokens", zeros), values.get("output_tokens", zeros))
-        profiles = [catalog.llm] * len(names)
+        prompt, output = values.get("input_tokens", zeros), values.get("output_tokens", zeros)
+        serving = deployment(SINGLE_LLM_DEPLOYMENT, catalog.data_dir)
+        size = request_size(serving, prompt, output)
+        profiles = [unit_profile(serving)] * len(names)
+        llm = [serving] * len(names)
     else:
         service = values.get("service_ms")
         if service is None:
@@ -494,7 +579,17 @@ def _read_generic(path: Path, root: Path | None) -> _Parsed:
                 for i, m in enumerate(names)
             ]
         size = np.ones(n, np.float64)
-    return _Parsed(names=names, profiles=profiles, arrival_s=arrival, model=model, size=size, span_s=_span(arrival))
+    return _Parsed(
+        names=names,
+        profiles=profiles,
+        arrival_s=arrival,
+        model=model,
+        size=size,
+        span_s=_span(arrival),
+        llm=llm,
+        prompt=prompt,
+        output=output,
+    )
 
 
 _READERS: dict[str, Callable[[Path | None, int], _Parsed]] = {
@@ -502,4 +597,5 @@ _READERS: dict[str, Callable[[Path | None, int], _Parsed]] = {
     "azure-llm-2023-conv": _read_azure_llm("conv"),
     "azure-llm-2023-code": _read_azure_llm("code"),
     "mooncake": _read_mooncake,
+    "llm-fleet": _read_llm_fleet,
 }

@@ -28,6 +28,8 @@ class Workload:
     ``services[i]`` describes model ``i``; ``model[j]`` is the index of the model request ``j`` is for.
     ``size[j]`` is the work of request ``j`` relative to the unit request of its model's profile (1.0 for
     fixed-size inference; LLM requests scale with their tokens). Every arrival lies in ``[0, duration_s)``.
+    ``prompt_tokens`` / ``output_tokens`` (both or neither) are each request's tokens; the simulator needs them
+    for services with ``llm`` set (continuous batching) and ignores them otherwise.
     """
 
     name: str
@@ -36,6 +38,8 @@ class Workload:
     arrival_s: FloatArray
     model: IntArray
     size: FloatArray
+    prompt_tokens: FloatArray | None = None
+    output_tokens: FloatArray | None = None
 
     def __post_init__(self) -> None:
         n = self.arrival_s.shape[0] if self.arrival_s.ndim == 1 else -1
@@ -50,6 +54,18 @@ class Workload:
         names = [s.model for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError(f"workload {self.name}: service model names must be unique")
+        tokens = (self.prompt_tokens, self.output_tokens)
+        if (tokens[0] is None) != (tokens[1] is None):
+            raise ValueError(f"workload {self.name}: prompt_tokens and output_tokens go together")
+        for t in tokens:
+            if t is not None and (
+                t.shape != (n,) or t.dtype != np.float64 or not np.all(np.isfinite(t)) or np.any(t < 0)
+            ):
+                raise ValueError(
+                    f"workload {self.name}: token counts must be 1-D float64, finite, >= 0, one per request"
+                )
+        if any(s.llm is not None for s in self.services) and tokens[0] is None:
+            raise ValueError(f"workload {self.name}: LLM services need prompt_tokens and output_tokens")
         if n == 0:
             return
         if not np.all(np.isfinite(self.arrival_s)) or np.any(np.diff(self.arrival_s) < 0):
@@ -94,6 +110,8 @@ class Workload:
             arrival_s=self.arrival_s[mask],
             model=new_model[mask],
             size=self.size[mask],
+            prompt_tokens=None if self.prompt_tokens is None else self.prompt_tokens[mask],
+            output_tokens=None if self.output_tokens is None else self.output_tokens[mask],
         )
 
     def truncate(self, duration_s: float) -> Workload:
@@ -106,6 +124,8 @@ class Workload:
             arrival_s=self.arrival_s[:end],
             model=self.model[:end],
             size=self.size[:end],
+            prompt_tokens=None if self.prompt_tokens is None else self.prompt_tokens[:end],
+            output_tokens=None if self.output_tokens is None else self.output_tokens[:end],
         )
 
 
@@ -117,10 +137,27 @@ def make_workload(
     arrival_s: FloatArray,
     model: IntArray,
     size: FloatArray,
+    prompt_tokens: FloatArray | None = None,
+    output_tokens: FloatArray | None = None,
 ) -> Workload:
     """Build a :class:`Workload` from (possibly shared) arrays: copies them contiguous and read-only."""
     arrival = np.ascontiguousarray(arrival_s, dtype=np.float64).copy()
     idx = np.ascontiguousarray(model, dtype=np.int64).copy()
     sz = np.ascontiguousarray(size, dtype=np.float64).copy()
     _read_only(arrival, idx, sz)
-    return Workload(name=name, duration_s=float(duration_s), services=services, arrival_s=arrival, model=idx, size=sz)
+    tokens = [
+        None if t is None else np.ascontiguousarray(t, dtype=np.float64).copy() for t in (prompt_tokens, output_tokens)
+    ]
+    for t in tokens:
+        if t is not None:
+            _read_only(t)
+    return Workload(
+        name=name,
+        duration_s=float(duration_s),
+        services=services,
+        arrival_s=arrival,
+        model=idx,
+        size=sz,
+        prompt_tokens=tokens[0],
+        output_tokens=tokens[1],
+    )

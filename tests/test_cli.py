@@ -51,8 +51,10 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
             "dropped",
             "scale_events",
             "cold_starts",
+            "rejected",
         }
         assert 0.0 <= p["slo_attainment"] <= 1.0
+        assert p["rejected"] == 0  # no LLM service in this trace
     oracle = doc["policies"]["oracle"]
     for name, p in doc["policies"].items():
         if p["slo_attainment"] >= oracle["slo_attainment"]:

@@ -140,9 +140,16 @@ def test_agent_loop_matches_the_simulator(trace: str, policy: str, hours: float)
         }
     )
     rec = Recording(make_policy(policy), services_of(cfg))
-    Engine(workload.services, workload.arrival_s, workload.model, workload.size, workload.duration_s, SimConfig()).run(
-        rec
-    )
+    Engine(
+        workload.services,
+        workload.arrival_s,
+        workload.model,
+        workload.size,
+        workload.duration_s,
+        SimConfig(),
+        workload.prompt_tokens,
+        workload.output_tokens,
+    ).run(rec)
     tick = rec.tick_s
 
     # The same counters as traffic events, one poll per tick, shuffled, with duplicates redelivered.

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from shadowscale.policies.types import IntArray
-from shadowscale.simulators.catalog import default_data_dir, load_catalog
-from shadowscale.simulators.traces import TRACE_NAMES, TraceError, load_trace
+from shadowscale.simulators.catalog import default_data_dir, load_catalog, stable_hash
+from shadowscale.simulators.llm_profiles import deployment, unit_profile
+from shadowscale.simulators.traces import SINGLE_LLM_DEPLOYMENT, TRACE_NAMES, TraceError, load_trace
 from shadowscale.simulators.workload import Workload
 
 DATA = default_data_dir()
@@ -123,7 +124,12 @@ def test_llm_traces(name: str, model: str, count: int, last_s: float | None) -> 
     w = load_trace(name)
     assert w.n_requests == count
     assert [s.model for s in w.services] == [model]
-    assert w.services[0].profile == load_catalog().llm
+    serving = deployment(SINGLE_LLM_DEPLOYMENT)
+    assert w.services[0].llm == serving  # continuous batching on a long-context 7B-class deployment
+    assert w.services[0].profile == unit_profile(serving)
+    assert w.services[0].cold_start_s == pytest.approx(serving.cold_start_s)
+    assert w.prompt_tokens is not None and w.output_tokens is not None
+    assert w.prompt_tokens.shape == (count,) and np.all(w.prompt_tokens + w.output_tokens <= serving.arch.context)
     assert w.arrival_s[0] == 0.0
     assert np.all(np.diff(w.arrival_s) >= 0)
     assert np.all(w.size > 0)
@@ -137,8 +143,12 @@ def test_azure_llm_first_rows() -> None:
     w = load_trace("azure-llm-2023-conv")
     # rows 2 and 3: 18:15:46.6805900 (374 in, 44 out) and 18:15:50.9951690 (396 in, 109 out)
     assert w.arrival_s[1] == pytest.approx(50.9951690 - 46.6805900, abs=1e-6)
-    wt = load_catalog().prompt_weight.value
-    assert w.size[0] == pytest.approx((44 + wt * 374) / (256 * (1 + wt)))
+    # size: replica-seconds of (374 in, 44 out) over those of the unit request (256, 256) at max_batch
+    serving = deployment(SINGLE_LLM_DEPLOYMENT)
+    b = unit_profile(serving).max_batch
+    cost = serving.request_cost_s(np.array([374.0, 256.0]), np.array([44.0, 256.0]), b)
+    assert w.size[0] == pytest.approx(cost[0] / cost[1])
+    assert 0.2 < w.size[0] < 1.0
 
 
 def test_unknown_trace_name_lists_the_names() -> None:
@@ -192,8 +202,13 @@ def test_generic_naive_iso_is_utc(tmp_path: Path) -> None:
 
 def test_generic_tokens(tmp_path: Path) -> None:
     w = load_trace(str(_write(tmp_path, "timestamp,model,input_tokens,output_tokens\n0,x,256,256\n1,y,0,0\n")))
-    assert [s.profile for s in w.services] == [load_catalog().llm] * 2
-    np.testing.assert_allclose(w.size, [1.0, 0.01])
+    serving = deployment(SINGLE_LLM_DEPLOYMENT)
+    assert [s.profile for s in w.services] == [unit_profile(serving)] * 2
+    assert [s.llm for s in w.services] == [serving] * 2
+    assert w.size[0] == pytest.approx(1.0) and w.size[1] < 1.0
+    assert w.prompt_tokens is not None and w.output_tokens is not None
+    np.testing.assert_array_equal(w.prompt_tokens, [256, 0])
+    np.testing.assert_array_equal(w.output_tokens, [256, 0])
 
 
 def test_generic_hours_and_models(tmp_path: Path) -> None:

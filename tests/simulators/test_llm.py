@@ -1,0 +1,207 @@
+"""LLM serving: the fitted iteration model (held-out error), KV capacity, cold starts, and the fast
+continuous-batching model against its step-by-step reference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from shadowscale.policies.llm import BLOOM_176B, LLAMA2_7B, LLAMA2_70B, cold_start_s
+from shadowscale.policies.scaling.base import Decisions, Signals
+from shadowscale.policies.types import IntArray, ServiceConfig
+from shadowscale.simulators.engine import Engine, SimConfig
+from shadowscale.simulators.llm import request_met, simulate_fast, simulate_iterations, steps_until
+from shadowscale.simulators.llm_profiles import deployment, splitwise_bench, unit_profile
+from shadowscale.simulators.run import summarize
+
+
+def test_splitwise_held_out_error_within_targets() -> None:
+    """Issue 11's targets on held-out Splitwise points. Mutation: dropping the per-sequence prefill term
+    (``e·n``) raises mape_prefill above 0.15; removing the monotonicity exclusion changes ``excluded``."""
+    r = splitwise_bench()
+    assert r["points"] == 540
+    assert r["mape_decode_step"] <= 0.05
+    assert r["mape_prefill"] <= 0.15
+    assert r["median_err_e2e"] <= 0.10
+    assert r["excluded"] == 15  # the three Llama-2-70B TP 2 batch-64 settings, 5 repeats each
+
+
+def test_kv_capacity_and_cold_start_follow_the_architecture() -> None:
+    """KV bytes per token and weights decide capacity and cold start (7B tens of seconds, 70B minutes)."""
+    assert LLAMA2_7B.kv_bytes_per_token == 2 * 32 * 32 * 128 * 2
+    d = deployment("llama-2-7b@1xA100")
+    assert d.kv_tokens == int((0.9 * 80e9 - 6.74e9 * 2) // (2 * 32 * 32 * 128 * 2))
+    assert deployment("llama-2-70b@2xA100").kv_tokens < deployment("llama-2-70b@4xA100").kv_tokens
+    assert 10.0 <= cold_start_s(LLAMA2_7B) < 60.0
+    assert 60.0 <= cold_start_s(LLAMA2_70B) < cold_start_s(BLOOM_176B)
+
+
+@pytest.mark.parametrize("s0,h,x", [(0.01, 0.0, 0.3), (0.02, 1e-4, 1.234), (0.05, 3e-3, 0.0501), (0.1, 0.0, 0.1)])
+def test_steps_until_is_the_first_boundary_at_or_after(s0: float, h: float, x: float) -> None:
+    k = steps_until(s0, h, x)
+    t = [i * s0 + h * i * (i - 1) / 2 for i in range(k + 1)]
+    assert t[k] >= x and (k == 0 or t[k - 1] < x)
+
+
+@pytest.mark.parametrize(
+    "name,n,seed",
+    [("llama-2-7b@1xA100", 1500, 2), ("llama-2-70b@2xA100", 500, 3), ("llama-3.1-8b@1xA100", 1500, 4)],
+)
+def test_fast_continuous_batching_matches_the_step_by_step_reference(name: str, n: int, seed: int) -> None:
+    """Per-request latency, TTFT and rejections of the event-jumping model equal the one-step-at-a-time
+    reference, through scale-ups, cold starts, drains, scale to zero, KV-full admission waits (the 70B on two
+    GPUs holds 18k tokens) and time-outs. Mutations caught: admitting without the KV check, decode steps that
+    ignore the context term (``d2``), a replica taking requests while draining, TTFT stamped at admission
+    instead of at the prefill's end."""
+    s = deployment(name)
+    rng = np.random.default_rng(seed)
+    arr = np.sort(rng.random(n) * 120).tolist()
+    p = rng.integers(1, 4000, n).astype(float).tolist()
+    o = rng.integers(1, 800, n).astype(float).tolist()
+    sched = [(0.0, 1), (10.0, 4), (30.0, 2), (50.0, 0), (60.0, 3), (61.0, 1), (90.0, 5)]
+    fast = [np.array(x, np.float64) for x in simulate_fast(s, arr, p, o, sched, 5.0, 20.0)]
+    ref = [np.array(x, np.float64) for x in simulate_iterations(s, arr, p, o, sched, 5.0, 20.0)]
+    served = ~np.isnan(ref[0])
+    assert 0 < served.sum() < n  # some served, some dropped or rejected: every path ran
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+def test_context_longer_than_the_model_is_rejected() -> None:
+    s = deployment("llama-2-7b@1xA100")
+    lat, ttft, rej = simulate_fast(s, [0.0, 1.0], [4000.0, 100.0], [200.0, 10.0], [(0.0, 1)], 0.0, 30.0)
+    assert rej == [1, 0] and math.isnan(lat[0]) and lat[1] > 0 and ttft[1] > 0
+
+
+class _Scheduled:
+    """A test policy: replicas per model follow ``schedule`` [(time, replicas)] at 10 s ticks."""
+
+    def __init__(self, schedule: list[tuple[float, int]], n_models: int) -> None:
+        self.schedule = schedule
+        self.n = n_models
+
+    @property
+    def name(self) -> str:
+        return "scheduled"
+
+    @property
+    def tick_s(self) -> float:
+        return 10.0
+
+    @property
+    def hindsight(self) -> bool:
+        return False
+
+    def _at(self, now: float) -> IntArray:
+        want = [r for t, r in self.schedule if t <= now][-1]
+        return np.full(self.n, want, np.int64)
+
+    def init(self, services: object) -> tuple[IntArray, None]:
+        return self._at(0.0), None
+
+    def decide(self, signals: Signals, state: None) -> tuple[Decisions, None]:
+        r = self._at(signals.now)
+        z = np.zeros(self.n)
+        return Decisions("scheduled", signals.now, r, np.zeros(self.n, np.int64), z, z, z), None
+
+
+def test_engine_serves_llm_services_as_the_reference_does() -> None:
+    """Two LLM models (a 7B and a 70B on two GPUs) in the fast engine, scaled by a schedule: per request latency,
+    TTFT and rejection equal the step-by-step reference per model; met is TTFT and TPOT within the objectives;
+    GPU-seconds count the 70B's two GPUs. Mutations caught: the engine judging LLM requests by the
+    static-batching SLO (``met`` differs), an LLM model taking the vectorised single-replica path, dropping the
+    final drain of LLM models (requests still running at the end lose their latency)."""
+    rng = np.random.default_rng(7)
+    names = ("llama-2-7b@1xA100", "llama-2-70b@2xA100")
+    servings = [deployment(x) for x in names]
+    n = 1200
+    arrival = np.sort(rng.random(n) * 200.0)
+    model = rng.integers(0, 2, n).astype(np.int64)
+    prompt = rng.integers(1, 4200, n).astype(np.float64)
+    output = rng.integers(1, 400, n).astype(np.float64)
+    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=15.0, llm=s) for i, s in enumerate(servings))
+    schedule = [(0.0, 1), (30.0, 3), (100.0, 0), (120.0, 2)]
+    config = SimConfig(timeout_s=25.0)
+    engine = Engine(services, arrival, model, np.ones(n), 210.0, config, prompt, output)
+    r = engine.run(_Scheduled(schedule, 2))
+    assert r.ttft_s is not None and r.rejected is not None
+    ticks = [(t, want) for t, want in schedule]
+    for i, s in enumerate(servings):
+        idx = np.flatnonzero(model == i)
+        ref = simulate_iterations(
+            s, arrival[idx].tolist(), prompt[idx].tolist(), output[idx].tolist(), ticks, 15.0, 25.0
+        )
+        np.testing.assert_allclose(r.latency_s[idx], ref[0], rtol=1e-9, atol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(r.ttft_s[idx], ref[1], rtol=1e-9, atol=1e-9, equal_nan=True)
+        np.testing.assert_array_equal(r.rejected[idx], np.array(ref[2], bool))
+        _, met = request_met(s, prompt[idx], output[idx], r.latency_s[idx], r.ttft_s[idx])
+        np.testing.assert_array_equal(r.met[idx], met)
+    assert 0 < r.met.sum() < n and r.rejected.sum() > 0 and r.dropped.sum() > r.rejected.sum()
+    assert summarize(r).rejected == int(r.rejected.sum()) and summarize(r).as_dict()["rejected"] > 0
+    # the 70B holds two GPUs per replica: 1 replica for 30 s, 3 for 70 s, then 2 from 120 s to 210 s (+ drains)
+    assert r.gpu_s[1] >= 2 * (30 + 3 * 70 + 2 * 90) - 1e-6
+
+
+def test_a_request_meets_its_slo_only_when_ttft_and_tpot_both_hold() -> None:
+    """Hand-made outcomes against the objectives (TTFT ≥ 1 s floor; TPOT ≥ 0.1 s floor). Mutation caught: an
+    ``or`` instead of ``and`` between the two (the second and third requests would count as met)."""
+    s = deployment("llama-2-70b@4xH100")
+    p = np.array([500.0, 500.0, 500.0, 500.0])
+    o = np.array([101.0, 101.0, 101.0, 1.0])
+    ttft_slo = s.ttft_slo_s(p)[0]
+    tpot_slo = s.tpot_slo_s(p)[0]
+    assert ttft_slo == pytest.approx(1.0) and tpot_slo == pytest.approx(5 * s.iteration.decode_s(1, 500.0))
+    ttft = np.array([0.9, 1.1, 0.9, 0.5])
+    lat = ttft + np.array([100 * tpot_slo * 0.99, 100 * tpot_slo * 0.5, 100 * tpot_slo * 1.01, 0.0])
+    tpot, met = request_met(s, p, o, lat, ttft)
+    np.testing.assert_allclose(tpot[:3], (lat[:3] - ttft[:3]) / 100)
+    assert tpot[3] == 0.0
+    assert met.tolist() == [True, False, False, True]
+    _, met_nan = request_met(s, p[:1], o[:1], np.array([np.nan]), np.array([np.nan]))
+    assert not met_nan[0]
+
+
+def test_multi_gpu_replicas_hold_whole_gpus() -> None:
+    """A tensor-parallel replica takes whole GPUs of its own (counted in ``used``) and gives them back; a share of
+    1.5 GPUs is refused by the profile."""
+    from shadowscale.simulators.gpus import GpuPool, to_milli
+
+    pool = GpuPool()
+    half = pool.place(to_milli(0.5))
+    tp4 = pool.place(to_milli(4.0))
+    assert pool.used == 5 and tp4 == -1
+    pool.place(to_milli(0.5))
+    assert pool.used == 5  # the second half shares the first one's GPU
+    pool.release(tp4, to_milli(4.0))
+    pool.release(half, to_milli(0.5))
+    assert pool.used == 1
+    assert unit_profile(deployment("bloom-176b@8xH100")).gpu_fraction == 8.0
+    with pytest.raises(ValueError, match="whole number of GPUs"):
+        replace(unit_profile(deployment("llama-2-7b@1xA100")), gpu_fraction=1.5)
+
+
+def test_batches_that_overflow_the_kv_cache_run_in_waves_as_measured() -> None:
+    """Out of sample: the llm-inference-bench rows the 7B fit leaves out because the batch does not fit the KV
+    cache (Llama-2-7B on one A100, batch 32 × 2,048, 64 × 1,024, 64 × 2,048 tokens in and out) are reproduced
+    by the simulator's admission rule within 5 %. Mutation caught: admitting without the KV check (the batch then
+    runs at once, about twice as fast as measured)."""
+    from shadowscale.simulators.catalog import default_data_dir, read_llm_bench
+
+    s = deployment("llama-2-7b@1xA100")
+    rows = [
+        r
+        for r in read_llm_bench(default_data_dir() / "profiles" / "llm-inference-bench" / "All_results.csv")
+        if r.model == "meta-llama/Llama-2-7b-hf"
+        and r.hardware == "Nvidia A100 GPU"
+        and r.num_hardware == 1
+        and r.framework == "vLLM"
+        and r.batch * 2 * r.length > s.kv_tokens
+    ]
+    assert len(rows) == 3
+    for r in rows:
+        n = float(r.length)
+        lat, _, _ = simulate_fast(s, [0.0] * r.batch, [n] * r.batch, [n] * r.batch, [(0.0, 1)], 0.0, 1e9)
+        assert max(lat) == pytest.approx(r.latency_s, rel=0.05)
