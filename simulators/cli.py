@@ -14,7 +14,7 @@ from shadowscale.simulators.executor import add_arguments as add_executor_argume
 
 DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle,shadowscale"
 # Named here so `simulate --help` imports no numpy; tests/test_cli.py checks them against the registries.
-HELP_TRACES = ("azure-functions-2019", "azure-llm-2023-conv", "azure-llm-2023-code", "mooncake")
+HELP_TRACES = ("azure-functions-2019", "azure-llm-2023-conv", "azure-llm-2023-code", "mooncake", "llm-fleet")
 HELP_POLICIES = ("hpa", "keda", "kpa", "static", "oracle", "shadowscale")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shadowscale.policies.types import IntArray
-from shadowscale.simulators.catalog import default_data_dir, load_catalog, stable_hash
+from shadowscale.simulators.catalog import default_data_dir, load_catalog
 from shadowscale.simulators.llm_profiles import deployment, unit_profile
 from shadowscale.simulators.traces import SINGLE_LLM_DEPLOYMENT, TRACE_NAMES, TraceError, load_trace
 from shadowscale.simulators.workload import Workload
