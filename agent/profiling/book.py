@@ -187,6 +187,7 @@ class ProfileBook:
                     max(float(done[i] - done0[i]), 0.0),
                     max(float(busy[i] - busy0[i]), 0.0),
                     w.p99_ms(i),
+                    w.busy_source(i),
                 )
                 was_stale = state.stale
                 self.states[model], self.verdicts[model] = self.drift.update(state, window)
