@@ -117,6 +117,41 @@ def shape_json(shape: RequestShape) -> str:
     return encode(shape).decode()
 
 
+SHAPE_MAX_BYTES = 512 * 1024
+"""Most bytes of request-shape JSON a trial ships (in a ConfigMap mounted into the load generator's pod; the API
+server refuses a ConfigMap over 1 MiB, and Linux an environment variable over 128 KiB)."""
+MAX_GAPS = 100_000
+"""Most inter-arrival gaps a shape may hold (the decoder's limit)."""
+
+
+def fit_shape(shape: RequestShape, max_bytes: int = SHAPE_MAX_BYTES) -> RequestShape:
+    """``shape`` made to fit in ``max_bytes`` of JSON: gaps rounded to microseconds and, if still too long, only the
+    most recent ones kept (at most ``MAX_GAPS``; the traffic's latest pattern). ``ValueError`` when the shape is too
+    big without any gaps (its payloads or sizes alone), naming the sizes."""
+    gaps = tuple(round(g, 6) for g in shape.gaps[-MAX_GAPS:])
+    if gaps and not sum(gaps) > 0:
+        gaps = ()
+    fitted = msgspec.structs.replace(shape, gaps=gaps)
+    size = len(shape_json(fitted).encode())
+    if size <= max_bytes:
+        return fitted
+    bare = len(shape_json(msgspec.structs.replace(shape, gaps=())).encode())
+    if bare > max_bytes:
+        raise ValueError(
+            f"request shape: {bare} bytes without its gaps (payloads/sizes), over the {max_bytes}-byte cap; "
+            "give fewer or smaller payloads"
+        )
+    lo, hi = 0, len(gaps)  # the most recent ``lo`` gaps fit, ``hi`` do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if len(shape_json(msgspec.structs.replace(shape, gaps=gaps[-mid:])).encode()) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid
+    kept = gaps[-lo:] if lo else ()
+    return msgspec.structs.replace(shape, gaps=kept if sum(kept) > 0 else ())
+
+
 @dataclass(frozen=True, slots=True)
 class LoadPlan:
     """How the rate search runs: seconds per step, the first and highest rate, bisection steps, how long a step

@@ -15,13 +15,15 @@ For a trial it
 3. creates ``<name>-loadgen-<trial>``, a Job running the load generator (:mod:`agent.profiling.loadgen`,
    ``shadowscale loadgen``; image, command and extra arguments configurable) aimed at the ready shadow pod's IP and
    the workload's port: it drives open-loop load shaped like the model's traffic (the workload's
-   :class:`~agent.profiling.loadgen.RequestShape`, passed as JSON in ``$SHADOWSCALE_LOADGEN_SHAPE``), raises the
-   rate until the SLO breaks, then bisects;
+   :class:`~agent.profiling.loadgen.RequestShape`, as JSON in a ConfigMap ``<name>-loadgen-<trial>`` mounted into
+   the Job's pod and read with ``--shape``: capped at ``SHAPE_MAX_BYTES``, keeping the most recent observed gaps,
+   so a busy model's ten minutes of arrivals never overflow the environment), raises the rate until the SLO
+   breaks, then bisects;
 4. waits for the trial's result, a ``shadowscale.trial-result/v1`` event keyed by the trial id that the load
    generator publishes on the trials topic, handed over through the :class:`TrialResults` port
    (:class:`agent.profiling.results.KafkaTrialResults`);
-5. deletes the Job (with its pods) and the shadow Deployment, also when any step fails, times out or the trial
-   is cancelled. :meth:`ShadowTrialRunner.cleanup` deletes every shadow object left by an agent that died
+5. deletes the Job (with its pods), its ConfigMap and the shadow Deployment, also when any step fails, times out
+   or the trial is cancelled. :meth:`ShadowTrialRunner.cleanup` deletes every shadow object left by an agent that died
    mid-trial; the agent calls it on start.
 """
 
@@ -47,9 +49,11 @@ from shadowscale.agent.profiling.loadgen import (
     SASL_PASSWORD_ENV,
     SASL_USERNAME_ENV,
     SHAPE_ENV,
+    SHAPE_MAX_BYTES,
     TRIAL_ENV,
     LoadPlan,
     RequestShape,
+    fit_shape,
     shape_json,
 )
 from shadowscale.policies.profiling.types import Trial, TrialResult
@@ -272,9 +276,10 @@ def loadgen_job(
         *st.loadgen_args,
     ]
     env = {TRIAL_ENV: trial.trial_id, "POD_NAMESPACE": wl.namespace}
-    if wl.shape is not None:
-        env[SHAPE_ENV] = shape_json(wl.shape)
+    if wl.shape is not None:  # in a ConfigMap (see shape_configmap), never in the environment: it can be large
+        args += ["--shape", f"{SHAPE_DIR}/{SHAPE_KEY}"]
     env.update(st.loadgen_env)
+    env.pop(SHAPE_ENV, None)
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
     if st.kafka_sasl_secret:
         env_list += [
@@ -289,9 +294,17 @@ def loadgen_job(
         "env": env_list,
     }
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
     if st.kafka_ca_secret:
-        container["volumeMounts"] = [{"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}]
-        pod["volumes"] = [{"name": "kafka-ca", "secret": {"secretName": st.kafka_ca_secret}}]
+        mounts.append({"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True})
+        volumes.append({"name": "kafka-ca", "secret": {"secretName": st.kafka_ca_secret}})
+    if wl.shape is not None:
+        mounts.append({"name": "shape", "mountPath": SHAPE_DIR, "readOnly": True})
+        volumes.append({"name": "shape", "configMap": {"name": name}})
+    if mounts:
+        container["volumeMounts"] = mounts
+        pod["volumes"] = volumes
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -305,6 +318,20 @@ def loadgen_job(
 
 
 KAFKA_CA_DIR = "/etc/shadowscale-kafka-ca"
+SHAPE_DIR = "/etc/shadowscale-shape"
+SHAPE_KEY = "shape.json"
+
+
+def shape_configmap(job: Mapping[str, Any], shape: RequestShape, max_bytes: int = SHAPE_MAX_BYTES) -> dict[str, Any]:
+    """The ConfigMap (named as the Job, with its labels) that carries ``shape`` to the load generator, mounted at
+    ``SHAPE_DIR``: fitted to ``max_bytes`` (the most recent gaps kept), never the environment (pure)."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(meta["labels"])},
+        "data": {SHAPE_KEY: shape_json(fit_shape(shape, max_bytes))},
+    }
 
 
 def _kafka_security_args(st: ShadowSettings) -> list[str]:
@@ -419,7 +446,14 @@ class ShadowTrialRunner:
         failure, pod_ip = await self._wait_ready(wl.namespace, name, shadow["metadata"]["labels"][TRIAL_LABEL])
         if failure is not None:
             return TrialResult.failed(f"failed start: {failure}", time.perf_counter() - t0)
-        job = loadgen_job(shadow, trial, self._with_traffic(trial.model, wl), st, target_url(pod_ip, port, wl))
+        traffic = self._with_traffic(trial.model, wl)
+        job = loadgen_job(shadow, trial, traffic, st, target_url(pod_ip, port, wl))
+        if traffic.shape is not None:
+            cm = shape_configmap(job, traffic.shape)
+            created.append(("configmap", cm["metadata"]["name"]))
+            await _json(
+                await self.core.create_namespaced_config_map(wl.namespace, cast(Any, cm), _preload_content=False)
+            )
         created.append(("job", job["metadata"]["name"]))
         await _json(await self.batch.create_namespaced_job(wl.namespace, cast(Any, job), _preload_content=False))
         log.info("load generator started", trial=trial.trial_id, job=job["metadata"]["name"], pod_ip=pod_ip)
@@ -507,6 +541,8 @@ class ShadowTrialRunner:
                         resp = await self.batch.delete_namespaced_job(
                             name, namespace, propagation_policy="Background", _preload_content=False
                         )
+                    elif kind == "configmap":
+                        resp = await self.core.delete_namespaced_config_map(name, namespace, _preload_content=False)
                     else:
                         resp = await self.apps.delete_namespaced_deployment(name, namespace, _preload_content=False)
                     await _json(resp)
@@ -531,8 +567,12 @@ class ShadowTrialRunner:
             deps = await _json(
                 await self.apps.list_namespaced_deployment(ns, label_selector=selector, _preload_content=False)
             )
+            cms = await _json(
+                await self.core.list_namespaced_config_map(ns, label_selector=selector, _preload_content=False)
+            )
             # the server filters by the selector; check the label again so nothing else can ever be deleted
-            doomed = [("job", j["metadata"]["name"]) for j in jobs.get("items", []) if _is_shadow(j)]
+            doomed = [("configmap", c["metadata"]["name"]) for c in cms.get("items", []) if _is_shadow(c)]
+            doomed += [("job", j["metadata"]["name"]) for j in jobs.get("items", []) if _is_shadow(j)]
             doomed += [("deployment", d["metadata"]["name"]) for d in deps.get("items", []) if _is_shadow(d)]
             await self._teardown(ns, list(reversed(doomed)))
             count += len(doomed)

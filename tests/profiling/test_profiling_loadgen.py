@@ -21,6 +21,7 @@ from shadowscale.agent.broker import LocalBroker, free_port
 from shadowscale.agent.config import KafkaConfig
 from shadowscale.agent.events import TRIAL_RESULT_V1, TrialResultEvent, decode_trial_result, encode
 from shadowscale.agent.kafka import KafkaSink, KafkaTail, KafkaUnavailable
+from shadowscale.agent.profiling import loadgen as lg
 from shadowscale.agent.profiling.loadgen import HttpTarget, LoadPlan, RequestShape, measure_trial, parse_shape, publish
 from shadowscale.agent.profiling.loadtest import arrivals
 from shadowscale.agent.profiling.results import KafkaTrialResults, TrialResultsHub
@@ -250,3 +251,17 @@ def test_tls_and_sasl_come_from_flags_and_the_credentials_from_the_environment(t
         k = invocation(args).kafka
     assert (k.security_protocol, k.sasl_mechanism, k.ssl_cafile) == ("SASL_SSL", "SCRAM-SHA-512", str(ca))
     assert (k.sasl_username, k.sasl_password) == ("loadgen", "s3cret")
+
+
+def test_fit_shape_keeps_the_most_recent_gaps_within_the_cap_and_refuses_oversized_payloads() -> None:
+    """Mutation: keeping the *first* gaps (``gaps[:lo]``) fails the "most recent" check; dropping the cap check
+    lets a 3 KB shape through a 2 KB cap."""
+    gaps = tuple(0.001 * (1 + (k % 7)) + 1e-9 for k in range(1000))
+    fitted = lg.fit_shape(lg.RequestShape(gaps=gaps), max_bytes=2048)
+    size = len(lg.shape_json(fitted).encode())
+    assert size <= 2048 and 100 < len(fitted.gaps) < 1000
+    assert fitted.gaps == pytest.approx(gaps[-len(fitted.gaps) :], abs=1e-6)
+    small = lg.RequestShape(gaps=(0.5, 0.25))
+    assert lg.fit_shape(small) == small  # fits: unchanged
+    with pytest.raises(ValueError, match=r"without its gaps .* over the 2048-byte cap"):
+        lg.fit_shape(lg.RequestShape(payloads=("x" * 3000,), gaps=gaps), max_bytes=2048)

@@ -26,8 +26,9 @@ from kubernetes_asyncio import client
 
 from shadowscale.agent.broker import LocalBroker
 from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent
 from shadowscale.agent.profiling.live import shadow_profiling
-from shadowscale.agent.profiling.loadgen import LoadPlan, RequestShape
+from shadowscale.agent.profiling.loadgen import SHAPE_MAX_BYTES, LoadPlan, RequestShape, shape_json
 from shadowscale.agent.profiling.results import KafkaTrialResults
 from shadowscale.agent.profiling.shadow import (
     ROLE_LABEL,
@@ -37,6 +38,7 @@ from shadowscale.agent.profiling.shadow import (
     ShadowTrialRunner,
     Workload,
 )
+from shadowscale.agent.windows import Windows
 from shadowscale.policies.profiling.types import Trial, TrialResult, TrialStatus
 
 pytestmark = pytest.mark.asyncio
@@ -75,7 +77,7 @@ async def api(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     monkeypatch.setattr(parsing, "guess_k8s", fixed_guess_k8s(parsing.guess_k8s))
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
         emulator: Any = emu
-        for kind in ("apps/v1/deployments", "batch/v1/jobs", "v1/pods"):
+        for kind in ("apps/v1/deployments", "batch/v1/jobs", "v1/pods", "v1/configmaps"):
             emulator.resources[kind] = {}
         conf = client.Configuration(host=str(server.url).rstrip("/"))
         async with client.ApiClient(conf) as api_client:
@@ -84,7 +86,9 @@ async def api(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
 
 
 async def names(api: Any, kind: str, selector: str | None = None) -> list[str]:
-    if kind == "jobs":
+    if kind == "configmaps":
+        items = (await client.CoreV1Api(api).list_namespaced_config_map(NS, label_selector=selector)).items
+    elif kind == "jobs":
         items = (await client.BatchV1Api(api).list_namespaced_job(NS, label_selector=selector)).items
     else:
         items = (await client.AppsV1Api(api).list_namespaced_deployment(NS, label_selector=selector)).items
@@ -98,11 +102,14 @@ class Results:
         self.api = api
         self.result = result
         self.jobs_seen: list[dict[str, Any]] = []
+        self.configmaps_seen: list[dict[str, Any]] = []
         self.waiting = asyncio.Event()
 
     async def wait(self, trial_id: str, timeout_s: float) -> TrialResult | None:
         jobs = (await client.BatchV1Api(self.api).list_namespaced_job(NS)).items
         self.jobs_seen = [self.api.sanitize_for_serialization(j) for j in jobs]
+        cms = (await client.CoreV1Api(self.api).list_namespaced_config_map(NS)).items
+        self.configmaps_seen = [self.api.sanitize_for_serialization(c) for c in cms]
         self.waiting.set()
         if self.result is None:
             await asyncio.sleep(timeout_s)
@@ -175,7 +182,11 @@ async def run(
 
 
 async def nothing_left(api: Any) -> bool:
-    return await names(api, "deployments") == ["resnet"] and await names(api, "jobs") == []
+    return (
+        await names(api, "deployments") == ["resnet"]
+        and await names(api, "jobs") == []
+        and await names(api, "configmaps") == []
+    )
 
 
 CONFIG = {"cpu": 2, "gpu_memory_mib": 4096, "gpu_cores_pct": 30, "gpu_type": "T4", "batch": 8, "threads": 4, "x": "y"}
@@ -223,16 +234,22 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
         "--max-rps": "800",
         "--bisect-steps": "3",
         "--connect-timeout-s": "60",
+        "--shape": "/etc/shadowscale-shape/shape.json",  # the request shape comes in a mounted ConfigMap
     }
     env = {e["name"]: e["value"] for e in lg["env"]}
-    assert env == {
-        "SHADOWSCALE_TRIAL_ID": "run1-resnet-7",
-        "POD_NAMESPACE": NS,
-        "SHADOWSCALE_LOADGEN_SHAPE": (
+    assert env == {"SHADOWSCALE_TRIAL_ID": "run1-resnet-7", "POD_NAMESPACE": NS}
+    [cm] = results.configmaps_seen
+    assert cm["metadata"]["name"] == "resnet-loadgen-run1-resnet-7" and cm["metadata"]["labels"] == labels
+    assert cm["data"] == {
+        "shape.json": (
             '{"method":"POST","path":null,"content_type":"application/json","headers":{},"payloads":["{\\"x\\": '
             '[1, 2]}"],"sizes":[],"arrival":"uniform","gaps":[0.01,0.01,0.2],"seed":0}'
-        ),
+        )
     }
+    assert lg["volumeMounts"] == [{"name": "shape", "mountPath": "/etc/shadowscale-shape", "readOnly": True}]
+    assert job["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "shape", "configMap": {"name": "resnet-loadgen-run1-resnet-7"}}
+    ]
     assert await nothing_left(api)
 
 
@@ -248,9 +265,8 @@ async def test_the_load_replays_the_models_recently_observed_arrivals(api: Any) 
         return observed[model]
 
     def shape_of(results: Results) -> dict[str, Any]:
-        [job] = results.jobs_seen
-        env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-        return cast(dict[str, Any], json.loads(env["SHADOWSCALE_LOADGEN_SHAPE"]))
+        [cm] = results.configmaps_seen
+        return cast(dict[str, Any], json.loads(cm["data"]["shape.json"]))
 
     bare = Workload(NS, "resnet", path="/predict", shape=RequestShape(sizes=(100,)))
     results = Results(api, measured)
@@ -343,11 +359,13 @@ def broker() -> Iterator[LocalBroker]:
 Ran = list[tuple[list[str], asyncio.subprocess.Process]]
 
 
-async def kubelet(api: Any, ran: Ran) -> None:
+async def kubelet(api: Any, ran: Ran, volumes: Path | None = None) -> None:
     """Plays the Job controller and kubelet: runs each load-generator Job's container as a local process — its
-    command (found in this environment's bin directory), arguments and environment exactly as the Job says — and
-    marks the Job failed when the process exits with an error (``backoffLimit: 0``)."""
-    batch = client.BatchV1Api(api)
+    command (found in this environment's bin directory), arguments and environment exactly as the Job says, its
+    ConfigMap volumes written under ``volumes`` and their mount paths in the arguments pointed there — and marks
+    the Job failed when the process exits with an error (``backoffLimit: 0``). The environment is the real one:
+    a variable over Linux's 128 KiB would make the exec fail."""
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
     started: set[str] = set()
     watching: set[asyncio.Task[None]] = set()
 
@@ -364,7 +382,19 @@ async def kubelet(api: Any, ran: Ran) -> None:
                 continue
             started.add(raw["metadata"]["name"])
             [c] = raw["spec"]["template"]["spec"]["containers"]
-            cmd = [str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *c["args"]]
+            args = list(c["args"])
+            by_name = {v["name"]: v for v in raw["spec"]["template"]["spec"].get("volumes") or []}
+            for m in c.get("volumeMounts") or []:
+                source = by_name[m["name"]].get("configMap")
+                if source is None or volumes is None:
+                    continue
+                cm = api.sanitize_for_serialization(await core.read_namespaced_config_map(source["name"], NS))
+                where = volumes / m["name"]
+                where.mkdir(parents=True, exist_ok=True)
+                for key, text in cm["data"].items():
+                    (where / key).write_text(text)
+                args = [a.replace(m["mountPath"], str(where)) for a in args]
+            cmd = [str(Path(sys.executable).parent / c["command"][0]), *c["command"][1:], *args]
             env = {**os.environ, **{e["name"]: e["value"] for e in c["env"]}}
             proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.DEVNULL)
             ran.append((cmd, proc))
@@ -372,13 +402,33 @@ async def kubelet(api: Any, ran: Ran) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_end_to_end_the_load_generator_measures_the_real_server_through_kafka(
-    api: Any, broker: LocalBroker
-) -> None:
+async def end_to_end(
+    api: Any,
+    broker: LocalBroker,
+    volumes: Path,
+    trial_id: str,
+    *,
+    observed_gaps: Any = None,
+    shape: RequestShape | None = None,
+) -> tuple[TrialResult, Ran, int, list[dict[str, Any]]]:
+    """One trial through the whole chain: the real local model server as the shadow, the Job's command line run
+    as a local process (its ConfigMap mounted under ``volumes``), the bundled broker carrying its result. Returns
+    the result, the processes run, the server's port and the ConfigMaps the trial created."""
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "shadowscale.agent.profiling.server", "--threads", "2", "--batch", "8",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    configmaps: list[dict[str, Any]] = []
+
+    async def watch_configmaps() -> None:
+        core = client.CoreV1Api(api)
+        while True:
+            for c in (await core.list_namespaced_config_map(NS)).items:
+                raw = api.sanitize_for_serialization(c)
+                if raw["metadata"]["name"] not in {x["metadata"]["name"] for x in configmaps}:
+                    configmaps.append(raw)
+            await asyncio.sleep(0.02)
+
     try:
         assert server.stdout is not None
         port = int((await asyncio.wait_for(server.stdout.readline(), 20)).split()[1])
@@ -396,19 +446,26 @@ async def test_end_to_end_the_load_generator_measures_the_real_server_through_ka
             "spec": {"template": {}},
         }
         await client.BatchV1Api(api).create_namespaced_job(NS, orphan)  # left by an agent that died
-        workloads = {"resnet": Workload(NS, "resnet", port=port, protocol="tcp", shape=RequestShape(arrival="poisson"))}
+        shape = shape if shape is not None else RequestShape(arrival="poisson")
+        workloads = {"resnet": Workload(NS, "resnet", port=port, protocol="tcp", shape=shape)}
         seen: list[dict[str, Any]] = []
         ran: Ran = []
         tasks = [
             asyncio.create_task(controller(api, seen, "ready", "127.0.0.1")),
-            asyncio.create_task(kubelet(api, ran)),
+            asyncio.create_task(kubelet(api, ran, volumes)),
+            asyncio.create_task(watch_configmaps()),
         ]
         try:
             async with shadow_profiling(
-                api, workloads, KafkaConfig(bootstrap=broker.bootstrap), settings, create_topic=True
+                api,
+                workloads,
+                KafkaConfig(bootstrap=broker.bootstrap),
+                settings,
+                create_topic=True,
+                observed_gaps=observed_gaps,
             ) as runner:
                 assert await names(api, "jobs") == []  # the orphan went at start
-                trial = Trial("e2e-resnet-1", "resnet", {"threads": 2}, slo_ms=50.0, timeout_s=120)
+                trial = Trial(trial_id, "resnet", {"threads": 2}, slo_ms=50.0, timeout_s=120)
                 result = await runner.run_trial(trial)
                 results = runner.results
                 assert isinstance(results, KafkaTrialResults) and results.counts.delivered == 1
@@ -418,6 +475,13 @@ async def test_end_to_end_the_load_generator_measures_the_real_server_through_ka
     finally:
         server.terminate()
         await server.wait()
+    return result, ran, port, configmaps
+
+
+async def test_end_to_end_the_load_generator_measures_the_real_server_through_kafka(
+    api: Any, broker: LocalBroker, tmp_path: Path
+) -> None:
+    result, ran, port, _ = await end_to_end(api, broker, tmp_path, "e2e-resnet-1")
     [(cmd, proc)] = ran
     assert (
         await asyncio.wait_for(proc.wait(), 20) == 0
@@ -426,6 +490,45 @@ async def test_end_to_end_the_load_generator_measures_the_real_server_through_ka
     )
     assert result.status is TrialStatus.MEASURED, result.error
     assert result.throughput >= 50 and result.p99_ms <= 50.0 and result.details["steps"] >= 2
+    assert await nothing_left(api)
+
+
+async def test_a_busy_models_observed_traffic_reaches_the_load_generator_and_the_trial_finishes(
+    api: Any, broker: LocalBroker, tmp_path: Path
+) -> None:
+    """200 req/s observed for 10 minutes (the agent's windows rebuild 100 000 inter-arrival gaps from it): as JSON
+    that is several times Linux's 128 KiB limit on one environment variable, so a shape in the environment could
+    never start the Job. In a ConfigMap capped at SHAPE_MAX_BYTES (the most recent gaps kept) the trial starts,
+    measures and finishes. Mutation: putting the shape back in ``$SHADOWSCALE_LOADGEN_SHAPE`` makes the Job's exec
+    fail (E2BIG) and the trial fail."""
+    windows = Windows(["resnet"], history_s=600.0, dedupe_s=1e9)
+    for k in range(1, 601):
+        windows.add(
+            TrafficEvent(
+                schema=TRAFFIC_V1, model="resnet", pod="resnet-0", event_time=float(k), window_s=1.0,
+                arrivals=200, completions=200,
+            )
+        )  # fmt: skip
+    gaps = windows.recent_gaps(0, now=600.0)
+    assert len(gaps) == 100_000
+    assert len(shape_json(RequestShape(gaps=gaps)).encode()) > 4 * 128 * 1024
+    result, ran, _, configmaps = await end_to_end(
+        api,
+        broker,
+        tmp_path,
+        "e2e-busy-1",
+        observed_gaps=lambda model: windows.recent_gaps(0, now=600.0),
+        shape=RequestShape(sizes=(512,)),
+    )
+    [cm] = configmaps
+    text = cm["data"]["shape.json"]
+    assert len(text.encode()) <= SHAPE_MAX_BYTES
+    shipped = json.loads(text)["gaps"]
+    assert 20_000 <= len(shipped) < len(gaps) and shipped == pytest.approx(gaps[-len(shipped) :], abs=1e-6)
+    [(_, proc)] = ran
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert result.status is TrialStatus.MEASURED, result.error
+    assert result.throughput >= 50 and result.details["steps"] >= 2
     assert await nothing_left(api)
 
 
