@@ -117,6 +117,9 @@ class ShadowSettings:
     """
 
     ready_timeout_s: float = 600.0
+    unschedulable_grace_s: float = 60.0
+    """A shadow pod ``Unschedulable`` this long (no node has room: a cluster autoscaler had time to add one) ends
+    the trial as unschedulable: retried later by the search, never scored."""
     result_timeout_s: float = 900.0
     poll_s: float = 2.0
     kafka_bootstrap: str = ""
@@ -134,7 +137,7 @@ class ShadowSettings:
     env_names: Mapping[str, str] = field(default_factory=lambda: {"batch": "BATCH_SIZE", "threads": "NUM_THREADS"})
 
     def __post_init__(self) -> None:
-        for name in ("ready_timeout_s", "result_timeout_s", "poll_s"):
+        for name in ("ready_timeout_s", "unschedulable_grace_s", "result_timeout_s", "poll_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"shadow settings: {name} must be positive, got {getattr(self, name)}")
         if self.kafka_bootstrap and ":" not in self.kafka_bootstrap:
@@ -363,6 +366,17 @@ def start_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any
     return None
 
 
+def unschedulable(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The scheduler's message when a pod of ``pods`` has ``PodScheduled=False`` with reason ``Unschedulable`` (the
+    cluster has no room for it), else None (pure)."""
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                name = pod.get("metadata", {}).get("name")
+                return f"pod {name}: {c.get('message') or 'Unschedulable'}"
+    return None
+
+
 def ready_pod_ip(pods: Sequence[Mapping[str, Any]]) -> str:
     """The IP of a ready, running pod among ``pods`` (the first by name), or "" if none has one yet."""
     for pod in sorted(pods, key=lambda p: str(p.get("metadata", {}).get("name"))):
@@ -444,6 +458,8 @@ class ShadowTrialRunner:
         )
         log.info("shadow created", trial=trial.trial_id, deployment=name)
         failure, pod_ip = await self._wait_ready(wl.namespace, name, shadow["metadata"]["labels"][TRIAL_LABEL])
+        if isinstance(failure, _Unschedulable):
+            return TrialResult.unschedulable(f"no room for the shadow: {failure}", time.perf_counter() - t0)
         if failure is not None:
             return TrialResult.failed(f"failed start: {failure}", time.perf_counter() - t0)
         traffic = self._with_traffic(trial.model, wl)
@@ -506,8 +522,10 @@ class ShadowTrialRunner:
         return None
 
     async def _wait_ready(self, namespace: str, name: str, trial_label: str) -> tuple[str | None, str]:
-        """``(None, pod IP)`` once the shadow has a ready pod with an IP, else ``(why it cannot start, "")``."""
+        """``(None, pod IP)`` once the shadow has a ready pod with an IP, else ``(why it cannot start, "")``; the
+        reason is an :class:`_Unschedulable` when its pod stayed unschedulable for ``unschedulable_grace_s``."""
         deadline = time.monotonic() + self.settings.ready_timeout_s
+        pending_since: float | None = None
         while True:
             dep = await _json(await self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
             ready = int((dep.get("status") or {}).get("readyReplicas") or 0) >= 1
@@ -527,6 +545,13 @@ class ShadowTrialRunner:
             why = start_failure(dep, pods)
             if why is not None:
                 return why, ""
+            full = unschedulable(pods)
+            if full is None:
+                pending_since = None
+            else:
+                pending_since = time.monotonic() if pending_since is None else pending_since
+                if time.monotonic() - pending_since >= self.settings.unschedulable_grace_s:
+                    return _Unschedulable(full), ""
             if time.monotonic() >= deadline:
                 what = "ready but no ready pod with an IP" if ready else "not ready"
                 return f"{what} within {self.settings.ready_timeout_s:g} s", ""
@@ -577,6 +602,10 @@ class ShadowTrialRunner:
             await self._teardown(ns, list(reversed(doomed)))
             count += len(doomed)
         return count
+
+
+class _Unschedulable(str):
+    """A start failure that is the cluster's (no room), not the configuration's."""
 
 
 def _is_shadow(obj: Mapping[str, Any]) -> bool:

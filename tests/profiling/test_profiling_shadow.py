@@ -136,6 +136,19 @@ async def controller(api: Any, seen: list[dict[str, Any]], mode: str, pod_ip: st
                 meta = {"name": raw["metadata"]["name"] + "-pod", "namespace": NS, "labels": labels}
                 await core.create_namespaced_pod(NS, cast(Any, {"metadata": meta, "status": status}))
                 await apps.patch_namespaced_deployment(raw["metadata"]["name"], NS, {"status": {"readyReplicas": 1}})
+            elif mode == "unschedulable":
+                labels = raw["spec"]["template"]["metadata"]["labels"]
+                cond = {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/4 nodes are available: 4 Insufficient nvidia.com/gpumem.",
+                }
+                pod = {
+                    "metadata": {"name": raw["metadata"]["name"] + "-pod", "namespace": NS, "labels": labels},
+                    "status": {"phase": "Pending", "conditions": [cond]},
+                }
+                await core.create_namespaced_pod(NS, cast(Any, pod))
             else:
                 labels = raw["spec"]["template"]["metadata"]["labels"]
                 state = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
@@ -296,6 +309,21 @@ async def test_failed_start_and_missing_results_are_failed_trials_and_torn_down(
     failed = TrialResult.failed("load generator: the target died during the load test: refused")
     result, _ = await run(api, Results(api, failed), "ready", {"cpu": 1}, trial_id="run1-resnet-9")
     assert result == failed
+    assert await nothing_left(api)
+
+
+async def test_an_unschedulable_shadow_is_reported_as_such_not_as_a_failed_configuration(api: Any) -> None:
+    """A shadow pod the scheduler cannot place (``PodScheduled=False``, ``Unschedulable``) for the grace period
+    ends the trial as UNSCHEDULABLE (the search retries it; it is never scored) long before the ready timeout, and
+    is torn down. Mutation: dropping the check makes it wait out the 5 s ready timeout as a failed start."""
+    t0 = time.monotonic()
+    settings = ShadowSettings(
+        ready_timeout_s=5, unschedulable_grace_s=0.2, result_timeout_s=1, poll_s=0.02, kafka_bootstrap="k:9092"
+    )
+    result, _ = await run(api, Results(api, None), "unschedulable", CONFIG, "run1-resnet-13", settings=settings)
+    assert result.status is TrialStatus.UNSCHEDULABLE, result
+    assert "no room for the shadow" in result.error and "Insufficient nvidia.com/gpumem" in result.error
+    assert time.monotonic() - t0 < 4
     assert await nothing_left(api)
 
 
