@@ -34,6 +34,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -133,11 +134,14 @@ class ShadowSettings:
     kafka_sasl_mechanism: str | None = None
     kafka_ca_secret: str | None = None
     kafka_sasl_secret: str | None = None
+    gc_grace_s: float = 300.0
+    """The trial's anchor Job (see :func:`trial_anchor`) fails this long after the trial's own deadline, and is
+    deleted with everything it owns this long after that, by Kubernetes, whether or not an agent still runs."""
     gpu_type_label: str = "nvidia.com/gpu.product"
     env_names: Mapping[str, str] = field(default_factory=lambda: {"batch": "BATCH_SIZE", "threads": "NUM_THREADS"})
 
     def __post_init__(self) -> None:
-        for name in ("ready_timeout_s", "unschedulable_grace_s", "result_timeout_s", "poll_s"):
+        for name in ("ready_timeout_s", "unschedulable_grace_s", "result_timeout_s", "poll_s", "gc_grace_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"shadow settings: {name} must be positive, got {getattr(self, name)}")
         if self.kafka_bootstrap and ":" not in self.kafka_bootstrap:
@@ -231,6 +235,44 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
     }
 
 
+def trial_anchor(trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
+    """The Job that owns everything a trial creates (pure). It runs no pod (``parallelism: 0``); its
+    ``activeDeadlineSeconds`` (the trial's timeout plus ``gc_grace_s``) fails it and ``ttlSecondsAfterFinished``
+    then deletes it, and the garbage collector deletes the shadow Deployment, the load-generator Job and its
+    ConfigMap through their owner references: a trial's objects go even when no agent is left to clean up. (An
+    owner reference to the agent's Lease cannot do this: owners must be in the dependent's namespace.)"""
+    trial_label = dns_label(trial.trial_id)
+    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "anchor"}
+    name = f"{wl.deployment[:30].rstrip('-')}-trial-{dns_label(trial.trial_id, 63 - 8 - len(wl.deployment[:30]))}"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": wl.namespace, "labels": dict(labels)},
+        "spec": {
+            "parallelism": 0,
+            "completions": 1,
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, math.ceil(trial.timeout_s + st.gc_grace_s)),
+            "ttlSecondsAfterFinished": max(0, math.ceil(st.gc_grace_s)),
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "anchor", "image": st.loadgen_image, "command": ["true"]}],
+                },
+            },
+        },
+    }
+
+
+def owned_by(obj: dict[str, Any], anchor: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with an owner reference to the trial's anchor Job (which must carry its server-assigned uid)."""
+    meta = anchor["metadata"]
+    ref = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+    obj["metadata"]["ownerReferences"] = [{**ref, "controller": False, "blockOwnerDeletion": False}]
+    return obj
+
+
 def target_port(shadow: Mapping[str, Any], wl: Workload) -> int:
     """The port the load goes to: the workload's, else the target container's first ``containerPort`` (pure)."""
     if wl.port is not None:
@@ -315,6 +357,7 @@ def loadgen_job(
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(st.result_timeout_s)),
+            "ttlSecondsAfterFinished": max(0, math.ceil(st.gc_grace_s)),
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
     }
@@ -451,7 +494,8 @@ class ShadowTrialRunner:
         )
         shadow = shadow_deployment(original, trial, wl, st)
         port = target_port(shadow, wl)
-        name = shadow["metadata"]["name"]
+        anchor = await self._anchor(trial, wl, created)
+        name = owned_by(shadow, anchor)["metadata"]["name"]
         created.append(("deployment", name))
         await _json(
             await self.apps.create_namespaced_deployment(wl.namespace, cast(Any, shadow), _preload_content=False)
@@ -464,8 +508,9 @@ class ShadowTrialRunner:
             return TrialResult.failed(f"failed start: {failure}", time.perf_counter() - t0)
         traffic = self._with_traffic(trial.model, wl)
         job = loadgen_job(shadow, trial, traffic, st, target_url(pod_ip, port, wl))
+        owned_by(job, anchor)
         if traffic.shape is not None:
-            cm = shape_configmap(job, traffic.shape)
+            cm = owned_by(shape_configmap(job, traffic.shape), anchor)
             created.append(("configmap", cm["metadata"]["name"]))
             await _json(
                 await self.core.create_namespaced_config_map(wl.namespace, cast(Any, cm), _preload_content=False)
@@ -480,6 +525,22 @@ class ShadowTrialRunner:
                 time.perf_counter() - t0,
             )
         return result
+
+    async def _anchor(self, trial: Trial, wl: Workload, created: list[tuple[str, str]]) -> dict[str, Any]:
+        """Create the trial's anchor Job (:func:`trial_anchor`) and return it with its uid (read back until the
+        API server has assigned one)."""
+        anchor = trial_anchor(trial, wl, self.settings)
+        name = anchor["metadata"]["name"]
+        created.append(("job", name))
+        got = await _json(
+            await self.batch.create_namespaced_job(wl.namespace, cast(Any, anchor), _preload_content=False)
+        )
+        for _ in range(50):
+            if (got.get("metadata") or {}).get("uid"):
+                return cast(dict[str, Any], got)
+            await asyncio.sleep(self.settings.poll_s)
+            got = await _json(await self.batch.read_namespaced_job(name, wl.namespace, _preload_content=False))
+        raise KubeCallError(500, f"the API server assigned no uid to the trial's anchor Job {name}")
 
     def _with_traffic(self, model: str, wl: Workload) -> Workload:
         """``wl`` with the model's recently observed inter-arrival pattern in its request shape (when it has no

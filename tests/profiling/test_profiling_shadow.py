@@ -122,8 +122,11 @@ POD_IP = "10.1.2.3"
 async def controller(api: Any, seen: list[dict[str, Any]], mode: str, pod_ip: str = POD_IP) -> None:
     """Plays the Deployment controller and kubelet: marks a shadow ready with a running pod that has an IP, or gives
     its pod an OOMKilled status."""
-    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps, core, batch = client.AppsV1Api(api), client.CoreV1Api(api), client.BatchV1Api(api)
     while True:
+        for j in (await batch.list_namespaced_job(NS)).items:  # the API server assigns every object a uid
+            if not j.metadata.uid:
+                await batch.patch_namespaced_job(j.metadata.name, NS, {"metadata": {"uid": f"uid-{j.metadata.name}"}})
         for d in (await apps.list_namespaced_deployment(NS, label_selector=f"{SHADOW_LABEL}=true")).items:
             raw = api.sanitize_for_serialization(d)
             shadow = raw["metadata"].get("labels", {}).get(SHADOW_LABEL) == "true"  # kmock ignores label selectors
@@ -225,7 +228,23 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
         "SHADOWSCALE_PARAM_X": "y",
         "SHADOWSCALE_TRIAL_ID": "run1-resnet-7",
     }
-    [job] = results.jobs_seen
+    [anchor] = [j for j in results.jobs_seen if j["metadata"]["labels"][ROLE_LABEL] == "anchor"]
+    [job] = [j for j in results.jobs_seen if j["metadata"]["labels"][ROLE_LABEL] == "loadgen"]
+    # everything the trial makes is owned by its anchor Job, which Kubernetes fails after the trial's timeout plus
+    # the grace period and deletes with all it owns (no agent needed)
+    assert anchor["metadata"]["name"] == "resnet-trial-run1-resnet-7"
+    assert anchor["spec"]["parallelism"] == 0 and anchor["spec"]["activeDeadlineSeconds"] == 20 + 300
+    assert anchor["spec"]["ttlSecondsAfterFinished"] == 300
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "resnet-trial-run1-resnet-7",
+        "uid": "uid-resnet-trial-run1-resnet-7",
+        "controller": False,
+        "blockOwnerDeletion": False,
+    }
+    assert shadow["metadata"]["ownerReferences"] == [owner] and job["metadata"]["ownerReferences"] == [owner]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 300
     labels = {SHADOW_LABEL: "true", TRIAL_LABEL: "run1-resnet-7", ROLE_LABEL: "loadgen"}
     assert job["metadata"]["name"] == "resnet-loadgen-run1-resnet-7"
     assert job["metadata"]["labels"] == labels and job["spec"]["template"]["metadata"]["labels"] == labels
@@ -253,6 +272,7 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
     assert env == {"SHADOWSCALE_TRIAL_ID": "run1-resnet-7", "POD_NAMESPACE": NS}
     [cm] = results.configmaps_seen
     assert cm["metadata"]["name"] == "resnet-loadgen-run1-resnet-7" and cm["metadata"]["labels"] == labels
+    assert cm["metadata"]["ownerReferences"] == [owner]
     assert cm["data"] == {
         "shape.json": (
             '{"method":"POST","path":null,"content_type":"application/json","headers":{},"payloads":["{\\"x\\": '
@@ -336,7 +356,7 @@ async def test_trial_timeout_and_cancellation_tear_everything_down(api: Any) -> 
     results = Results(api, None)
     trial = asyncio.create_task(run(api, results, "ready", {"cpu": 1}, "run1-resnet-11", settings=slow))
     await asyncio.wait_for(results.waiting.wait(), 10)  # the Job exists and the runner waits for its result
-    assert len(results.jobs_seen) == 1 and await names(api, "deployments") == ["resnet", "resnet-shadow-run1-resnet-11"]
+    assert len(results.jobs_seen) == 2 and await names(api, "deployments") == ["resnet", "resnet-shadow-run1-resnet-11"]
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
