@@ -192,19 +192,17 @@ def dns_label(text: str, limit: int = 63) -> str:
     return f"{s[: max(1, limit - 9)].rstrip('-')}-{digest}"
 
 
-def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
-    """The shadow Deployment for ``trial``, built from the model's Deployment (pure: no API call)."""
-    trial_label = dns_label(trial.trial_id)
-    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "shadow"}
-    template = copy.deepcopy(original.get("spec", {}).get("template", {}))
-    meta = template.setdefault("metadata", {})
-    meta["labels"] = dict(labels)
+def apply_config(
+    template: dict[str, Any], config: Mapping[str, Any], wl: Workload, st: ShadowSettings, *, trial_id: str = ""
+) -> dict[str, Any]:
+    """``config`` applied to the pod ``template`` in place (see the module doc for the mapping; ``trial_id``, when
+    given, goes into ``$SHADOWSCALE_TRIAL_ID``). Shared by shadow trials and rollouts (pure)."""
     spec = template.setdefault("spec", {})
     containers = spec.get("containers") or []
     if not containers:
         raise ValueError(f"deployment {wl.deployment} has no containers")
     target = next((c for c in containers if c.get("name") == wl.container), containers[0])
-    cfg = dict(trial.config)
+    cfg = dict(config)
     resources = target.setdefault("resources", {})
     requests, limits = resources.setdefault("requests", {}), resources.setdefault("limits", {})
 
@@ -224,8 +222,20 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
         spec.setdefault("nodeSelector", {})[st.gpu_type_label] = str(cfg.pop("gpu_type"))
     env = [e for e in target.get("env", []) if isinstance(e, Mapping)]
     extra = {st.env_names.get(k, f"SHADOWSCALE_PARAM_{k.upper()}"): str(v) for k, v in cfg.items()}
-    extra[TRIAL_ENV] = trial.trial_id
+    if trial_id:
+        extra[TRIAL_ENV] = trial_id
     target["env"] = [e for e in env if e.get("name") not in extra] + [{"name": k, "value": v} for k, v in extra.items()]
+    return template
+
+
+def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
+    """The shadow Deployment for ``trial``, built from the model's Deployment (pure: no API call)."""
+    trial_label = dns_label(trial.trial_id)
+    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "shadow"}
+    template = copy.deepcopy(original.get("spec", {}).get("template", {}))
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = dict(labels)
+    apply_config(template, trial.config, wl, st, trial_id=trial.trial_id)
     name = f"{wl.deployment[:30].rstrip('-')}-shadow-{dns_label(trial.trial_id, 63 - 9 - len(wl.deployment[:30]))}"
     return {
         "apiVersion": "apps/v1",
