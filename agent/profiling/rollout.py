@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast
 import structlog
 from kubernetes_asyncio import client
 
+from shadowscale.agent.events import TrafficEvent
 from shadowscale.agent.profiling.shadow import ShadowSettings, Workload, _json, apply_config
 from shadowscale.policies.profiling.rollout import (
     SPEC_ANNOTATION,
@@ -157,6 +158,33 @@ class RolloutActuator:
             )
         )
         await self.delete_canary(model)
+
+
+class CanaryWindows:
+    """Turns the canary pods' traffic events (pods named ``<canary>-…``) into one :class:`CanaryWindow` per
+    reconcile tick: counts summed, the worst pod's p99. The model's own pods are never counted."""
+
+    def __init__(self, canary: str) -> None:
+        self.prefix = f"{canary}-"
+        self._events: list[TrafficEvent] = []
+
+    def add(self, ev: TrafficEvent) -> bool:
+        """Keep ``ev`` if it is a canary pod's (and not a shadow trial's); whether it was kept."""
+        if ev.shadow_trial is not None or not ev.pod.startswith(self.prefix):
+            return False
+        self._events.append(ev)
+        return True
+
+    def take(self, end: float) -> CanaryWindow:
+        """The window since the previous ``take``."""
+        evs, self._events = self._events, []
+        return CanaryWindow(
+            end=end,
+            arrivals=float(sum(e.arrivals for e in evs)),
+            completions=float(sum(e.completions for e in evs)),
+            errors=float(sum(e.errors for e in evs)),
+            p99_ms=max((e.latency_p99_ms for e in evs), default=0.0),
+        )
 
 
 @dataclass

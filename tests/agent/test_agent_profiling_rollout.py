@@ -6,21 +6,39 @@ dry-run hold; and the pure policy's rules one by one."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import pytest_asyncio
+from agent_fakes import VirtualClock
 from agent_k8s import fixed_guess_k8s
 from kubernetes_asyncio import client
 
+from shadowscale.agent.broker import LocalBroker
+from shadowscale.agent.config import KafkaConfig
+from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
+from shadowscale.agent.kafka import KafkaSink, KafkaTail, ensure_topics
 from shadowscale.agent.profiling.book import ProfileBook
-from shadowscale.agent.profiling.rollout import CANARY_LABEL, RolloutActuator, RolloutController, running_spec
+from shadowscale.agent.profiling.rollout import (
+    CANARY_LABEL,
+    CanaryWindows,
+    RolloutActuator,
+    RolloutController,
+    running_spec,
+)
+from shadowscale.agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
 from shadowscale.agent.profiling.shadow import Workload
 from shadowscale.policies.profiling.codec import StoredProfile
+from shadowscale.policies.profiling.objective import Objective
+from shadowscale.policies.profiling.planner import PlannerSettings
 from shadowscale.policies.profiling.ports import MemoryProfileStore
+from shadowscale.policies.profiling.replay import Measured, ReplayRunner
 from shadowscale.policies.profiling.rollout import (
     OPT_OUT_ANNOTATION,
     SPEC_ANNOTATION,
@@ -32,6 +50,7 @@ from shadowscale.policies.profiling.rollout import (
     plan,
     strategy,
 )
+from shadowscale.policies.profiling.space import Levels, Point, SearchSpace
 from shadowscale.policies.profiling.types import Observation, Prediction, Profile, TrialResult, TrialStatus
 
 NS = "serving"
@@ -244,3 +263,99 @@ def test_canary_verdicts_and_running_capacity() -> None:
     assert capacity_for(p, {"cpu": 4.0, "batch": 8}) is None  # never tried: the configured capacity stands
     assert running_spec({"metadata": {"annotations": {SPEC_ANNOTATION: "{not json"}}}) is None
     assert running_spec({"metadata": {"annotations": {SPEC_ANNOTATION: '{"cpu": [1]}'}}}) is None
+
+
+# -- end to end: a search publishes, the rollout starts, the canary's traffic arrives through Kafka ----------------
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+@pytest.mark.asyncio
+async def test_a_published_profile_rolls_out_judged_on_the_canarys_live_traffic_events(
+    api: Any, broker: LocalBroker
+) -> None:
+    """The profiling service's search publishes a new profile (batch 4, 24 req/s, where batch 1 served 8); the
+    rollout controller starts a canary; the canary pods' traffic events (and the model's own pods', which must not
+    count) go through the bundled broker; the windows built from them promote the canary; the Deployment runs batch
+    4 and the capacity is 24. Mutation: counting the model's own slow pods in the canary windows rolls it back."""
+    space = SearchSpace((Levels("batch", (1, 2, 4, 8), log=True, integer=True),))
+    rows: dict[Point, Measured] = {
+        (1,): Measured(8.0, 20.0),
+        (2,): Measured(14.0, 40.0),
+        (4,): Measured(24.0, 80.0),
+        (8,): Measured(40.0, 300.0),
+    }
+    old = Profile(
+        "resnet",
+        ("batch",),
+        SLO,
+        (Observation((1,), TrialResult(TrialStatus.MEASURED, throughput=8.0, p99_ms=20.0)),),
+        (),
+        (1,),
+        8.0,
+        1.0,
+        "converged",
+    )
+    store = MemoryProfileStore()
+    book = ProfileBook(["resnet"], store)
+    book.install(StoredProfile(old, updated_at=0.0))
+    book.set_running("resnet", {"batch": 1})
+    clock = VirtualClock(100.0)
+    ctl = RolloutController(
+        RolloutActuator(api, {"resnet": Workload(NS, "resnet")}), RolloutSettings(), on_running=book.set_running
+    )
+    settings = ServiceSettings(planner=PlannerSettings(budget=4, ei_threshold=0.0, restarts=0), transfer=False)
+    service = ProfilingService(
+        book,
+        ReplayRunner(space, rows),
+        {"resnet": ModelPlan(space, Objective(slo_ms=SLO))},
+        clock,
+        settings,
+        on_published=lambda model, profile: ctl.consider(model, profile, clock.now()),
+    )
+    assert service.request("resnet", "test")
+    await asyncio.wait_for(service.searches["resnet"], 30)
+    assert book.profiles["resnet"].profile.chosen == (4,)
+    assert "resnet-canary" in await names(api) and "resnet" in ctl.canaries
+    assert book.capacity("resnet") is not None and book.capacity("resnet")[0] == 8.0  # type: ignore[index]
+
+    kafka = KafkaConfig(bootstrap=broker.bootstrap)
+    topic = f"traffic-{time.monotonic_ns()}"
+    await ensure_topics(kafka, [topic], 1)
+    tail = KafkaTail(kafka, topic)
+    await tail.start()
+    sink = KafkaSink(kafka)
+    await sink.start()
+    windows = CanaryWindows(RolloutActuator.canary_name(Workload(NS, "resnet")))
+    try:
+        for k in range(4):
+            t = 1000.0 + 15.0 * k
+            events = [
+                TrafficEvent(schema=TRAFFIC_V1, model="resnet", pod="resnet-canary-7d9f-x1", event_time=t,
+                             window_s=15.0, arrivals=300, completions=300, latency_p99_ms=70.0),
+                TrafficEvent(schema=TRAFFIC_V1, model="resnet", pod="resnet-5c4b-a2", event_time=t,
+                             window_s=15.0, arrivals=100, completions=100, latency_p99_ms=900.0),
+            ]  # fmt: skip
+            await sink.write(topic, [(e.pod.encode(), encode(e)) for e in events])
+            got = 0
+            deadline = time.monotonic() + 20
+            while got < 2 and time.monotonic() < deadline:
+                for _, value in await tail.poll(100, 0.5):
+                    assert value is not None
+                    windows.add(msgspec.json.decode(value, type=TrafficEvent))
+                    got += 1
+            assert got == 2
+            ctl.observe("resnet", windows.take(t))
+    finally:
+        await sink.stop()
+        await tail.stop()
+    verdict = (await ctl.step(now=clock.now() + 60.0))["resnet"]
+    assert verdict.action == "promote", verdict
+    dep = await read(api, "resnet")
+    assert {"name": "BATCH_SIZE", "value": "4"} in container(dep)["env"] and running_spec(dep) == {"batch": 4}
+    assert "resnet-canary" not in await names(api)
+    assert book.capacity("resnet") == (24.0, "profile 24 req/s per replica")
