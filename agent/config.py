@@ -263,6 +263,10 @@ class ModelProfilingConfig(_Section, frozen=True, kw_only=True):
     protocol: Literal["http", "https", "tcp"] = "http"
     shape: dict[str, Any] | None = None
     """The load's request shape (:class:`agent.profiling.loadgen.RequestShape`); None: empty POSTs, evenly spaced."""
+    knobs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
+    """Configuration keys that set a container argument, an environment variable or a templated config file
+    (:class:`agent.profiling.shadow.Knob`: ``{arg: --max-num-seqs}``, ``{env: NAME}``, ``{file: PATH, template:
+    TEXT}``)."""
 
 
 class ProfilingConfig(_Section, frozen=True, kw_only=True):

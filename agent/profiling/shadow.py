@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import re
+import string
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -81,6 +82,38 @@ class TrialResults(Protocol):
         ...
 
 
+class Knob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How one configuration key reaches the model server, when not by the built-in mapping (resources, node
+    selector, ``env_names``): exactly one of
+
+    - ``arg``: a command-line flag of the container (``--max-num-seqs``): any ``--flag VALUE`` or ``--flag=VALUE``
+      already in its ``args`` is replaced by ``--flag=VALUE``;
+    - ``env``: an environment variable;
+    - ``file`` with ``template``: a config file at this absolute path in the container, rendered from ``template``
+      with ``$key`` / ``${key}`` placeholders filled from the whole configuration (``string.Template``, so the braces
+      of a Triton ``config.pbtxt`` or TorchServe JSON need no escaping); several keys may name the same file. The
+      rendered files reach the pod in a ConfigMap mounted with ``subPath``.
+    """
+
+    arg: str | None = None
+    env: str | None = None
+    file: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("arg", "env", "file") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"a knob sets exactly one of arg, env or file, got {', '.join(given) or 'none'}")
+        if self.arg is not None and not re.fullmatch(r"-{1,2}[A-Za-z0-9][A-Za-z0-9_.-]*", self.arg):
+            raise ValueError(f"knob arg {self.arg!r} is not a command-line flag such as --max-num-seqs")
+        if self.env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.env):
+            raise ValueError(f"knob env {self.env!r} is not an environment variable name")
+        if self.file is not None and (not self.file.startswith("/") or not self.template):
+            raise ValueError(f"knob file {self.file!r}: needs an absolute path and a template")
+        if self.template is not None and self.file is None:
+            raise ValueError("a knob template needs a file")
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     namespace: str
@@ -94,6 +127,8 @@ class Workload:
     protocol: Literal["http", "https", "tcp"] = "http"
     shape: RequestShape | None = None
     """What the model's requests look like (bodies or sizes, inter-arrival gaps); None: empty POSTs, evenly spaced."""
+    knobs: Mapping[str, Knob] = field(default_factory=dict)
+    """Configuration keys that set a container argument, an environment variable or a templated file (:class:`Knob`)."""
 
     def __post_init__(self) -> None:
         if self.port is not None and not 1 <= self.port <= 65535:
@@ -193,16 +228,27 @@ def dns_label(text: str, limit: int = 63) -> str:
 
 
 def apply_config(
-    template: dict[str, Any], config: Mapping[str, Any], wl: Workload, st: ShadowSettings, *, trial_id: str = ""
-) -> dict[str, Any]:
-    """``config`` applied to the pod ``template`` in place (see the module doc for the mapping; ``trial_id``, when
-    given, goes into ``$SHADOWSCALE_TRIAL_ID``). Shared by shadow trials and rollouts (pure)."""
+    template: dict[str, Any],
+    config: Mapping[str, Any],
+    wl: Workload,
+    st: ShadowSettings,
+    *,
+    trial_id: str = "",
+    files_configmap: str | None = None,
+) -> dict[str, str]:
+    """``config`` applied to the pod ``template`` in place (see the module doc for the mapping, and :class:`Knob`;
+    ``trial_id``, when given, goes into ``$SHADOWSCALE_TRIAL_ID``). Shared by shadow trials and rollouts (pure).
+
+    Returns the rendered config files of ``file`` knobs by ConfigMap key (``f0``, ``f1``…): the template then mounts
+    them from the ConfigMap ``files_configmap``, which the caller creates (a ``ValueError`` when there are files and
+    no ConfigMap name)."""
     spec = template.setdefault("spec", {})
     containers = spec.get("containers") or []
     if not containers:
         raise ValueError(f"deployment {wl.deployment} has no containers")
     target = next((c for c in containers if c.get("name") == wl.container), containers[0])
     cfg = dict(config)
+    files = _apply_knobs(target, spec, cfg, wl, files_configmap)
     resources = target.setdefault("resources", {})
     requests, limits = resources.setdefault("requests", {}), resources.setdefault("limits", {})
 
@@ -225,7 +271,56 @@ def apply_config(
     if trial_id:
         extra[TRIAL_ENV] = trial_id
     target["env"] = [e for e in env if e.get("name") not in extra] + [{"name": k, "value": v} for k, v in extra.items()]
-    return template
+    return files
+
+
+def _apply_knobs(
+    target: dict[str, Any], spec: dict[str, Any], cfg: dict[str, Any], wl: Workload, files_configmap: str | None
+) -> dict[str, str]:
+    """Apply (and remove from ``cfg``) the keys that have a :class:`Knob`; the rendered files by ConfigMap key."""
+    values = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in cfg.items()}
+    paths: dict[str, str] = {}
+    for key, knob in wl.knobs.items():
+        if key not in cfg:
+            continue
+        value = values[key]
+        del cfg[key]
+        if knob.arg is not None:
+            args = [str(a) for a in target.get("args") or []]
+            out: list[str] = []
+            skip = False
+            for a in args:
+                if skip:
+                    skip = False
+                    continue
+                if a == knob.arg:
+                    skip = True  # the flag's separate value goes too
+                    continue
+                if a.startswith(knob.arg + "="):
+                    continue
+                out.append(a)
+            target["args"] = [*out, f"{knob.arg}={value}"]
+        elif knob.env is not None:
+            env = [e for e in target.get("env", []) if isinstance(e, Mapping) and e.get("name") != knob.env]
+            target["env"] = [*env, {"name": knob.env, "value": value}]
+        elif knob.file is not None and knob.template is not None:
+            paths.setdefault(knob.file, knob.template)
+    if not paths:
+        return {}
+    if files_configmap is None:
+        raise ValueError(f"configuration keys set config files ({', '.join(sorted(paths))}); not supported here")
+    files: dict[str, str] = {}
+    mounts = [m for m in target.get("volumeMounts") or [] if m.get("name") != "shadowscale-knobs"]
+    for k, (path, text) in enumerate(sorted(paths.items())):
+        try:
+            files[f"f{k}"] = string.Template(text).substitute(values)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"config file {path}: template placeholder {e} is not a configuration key") from None
+        mounts.append({"name": "shadowscale-knobs", "mountPath": path, "subPath": f"f{k}", "readOnly": True})
+    target["volumeMounts"] = mounts
+    volumes = [v for v in spec.get("volumes") or [] if v.get("name") != "shadowscale-knobs"]
+    spec["volumes"] = [*volumes, {"name": "shadowscale-knobs", "configMap": {"name": files_configmap}}]
+    return files
 
 
 def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
@@ -235,14 +330,17 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
     template = copy.deepcopy(original.get("spec", {}).get("template", {}))
     meta = template.setdefault("metadata", {})
     meta["labels"] = dict(labels)
-    apply_config(template, trial.config, wl, st, trial_id=trial.trial_id)
     name = f"{wl.deployment[:30].rstrip('-')}-shadow-{dns_label(trial.trial_id, 63 - 9 - len(wl.deployment[:30]))}"
-    return {
+    files = apply_config(template, trial.config, wl, st, trial_id=trial.trial_id, files_configmap=name)
+    out: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": wl.namespace, "labels": dict(labels)},
         "spec": {"replicas": 1, "selector": {"matchLabels": dict(labels)}, "template": template},
     }
+    if files:  # the knobs' config files, created with the shadow (the ConfigMap shares its name and labels)
+        out["files"] = files
+    return out
 
 
 def trial_anchor(trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
@@ -506,6 +604,20 @@ class ShadowTrialRunner:
         port = target_port(shadow, wl)
         anchor = await self._anchor(trial, wl, created)
         name = owned_by(shadow, anchor)["metadata"]["name"]
+        files = shadow.pop("files", None)
+        if files:
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": wl.namespace, "labels": dict(shadow["metadata"]["labels"])},
+                "data": files,
+            }
+            created.append(("configmap", name))
+            await _json(
+                await self.core.create_namespaced_config_map(
+                    wl.namespace, cast(Any, owned_by(body, anchor)), _preload_content=False
+                )
+            )
         created.append(("deployment", name))
         await _json(
             await self.apps.create_namespaced_deployment(wl.namespace, cast(Any, shadow), _preload_content=False)

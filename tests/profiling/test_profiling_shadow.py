@@ -34,6 +34,7 @@ from shadowscale.agent.profiling.shadow import (
     ROLE_LABEL,
     SHADOW_LABEL,
     TRIAL_LABEL,
+    Knob,
     ShadowSettings,
     ShadowTrialRunner,
     Workload,
@@ -603,3 +604,69 @@ async def test_a_failed_load_generator_job_fails_the_trial_at_once(api: Any) -> 
     assert result.error == "load generator failed: BackoffLimitExceeded: exit 2"
     assert time.monotonic() - t0 < 30  # not the 60 s result timeout
     assert await nothing_left(api)
+
+
+TRITON_PBTXT = """name: "resnet"
+max_batch_size: ${max_batch}
+dynamic_batching { max_queue_delay_microseconds: ${queue_delay_us} }
+instance_group [ { count: ${instances}, kind: KIND_GPU } ]
+"""
+
+
+async def test_knobs_set_server_args_env_and_a_templated_config_file(api: Any) -> None:
+    """A vLLM-style flag replaces the one the Deployment already passes (both ``--flag V`` and ``--flag=V`` forms),
+    an env knob sets its variable, and three keys render one Triton ``config.pbtxt`` (braces untouched) that reaches
+    the shadow in a ConfigMap mounted with subPath, torn down with the trial. Mutation: appending the flag without
+    removing the old one leaves two ``--max-num-seqs`` and fails the args check."""
+    dep: Any = copy.deepcopy(MODEL_DEPLOYMENT)
+    dep["metadata"]["name"] = "llm"
+    dep["spec"]["template"]["spec"]["containers"][0]["args"] = ["--model", "m", "--max-num-seqs", "256", "--x=1"]
+    await client.AppsV1Api(api).create_namespaced_deployment(NS, dep)
+    knobs = {
+        "max_num_seqs": Knob(arg="--max-num-seqs"),
+        "gpu_mem": Knob(arg="--gpu-memory-utilization"),
+        "omp": Knob(env="OMP_NUM_THREADS"),
+        "max_batch": Knob(file="/models/resnet/config.pbtxt", template=TRITON_PBTXT),
+        "queue_delay_us": Knob(file="/models/resnet/config.pbtxt", template=TRITON_PBTXT),
+        "instances": Knob(file="/models/resnet/config.pbtxt", template=TRITON_PBTXT),
+    }
+    wl = Workload(NS, "llm", knobs=knobs)
+    config = {"max_num_seqs": 64, "gpu_mem": 0.85, "omp": 4, "max_batch": 16, "queue_delay_us": 500, "instances": 2}
+    seen_cms: list[dict[str, Any]] = []
+
+    class Spy(Results):
+        async def wait(self, trial_id: str, timeout_s: float) -> TrialResult | None:
+            cms = (await client.CoreV1Api(self.api).list_namespaced_config_map(NS)).items
+            seen_cms.extend(self.api.sanitize_for_serialization(c) for c in cms)
+            return await super().wait(trial_id, timeout_s)
+
+    measured = TrialResult(TrialStatus.MEASURED, throughput=10.0, p99_ms=50.0)
+    seen: list[dict[str, Any]] = []
+    ctl = asyncio.create_task(controller(api, seen, "ready"))
+    runner = ShadowTrialRunner(api, {"llm": wl}, Spy(api, measured), SETTINGS)
+    try:
+        result = await runner.run_trial(Trial("run1-llm-1", "llm", config, slo_ms=100.0, timeout_s=20))
+    finally:
+        ctl.cancel()
+    assert result == measured
+    [shadow] = seen
+    c = shadow["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"] == ["--model", "m", "--x=1", "--max-num-seqs=64", "--gpu-memory-utilization=0.85"]
+    assert {"name": "OMP_NUM_THREADS", "value": "4"} in c["env"]
+    assert c["volumeMounts"] == [
+        {"name": "shadowscale-knobs", "mountPath": "/models/resnet/config.pbtxt", "subPath": "f0", "readOnly": True}
+    ]
+    name = shadow["metadata"]["name"]
+    assert {"name": "shadowscale-knobs", "configMap": {"name": name}} in shadow["spec"]["template"]["spec"]["volumes"]
+    [files] = [cm for cm in seen_cms if cm["metadata"]["name"] == name]
+    assert files["data"] == {
+        "f0": TRITON_PBTXT.replace("${max_batch}", "16")
+        .replace("${queue_delay_us}", "500")
+        .replace("${instances}", "2")
+    }
+    assert files["metadata"]["ownerReferences"][0]["name"] == "llm-trial-run1-llm-1"
+    assert await names(api, "configmaps") == [] and await names(api, "jobs") == []
+    with pytest.raises(ValueError, match="exactly one of arg, env or file"):
+        Knob(arg="--a", env="B")
+    with pytest.raises(ValueError, match="not a command-line flag"):
+        Knob(arg="rm -rf")
