@@ -224,6 +224,8 @@ class LoadConfig(_Section, frozen=True, kw_only=True):
     bisect_steps: NonNegInt = 4
     drain_s: PositiveFloat | None = None
     connect_timeout_s: PositiveFloat = 60.0
+    warmup_s: Annotated[float, msgspec.Meta(ge=0.0)] = 5.0
+    """Unmeasured load at the first rate before the rate search starts."""
 
 
 class ShadowRunnerConfig(_Section, frozen=True, kw_only=True):

@@ -154,8 +154,10 @@ def fit_shape(shape: RequestShape, max_bytes: int = SHAPE_MAX_BYTES) -> RequestS
 
 @dataclass(frozen=True, slots=True)
 class LoadPlan:
-    """How the rate search runs: seconds per step, the first and highest rate, bisection steps, how long a step
-    waits for late answers (default 3 × the SLO, at least 0.2 s) and how long the target may take to answer."""
+    """How the rate search runs: seconds of warm-up load (at the first rate, not measured: caches, JIT compilation,
+    CUDA graphs and the KV cache settle first), seconds per step, the first and highest rate, bisection steps, how
+    long a step waits for late answers (default 3 × the SLO, at least 0.2 s) and how long the target may take to
+    answer."""
 
     step_s: float = 2.0
     start_rps: float = 10.0
@@ -163,8 +165,11 @@ class LoadPlan:
     bisect_steps: int = 4
     drain_s: float | None = None
     connect_timeout_s: float = 60.0
+    warmup_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.warmup_s, int | float) and math.isfinite(self.warmup_s) and self.warmup_s >= 0):
+            raise ValueError(f"load plan: warmup_s must be a number >= 0, got {self.warmup_s!r}")
         for name in ("step_s", "start_rps", "max_rps", "connect_timeout_s"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -180,6 +185,7 @@ class LoadPlan:
         """The command-line arguments that give this plan to the load generator."""
         out = ["--step-s", f"{self.step_s:g}", "--start-rps", f"{self.start_rps:g}", "--max-rps", f"{self.max_rps:g}"]
         out += ["--bisect-steps", str(self.bisect_steps), "--connect-timeout-s", f"{self.connect_timeout_s:g}"]
+        out += ["--warmup-s", f"{self.warmup_s:g}"]
         return out + ([] if self.drain_s is None else ["--drain-s", f"{self.drain_s:g}"])
 
 
@@ -381,6 +387,9 @@ async def run_load(target: Target, slo_ms: float, plan: LoadPlan, shape: Request
         offsets = arrivals(rate, plan.step_s, arrival=shape.arrival, gaps=shape.gaps, seed=shape.seed + count)
         return await target.step(rate, plan.step_s, drain, offsets)
 
+    if plan.warmup_s > 0:  # not measured: the server's first requests are slow for reasons a trial must not score
+        offsets = arrivals(plan.start_rps, plan.warmup_s, arrival=shape.arrival, gaps=shape.gaps, seed=shape.seed)
+        await target.step(plan.start_rps, plan.warmup_s, drain, offsets)
     return await find_capacity(
         measure, slo_ms, start_rps=plan.start_rps, max_rps=plan.max_rps, bisect_steps=plan.bisect_steps
     )
@@ -482,6 +491,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bisect-steps", type=int, default=4, help="bisection steps after the SLO breaks (4)")
     p.add_argument("--drain-s", type=float, help="wait for late answers per step (default 3 × SLO, >= 0.2 s)")
     p.add_argument("--connect-timeout-s", type=float, default=60.0, help="wait for the target to answer (60)")
+    p.add_argument(
+        "--warmup-s", type=float, default=5.0, help="unmeasured load at the first rate before the search (5)"
+    )
     p.add_argument("--publish-timeout-s", type=float, default=60.0, help="retry an unreachable broker (60)")
 
 
@@ -544,10 +556,11 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
             bisect_steps=args.bisect_steps,
             drain_s=args.drain_s,
             connect_timeout_s=args.connect_timeout_s,
+            warmup_s=args.warmup_s,
         )
     except ValueError as e:
         msg = str(e)
-        for name in ("step_s", "start_rps", "max_rps", "bisect_steps", "drain_s", "connect_timeout_s"):
+        for name in ("step_s", "start_rps", "max_rps", "bisect_steps", "drain_s", "connect_timeout_s", "warmup_s"):
             msg = msg.replace(name, "--" + name.replace("_", "-"))
         raise ValueError(msg) from None
     if not args.publish_timeout_s > 0:

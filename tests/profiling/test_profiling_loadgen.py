@@ -23,7 +23,7 @@ from shadowscale.agent.events import TRIAL_RESULT_V1, TrialResultEvent, decode_t
 from shadowscale.agent.kafka import KafkaSink, KafkaTail, KafkaUnavailable
 from shadowscale.agent.profiling import loadgen as lg
 from shadowscale.agent.profiling.loadgen import HttpTarget, LoadPlan, RequestShape, measure_trial, parse_shape, publish
-from shadowscale.agent.profiling.loadtest import arrivals
+from shadowscale.agent.profiling.loadtest import Step, arrivals
 from shadowscale.agent.profiling.results import KafkaTrialResults, TrialResultsHub
 from shadowscale.policies.profiling.types import TrialStatus
 
@@ -82,7 +82,7 @@ async def http_server() -> AsyncIterator[tuple[str, list[bytes]]]:
         await runner.cleanup()
 
 
-PLAN = LoadPlan(step_s=0.3, start_rps=40, max_rps=160, bisect_steps=1, connect_timeout_s=2)
+PLAN = LoadPlan(step_s=0.3, start_rps=40, max_rps=160, bisect_steps=1, connect_timeout_s=2, warmup_s=0.3)
 
 
 @pytest.mark.asyncio
@@ -265,3 +265,30 @@ def test_fit_shape_keeps_the_most_recent_gaps_within_the_cap_and_refuses_oversiz
     assert lg.fit_shape(small) == small  # fits: unchanged
     with pytest.raises(ValueError, match=r"without its gaps .* over the 2048-byte cap"):
         lg.fit_shape(lg.RequestShape(payloads=("x" * 3000,), gaps=gaps), max_bytes=2048)
+
+
+@pytest.mark.asyncio
+async def test_warm_up_load_is_sent_first_and_never_measured() -> None:
+    """The first step is the warm-up (at the first rate, for ``warmup_s``) and its dreadful p99 (a cold server) is
+    not part of the search. Mutation: skipping the warm-up makes the cold first step break the SLO at the first
+    rate and the capacity 0."""
+    calls: list[tuple[float, float]] = []
+
+    class Cold:
+        name = "cold"
+
+        async def reachable(self, timeout_s: float) -> str | None:
+            return None
+
+        async def step(self, rate: float, duration_s: float, drain_s: float, offsets: Any) -> Step:
+            calls.append((rate, duration_s))
+            p99 = 5000.0 if len(calls) == 1 else (20.0 if rate <= 100 else 500.0)
+            return Step(rate, len(offsets), len(offsets), p99)
+
+        async def close(self) -> None:
+            return None
+
+    plan = LoadPlan(step_s=0.5, start_rps=25, max_rps=400, bisect_steps=0, warmup_s=3.0)
+    cap = await lg.run_load(Cold(), 100.0, plan, RequestShape())
+    assert calls[0] == (25, 3.0) and cap.rate == 100 and all(s.rate != 25 or s.p99_ms < 100 for s in cap.steps)
+    assert len(cap.steps) == len(calls) - 1

@@ -267,6 +267,7 @@ async def test_creates_measures_and_tears_down(api: Any) -> None:
         "--max-rps": "800",
         "--bisect-steps": "3",
         "--connect-timeout-s": "60",
+        "--warmup-s": "5",  # unmeasured load first
         "--shape": "/etc/shadowscale-shape/shape.json",  # the request shape comes in a mounted ConfigMap
     }
     env = {e["name"]: e["value"] for e in lg["env"]}
@@ -488,7 +489,7 @@ async def end_to_end(
             poll_s=0.02,
             kafka_bootstrap=broker.bootstrap,
             results_topic=topic,
-            load=LoadPlan(step_s=0.4, start_rps=50, max_rps=3200, bisect_steps=1, connect_timeout_s=10),
+            load=LoadPlan(step_s=0.4, start_rps=50, max_rps=3200, bisect_steps=1, connect_timeout_s=10, warmup_s=0.2),
         )
         orphan: Any = {
             "metadata": {"name": "resnet-loadgen-old", "namespace": NS, "labels": {SHADOW_LABEL: "true"}},
