@@ -262,7 +262,7 @@ class ModelProfilingConfig(_Section, frozen=True, kw_only=True):
     container: str | None = None
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     path: str = "/"
-    protocol: Literal["http", "https", "tcp"] = "http"
+    protocol: Literal["http", "https", "tcp", "openai"] = "http"
     shape: dict[str, Any] | None = None
     """The load's request shape (:class:`agent.profiling.loadgen.RequestShape`); None: empty POSTs, evenly spaced."""
     knobs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)

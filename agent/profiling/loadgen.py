@@ -74,6 +74,21 @@ class RequestShape(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         tuple[Annotated[int, msgspec.Meta(ge=0, le=_MAX_BODY)], ...], msgspec.Meta(max_length=100_000)
     ] = ()
     arrival: Literal["uniform", "poisson"] = "uniform"
+    prompt_tokens: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=1, le=1_000_000)], ...], msgspec.Meta(max_length=100_000)
+    ] = ()
+    """LLM targets (``openai+http://``): observed prompt lengths in tokens, drawn per request (paired with
+    ``output_tokens`` by index when both have the same length: the observed mix)."""
+    output_tokens: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=1, le=1_000_000)], ...], msgspec.Meta(max_length=100_000)
+    ] = ()
+    llm_model: str | None = None
+    """The ``model`` field of an OpenAI completions request."""
+    ttft_slo_ms: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
+    """LLM SLOs: time to first token and time per output token. With either set, a request's latency is judged as
+    ``max(ttft / ttft_slo, tpot / tpot_slo) × slo_ms``, so the trial's p99 is within ``slo_ms`` exactly when both
+    are met."""
+    tpot_slo_ms: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
     gaps: Annotated[
         tuple[Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)], ...], msgspec.Meta(max_length=100_000)
     ] = ()
@@ -253,6 +268,195 @@ class TcpLineTarget:
         return None
 
 
+class LlmTarget:
+    """An OpenAI-compatible completions server (vLLM, TGI, TensorRT-LLM's, SGLang): ``openai+http(s)://HOST:PORT/PATH``
+    (path default ``/v1/completions``). Each arrival streams one completion (``stream: true``, ``max_tokens`` and a
+    prompt of about the drawn number of tokens from the shape's observed mix, ``ignore_eos`` so the output length
+    holds); a request is answered when the stream ends with ``[DONE]``. Per request: TTFT (time to the first
+    token), TPOT ((end - first token) / (tokens - 1)); per step their p99 and the output tokens per second."""
+
+    def __init__(self, url: str, shape: RequestShape, *, max_connections: int = 1024) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.removeprefix("openai+")
+        path = shape.path or (parts.path if parts.path not in ("", "/") else "/v1/completions")
+        self.url = parts._replace(scheme=scheme, path=path).geturl()
+        self.name = url
+        self.shape = shape
+        self.max_connections = max_connections
+        self._rng = random.Random(shape.seed)
+        self._session: Any = None
+        self._slo_ms = 0.0
+        """The trial's SLO, which TTFT/TPOT are scaled to (set by :func:`run_load`)."""
+
+    def _client(self) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                headers={"Content-Type": "application/json", **self.shape.headers},
+            )
+        return self._session
+
+    def _lengths(self) -> tuple[int, int]:
+        p, o = self.shape.prompt_tokens, self.shape.output_tokens
+        if p and o and len(p) == len(o):
+            k = self._rng.randrange(len(p))
+            return p[k], o[k]
+        return (self._rng.choice(p) if p else 128), (self._rng.choice(o) if o else 128)
+
+    def _body(self, prompt: int, output: int) -> bytes:
+        req: dict[str, Any] = {
+            "prompt": " ".join(["hello"] * prompt),
+            "max_tokens": output,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        if self.shape.llm_model:
+            req["model"] = self.shape.llm_model
+        return msgspec.json.encode(req)
+
+    async def reachable(self, timeout_s: float) -> str | None:
+        import aiohttp
+
+        session = self._client()
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                timeout = aiohttp.ClientTimeout(total=max(0.05, deadline - time.monotonic()))
+                async with session.post(self.url, data=self._body(1, 1), timeout=timeout) as r:
+                    text = (await r.read())[:200].decode(errors="replace")
+                    if 200 <= r.status <= 299:
+                        return None
+                    if r.status < 500:
+                        return f"answered HTTP {r.status} to a test request: {text.strip() or r.reason}"
+                    last = f"HTTP {r.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if time.monotonic() >= deadline:
+                return f"{last} within {timeout_s:g} s"
+            await asyncio.sleep(0.2)
+
+    async def _one(self, session: Any, timeout: Any) -> tuple[float, float, int, float] | None:
+        """``(ttft_s, tpot_s, tokens, latency_s)`` of one streamed completion, None when it failed."""
+        prompt, output = self._lengths()
+        t0 = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        async with session.post(self.url, data=self._body(prompt, output), timeout=timeout) as r:
+            if not 200 <= r.status <= 299:
+                await r.read()
+                return None
+            done = False
+            async for raw in r.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = msgspec.json.decode(data)
+                except msgspec.DecodeError:
+                    return None
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                text = choices[0].get("text") if isinstance(choices, list) and choices else None
+                if text:
+                    tokens += 1
+                    if first is None:
+                        first = time.perf_counter()
+            if not done or first is None:
+                return None
+        end = time.perf_counter()
+        tpot = (end - first) / (tokens - 1) if tokens > 1 else 0.0
+        return first - t0, tpot, tokens, end - t0
+
+    async def step(self, rate: float, duration_s: float, drain_s: float, offsets: npt.NDArray[np.float64]) -> Step:
+        import aiohttp
+
+        session = self._client()
+        timeout = aiohttp.ClientTimeout(total=duration_s + drain_s + 5.0)
+        done: list[tuple[float, float, int, float]] = []
+        refused = 0
+
+        async def one() -> None:
+            nonlocal refused
+            try:
+                got = await self._one(session, timeout)
+                if got is not None:
+                    done.append(got)
+            except aiohttp.ClientConnectorError:
+                refused += 1
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+
+        tasks: set[asyncio.Task[None]] = set()
+        n = 0
+        start = time.perf_counter()
+        try:
+            while (now := time.perf_counter()) - start < duration_s and n < len(offsets):
+                due = int(np.searchsorted(offsets, now - start, side="right"))
+                while n < due:
+                    tasks.add(asyncio.create_task(one()))
+                    n += 1
+                await asyncio.sleep(0.002)
+            if tasks:
+                await asyncio.wait(tasks, timeout=drain_s)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        wall = time.perf_counter() - start
+        if n and not done and refused:
+            raise TargetDied(f"{self.name}: {refused} of {n} connections refused")
+        return llm_step(rate, n, done, wall, self.shape, self._slo_ms)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def llm_step(
+    rate: float,
+    sent: int,
+    done: Sequence[tuple[float, float, int, float]],
+    wall_s: float,
+    shape: RequestShape,
+    slo_ms: float,
+) -> Step:
+    """A step of an LLM target from its finished requests ``(ttft_s, tpot_s, tokens, latency_s)`` (pure): the p99 is
+    judged on TTFT and TPOT against the shape's SLOs (scaled to ``slo_ms``) when it has them, else end to end;
+    unfinished requests count as infinitely late."""
+    missing = [math.inf] * (sent - len(done))
+    if shape.ttft_slo_ms or shape.tpot_slo_ms:
+        lat = [
+            max(
+                (ttft * 1000.0 / shape.ttft_slo_ms) if shape.ttft_slo_ms else 0.0,
+                (tpot * 1000.0 / shape.tpot_slo_ms) if shape.tpot_slo_ms else 0.0,
+            )
+            * slo_ms
+            for ttft, tpot, _, _ in done
+        ]
+    else:
+        lat = [total * 1000.0 for _, _, _, total in done]
+    arr = np.array(lat + missing, dtype=np.float64)
+    p99 = float(np.percentile(arr, 99, method="higher")) if len(arr) else math.inf
+    ttft = np.array([d[0] for d in done] + missing, dtype=np.float64) * 1000.0
+    tpot = np.array([d[1] for d in done] + missing, dtype=np.float64) * 1000.0
+    return Step(
+        rate,
+        sent,
+        len(done),
+        p99,
+        ttft_p99_ms=float(np.percentile(ttft, 99, method="higher")) if len(ttft) else None,
+        tpot_p99_ms=float(np.percentile(tpot, 99, method="higher")) if len(tpot) else None,
+        tokens_per_s=sum(d[2] for d in done) / wall_s if wall_s > 0 else 0.0,
+    )
+
+
 class HttpTarget:
     """One HTTP request per arrival; an answer is any 2xx whose body was read in time (else infinitely late)."""
 
@@ -370,7 +574,11 @@ def target_from_url(url: str, shape: RequestShape) -> Target:
         if not parts.hostname:
             raise ValueError(f"--target {url!r}: no host")
         return HttpTarget(url, shape)
-    raise ValueError(f"--target {url!r}: the scheme must be http, https or tcp")
+    if parts.scheme in ("openai+http", "openai+https"):
+        if not parts.hostname:
+            raise ValueError(f"--target {url!r}: no host")
+        return LlmTarget(url, shape)
+    raise ValueError(f"--target {url!r}: the scheme must be http, https, openai+http, openai+https or tcp")
 
 
 # -- one trial ------------------------------------------------------------------------------------------------------
@@ -379,6 +587,8 @@ def target_from_url(url: str, shape: RequestShape) -> Target:
 async def run_load(target: Target, slo_ms: float, plan: LoadPlan, shape: RequestShape) -> Capacity:
     """The capacity of ``target`` at ``slo_ms``: open-loop steps shaped by ``shape``, doubling then bisecting."""
     drain = plan.drain_s if plan.drain_s is not None else max(0.2, 3 * slo_ms / 1000.0)
+    if isinstance(target, LlmTarget):
+        target._slo_ms = slo_ms
     count = 0
 
     async def measure(rate: float) -> Step:
@@ -437,7 +647,18 @@ async def measure_trial(
             return event(status="failed", error=f"the target died during the load test: {e}"[:2000])
     finally:
         await target.close()
-    steps = tuple(TrialStep(rate=s.rate, sent=s.sent, answered=s.answered, p99_ms=_ms(s.p99_ms)) for s in cap.steps)
+    steps = tuple(
+        TrialStep(
+            rate=s.rate,
+            sent=s.sent,
+            answered=s.answered,
+            p99_ms=_ms(s.p99_ms),
+            ttft_p99_ms=None if s.ttft_p99_ms is None else _ms(s.ttft_p99_ms),
+            tpot_p99_ms=None if s.tpot_p99_ms is None else _ms(s.tpot_p99_ms),
+            tokens_per_s=s.tokens_per_s,
+        )
+        for s in cap.steps
+    )
     return event(status="measured", throughput_rps=cap.rate, p99_ms=_ms(cap.p99_ms), steps=steps)
 
 
@@ -469,7 +690,9 @@ async def publish(event: TrialResultEvent, kafka: KafkaConfig, topic: str, timeo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, metavar="URL", help="http(s)://HOST:PORT/PATH or tcp://HOST:PORT")
+    p.add_argument(
+        "--target", required=True, metavar="URL", help="http(s)://HOST:PORT/PATH, openai+http(s)://… or tcp://HOST:PORT"
+    )
     p.add_argument("--trial-id", default=os.environ.get(TRIAL_ENV), help=f"the trial (default ${TRIAL_ENV})")
     p.add_argument("--model", required=True, help="the model being profiled")
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"), help="($POD_NAMESPACE)")

@@ -124,7 +124,9 @@ class Workload:
     """The port the load generator targets (default: the container's first ``containerPort``)."""
     path: str = "/"
     """The HTTP path requests go to (a request shape's ``path`` overrides it)."""
-    protocol: Literal["http", "https", "tcp"] = "http"
+    protocol: Literal["http", "https", "tcp", "openai"] = "http"
+    """``openai``: an OpenAI-compatible completions server over HTTP, load-tested with streamed completions (TTFT,
+    time per output token, tokens/s; :class:`agent.profiling.loadgen.LlmTarget`)."""
     shape: RequestShape | None = None
     """What the model's requests look like (bodies or sizes, inter-arrival gaps); None: empty POSTs, evenly spaced."""
     knobs: Mapping[str, Knob] = field(default_factory=dict)
@@ -135,8 +137,10 @@ class Workload:
             raise ValueError(f"workload {self.namespace}/{self.deployment}: port {self.port} is not in 1..65535")
         if not self.path.startswith("/"):
             raise ValueError(f"workload {self.namespace}/{self.deployment}: path {self.path!r} must start with '/'")
-        if self.protocol not in ("http", "https", "tcp"):
-            raise ValueError(f"workload {self.namespace}/{self.deployment}: protocol must be http, https or tcp")
+        if self.protocol not in ("http", "https", "tcp", "openai"):
+            raise ValueError(
+                f"workload {self.namespace}/{self.deployment}: protocol must be http, https, tcp or openai"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,7 +402,10 @@ def target_port(shadow: Mapping[str, Any], wl: Workload) -> int:
 
 def target_url(pod_ip: str, port: int, wl: Workload) -> str:
     host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
-    return f"tcp://{host}:{port}" if wl.protocol == "tcp" else f"{wl.protocol}://{host}:{port}{wl.path}"
+    if wl.protocol == "tcp":
+        return f"tcp://{host}:{port}"
+    scheme = "openai+http" if wl.protocol == "openai" else wl.protocol
+    return f"{scheme}://{host}:{port}{wl.path}"
 
 
 def loadgen_job(
