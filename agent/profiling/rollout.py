@@ -143,7 +143,8 @@ class RolloutActuator:
     async def promote(self, model: str, config: Config, settings: RolloutSettings) -> None:
         wl = self._wl(model)
         dep = await self.read(model)
-        template = apply_config(copy.deepcopy(dep["spec"]["template"]), config, wl, self.shadow)
+        template = copy.deepcopy(dep["spec"]["template"])
+        apply_config(template, config, wl, self.shadow)  # a config with file knobs is refused (ValueError)
         replicas = int((dep.get("spec") or {}).get("replicas") or 1)
         patch = {
             "metadata": {"annotations": {SPEC_ANNOTATION: json.dumps(dict(config), sort_keys=True)}},
