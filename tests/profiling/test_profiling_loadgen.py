@@ -197,7 +197,7 @@ async def test_bad_command_lines_exit_2_and_say_what_is_wrong() -> None:
     import os
 
     cases = [
-        (["--target", "ftp://x:1"], None, "--target 'ftp://x:1': the scheme must be http, https, openai+http, openai+https or tcp"),
+        (["--target", "ftp://x:1"], None, "--target 'ftp://x:1': the scheme must be http, https, openai+http"),
         (["--target", "tcp://x"], None, "a TCP target needs tcp://HOST:PORT"),
         (["--target", "tcp://x:1", "--step-s", "0"], None, "--step-s must be a positive number, got 0"),
         (["--target", "tcp://x:1", "--start-rps", "9", "--max-rps", "5"], None, "--start-rps 9 is above --max-rps 5"),
