@@ -287,7 +287,7 @@ async def _shadow_runner(
 
     from shadowscale.agent.profiling.live import shadow_profiling
     from shadowscale.agent.profiling.loadgen import LoadPlan, RequestShape
-    from shadowscale.agent.profiling.shadow import ShadowSettings, Workload
+    from shadowscale.agent.profiling.shadow import Knob, ShadowSettings, Workload
 
     p = cfg.profiling
     sh = p.shadow
@@ -295,8 +295,12 @@ async def _shadow_runner(
     for m in cfg.models:
         own = model_profiling(p, m.name)
         shape = None if own.shape is None else msgspec.convert(own.shape, RequestShape)
+        try:
+            knobs = {k: msgspec.convert(v, Knob) for k, v in own.knobs.items()}
+        except (msgspec.ValidationError, ValueError) as e:
+            raise ConfigError(f"profiling.models.{m.name}.knobs: {e}") from None
         workloads[m.name] = Workload(
-            m.namespace, own.deployment or m.name, own.container, own.port, own.path, own.protocol, shape
+            m.namespace, own.deployment or m.name, own.container, own.port, own.path, own.protocol, shape, knobs
         )
     settings = ShadowSettings(
         ready_timeout_s=sh.ready_timeout_s,

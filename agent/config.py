@@ -255,6 +255,8 @@ class LoadConfig(_Section, frozen=True, kw_only=True):
     bisect_steps: NonNegInt = 4
     drain_s: PositiveFloat | None = None
     connect_timeout_s: PositiveFloat = 60.0
+    warmup_s: Annotated[float, msgspec.Meta(ge=0.0)] = 5.0
+    """Unmeasured load at the first rate before the rate search starts."""
 
 
 class ShadowRunnerConfig(_Section, frozen=True, kw_only=True):
@@ -291,9 +293,13 @@ class ModelProfilingConfig(_Section, frozen=True, kw_only=True):
     container: str | None = None
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
     path: str = "/"
-    protocol: Literal["http", "https", "tcp"] = "http"
+    protocol: Literal["http", "https", "tcp", "openai"] = "http"
     shape: dict[str, Any] | None = None
     """The load's request shape (:class:`agent.profiling.loadgen.RequestShape`); None: empty POSTs, evenly spaced."""
+    knobs: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)
+    """Configuration keys that set a container argument, an environment variable or a templated config file
+    (:class:`agent.profiling.shadow.Knob`: ``{arg: --max-num-seqs}``, ``{env: NAME}``, ``{file: PATH, template:
+    TEXT}``)."""
 
 
 class ProfilingConfig(_Section, frozen=True, kw_only=True):

@@ -151,6 +151,10 @@ class TrialStep(msgspec.Struct, frozen=True, kw_only=True):
     sent: Count
     answered: Count
     p99_ms: Millis | None = None
+    ttft_p99_ms: Millis | None = None
+    """LLM trials: p99 time to first token, p99 time per output token, output tokens per second."""
+    tpot_p99_ms: Millis | None = None
+    tokens_per_s: Annotated[float, msgspec.Meta(ge=0.0, le=1e12)] | None = None
 
 
 class TrialResultEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -244,6 +245,14 @@ class Windows:
             np.asarray(self._ready, f),
             np.asarray(self._inflight, f),
         )
+
+    def busy_source(self, i: int) -> Literal["server", "gpu", "none"]:
+        """Where model ``i``'s busy seconds come from: its pods' own (``server``), the GPU exporter's
+        utilization (``gpu``) or nowhere yet (``none``); drift detection trusts GPU utilization only once it
+        tracks load."""
+        if self._busy_reported[i]:
+            return "server"
+        return "gpu" if self._gpu_busy[i] > 0 else "none"
 
     def completions(self) -> FloatArray:
         """Counter: requests completed, index = model."""

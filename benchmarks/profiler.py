@@ -15,17 +15,24 @@ oracle, so only measured configurations can be tried. The rules, the same for ev
   over tasks of the mean trials, the median and the 90th percentile over tasks of the mean trials as a fraction
   of the task's configurations.
 
-Methods: ``shadowscale`` (the planner with transfer), ``shadowscale_cold`` (the same planner, no transfer), ``gp``
-(``skopt.Optimizer`` with its defaults, its asks snapped to the nearest untried measured configuration, told
-``-objective`` or 0 when the SLO is missed) and ``random`` (uniform sampling without replacement). The planners
-run with the stopping rule switched off (the count is up to the first near-best trial); how often the EI rule
-would have stopped a run too early is in ``--details``.
+Methods: ``shadowscale`` (the planner with transfer), ``shadowscale_cold`` (the same planner, no transfer),
+``consensus`` (planner-free: the configurations in the order of the other models' mean relative objective),
+``gp`` (``skopt.Optimizer`` with its defaults, its asks snapped to the nearest untried measured configuration,
+told ``-objective`` or 0 when the SLO is missed) and ``random`` (uniform sampling without replacement).
 
-Prints ``{"tasks": int, "methods": {name: {"median_trials", "median_fraction", "p90_fraction"}}}``; the wall time
-goes to stderr and, with everything per task, to ``--details PATH``. Generic CSV form, one row per measured
-configuration: ``task``, one or more configuration columns, ``throughput``, ``latency_ms`` (empty = SLO never
-reached or the run failed), optional ``model`` (default: the task; used for leave-one-model-out), ``cost`` and
-``slo_ms``. See ``docs/profiler.md``.
+Two counts per planner. The oracle count (``median_trials`` …) switches the stopping rule off and counts until a
+near-best configuration is tried: it needs the optimum known, so no user gets it. The headline is ``stop_rule``:
+the planner as it runs live, until its own stopping rule ends the search, with the trials it used and how close
+its chosen configuration is to the task's best (``median_value``, ``within_5pct`` of the runs).
+
+Prints ``{"dataset", "tasks", "methods": {name: {"median_trials", "p90_trials", "median_fraction",
+"p90_fraction"[, "stop_rule": {"median_trials", "p90_trials", "median_fraction", "p90_fraction", "median_value",
+"within_5pct"}]}}}``; the wall time goes to stderr and, with everything per task, to ``--details PATH``.
+``llm-inference-bench-abs`` is the LLM dataset with one absolute SLO per workload (``TPOT_SLO_MS`` per output
+token) and cost by device price (``DEVICE_PRICES``, or ``--prices FILE``). Generic CSV form, one row per measured
+configuration: ``task``, configuration columns declared as ``cfg_NAME`` (any other unknown column is an error),
+``throughput``, ``latency_ms`` (empty = SLO never reached or the run failed), optional ``model`` (default: the
+task; used for leave-one-model-out), ``cost`` and ``slo_ms``. See ``docs/profiler.md``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,13 +69,36 @@ from shadowscale.simulators.datasets import locate
 from shadowscale.simulators.executor import Executor, LocalExecutor, make_executor
 from shadowscale.simulators.executor import add_arguments as add_executor_arguments
 
-METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "gp", "random")
-DATASETS: tuple[str, ...] = ("llm-inference-bench", "gpulet", "infadapter")
+METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "consensus", "gp", "random")
+PLANNERS: tuple[str, ...] = ("shadowscale", "shadowscale_cold")
+"""The methods that have a stopping rule of their own (reported under ``stop_rule``)."""
+DATASETS: tuple[str, ...] = ("llm-inference-bench", "llm-inference-bench-abs", "gpulet", "infadapter")
+TPOT_SLO_MS = 50.0
+"""``llm-inference-bench-abs``: the SLO of a task is this many ms per output token (prefill included), i.e. every
+sequence of the batch finished at >= 20 tokens/s: one absolute SLO per workload, not a statistic of the data."""
+DEVICE_PRICES: dict[str, float] = {
+    "Nvidia H100 GPU": 3.00,
+    "Nvidia GH200 GPU": 3.50,
+    "Nvidia A100 GPU": 1.80,
+    "AMD MI300X GPU": 2.50,
+    "AMD MI250 GPU": 1.50,
+    "Habana Gaudi2": 1.30,
+    "Intel PVC GPU": 1.50,
+    "Intel Max 1550": 1.50,
+    "SambaNova SN40L": 6.00,
+}
+"""USD per device-hour for ``llm-inference-bench-abs`` (documented in docs/profiler.md): rounded from public
+on-demand offers of 2024-25 for the NVIDIA parts, assumed for the others (SambaNova rents no single devices);
+only the ratios matter. ``--prices FILE`` (JSON ``{hardware: price}``) replaces it."""
 WITHIN = 0.05
 """A trial "finds" the optimum when its objective is within this fraction of the task's best feasible one."""
 MIN_CONFIGS = 30
 REQUIRED = ("task", "throughput", "latency_ms")
 OPTIONAL = ("model", "cost", "slo_ms")
+CONFIG_PREFIX = "cfg_"
+"""Configuration columns of the generic CSV are declared by this prefix (``cfg_batch`` → dimension ``batch``);
+any other column that is not required or optional is an error, so a measurement (``p50_ms``) can never leak into
+the search space as a dimension."""
 
 
 # -- datasets -----------------------------------------------------------------------------------------------------
@@ -250,10 +280,19 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tupl
 def load_generic(path: Path) -> Dataset:
     """A CSV in the generic form (see the module doc); raises :class:`ValueError` naming the file and column."""
     header, raw = _read_csv(path, REQUIRED)
-    config = [h for h in header if h not in REQUIRED and h not in OPTIONAL]
+    unknown = [h for h in header if h not in REQUIRED and h not in OPTIONAL and not h.startswith(CONFIG_PREFIX)]
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown column(s) {', '.join(unknown)}: configuration columns must be declared with the "
+            f"{CONFIG_PREFIX!r} prefix (e.g. {CONFIG_PREFIX}{unknown[0]}); the others are "
+            f"{', '.join(REQUIRED + OPTIONAL)}"
+        )
+    config = [h for h in header if h.startswith(CONFIG_PREFIX)]
     if not config:
-        raise ValueError(f"{path}: no configuration column (every column is one of {', '.join(REQUIRED + OPTIONAL)})")
-    rows = _Rows(path, config)
+        raise ValueError(f"{path}: no configuration column (declare them as {CONFIG_PREFIX}NAME)")
+    if empty := [h for h in config if h == CONFIG_PREFIX]:
+        raise ValueError(f"{path}: column {empty[0]!r} has no name after the prefix")
+    rows = _Rows(path, [h.removeprefix(CONFIG_PREFIX) for h in config])
     for line, r in raw:
         for c in ("task", *config):
             if r.get(c, "") == "":
@@ -267,9 +306,16 @@ def load_generic(path: Path) -> Dataset:
     return _build(path.stem, rows, Pricing())
 
 
-def load_llm_inference_bench(directory: Path) -> Dataset:
+def load_llm_inference_bench(
+    directory: Path, *, absolute: bool = False, prices: Mapping[str, float] | None = None
+) -> Dataset:
     """``All_results.csv``: task = model × input/output length; configuration = hardware × devices × framework ×
-    batch; objective = generated tokens/s per device; latency = end-to-end batch latency (no SLO: the median)."""
+    batch; latency = end-to-end batch latency.
+
+    Default: objective = generated tokens/s per device; no SLO in the data, so each task's is the median latency.
+    ``absolute`` (``llm-inference-bench-abs``): one absolute SLO per workload, ``TPOT_SLO_MS`` per output token
+    (the length is the task's), and cost = devices × the device's price per hour (``prices``, default
+    ``DEVICE_PRICES``), so the objective is tokens per dollar."""
     path = directory / "All_results.csv"
     cols = ("Hardware", "Num of Hardware", "Framework", "Model", "Input Output Length", "Batch Size")
     _, raw = _read_csv(path, (*cols, "Latency", "Throughput"))
@@ -281,10 +327,39 @@ def load_llm_inference_bench(directory: Path) -> Dataset:
         task = f"{r['Model']} io={r['Input Output Length']}"
         cfg = (r["Hardware"], r["Num of Hardware"], r["Framework"], r["Batch Size"])
         lat = _float(path, line, "Latency", r["Latency"], blank_ok=True) * 1000.0
+        slo = _float(path, line, "Input Output Length", r["Input Output Length"]) * TPOT_SLO_MS if absolute else None
         rows.records.append(
-            (line, task, r["Model"], cfg, _float(path, line, "Throughput", r["Throughput"]), lat, None, None)
+            (line, task, r["Model"], cfg, _float(path, line, "Throughput", r["Throughput"]), lat, None, slo)
         )
-    return _build("llm-inference-bench", rows, Pricing((CostTerm("devices", 1.0),)))
+    if not absolute:
+        return _build("llm-inference-bench", rows, Pricing((CostTerm("devices", 1.0),)))
+    table = dict(DEVICE_PRICES if prices is None else prices)
+    missing = sorted({rec[3][0] for rec in rows.records} - set(table))
+    if missing:
+        raise ValueError(f"{path}: no device price for hardware {', '.join(missing)} (see --prices)")
+    bad = [k for k, v in table.items() if not (isinstance(v, int | float) and math.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"device prices: the price of {bad[0]!r} must be a positive number")
+    pricing = Pricing((CostTerm("devices", price_by="hardware", prices=table),))
+    return _build("llm-inference-bench-abs", rows, pricing)
+
+
+def load_prices(path: Path) -> dict[str, float]:
+    """``--prices FILE``: a JSON object ``{hardware: price per device-hour}``."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"--prices {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--prices {path}: not JSON: {e}") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"--prices {path}: expected a JSON object of hardware name to price")
+    out: dict[str, float] = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--prices {path}: the price of {k!r} must be a positive number, got {v!r}")
+        out[str(k)] = float(v)
+    return out
 
 
 def load_gpulet(directory: Path) -> Dataset:
@@ -339,11 +414,20 @@ _LOADERS: dict[str, tuple[str, Callable[[Path], Dataset]]] = {
     "llm-inference-bench": ("llm-inference-bench/All_results.csv", load_llm_inference_bench),
     "gpulet": ("gpulet-reimpl/inference.csv", load_gpulet),
     "infadapter": ("infadapter/capacity_result_Feb_21.csv", load_infadapter),
+    "llm-inference-bench-abs": (
+        "llm-inference-bench/All_results.csv",
+        lambda d: load_llm_inference_bench(d, absolute=True),
+    ),
 }
 
 
-def load_dataset(name_or_path: str) -> Dataset:
-    """A bundled dataset by name (``data/profiles/…``) or a generic CSV by path."""
+def load_dataset(name_or_path: str, *, prices: Mapping[str, float] | None = None) -> Dataset:
+    """A bundled dataset by name (``data/profiles/…``) or a generic CSV by path; ``prices`` replaces the device
+    price table of ``llm-inference-bench-abs``."""
+    if name_or_path == "llm-inference-bench-abs" and prices is not None:
+        return load_llm_inference_bench(
+            locate("profiles/llm-inference-bench/All_results.csv").parent, absolute=True, prices=prices
+        )
     if name_or_path in _LOADERS:
         file, loader = _LOADERS[name_or_path]
         return loader(locate(f"profiles/{file}").parent)
@@ -452,6 +536,40 @@ def run_gp(ds: Dataset, task: Task, seed: int) -> Run:
     raise RuntimeError(f"{task.name}: no configuration within {WITHIN:.0%} of the best was found")
 
 
+def consensus_scores(ds: Dataset, task: Task) -> FloatArray:
+    """For each configuration of ``task``, the mean over the tasks of *other models* that measured it of its
+    objective relative to that task's best (infeasible = 0); NaN where no other model measured it."""
+    index = {p: i for i, p in enumerate(task.points)}
+    total = np.zeros(len(task))
+    count = np.zeros(len(task))
+    for other in ds.tasks:
+        if other.model == task.model:
+            continue
+        value, feasible = ds.values(other)
+        if not feasible.any():
+            continue
+        rel = np.where(feasible, value / float(value[feasible].max()), 0.0)
+        for j, p in enumerate(other.points):
+            i = index.get(p)
+            if i is not None:
+                total[i] += rel[j]
+                count[i] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(np.where(count > 0, total / np.maximum(count, 1), np.nan), dtype=np.float64)
+
+
+def run_consensus(ds: Dataset, task: Task, seed: int) -> Run:
+    """Planner-free: try the configurations in the order of the other models' mean relative objective (never
+    measured elsewhere: last, in random order); ties broken at random by ``seed``."""
+    scores = consensus_scores(ds, task)
+    rng = np.random.default_rng(seed)
+    tiebreak = rng.permutation(len(task))
+    key = np.where(np.isnan(scores), -1.0, scores)
+    order = sorted(range(len(task)), key=lambda i: (-key[i], tiebreak[i]))
+    good = ds.good(task)
+    return Run(next(k for k, i in enumerate(order) if i in good) + 1)
+
+
 def run_random(ds: Dataset, task: Task, seed: int) -> Run:
     order = np.random.default_rng(seed).permutation(len(task))
     good = ds.good(task)
@@ -541,7 +659,7 @@ def _job(
 ) -> list[Run]:
     with threadpool_limits(limits=1):  # tiny matrices: BLAS threads only contend (5x slower on a busy 2-core box)
         runs = _run_seeds(ds, k, method, seeds, prior)
-        if stop_rule and method in ("shadowscale", "shadowscale_cold"):
+        if stop_rule and method in PLANNERS:
             stops = [run_stopping(ds, ds.tasks[k], s, prior) for s in seeds]
             runs = [replace(r, stop_trials=t, stop_value=v) for r, (t, v) in zip(runs, stops, strict=True)]
         return runs
@@ -557,6 +675,8 @@ def _run_seeds(ds: Dataset, k: int, method: str, seeds: Sequence[int], prior: Tr
         return [run_gp(ds, task, s) for s in seeds]
     if method == "random":
         return [run_random(ds, task, s) for s in seeds]
+    if method == "consensus":
+        return [run_consensus(ds, task, s) for s in seeds]
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -566,10 +686,13 @@ def scored_tasks(ds: Dataset, min_configs: int = MIN_CONFIGS) -> list[int]:
 
 
 def summarise(fractions: Sequence[float], trials: Sequence[float]) -> dict[str, float | None]:
+    """Over tasks (each a mean over seeds): median trials, their 90th percentile, and the same as a fraction of
+    the task's configurations."""
     if not trials:
-        return {"median_trials": None, "median_fraction": None, "p90_fraction": None}
+        return {"median_trials": None, "p90_trials": None, "median_fraction": None, "p90_fraction": None}
     return {
         "median_trials": round(float(np.median(trials)), 4),
+        "p90_trials": round(float(np.percentile(trials, 90)), 4),
         "median_fraction": round(float(np.median(fractions)), 4),
         "p90_fraction": round(float(np.percentile(fractions, 90)), 4),
     }
@@ -583,7 +706,7 @@ def bench(
     max_tasks: int | None = None,
     min_configs: int = MIN_CONFIGS,
     jobs: int = 1,
-    stop_rule: bool = False,
+    stop_rule: bool = True,
     executor: Executor | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run every method on every scored task with every seed: ``(report, details)``."""
@@ -613,13 +736,18 @@ def bench(
         if stop_rule and runs and runs[0].stop_trials is not None:
             per[m][t.name]["stop_trials"] = [r.stop_trials for r in runs]
             per[m][t.name]["stop_values"] = [r.stop_value for r in runs]
-    report = {
+    report: dict[str, Any] = {
+        "dataset": ds.name,
         "tasks": len(scored),
         "methods": {
             m: summarise([v["fraction"] for v in per[m].values()], [v["mean_trials"] for v in per[m].values()])
             for m in methods
         },
     }
+    if stop_rule:
+        for m in methods:
+            if any("stop_trials" in v for v in per[m].values()):
+                report["methods"][m]["stop_rule"] = _stop_summary(per[m])
     details = {
         "dataset": ds.name,
         "seeds": list(seeds),
@@ -631,21 +759,22 @@ def bench(
         "per_task": per,
         "report": report,
     }
-    if stop_rule:
-        details["stop_rule"] = {
-            m: _stop_summary(per[m]) for m in methods if any("stop_trials" in v for v in per[m].values())
-        }
     return report, details
 
 
 def _stop_summary(per: dict[str, Any]) -> dict[str, float]:
-    """Over tasks: median of the mean trials to the stop, median of the mean value at the stop, and the share of
-    runs that stopped within 5 % of the best."""
+    """The planner as a user gets it (its own stopping rule), over tasks: the median and 90th percentile of the
+    mean trials to the stop (also as a fraction of the task's configurations), the median of the mean value at
+    the stop (best found / task best), and the share of all runs that stopped within 5 % of the best."""
     trials = [float(np.mean(v["stop_trials"])) for v in per.values()]
+    fractions = [float(np.mean(v["stop_trials"])) / v["configs"] for v in per.values()]
     values = [float(np.mean(v["stop_values"])) for v in per.values()]
     hits = [x >= 1 - WITHIN for v in per.values() for x in v["stop_values"]]
     return {
         "median_trials": round(float(np.median(trials)), 2),
+        "p90_trials": round(float(np.percentile(trials, 90)), 2),
+        "median_fraction": round(float(np.median(fractions)), 4),
+        "p90_fraction": round(float(np.percentile(fractions, 90)), 4),
         "median_value": round(float(np.median(values)), 4),
         "within_5pct": round(float(np.mean(hits)), 4),
     }
@@ -687,9 +816,18 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     add_executor_arguments(p, default_help="1")
     p.add_argument("--details", type=Path, default=None, help="write per-task results and the wall time here (JSON)")
     p.add_argument(
-        "--stop-rule",
-        action="store_true",
-        help="also run the planners with their own stopping rule (results in --details and on stderr)",
+        "--no-stop-rule",
+        dest="stop_rule",
+        action="store_false",
+        help="skip the planners' runs with their own stopping rule (the headline 'stop_rule' figures)",
+    )
+    p.add_argument("--stop-rule", dest="stop_rule", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument(
+        "--prices",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON {hardware: price per device-hour} for llm-inference-bench-abs (default: the documented table)",
     )
     p.add_argument("--json", action="store_true", help="print only the JSON object (no summary on stderr)")
     p.set_defaults(func=main)
@@ -704,7 +842,7 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--tasks must be >= 1")
     if args.min_configs < 1:
         raise UsageError("--min-configs must be >= 1")
-    ds = load_dataset(args.dataset)
+    ds = load_dataset(args.dataset, prices=None if args.prices is None else load_prices(args.prices))
     with make_executor(args.jobs, args.dask, default=1) as executor:
         report, details = bench(
             ds,
@@ -721,8 +859,9 @@ def main(args: argparse.Namespace) -> int:
         args.details.write_text(json.dumps(details, indent=1))
     if args.json:
         return 0
-    for m, summary in details.get("stop_rule", {}).items():
-        print(f"profiler bench: {m} with its stopping rule: {json.dumps(summary)}", file=sys.stderr)
+    for m, summary in report["methods"].items():
+        if "stop_rule" in summary:
+            print(f"profiler bench: {m} with its stopping rule: {json.dumps(summary['stop_rule'])}", file=sys.stderr)
     print(
         f"profiler bench: {ds.name}, {report['tasks']} tasks × {len(methods)} methods × {len(details['seeds'])} seeds "
         f"in {details['wall_s']:.1f} s ({details['executor']})",

@@ -14,6 +14,10 @@ capacity the decision core divides demand by.
   global budget (:class:`~policies.profiling.drift.RetrialPlanner`) and handed to ``on_retrial``.
 - A new profile (:meth:`ProfileBook.publish`, what a finished re-trial calls) is stored and replaces the old one:
   its drift state starts fresh.
+- The capacity follows the spec that *runs* (:meth:`ProfileBook.set_running`, what a promoted rollout calls,
+  :mod:`agent.profiling.rollout`): the profile's trial of the running configuration when it made one, the configured
+  capacity when the profile says nothing about it, and the profile's own capacity once its chosen spec runs (or
+  while the running spec is unknown).
 - Every ``profiles.refresh_s`` (:meth:`ProfileBook.refresh_every`) it re-reads the store and takes the records
   newer than its own: what the leader's searches published, or another replica marked stale, reaches every agent
   replica without a restart.
@@ -41,6 +45,8 @@ from shadowscale.policies.profiling.drift import (
     RetrialSettings,
 )
 from shadowscale.policies.profiling.ports import ProfileStore
+from shadowscale.policies.profiling.rollout import capacity_for
+from shadowscale.policies.profiling.space import Value
 from shadowscale.policies.types import FloatArray
 
 log = structlog.get_logger("shadowscale.profiles")
@@ -69,6 +75,8 @@ class ProfileBook:
         self.verdicts: dict[str, DriftVerdict] = {}
         self.retrials: list[tuple[float, str]] = []
         """Every re-trial scheduled: (time, model)."""
+        self.running: dict[str, Mapping[str, Value]] = {}
+        """The spec each model runs, where known (a rollout applied it)."""
         self._last: tuple[float, FloatArray, FloatArray, FloatArray] | None = None
         self._unwritten: dict[str, StoredProfile] = {}
         self._writing: asyncio.Task[None] | None = None
@@ -126,7 +134,9 @@ class ProfileBook:
             )
             return False
         self.profiles[model] = stored
-        self.states[model] = self.drift.start(p.capacity, p.slo_ms, stale=stored.stale, reason=stored.stale_reason)
+        cap = self._running_capacity(model)
+        start_cap = cap[0] if cap is not None else p.capacity
+        self.states[model] = self.drift.start(start_cap, p.slo_ms, stale=stored.stale, reason=stored.stale_reason)
         self.verdicts[model] = self.drift.verdict(self.states[model])
         self.planner = self.planner.finished(model)
         log.info(
@@ -145,6 +155,26 @@ class ProfileBook:
         self._unwritten.pop(stored.model, None)  # an older stale mark must not overwrite it
         self.install(stored)
 
+    def set_running(self, model: str, config: Mapping[str, Value]) -> None:
+        """``model`` now runs ``config``: its capacity (and drift checks) follow that spec from now on."""
+        if model not in self.index:
+            raise ValueError(f"running spec of {model!r}: not a configured model")
+        self.running[model] = dict(config)
+        stored = self.profiles.get(model)
+        if stored is None:
+            return
+        cap = self._running_capacity(model)
+        if cap is not None:
+            self.states[model] = self.drift.start(cap[0], stored.profile.slo_ms)
+            self.verdicts[model] = self.drift.verdict(self.states[model])
+        log.info("running spec", model=model, config=dict(config), capacity=None if cap is None else cap[0])
+
+    def _running_capacity(self, model: str) -> tuple[float, str] | None:
+        stored = self.profiles.get(model)
+        if stored is None:
+            return None
+        return capacity_for(stored.profile, self.running.get(model))
+
     def retrial_finished(self, model: str) -> None:
         """A re-trial ended without a new profile: its slot in the budget is free again (the cooldown still holds)."""
         self.planner = self.planner.finished(model)
@@ -156,10 +186,13 @@ class ProfileBook:
         stored = self.profiles.get(model)
         if stored is None:
             return None
-        cap = stored.profile.capacity
+        running = self._running_capacity(model)
+        if running is None:
+            return None  # the running spec is one the profile knows nothing about: the configured capacity stands
+        cap = running[0]
         v = self.verdicts[model]
         if not v.stale:
-            return cap, f"profile {cap:.4g} req/s per replica"
+            return cap, f"profile {cap:.4g} req/s per replica" + (f" ({running[1]})" if running[1] else "")
         if v.observed_capacity is None or not v.observed_capacity > 0:
             return cap, f"profile {cap:.4g} req/s (stale, no live estimate yet: {v.reason})"
         return v.observed_capacity, f"observed {v.observed_capacity:.4g} req/s (profile {cap:.4g} stale: {v.reason})"
@@ -187,6 +220,7 @@ class ProfileBook:
                     max(float(done[i] - done0[i]), 0.0),
                     max(float(busy[i] - busy0[i]), 0.0),
                     w.p99_ms(i),
+                    w.busy_source(i),
                 )
                 was_stale = state.stale
                 self.states[model], self.verdicts[model] = self.drift.update(state, window)

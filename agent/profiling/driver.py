@@ -9,6 +9,10 @@
   trial needs a large share is not starved by others' small ones.
 - A trial that raises, or whose result does not arrive within ``trial_timeout_s``, is recorded as a failed trial
   (the runner's task is cancelled, which makes a runner clean up): the planner learns from it and goes on.
+- A trial whose shadow could not be scheduled (:attr:`TrialStatus.UNSCHEDULABLE`: no node had room) is not a
+  result: its configuration is held back for ``unschedulable_retry_s`` and then offered again, at most
+  ``unschedulable_retries`` times; it is never scored, so a full cluster cannot teach the planner that a good
+  configuration is bad.
 - The planner's model fitting runs on a worker thread, so the event loop stays responsive.
 """
 
@@ -25,7 +29,7 @@ import structlog
 from shadowscale.policies.profiling.planner import Search
 from shadowscale.policies.profiling.ports import TrialRunner
 from shadowscale.policies.profiling.space import Point
-from shadowscale.policies.profiling.types import Profile, Trial, TrialResult
+from shadowscale.policies.profiling.types import Profile, Trial, TrialResult, TrialStatus
 
 log = structlog.get_logger("shadowscale.profiling")
 
@@ -39,10 +43,16 @@ class DriverSettings:
     gpu_share_dimension: str | None = None
     gpu_share_unit: float = 1.0
     """GPUs per unit of ``gpu_share_dimension`` (0.01 for a percentage)."""
+    unschedulable_retry_s: float = 120.0
+    """How long a configuration whose shadow could not be scheduled is held back before it is tried again ..."""
+    unschedulable_retries: int = 3
+    """... and how many times; after that it stays untried (never scored) for the rest of the search."""
 
     def __post_init__(self) -> None:
         if self.max_parallel < 1 or self.trial_timeout_s <= 0:
             raise ValueError("driver: max_parallel must be >= 1 and trial_timeout_s > 0")
+        if not self.unschedulable_retry_s >= 0 or self.unschedulable_retries < 0:
+            raise ValueError("driver: unschedulable_retry_s and unschedulable_retries must be >= 0")
         if self.gpu_share_cap is not None and not self.gpu_share_cap > 0:
             raise ValueError(f"driver: gpu_share_cap must be positive (or None for no cap), got {self.gpu_share_cap}")
 
@@ -163,8 +173,16 @@ async def run_search(
     running: dict[asyncio.Task[TrialResult], tuple[Point, list[Permit]]] = {}
     count = 0
     stopped = ""
+    held: dict[Point, float] = {}
+    """Unschedulable configurations, held back (still marked running in the search) until this monotonic time."""
+    attempts: dict[Point, int] = {}
+    given_up: set[Point] = set()
     try:
         while True:
+            now = time.monotonic()
+            for p in [p for p, until in held.items() if until <= now]:
+                del held[p]
+                search = search.release(p)  # offered again
             free = st.max_parallel - len(running)
             gated = False  # a point went back because the shared gate was full: ask again when it frees up
             if free > 0 and not stopped:
@@ -197,6 +215,9 @@ async def run_search(
                 if stopped:
                     break
                 if free > 0 and not sug.points:
+                    if held:  # wait for the cluster to have room for a held-back configuration
+                        await asyncio.sleep(max(0.0, min(held.values()) - time.monotonic()))
+                        continue
                     stopped = sug.reason or "no configuration can run"
                     break
                 continue
@@ -223,6 +244,15 @@ async def run_search(
                     p99_ms=result.p99_ms,
                     error=result.error,
                 )
+                if result.status is TrialStatus.UNSCHEDULABLE:
+                    attempts[p] = attempts.get(p, 0) + 1
+                    if attempts[p] <= st.unschedulable_retries:
+                        held[p] = time.monotonic() + st.unschedulable_retry_s
+                        log.warning("shadow unschedulable; will retry", model=model, trial=task.get_name())
+                    else:
+                        given_up.add(p)  # stays marked running in the search: never suggested again, never scored
+                        log.warning("shadow unschedulable; giving up on this configuration", model=model)
+                    continue
                 search = search.record(p, result)
     finally:
         for task in running:

@@ -76,6 +76,21 @@ class RequestShape(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         tuple[Annotated[int, msgspec.Meta(ge=0, le=_MAX_BODY)], ...], msgspec.Meta(max_length=100_000)
     ] = ()
     arrival: Literal["uniform", "poisson"] = "uniform"
+    prompt_tokens: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=1, le=1_000_000)], ...], msgspec.Meta(max_length=100_000)
+    ] = ()
+    """LLM targets (``openai+http://``): observed prompt lengths in tokens, drawn per request (paired with
+    ``output_tokens`` by index when both have the same length: the observed mix)."""
+    output_tokens: Annotated[
+        tuple[Annotated[int, msgspec.Meta(ge=1, le=1_000_000)], ...], msgspec.Meta(max_length=100_000)
+    ] = ()
+    llm_model: str | None = None
+    """The ``model`` field of an OpenAI completions request."""
+    ttft_slo_ms: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
+    """LLM SLOs: time to first token and time per output token. With either set, a request's latency is judged as
+    ``max(ttft / ttft_slo, tpot / tpot_slo) × slo_ms``, so the trial's p99 is within ``slo_ms`` exactly when both
+    are met."""
+    tpot_slo_ms: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
     gaps: Annotated[
         tuple[Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)], ...], msgspec.Meta(max_length=100_000)
     ] = ()
@@ -119,10 +134,47 @@ def shape_json(shape: RequestShape) -> str:
     return encode(shape).decode()
 
 
+SHAPE_MAX_BYTES = 512 * 1024
+"""Most bytes of request-shape JSON a trial ships (in a ConfigMap mounted into the load generator's pod; the API
+server refuses a ConfigMap over 1 MiB, and Linux an environment variable over 128 KiB)."""
+MAX_GAPS = 100_000
+"""Most inter-arrival gaps a shape may hold (the decoder's limit)."""
+
+
+def fit_shape(shape: RequestShape, max_bytes: int = SHAPE_MAX_BYTES) -> RequestShape:
+    """``shape`` made to fit in ``max_bytes`` of JSON: gaps rounded to microseconds and, if still too long, only the
+    most recent ones kept (at most ``MAX_GAPS``; the traffic's latest pattern). ``ValueError`` when the shape is too
+    big without any gaps (its payloads or sizes alone), naming the sizes."""
+    gaps = tuple(round(g, 6) for g in shape.gaps[-MAX_GAPS:])
+    if gaps and not sum(gaps) > 0:
+        gaps = ()
+    fitted = msgspec.structs.replace(shape, gaps=gaps)
+    size = len(shape_json(fitted).encode())
+    if size <= max_bytes:
+        return fitted
+    bare = len(shape_json(msgspec.structs.replace(shape, gaps=())).encode())
+    if bare > max_bytes:
+        raise ValueError(
+            f"request shape: {bare} bytes without its gaps (payloads/sizes), over the {max_bytes}-byte cap; "
+            "give fewer or smaller payloads"
+        )
+    lo, hi = 0, len(gaps)  # the most recent ``lo`` gaps fit, ``hi`` do not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if len(shape_json(msgspec.structs.replace(shape, gaps=gaps[-mid:])).encode()) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid
+    kept = gaps[-lo:] if lo else ()
+    return msgspec.structs.replace(shape, gaps=kept if sum(kept) > 0 else ())
+
+
 @dataclass(frozen=True, slots=True)
 class LoadPlan:
-    """How the rate search runs: seconds per step, the first and highest rate, bisection steps, how long a step
-    waits for late answers (default 3 × the SLO, at least 0.2 s) and how long the target may take to answer."""
+    """How the rate search runs: seconds of warm-up load (at the first rate, not measured: caches, JIT compilation,
+    CUDA graphs and the KV cache settle first), seconds per step, the first and highest rate, bisection steps, how
+    long a step waits for late answers (default 3 × the SLO, at least 0.2 s) and how long the target may take to
+    answer."""
 
     step_s: float = 2.0
     start_rps: float = 10.0
@@ -130,8 +182,11 @@ class LoadPlan:
     bisect_steps: int = 4
     drain_s: float | None = None
     connect_timeout_s: float = 60.0
+    warmup_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.warmup_s, int | float) and math.isfinite(self.warmup_s) and self.warmup_s >= 0):
+            raise ValueError(f"load plan: warmup_s must be a number >= 0, got {self.warmup_s!r}")
         for name in ("step_s", "start_rps", "max_rps", "connect_timeout_s"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
@@ -147,6 +202,7 @@ class LoadPlan:
         """The command-line arguments that give this plan to the load generator."""
         out = ["--step-s", f"{self.step_s:g}", "--start-rps", f"{self.start_rps:g}", "--max-rps", f"{self.max_rps:g}"]
         out += ["--bisect-steps", str(self.bisect_steps), "--connect-timeout-s", f"{self.connect_timeout_s:g}"]
+        out += ["--warmup-s", f"{self.warmup_s:g}"]
         return out + ([] if self.drain_s is None else ["--drain-s", f"{self.drain_s:g}"])
 
 
@@ -212,6 +268,195 @@ class TcpLineTarget:
 
     async def close(self) -> None:
         return None
+
+
+class LlmTarget:
+    """An OpenAI-compatible completions server (vLLM, TGI, TensorRT-LLM's, SGLang): ``openai+http(s)://HOST:PORT/PATH``
+    (path default ``/v1/completions``). Each arrival streams one completion (``stream: true``, ``max_tokens`` and a
+    prompt of about the drawn number of tokens from the shape's observed mix, ``ignore_eos`` so the output length
+    holds); a request is answered when the stream ends with ``[DONE]``. Per request: TTFT (time to the first
+    token), TPOT ((end - first token) / (tokens - 1)); per step their p99 and the output tokens per second."""
+
+    def __init__(self, url: str, shape: RequestShape, *, max_connections: int = 1024) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.removeprefix("openai+")
+        path = shape.path or (parts.path if parts.path not in ("", "/") else "/v1/completions")
+        self.url = parts._replace(scheme=scheme, path=path).geturl()
+        self.name = url
+        self.shape = shape
+        self.max_connections = max_connections
+        self._rng = random.Random(shape.seed)
+        self._session: Any = None
+        self._slo_ms = 0.0
+        """The trial's SLO, which TTFT/TPOT are scaled to (set by :func:`run_load`)."""
+
+    def _client(self) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                headers={"Content-Type": "application/json", **self.shape.headers},
+            )
+        return self._session
+
+    def _lengths(self) -> tuple[int, int]:
+        p, o = self.shape.prompt_tokens, self.shape.output_tokens
+        if p and o and len(p) == len(o):
+            k = self._rng.randrange(len(p))
+            return p[k], o[k]
+        return (self._rng.choice(p) if p else 128), (self._rng.choice(o) if o else 128)
+
+    def _body(self, prompt: int, output: int) -> bytes:
+        req: dict[str, Any] = {
+            "prompt": " ".join(["hello"] * prompt),
+            "max_tokens": output,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        if self.shape.llm_model:
+            req["model"] = self.shape.llm_model
+        return msgspec.json.encode(req)
+
+    async def reachable(self, timeout_s: float) -> str | None:
+        import aiohttp
+
+        session = self._client()
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                timeout = aiohttp.ClientTimeout(total=max(0.05, deadline - time.monotonic()))
+                async with session.post(self.url, data=self._body(1, 1), timeout=timeout) as r:
+                    text = (await r.read())[:200].decode(errors="replace")
+                    if 200 <= r.status <= 299:
+                        return None
+                    if r.status < 500:
+                        return f"answered HTTP {r.status} to a test request: {text.strip() or r.reason}"
+                    last = f"HTTP {r.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if time.monotonic() >= deadline:
+                return f"{last} within {timeout_s:g} s"
+            await asyncio.sleep(0.2)
+
+    async def _one(self, session: Any, timeout: Any) -> tuple[float, float, int, float] | None:
+        """``(ttft_s, tpot_s, tokens, latency_s)`` of one streamed completion, None when it failed."""
+        prompt, output = self._lengths()
+        t0 = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        async with session.post(self.url, data=self._body(prompt, output), timeout=timeout) as r:
+            if not 200 <= r.status <= 299:
+                await r.read()
+                return None
+            done = False
+            async for raw in r.content:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = msgspec.json.decode(data)
+                except msgspec.DecodeError:
+                    return None
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                text = choices[0].get("text") if isinstance(choices, list) and choices else None
+                if text:
+                    tokens += 1
+                    if first is None:
+                        first = time.perf_counter()
+            if not done or first is None:
+                return None
+        end = time.perf_counter()
+        tpot = (end - first) / (tokens - 1) if tokens > 1 else 0.0
+        return first - t0, tpot, tokens, end - t0
+
+    async def step(self, rate: float, duration_s: float, drain_s: float, offsets: npt.NDArray[np.float64]) -> Step:
+        import aiohttp
+
+        session = self._client()
+        timeout = aiohttp.ClientTimeout(total=duration_s + drain_s + 5.0)
+        done: list[tuple[float, float, int, float]] = []
+        refused = 0
+
+        async def one() -> None:
+            nonlocal refused
+            try:
+                got = await self._one(session, timeout)
+                if got is not None:
+                    done.append(got)
+            except aiohttp.ClientConnectorError:
+                refused += 1
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+
+        tasks: set[asyncio.Task[None]] = set()
+        n = 0
+        start = time.perf_counter()
+        try:
+            while (now := time.perf_counter()) - start < duration_s and n < len(offsets):
+                due = int(np.searchsorted(offsets, now - start, side="right"))
+                while n < due:
+                    tasks.add(asyncio.create_task(one()))
+                    n += 1
+                await asyncio.sleep(0.002)
+            if tasks:
+                await asyncio.wait(tasks, timeout=drain_s)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        wall = time.perf_counter() - start
+        if n and not done and refused:
+            raise TargetDied(f"{self.name}: {refused} of {n} connections refused")
+        return llm_step(rate, n, done, wall, self.shape, self._slo_ms)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def llm_step(
+    rate: float,
+    sent: int,
+    done: Sequence[tuple[float, float, int, float]],
+    wall_s: float,
+    shape: RequestShape,
+    slo_ms: float,
+) -> Step:
+    """A step of an LLM target from its finished requests ``(ttft_s, tpot_s, tokens, latency_s)`` (pure): the p99 is
+    judged on TTFT and TPOT against the shape's SLOs (scaled to ``slo_ms``) when it has them, else end to end;
+    unfinished requests count as infinitely late."""
+    missing = [math.inf] * (sent - len(done))
+    if shape.ttft_slo_ms or shape.tpot_slo_ms:
+        lat = [
+            max(
+                (ttft * 1000.0 / shape.ttft_slo_ms) if shape.ttft_slo_ms else 0.0,
+                (tpot * 1000.0 / shape.tpot_slo_ms) if shape.tpot_slo_ms else 0.0,
+            )
+            * slo_ms
+            for ttft, tpot, _, _ in done
+        ]
+    else:
+        lat = [total * 1000.0 for _, _, _, total in done]
+    arr = np.array(lat + missing, dtype=np.float64)
+    p99 = float(np.percentile(arr, 99, method="higher")) if len(arr) else math.inf
+    ttft = np.array([d[0] for d in done] + missing, dtype=np.float64) * 1000.0
+    tpot = np.array([d[1] for d in done] + missing, dtype=np.float64) * 1000.0
+    return Step(
+        rate,
+        sent,
+        len(done),
+        p99,
+        ttft_p99_ms=float(np.percentile(ttft, 99, method="higher")) if len(ttft) else None,
+        tpot_p99_ms=float(np.percentile(tpot, 99, method="higher")) if len(tpot) else None,
+        tokens_per_s=sum(d[2] for d in done) / wall_s if wall_s > 0 else 0.0,
+    )
 
 
 class HttpTarget:
@@ -331,7 +576,11 @@ def target_from_url(url: str, shape: RequestShape) -> Target:
         if not parts.hostname:
             raise UsageError(f"--target {url!r}: no host")
         return HttpTarget(url, shape)
-    raise UsageError(f"--target {url!r}: the scheme must be http, https or tcp")
+    if parts.scheme in ("openai+http", "openai+https"):
+        if not parts.hostname:
+            raise UsageError(f"--target {url!r}: no host")
+        return LlmTarget(url, shape)
+    raise UsageError(f"--target {url!r}: the scheme must be http, https, openai+http, openai+https or tcp")
 
 
 # -- one trial ------------------------------------------------------------------------------------------------------
@@ -340,6 +589,8 @@ def target_from_url(url: str, shape: RequestShape) -> Target:
 async def run_load(target: Target, slo_ms: float, plan: LoadPlan, shape: RequestShape) -> Capacity:
     """The capacity of ``target`` at ``slo_ms``: open-loop steps shaped by ``shape``, doubling then bisecting."""
     drain = plan.drain_s if plan.drain_s is not None else max(0.2, 3 * slo_ms / 1000.0)
+    if isinstance(target, LlmTarget):
+        target._slo_ms = slo_ms
     count = 0
 
     async def measure(rate: float) -> Step:
@@ -348,6 +599,9 @@ async def run_load(target: Target, slo_ms: float, plan: LoadPlan, shape: Request
         offsets = arrivals(rate, plan.step_s, arrival=shape.arrival, gaps=shape.gaps, seed=shape.seed + count)
         return await target.step(rate, plan.step_s, drain, offsets)
 
+    if plan.warmup_s > 0:  # not measured: the server's first requests are slow for reasons a trial must not score
+        offsets = arrivals(plan.start_rps, plan.warmup_s, arrival=shape.arrival, gaps=shape.gaps, seed=shape.seed)
+        await target.step(plan.start_rps, plan.warmup_s, drain, offsets)
     return await find_capacity(
         measure, slo_ms, start_rps=plan.start_rps, max_rps=plan.max_rps, bisect_steps=plan.bisect_steps
     )
@@ -395,7 +649,18 @@ async def measure_trial(
             return event(status="failed", error=f"the target died during the load test: {e}"[:2000])
     finally:
         await target.close()
-    steps = tuple(TrialStep(rate=s.rate, sent=s.sent, answered=s.answered, p99_ms=_ms(s.p99_ms)) for s in cap.steps)
+    steps = tuple(
+        TrialStep(
+            rate=s.rate,
+            sent=s.sent,
+            answered=s.answered,
+            p99_ms=_ms(s.p99_ms),
+            ttft_p99_ms=None if s.ttft_p99_ms is None else _ms(s.ttft_p99_ms),
+            tpot_p99_ms=None if s.tpot_p99_ms is None else _ms(s.tpot_p99_ms),
+            tokens_per_s=s.tokens_per_s,
+        )
+        for s in cap.steps
+    )
     return event(status="measured", throughput_rps=cap.rate, p99_ms=_ms(cap.p99_ms), steps=steps)
 
 
@@ -474,10 +739,11 @@ def invocation(args: argparse.Namespace, env: dict[str, str] | None = None) -> I
             bisect_steps=args.bisect_steps,
             drain_s=args.drain_s,
             connect_timeout_s=args.connect_timeout_s,
+            warmup_s=args.warmup_s,
         )
     except ValueError as e:
         msg = str(e)
-        for name in ("step_s", "start_rps", "max_rps", "bisect_steps", "drain_s", "connect_timeout_s"):
+        for name in ("step_s", "start_rps", "max_rps", "bisect_steps", "drain_s", "connect_timeout_s", "warmup_s"):
             msg = msg.replace(name, "--" + name.replace("_", "-"))
         raise UsageError(msg) from None
     if not args.publish_timeout_s > 0:

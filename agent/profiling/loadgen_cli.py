@@ -13,7 +13,9 @@ DEFAULT_TOPIC = "shadowscale.trials"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, metavar="URL", help="http(s)://HOST:PORT/PATH or tcp://HOST:PORT")
+    p.add_argument(
+        "--target", required=True, metavar="URL", help="http(s)://HOST:PORT/PATH, openai+http(s)://… or tcp://HOST:PORT"
+    )
     p.add_argument("--trial-id", default=os.environ.get(TRIAL_ENV), help=f"the trial (default ${TRIAL_ENV})")
     p.add_argument("--model", required=True, help="the model being profiled")
     p.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "default"), help="($POD_NAMESPACE)")
@@ -35,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bisect-steps", type=int, default=4, help="bisection steps after the SLO breaks (4)")
     p.add_argument("--drain-s", type=float, help="wait for late answers per step (default 3 × SLO, >= 0.2 s)")
     p.add_argument("--connect-timeout-s", type=float, default=60.0, help="wait for the target to answer (60)")
+    p.add_argument(
+        "--warmup-s", type=float, default=5.0, help="unmeasured load at the first rate before the search (5)"
+    )
     p.add_argument("--publish-timeout-s", type=float, default=60.0, help="retry an unreachable broker (60)")
 
 

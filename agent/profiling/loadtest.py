@@ -33,6 +33,10 @@ class Step:
     sent: int
     answered: int
     p99_ms: float
+    ttft_p99_ms: float | None = None
+    """LLM targets: p99 time to first token, p99 time per output token and output tokens/s at this rate."""
+    tpot_p99_ms: float | None = None
+    tokens_per_s: float | None = None
 
 
 Arrival = Literal["uniform", "poisson"]

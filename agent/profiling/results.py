@@ -38,12 +38,18 @@ def to_trial_result(ev: TrialResultEvent) -> TrialResult:
     if ev.status == "failed":
         return TrialResult.failed(f"load generator: {ev.error}", ev.wall_s)
     first = ev.steps[0].p99_ms if ev.steps else ev.p99_ms
+    details = {"steps": float(len(ev.steps)), "first_p99_ms": math.inf if first is None else first}
+    at = [s for s in ev.steps if s.rate == ev.throughput_rps]  # an LLM trial's numbers at the capacity found
+    for name in ("ttft_p99_ms", "tpot_p99_ms", "tokens_per_s"):
+        value = getattr(at[-1], name) if at else None
+        if value is not None:
+            details[name] = float(value)
     return TrialResult(
         TrialStatus.MEASURED,
         throughput=ev.throughput_rps,
         p99_ms=math.inf if ev.p99_ms is None else ev.p99_ms,
         wall_s=ev.wall_s,
-        details={"steps": float(len(ev.steps)), "first_p99_ms": math.inf if first is None else first},
+        details=details,
     )
 
 

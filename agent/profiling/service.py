@@ -17,7 +17,8 @@ at once, their trials together stay within ``max_trials`` and the GPU-share cap.
    clears the stale mark and sets the capacity at the next reconcile tick. A search that found no configuration
    within the SLO publishes nothing (its profile would have no capacity, and storing it would throw away the
    stale profile's trials); a search that raises is logged. In both cases the model keeps its current capacity
-   and the book's re-trial slot is freed (its cooldown still holds).
+   and the book's re-trial slot is freed (its cooldown still holds). A published profile is handed to
+   ``on_published`` (the rollout controller: :mod:`agent.profiling.rollout`).
 
 :meth:`ProfilingService.run` is the agent's named task: with ``profile_missing`` it searches, every
 ``check_interval_s``, each profiled model that has no profile in the book (a model whose search did not give one
@@ -50,6 +51,7 @@ from shadowscale.policies.profiling.ports import TrialRunner
 from shadowscale.policies.profiling.skopt_adapter import Encoder
 from shadowscale.policies.profiling.space import SearchSpace
 from shadowscale.policies.profiling.transfer import SourceModel, SourceProfile, fit_source
+from shadowscale.policies.profiling.types import Profile
 
 log = structlog.get_logger("shadowscale.profiling")
 
@@ -104,6 +106,7 @@ class ProfilingService:
         metrics: Metrics | None = None,
         is_leader: Callable[[], bool] | None = None,
         annotations: Annotations | None = None,
+        on_published: Callable[[str, Profile], Awaitable[Any]] | None = None,
     ) -> None:
         unknown = sorted(set(plans) - set(book.models))
         if unknown:
@@ -117,6 +120,9 @@ class ProfilingService:
         self.metrics = metrics
         self.is_leader = is_leader or (lambda: True)
         self.annotations = annotations
+        self.on_published = on_published
+        """Called with each published profile: what rolls its chosen spec out
+        (:meth:`agent.profiling.rollout.RolloutController.consider`); its failure is logged, the profile stays."""
         self.searches: dict[str, asyncio.Task[None]] = {}
         """The search in flight per model."""
         self.outcomes: dict[str, str] = {}
@@ -263,6 +269,11 @@ class ProfilingService:
                 sources=[s.model for s in sources],
             )
             self._outcome(model, "published")
+            if self.on_published is not None:
+                try:
+                    await self.on_published(model, profile)
+                except Exception as e:  # a failed rollout never undoes the profile
+                    log.warning("acting on a new profile failed", model=model, error=f"{type(e).__name__}: {e}")
         except asyncio.CancelledError:
             self.book.retrial_finished(model)
             self._outcome(model, "cancelled")

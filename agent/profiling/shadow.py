@@ -15,13 +15,15 @@ For a trial it
 3. creates ``<name>-loadgen-<trial>``, a Job running the load generator (:mod:`agent.profiling.loadgen`,
    ``shadowscale loadgen``; image, command and extra arguments configurable) aimed at the ready shadow pod's IP and
    the workload's port: it drives open-loop load shaped like the model's traffic (the workload's
-   :class:`~agent.profiling.loadgen.RequestShape`, passed as JSON in ``$SHADOWSCALE_LOADGEN_SHAPE``), raises the
-   rate until the SLO breaks, then bisects;
+   :class:`~agent.profiling.loadgen.RequestShape`, as JSON in a ConfigMap ``<name>-loadgen-<trial>`` mounted into
+   the Job's pod and read with ``--shape``: capped at ``SHAPE_MAX_BYTES``, keeping the most recent observed gaps,
+   so a busy model's ten minutes of arrivals never overflow the environment), raises the rate until the SLO
+   breaks, then bisects;
 4. waits for the trial's result, a ``shadowscale.trial-result/v1`` event keyed by the trial id that the load
    generator publishes on the trials topic, handed over through the :class:`TrialResults` port
    (:class:`agent.profiling.results.KafkaTrialResults`);
-5. deletes the Job (with its pods) and the shadow Deployment, also when any step fails, times out or the trial
-   is cancelled. :meth:`ShadowTrialRunner.cleanup` deletes every shadow object left by an agent that died
+5. deletes the Job (with its pods), its ConfigMap and the shadow Deployment, also when any step fails, times out
+   or the trial is cancelled. :meth:`ShadowTrialRunner.cleanup` deletes every shadow object left by an agent that died
    mid-trial; the agent calls it on start.
 """
 
@@ -32,7 +34,9 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import re
+import string
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,9 +51,11 @@ from shadowscale.agent.profiling.loadgen import (
     SASL_PASSWORD_ENV,
     SASL_USERNAME_ENV,
     SHAPE_ENV,
+    SHAPE_MAX_BYTES,
     TRIAL_ENV,
     LoadPlan,
     RequestShape,
+    fit_shape,
     shape_json,
 )
 from shadowscale.policies.profiling.types import Trial, TrialResult
@@ -76,6 +82,38 @@ class TrialResults(Protocol):
         ...
 
 
+class Knob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How one configuration key reaches the model server, when not by the built-in mapping (resources, node
+    selector, ``env_names``): exactly one of
+
+    - ``arg``: a command-line flag of the container (``--max-num-seqs``): any ``--flag VALUE`` or ``--flag=VALUE``
+      already in its ``args`` is replaced by ``--flag=VALUE``;
+    - ``env``: an environment variable;
+    - ``file`` with ``template``: a config file at this absolute path in the container, rendered from ``template``
+      with ``$key`` / ``${key}`` placeholders filled from the whole configuration (``string.Template``, so the braces
+      of a Triton ``config.pbtxt`` or TorchServe JSON need no escaping); several keys may name the same file. The
+      rendered files reach the pod in a ConfigMap mounted with ``subPath``.
+    """
+
+    arg: str | None = None
+    env: str | None = None
+    file: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("arg", "env", "file") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"a knob sets exactly one of arg, env or file, got {', '.join(given) or 'none'}")
+        if self.arg is not None and not re.fullmatch(r"-{1,2}[A-Za-z0-9][A-Za-z0-9_.-]*", self.arg):
+            raise ValueError(f"knob arg {self.arg!r} is not a command-line flag such as --max-num-seqs")
+        if self.env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.env):
+            raise ValueError(f"knob env {self.env!r} is not an environment variable name")
+        if self.file is not None and (not self.file.startswith("/") or not self.template):
+            raise ValueError(f"knob file {self.file!r}: needs an absolute path and a template")
+        if self.template is not None and self.file is None:
+            raise ValueError("a knob template needs a file")
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     namespace: str
@@ -86,17 +124,23 @@ class Workload:
     """The port the load generator targets (default: the container's first ``containerPort``)."""
     path: str = "/"
     """The HTTP path requests go to (a request shape's ``path`` overrides it)."""
-    protocol: Literal["http", "https", "tcp"] = "http"
+    protocol: Literal["http", "https", "tcp", "openai"] = "http"
+    """``openai``: an OpenAI-compatible completions server over HTTP, load-tested with streamed completions (TTFT,
+    time per output token, tokens/s; :class:`agent.profiling.loadgen.LlmTarget`)."""
     shape: RequestShape | None = None
     """What the model's requests look like (bodies or sizes, inter-arrival gaps); None: empty POSTs, evenly spaced."""
+    knobs: Mapping[str, Knob] = field(default_factory=dict)
+    """Configuration keys that set a container argument, an environment variable or a templated file (:class:`Knob`)."""
 
     def __post_init__(self) -> None:
         if self.port is not None and not 1 <= self.port <= 65535:
             raise ValueError(f"workload {self.namespace}/{self.deployment}: port {self.port} is not in 1..65535")
         if not self.path.startswith("/"):
             raise ValueError(f"workload {self.namespace}/{self.deployment}: path {self.path!r} must start with '/'")
-        if self.protocol not in ("http", "https", "tcp"):
-            raise ValueError(f"workload {self.namespace}/{self.deployment}: protocol must be http, https or tcp")
+        if self.protocol not in ("http", "https", "tcp", "openai"):
+            raise ValueError(
+                f"workload {self.namespace}/{self.deployment}: protocol must be http, https, tcp or openai"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +157,9 @@ class ShadowSettings:
     """
 
     ready_timeout_s: float = 600.0
+    unschedulable_grace_s: float = 60.0
+    """A shadow pod ``Unschedulable`` this long (no node has room: a cluster autoscaler had time to add one) ends
+    the trial as unschedulable: retried later by the search, never scored."""
     result_timeout_s: float = 900.0
     poll_s: float = 2.0
     kafka_bootstrap: str = ""
@@ -126,11 +173,14 @@ class ShadowSettings:
     kafka_sasl_mechanism: str | None = None
     kafka_ca_secret: str | None = None
     kafka_sasl_secret: str | None = None
+    gc_grace_s: float = 300.0
+    """The trial's anchor Job (see :func:`trial_anchor`) fails this long after the trial's own deadline, and is
+    deleted with everything it owns this long after that, by Kubernetes, whether or not an agent still runs."""
     gpu_type_label: str = "nvidia.com/gpu.product"
     env_names: Mapping[str, str] = field(default_factory=lambda: {"batch": "BATCH_SIZE", "threads": "NUM_THREADS"})
 
     def __post_init__(self) -> None:
-        for name in ("ready_timeout_s", "result_timeout_s", "poll_s"):
+        for name in ("ready_timeout_s", "unschedulable_grace_s", "result_timeout_s", "poll_s", "gc_grace_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"shadow settings: {name} must be positive, got {getattr(self, name)}")
         if self.kafka_bootstrap and ":" not in self.kafka_bootstrap:
@@ -181,19 +231,28 @@ def dns_label(text: str, limit: int = 63) -> str:
     return f"{s[: max(1, limit - 9)].rstrip('-')}-{digest}"
 
 
-def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
-    """The shadow Deployment for ``trial``, built from the model's Deployment (pure: no API call)."""
-    trial_label = dns_label(trial.trial_id)
-    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "shadow"}
-    template = copy.deepcopy(original.get("spec", {}).get("template", {}))
-    meta = template.setdefault("metadata", {})
-    meta["labels"] = dict(labels)
+def apply_config(
+    template: dict[str, Any],
+    config: Mapping[str, Any],
+    wl: Workload,
+    st: ShadowSettings,
+    *,
+    trial_id: str = "",
+    files_configmap: str | None = None,
+) -> dict[str, str]:
+    """``config`` applied to the pod ``template`` in place (see the module doc for the mapping, and :class:`Knob`;
+    ``trial_id``, when given, goes into ``$SHADOWSCALE_TRIAL_ID``). Shared by shadow trials and rollouts (pure).
+
+    Returns the rendered config files of ``file`` knobs by ConfigMap key (``f0``, ``f1``…): the template then mounts
+    them from the ConfigMap ``files_configmap``, which the caller creates (a ``ValueError`` when there are files and
+    no ConfigMap name)."""
     spec = template.setdefault("spec", {})
     containers = spec.get("containers") or []
     if not containers:
         raise ValueError(f"deployment {wl.deployment} has no containers")
     target = next((c for c in containers if c.get("name") == wl.container), containers[0])
-    cfg = dict(trial.config)
+    cfg = dict(config)
+    files = _apply_knobs(target, spec, cfg, wl, files_configmap)
     resources = target.setdefault("resources", {})
     requests, limits = resources.setdefault("requests", {}), resources.setdefault("limits", {})
 
@@ -213,15 +272,117 @@ def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, s
         spec.setdefault("nodeSelector", {})[st.gpu_type_label] = str(cfg.pop("gpu_type"))
     env = [e for e in target.get("env", []) if isinstance(e, Mapping)]
     extra = {st.env_names.get(k, f"SHADOWSCALE_PARAM_{k.upper()}"): str(v) for k, v in cfg.items()}
-    extra[TRIAL_ENV] = trial.trial_id
+    if trial_id:
+        extra[TRIAL_ENV] = trial_id
     target["env"] = [e for e in env if e.get("name") not in extra] + [{"name": k, "value": v} for k, v in extra.items()]
+    return files
+
+
+def _apply_knobs(
+    target: dict[str, Any], spec: dict[str, Any], cfg: dict[str, Any], wl: Workload, files_configmap: str | None
+) -> dict[str, str]:
+    """Apply (and remove from ``cfg``) the keys that have a :class:`Knob`; the rendered files by ConfigMap key."""
+    values = {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in cfg.items()}
+    paths: dict[str, str] = {}
+    for key, knob in wl.knobs.items():
+        if key not in cfg:
+            continue
+        value = values[key]
+        del cfg[key]
+        if knob.arg is not None:
+            args = [str(a) for a in target.get("args") or []]
+            out: list[str] = []
+            skip = False
+            for a in args:
+                if skip:
+                    skip = False
+                    continue
+                if a == knob.arg:
+                    skip = True  # the flag's separate value goes too
+                    continue
+                if a.startswith(knob.arg + "="):
+                    continue
+                out.append(a)
+            target["args"] = [*out, f"{knob.arg}={value}"]
+        elif knob.env is not None:
+            env = [e for e in target.get("env", []) if isinstance(e, Mapping) and e.get("name") != knob.env]
+            target["env"] = [*env, {"name": knob.env, "value": value}]
+        elif knob.file is not None and knob.template is not None:
+            paths.setdefault(knob.file, knob.template)
+    if not paths:
+        return {}
+    if files_configmap is None:
+        raise ValueError(f"configuration keys set config files ({', '.join(sorted(paths))}); not supported here")
+    files: dict[str, str] = {}
+    mounts = [m for m in target.get("volumeMounts") or [] if m.get("name") != "shadowscale-knobs"]
+    for k, (path, text) in enumerate(sorted(paths.items())):
+        try:
+            files[f"f{k}"] = string.Template(text).substitute(values)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"config file {path}: template placeholder {e} is not a configuration key") from None
+        mounts.append({"name": "shadowscale-knobs", "mountPath": path, "subPath": f"f{k}", "readOnly": True})
+    target["volumeMounts"] = mounts
+    volumes = [v for v in spec.get("volumes") or [] if v.get("name") != "shadowscale-knobs"]
+    spec["volumes"] = [*volumes, {"name": "shadowscale-knobs", "configMap": {"name": files_configmap}}]
+    return files
+
+
+def shadow_deployment(original: Mapping[str, Any], trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
+    """The shadow Deployment for ``trial``, built from the model's Deployment (pure: no API call)."""
+    trial_label = dns_label(trial.trial_id)
+    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "shadow"}
+    template = copy.deepcopy(original.get("spec", {}).get("template", {}))
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = dict(labels)
     name = f"{wl.deployment[:30].rstrip('-')}-shadow-{dns_label(trial.trial_id, 63 - 9 - len(wl.deployment[:30]))}"
-    return {
+    files = apply_config(template, trial.config, wl, st, trial_id=trial.trial_id, files_configmap=name)
+    out: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": wl.namespace, "labels": dict(labels)},
         "spec": {"replicas": 1, "selector": {"matchLabels": dict(labels)}, "template": template},
     }
+    if files:  # the knobs' config files, created with the shadow (the ConfigMap shares its name and labels)
+        out["files"] = files
+    return out
+
+
+def trial_anchor(trial: Trial, wl: Workload, st: ShadowSettings) -> dict[str, Any]:
+    """The Job that owns everything a trial creates (pure). It runs no pod (``parallelism: 0``); its
+    ``activeDeadlineSeconds`` (the trial's timeout plus ``gc_grace_s``) fails it and ``ttlSecondsAfterFinished``
+    then deletes it, and the garbage collector deletes the shadow Deployment, the load-generator Job and its
+    ConfigMap through their owner references: a trial's objects go even when no agent is left to clean up. (An
+    owner reference to the agent's Lease cannot do this: owners must be in the dependent's namespace.)"""
+    trial_label = dns_label(trial.trial_id)
+    labels = {SHADOW_LABEL: "true", TRIAL_LABEL: trial_label, ROLE_LABEL: "anchor"}
+    name = f"{wl.deployment[:30].rstrip('-')}-trial-{dns_label(trial.trial_id, 63 - 8 - len(wl.deployment[:30]))}"
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": wl.namespace, "labels": dict(labels)},
+        "spec": {
+            "parallelism": 0,
+            "completions": 1,
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, math.ceil(trial.timeout_s + st.gc_grace_s)),
+            "ttlSecondsAfterFinished": max(0, math.ceil(st.gc_grace_s)),
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "anchor", "image": st.loadgen_image, "command": ["true"]}],
+                },
+            },
+        },
+    }
+
+
+def owned_by(obj: dict[str, Any], anchor: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with an owner reference to the trial's anchor Job (which must carry its server-assigned uid)."""
+    meta = anchor["metadata"]
+    ref = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+    obj["metadata"]["ownerReferences"] = [{**ref, "controller": False, "blockOwnerDeletion": False}]
+    return obj
 
 
 def target_port(shadow: Mapping[str, Any], wl: Workload) -> int:
@@ -241,7 +402,10 @@ def target_port(shadow: Mapping[str, Any], wl: Workload) -> int:
 
 def target_url(pod_ip: str, port: int, wl: Workload) -> str:
     host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
-    return f"tcp://{host}:{port}" if wl.protocol == "tcp" else f"{wl.protocol}://{host}:{port}{wl.path}"
+    if wl.protocol == "tcp":
+        return f"tcp://{host}:{port}"
+    scheme = "openai+http" if wl.protocol == "openai" else wl.protocol
+    return f"{scheme}://{host}:{port}{wl.path}"
 
 
 def loadgen_job(
@@ -272,9 +436,10 @@ def loadgen_job(
         *st.loadgen_args,
     ]
     env = {TRIAL_ENV: trial.trial_id, "POD_NAMESPACE": wl.namespace}
-    if wl.shape is not None:
-        env[SHAPE_ENV] = shape_json(wl.shape)
+    if wl.shape is not None:  # in a ConfigMap (see shape_configmap), never in the environment: it can be large
+        args += ["--shape", f"{SHAPE_DIR}/{SHAPE_KEY}"]
     env.update(st.loadgen_env)
+    env.pop(SHAPE_ENV, None)
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
     if st.kafka_sasl_secret:
         env_list += [
@@ -289,9 +454,17 @@ def loadgen_job(
         "env": env_list,
     }
     pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
     if st.kafka_ca_secret:
-        container["volumeMounts"] = [{"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True}]
-        pod["volumes"] = [{"name": "kafka-ca", "secret": {"secretName": st.kafka_ca_secret}}]
+        mounts.append({"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True})
+        volumes.append({"name": "kafka-ca", "secret": {"secretName": st.kafka_ca_secret}})
+    if wl.shape is not None:
+        mounts.append({"name": "shape", "mountPath": SHAPE_DIR, "readOnly": True})
+        volumes.append({"name": "shape", "configMap": {"name": name}})
+    if mounts:
+        container["volumeMounts"] = mounts
+        pod["volumes"] = volumes
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -299,12 +472,27 @@ def loadgen_job(
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": max(1, int(st.result_timeout_s)),
+            "ttlSecondsAfterFinished": max(0, math.ceil(st.gc_grace_s)),
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
     }
 
 
 KAFKA_CA_DIR = "/etc/shadowscale-kafka-ca"
+SHAPE_DIR = "/etc/shadowscale-shape"
+SHAPE_KEY = "shape.json"
+
+
+def shape_configmap(job: Mapping[str, Any], shape: RequestShape, max_bytes: int = SHAPE_MAX_BYTES) -> dict[str, Any]:
+    """The ConfigMap (named as the Job, with its labels) that carries ``shape`` to the load generator, mounted at
+    ``SHAPE_DIR``: fitted to ``max_bytes`` (the most recent gaps kept), never the environment (pure)."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": dict(meta["labels"])},
+        "data": {SHAPE_KEY: shape_json(fit_shape(shape, max_bytes))},
+    }
 
 
 def _kafka_security_args(st: ShadowSettings) -> list[str]:
@@ -333,6 +521,17 @@ def start_failure(deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any
             for state in ((cs.get("state") or {}).get("terminated"), (cs.get("lastState") or {}).get("terminated")):
                 if state and state.get("reason") == "OOMKilled":
                     return f"pod {pod.get('metadata', {}).get('name')}: out of memory (OOMKilled)"
+    return None
+
+
+def unschedulable(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The scheduler's message when a pod of ``pods`` has ``PodScheduled=False`` with reason ``Unschedulable`` (the
+    cluster has no room for it), else None (pure)."""
+    for pod in pods:
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                name = pod.get("metadata", {}).get("name")
+                return f"pod {name}: {c.get('message') or 'Unschedulable'}"
     return None
 
 
@@ -410,16 +609,41 @@ class ShadowTrialRunner:
         )
         shadow = shadow_deployment(original, trial, wl, st)
         port = target_port(shadow, wl)
-        name = shadow["metadata"]["name"]
+        anchor = await self._anchor(trial, wl, created)
+        name = owned_by(shadow, anchor)["metadata"]["name"]
+        files = shadow.pop("files", None)
+        if files:
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": wl.namespace, "labels": dict(shadow["metadata"]["labels"])},
+                "data": files,
+            }
+            created.append(("configmap", name))
+            await _json(
+                await self.core.create_namespaced_config_map(
+                    wl.namespace, cast(Any, owned_by(body, anchor)), _preload_content=False
+                )
+            )
         created.append(("deployment", name))
         await _json(
             await self.apps.create_namespaced_deployment(wl.namespace, cast(Any, shadow), _preload_content=False)
         )
         log.info("shadow created", trial=trial.trial_id, deployment=name)
         failure, pod_ip = await self._wait_ready(wl.namespace, name, shadow["metadata"]["labels"][TRIAL_LABEL])
+        if isinstance(failure, _Unschedulable):
+            return TrialResult.unschedulable(f"no room for the shadow: {failure}", time.perf_counter() - t0)
         if failure is not None:
             return TrialResult.failed(f"failed start: {failure}", time.perf_counter() - t0)
-        job = loadgen_job(shadow, trial, self._with_traffic(trial.model, wl), st, target_url(pod_ip, port, wl))
+        traffic = self._with_traffic(trial.model, wl)
+        job = loadgen_job(shadow, trial, traffic, st, target_url(pod_ip, port, wl))
+        owned_by(job, anchor)
+        if traffic.shape is not None:
+            cm = owned_by(shape_configmap(job, traffic.shape), anchor)
+            created.append(("configmap", cm["metadata"]["name"]))
+            await _json(
+                await self.core.create_namespaced_config_map(wl.namespace, cast(Any, cm), _preload_content=False)
+            )
         created.append(("job", job["metadata"]["name"]))
         await _json(await self.batch.create_namespaced_job(wl.namespace, cast(Any, job), _preload_content=False))
         log.info("load generator started", trial=trial.trial_id, job=job["metadata"]["name"], pod_ip=pod_ip)
@@ -430,6 +654,22 @@ class ShadowTrialRunner:
                 time.perf_counter() - t0,
             )
         return result
+
+    async def _anchor(self, trial: Trial, wl: Workload, created: list[tuple[str, str]]) -> dict[str, Any]:
+        """Create the trial's anchor Job (:func:`trial_anchor`) and return it with its uid (read back until the
+        API server has assigned one)."""
+        anchor = trial_anchor(trial, wl, self.settings)
+        name = anchor["metadata"]["name"]
+        created.append(("job", name))
+        got = await _json(
+            await self.batch.create_namespaced_job(wl.namespace, cast(Any, anchor), _preload_content=False)
+        )
+        for _ in range(50):
+            if (got.get("metadata") or {}).get("uid"):
+                return cast(dict[str, Any], got)
+            await asyncio.sleep(self.settings.poll_s)
+            got = await _json(await self.batch.read_namespaced_job(name, wl.namespace, _preload_content=False))
+        raise KubeCallError(500, f"the API server assigned no uid to the trial's anchor Job {name}")
 
     def _with_traffic(self, model: str, wl: Workload) -> Workload:
         """``wl`` with the model's recently observed inter-arrival pattern in its request shape (when it has no
@@ -472,8 +712,10 @@ class ShadowTrialRunner:
         return None
 
     async def _wait_ready(self, namespace: str, name: str, trial_label: str) -> tuple[str | None, str]:
-        """``(None, pod IP)`` once the shadow has a ready pod with an IP, else ``(why it cannot start, "")``."""
+        """``(None, pod IP)`` once the shadow has a ready pod with an IP, else ``(why it cannot start, "")``; the
+        reason is an :class:`_Unschedulable` when its pod stayed unschedulable for ``unschedulable_grace_s``."""
         deadline = time.monotonic() + self.settings.ready_timeout_s
+        pending_since: float | None = None
         while True:
             dep = await _json(await self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
             ready = int((dep.get("status") or {}).get("readyReplicas") or 0) >= 1
@@ -493,6 +735,13 @@ class ShadowTrialRunner:
             why = start_failure(dep, pods)
             if why is not None:
                 return why, ""
+            full = unschedulable(pods)
+            if full is None:
+                pending_since = None
+            else:
+                pending_since = time.monotonic() if pending_since is None else pending_since
+                if time.monotonic() - pending_since >= self.settings.unschedulable_grace_s:
+                    return _Unschedulable(full), ""
             if time.monotonic() >= deadline:
                 what = "ready but no ready pod with an IP" if ready else "not ready"
                 return f"{what} within {self.settings.ready_timeout_s:g} s", ""
@@ -507,6 +756,8 @@ class ShadowTrialRunner:
                         resp = await self.batch.delete_namespaced_job(
                             name, namespace, propagation_policy="Background", _preload_content=False
                         )
+                    elif kind == "configmap":
+                        resp = await self.core.delete_namespaced_config_map(name, namespace, _preload_content=False)
                     else:
                         resp = await self.apps.delete_namespaced_deployment(name, namespace, _preload_content=False)
                     await _json(resp)
@@ -531,12 +782,20 @@ class ShadowTrialRunner:
             deps = await _json(
                 await self.apps.list_namespaced_deployment(ns, label_selector=selector, _preload_content=False)
             )
+            cms = await _json(
+                await self.core.list_namespaced_config_map(ns, label_selector=selector, _preload_content=False)
+            )
             # the server filters by the selector; check the label again so nothing else can ever be deleted
-            doomed = [("job", j["metadata"]["name"]) for j in jobs.get("items", []) if _is_shadow(j)]
+            doomed = [("configmap", c["metadata"]["name"]) for c in cms.get("items", []) if _is_shadow(c)]
+            doomed += [("job", j["metadata"]["name"]) for j in jobs.get("items", []) if _is_shadow(j)]
             doomed += [("deployment", d["metadata"]["name"]) for d in deps.get("items", []) if _is_shadow(d)]
             await self._teardown(ns, list(reversed(doomed)))
             count += len(doomed)
         return count
+
+
+class _Unschedulable(str):
+    """A start failure that is the cluster's (no room), not the configuration's."""
 
 
 def _is_shadow(obj: Mapping[str, Any]) -> bool:

@@ -11,7 +11,13 @@ worth of counters), and
   contradicts the profile when
   - **latency**: its p99 is above the SLO by more than ``latency_tolerance`` while each ready replica served at
     most ``load_margin`` of the profiled capacity — a load the profile says is comfortably within the SLO; or
-  - **service rate**: the replicas' service rate, by the utilisation law (completions per ready replica-second /
+  - **service rate**: only where the busy time means "serving": the server's own busy time (``busy_source``
+    ``"server"``), or GPU utilization (``"gpu"``) once it is seen to *track load* (across the windows so far it
+    rises with the per-replica rate: correlation at least ``gpu_tracking_corr`` over rates that differ by at least
+    ``gpu_tracking_spread``×). A batched or continuous-batching server keeps its GPU near-fully busy at any load,
+    so its utilization would put the service rate at a fraction of the real one and mark a right profile stale;
+    until its utilization tracks load, only latency is evidence for such a model. The service rate is,
+    by the utilisation law (completions per ready replica-second /
     busy fraction), times the share of it the profile's capacity was (``calibrated`` from the windows that agreed
     with the profile; 1.0 before there are enough of them — a service rate below the capacity at the SLO is
     impossible for a profile that is right), is off the profiled capacity by more than ``capacity_tolerance``
@@ -36,6 +42,7 @@ import math
 import statistics
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,11 @@ class DriftSettings:
     """Observed capacity = service rate × this, when no calibration exists (the profile was wrong from the start)."""
     memory: int = 40
     """Windows of evidence kept for the observed capacity (and for calibration)."""
+    gpu_tracking_corr: float = 0.8
+    """GPU utilization counts as busy time once its correlation with the per-replica rate reaches this ..."""
+    gpu_tracking_spread: float = 1.5
+    """... over windows whose rates differ by at least this factor (max / min), and at least
+    ``calibration_windows`` of them."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -70,6 +82,8 @@ class DriftSettings:
             ("calibration_windows", self.calibration_windows >= 1, ">= 1"),
             ("default_target_utilisation", 0 < self.default_target_utilisation <= 1, "in (0, 1]"),
             ("memory", self.memory >= self.windows_to_stale, f">= windows_to_stale ({self.windows_to_stale})"),
+            ("gpu_tracking_corr", 0 < self.gpu_tracking_corr <= 1, "in (0, 1]"),
+            ("gpu_tracking_spread", self.gpu_tracking_spread >= 1, ">= 1"),
         )
         for name, ok, rule in checks:
             value = getattr(self, name)
@@ -84,6 +98,8 @@ class DriftWindow:
     ``ready_replica_s`` is ready replica-seconds (one replica ready throughout a 15 s window gives 15),
     ``completions`` the requests completed, ``busy_s`` the replica-seconds spent serving them (0 when the pods do
     not report it: then only latency is evidence), ``p99_ms`` the worst pod's p99 (0: not reported).
+    ``busy_source`` says where ``busy_s`` came from: ``"server"`` (the pods' own accounting), ``"gpu"`` (GPU
+    utilization, used only once it tracks load) or ``"none"``.
     """
 
     start: float
@@ -92,6 +108,7 @@ class DriftWindow:
     completions: float
     busy_s: float
     p99_ms: float
+    busy_source: Literal["server", "gpu", "none"] = "server"
 
     def __post_init__(self) -> None:
         for name in ("start", "end", "ready_replica_s", "completions", "busy_s", "p99_ms"):
@@ -102,6 +119,8 @@ class DriftWindow:
                 )
         if self.end < self.start:
             raise ValueError(f"drift window: end {self.end:g} is before start {self.start:g}")
+        if self.busy_source not in ("server", "gpu", "none"):
+            raise ValueError(f"drift window: busy_source must be server, gpu or none, got {self.busy_source!r}")
 
     @property
     def rate(self) -> float:
@@ -152,6 +171,8 @@ class DriftState:
     evidence: tuple[Evidence, ...] = ()
     calibration: tuple[float, ...] = ()
     """Service rates of the windows that agreed with the profile (while fresh)."""
+    gpu_points: tuple[tuple[float, float], ...] = ()
+    """``(rate, utilisation)`` of the windows whose busy time was GPU utilization: does it track load?"""
 
 
 class Drift:
@@ -175,13 +196,28 @@ class Drift:
             return None
         return min(state.capacity / statistics.median(state.calibration), 1.0)
 
+    def gpu_tracks_load(self, state: DriftState) -> bool:
+        """Whether the model's GPU utilization rises with its load (see the module doc)."""
+        s = self.settings
+        pts = state.gpu_points
+        if len(pts) < s.calibration_windows:
+            return False
+        rates = [r for r, _ in pts]
+        utils = [u for _, u in pts]
+        if min(rates) <= 0 or max(rates) / min(rates) < s.gpu_tracking_spread:
+            return False
+        if statistics.pstdev(utils) <= 1e-9:
+            return False
+        return statistics.correlation(rates, utils) >= s.gpu_tracking_corr
+
     def update(self, state: DriftState, window: DriftWindow) -> tuple[DriftState, DriftVerdict]:
         s = self.settings
         if window.ready_replica_s <= 0 or window.completions <= 0 or window.completions < s.min_requests:
             return state, self.verdict(state)  # no evidence either way
         rate = window.rate
         util = window.utilisation
-        service = rate / util if util >= s.min_utilisation else None
+        usable = window.busy_source == "server" or (window.busy_source == "gpu" and self.gpu_tracks_load(state))
+        service = rate / util if usable and util >= s.min_utilisation else None
         ev = Evidence(window.end, rate, service, window.p99_ms)
         evidence = (*state.evidence, ev)[-s.memory :]
         if state.stale:
@@ -190,7 +226,10 @@ class Drift:
         why = self._contradiction(state, ev)
         if why is None:
             calibration = state.calibration if service is None else (*state.calibration, service)[-s.memory :]
-            state = replace(state, run=0, run_reason="", evidence=evidence, calibration=calibration)
+            gpu = state.gpu_points
+            if window.busy_source == "gpu":  # whether GPU utilization tracks load is learnt from agreeing windows
+                gpu = (*gpu, (rate, util))[-s.memory :]
+            state = replace(state, run=0, run_reason="", evidence=evidence, calibration=calibration, gpu_points=gpu)
             return state, self.verdict(state)
         run = state.run + 1
         if run < s.windows_to_stale:

@@ -43,7 +43,14 @@ from shadowscale.policies.profiling.objective import Objective
 from shadowscale.policies.profiling.skopt_adapter import Encoder, FloatArray, Hyper, default_hyper, fit_gp
 from shadowscale.policies.profiling.space import Point, SearchSpace
 from shadowscale.policies.profiling.transfer import FLAT_SD, SourceModel, TransferPrior, source_weights, targets
-from shadowscale.policies.profiling.types import Observation, Prediction, Profile, Suggestion, TrialResult
+from shadowscale.policies.profiling.types import (
+    Observation,
+    Prediction,
+    Profile,
+    Suggestion,
+    TrialResult,
+    TrialStatus,
+)
 
 Z90 = 1.6448536269514722
 FAILURE_LENGTH_SCALE = 0.3
@@ -203,7 +210,10 @@ class Search:
         return nxt, s
 
     def record(self, point: Point, result: TrialResult) -> Search:
-        """A search that has learnt from ``result`` at ``point`` (one of the candidates)."""
+        """A search that has learnt from ``result`` at ``point`` (one of the candidates). An unschedulable trial
+        says nothing about the configuration and is refused: :meth:`release` it and try again later."""
+        if result.status is TrialStatus.UNSCHEDULABLE:
+            raise ValueError("an unschedulable trial is not a result: release the configuration and retry it")
         p = self.space.point(point)
         if p not in self.index:
             raise ValueError(f"configuration {self.space.config(p)} is not one of this search's candidates")

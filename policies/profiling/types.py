@@ -15,6 +15,9 @@ class TrialStatus(StrEnum):
     """The runner measured the configuration (whether or not it met the SLO)."""
     FAILED = "failed"
     """No measurement: the server crashed, ran out of memory, failed to start, hung or timed out."""
+    UNSCHEDULABLE = "unschedulable"
+    """No measurement and nothing learnt about the configuration: the cluster had no room for the shadow (its pod
+    stayed ``Unschedulable``). The trial is retried later and never scored (:meth:`Search.record` refuses it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,10 @@ class TrialResult:
     @classmethod
     def failed(cls, error: str, wall_s: float = 0.0) -> TrialResult:
         return cls(TrialStatus.FAILED, error=error, wall_s=wall_s)
+
+    @classmethod
+    def unschedulable(cls, error: str, wall_s: float = 0.0) -> TrialResult:
+        return cls(TrialStatus.UNSCHEDULABLE, error=error, wall_s=wall_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,6 +361,7 @@ async def test_open_profiling_enters_the_shadow_runner_with_the_configured_workl
     removed at start."""
     n = time.monotonic_ns()
     k8s.emulator.resources["batch/v1/jobs"] = {}
+    k8s.emulator.resources["v1/configmaps"] = {}
     labels = {"shadowscale.io/shadow": "true", "shadowscale.io/trial": "old"}
     orphan = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "m1-shadow-old", "labels": labels}}
     await k8s.create("deployments", "serving", orphan)

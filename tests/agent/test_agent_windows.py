@@ -128,14 +128,17 @@ def test_gpu_utilization_stands_in_for_busy_seconds_that_pods_do_not_report() ->
     w.add(ev(1.0, "a", model="m", busy=0.0))  # m's pods report no busy time
     w.add_gpu(gpu(0.0, 0.5, "m"))  # a GPU's first event: no interval yet
     assert w.counters()[1].tolist() == [0.0, 0.0]
+    assert (w.busy_source(0), w.busy_source(1)) == ("none", "none")
     w.add_gpu(gpu(2.0, 0.8, "m", "n"))  # 0.8 over (0, 2], shared by one pod of m and one of n
     assert w.counters()[1].tolist() == pytest.approx([0.8, 0.8])
+    assert (w.busy_source(0), w.busy_source(1)) == ("gpu", "gpu")  # drift trusts it only where it tracks load
     w.add_gpu(gpu(1.5, 1.0, "m"))  # older than the GPU's last event: ignored
     w.add_gpu(gpu(102.0, 1.0, "m", gpu_id="GPU-1"))  # another GPU's first event
     w.add_gpu(gpu(202.0, 0.5, "m", gpu_id="GPU-1"))  # a 100 s silence counts for pod_stale_s at most
     assert w.counters()[1].tolist() == pytest.approx([0.8 + 15.0, 0.8])
     w.add(ev(3.0, "b", model="n", busy=0.25))  # n's pods report busy time: from now on only theirs counts
     assert w.counters()[1].tolist() == pytest.approx([15.8, 0.25])
+    assert w.busy_source(1) == "server"
     w.add_gpu(gpu(4.0, 1.0, "n"))
     assert w.counters()[1].tolist() == pytest.approx([15.8, 0.25])
 

@@ -103,7 +103,7 @@ PROFILING: dict[str, Any] = {
         },
     },
 }
-PROFILING_ROLE = {("apps", "deployments"), ("batch", "jobs"), ("", "pods")}
+PROFILING_ROLE = {("apps", "deployments"), ("batch", "jobs"), ("", "pods"), ("", "configmaps")}
 
 
 def profiling(**changes: Any) -> dict[str, Any]:
@@ -312,7 +312,7 @@ def shadow_api_calls() -> set[tuple[str, str, str]]:
     verbs = {"read": "get", "list": "list", "create": "create", "delete": "delete", "patch": "patch", "watch": "watch"}
     calls = re.findall(r"self\.(apps|batch|core)\.(\w+?)_namespaced_(\w+)\(", source)
     assert calls, "no Kubernetes calls found in shadow.py: the pattern is out of date"
-    return {(groups[g], f"{kind}s", verbs[verb]) for g, verb, kind in calls}
+    return {(groups[g], f"{kind.replace('_', '')}s", verbs[verb]) for g, verb, kind in calls}
 
 
 def test_profiling_rbac_is_exactly_what_the_shadow_runner_calls() -> None:

@@ -55,7 +55,7 @@ def test_numpy_sweep_measures_every_configuration_and_feeds_the_profiler_bench(t
         assert int(r["batches"]) >= 5 * n  # every instance measured at least min_batches
     gen = gs.to_generic(back, quantiles=(50,), core_price=0.1)
     assert len(gen) == len(back)
-    assert {r["cost"] for r in gen if r["threads"] == "2" and r["gpu_share"] == "0.5"} == {0.7}
+    assert {r["cost"] for r in gen if r["cfg_threads"] == "2" and r["cfg_gpu_share"] == "0.5"} == {0.7}
     path = tmp_path / "gen.csv"
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=gs.GENERIC_COLUMNS)
@@ -108,7 +108,7 @@ def test_a_failing_configuration_is_a_row_with_its_error_not_a_crash(tmp_path: P
     assert len(bad) == 4 and all("bf16" in r["error"] for r in bad)
     assert all(float(r["throughput"]) > 0 for r in rows if not r["error"])
     gen = gs.to_generic(rows, quantiles=(50,))
-    assert sorted((r["throughput"], r["latency_ms"]) for r in gen if r["precision"] == "bf16") == [(0, "")] * 4
+    assert sorted((r["throughput"], r["latency_ms"]) for r in gen if r["cfg_precision"] == "bf16") == [(0, "")] * 4
 
 
 def test_exporter_comparison_pairs_nearest_samples_and_reports_each_metric() -> None:

@@ -14,7 +14,7 @@ import pytest
 from shadowscale.benchmarks import profiler as bench
 
 
-def write_generic(path: Path, *, header: str = "task,model,batch,gpu,throughput,latency_ms,cost") -> Path:
+def write_generic(path: Path, *, header: str = "task,model,cfg_batch,cfg_gpu,throughput,latency_ms,cost") -> Path:
     """Four tasks (two models × two settings), 12 configurations each; one cell of each task never reached the
     SLO (empty latency)."""
     lines = [header]
@@ -46,13 +46,20 @@ def test_generic_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ["--dataset", str(csv_path), "--seeds", "2", "--min-configs", "10", "--details", str(details), "--json"],
         capsys,
     )
-    assert set(out) == {"tasks", "methods"} and out["tasks"] == 4
+    assert set(out) == {"dataset", "tasks", "methods"} and out["tasks"] == 4
     methods = out["methods"]
     assert isinstance(methods, dict) and list(methods) == list(bench.METHODS)
-    for stats in methods.values():
-        assert set(stats) == {"median_trials", "median_fraction", "p90_fraction"}
-        assert 1.0 <= stats["median_trials"] <= 12.0
+    for name, stats in methods.items():
+        planner = name in bench.PLANNERS
+        keys = {"median_trials", "p90_trials", "median_fraction", "p90_fraction"}
+        assert set(stats) == (keys | {"stop_rule"} if planner else keys)
+        assert 1.0 <= stats["median_trials"] <= stats["p90_trials"] <= 12.0
         assert 0.0 < stats["median_fraction"] <= stats["p90_fraction"] <= 1.0
+        if planner:  # the planner as a user gets it: its own stopping rule
+            stop = stats["stop_rule"]
+            assert set(stop) == keys | {"median_value", "within_5pct"}
+            assert 1.0 <= stop["median_trials"] <= 12.0 and 0.0 <= stop["within_5pct"] <= 1.0
+            assert 0.0 < stop["median_value"] <= 1.0
     d = json.loads(details.read_text())
     assert d["wall_s"] > 0 and d["seeds"] == [0, 1]
     assert d["per_task"]["random"]["m1-s1"]["configs"] == 12
@@ -90,9 +97,11 @@ def test_bundled_datasets_have_the_documented_shape() -> None:
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        ("task,batch,gpu,throughput,cost", "missing column(s) latency_ms"),
-        ("model,batch,gpu,throughput,latency_ms", "missing column(s) task"),
+        ("task,cfg_batch,cfg_gpu,throughput,cost", "missing column(s) latency_ms"),
+        ("model,cfg_batch,cfg_gpu,throughput,latency_ms", "missing column(s) task"),
         ("task,throughput,latency_ms", "no configuration column"),
+        ("task,cfg_batch,throughput,latency_ms,p50_ms", "unknown column(s) p50_ms"),
+        ("task,cfg_,throughput,latency_ms", "has no name after the prefix"),
     ],
 )
 def test_missing_columns_name_the_file_and_column(tmp_path: Path, header: str, message: str) -> None:
@@ -108,12 +117,12 @@ def test_missing_columns_name_the_file_and_column(tmp_path: Path, header: str, m
     [
         ("t1,1,a,,5", "line 2: column 'throughput' is empty"),
         ("t1,1,a,fast,5", "line 2: column 'throughput' is not a number"),
-        ("t1,,a,3,5", "line 2: column 'batch' is empty"),
+        ("t1,,a,3,5", "line 2: column 'cfg_batch' is empty"),
     ],
 )
 def test_bad_values_name_the_line_and_column(tmp_path: Path, row: str, message: str) -> None:
     path = tmp_path / "bad.csv"
-    path.write_text("task,batch,gpu,throughput,latency_ms\n" + row + "\n")
+    path.write_text("task,cfg_batch,cfg_gpu,throughput,latency_ms\n" + row + "\n")
     with pytest.raises(ValueError, match=message):
         bench.load_dataset(str(path))
 
@@ -126,3 +135,46 @@ def test_unknown_dataset_and_bad_flags(tmp_path: Path, capsys: pytest.CaptureFix
         run_cli(["--dataset", str(csv_path), "--methods", "grid"], capsys)
     with pytest.raises(ValueError, match="--seeds"):
         run_cli(["--dataset", str(csv_path), "--seeds", "a-b"], capsys)
+
+
+def test_a_measurement_column_never_becomes_a_dimension(tmp_path: Path) -> None:
+    """Mutation: treating every non-reserved column as configuration again (the old rule) makes ``p50_ms`` a
+    dimension and this test fails; declared ``cfg_`` columns become dimensions without the prefix."""
+    path = write_generic(tmp_path / "ok.csv")
+    ds = bench.load_dataset(str(path))
+    assert [d.name for d in ds.dimensions] == ["batch", "gpu"]
+    text = path.read_text().splitlines()
+    leaky = tmp_path / "leaky.csv"
+    leaky.write_text("\n".join([text[0] + ",p50_ms", *(line + ",3.5" for line in text[1:])]) + "\n")
+    with pytest.raises(ValueError, match=r"unknown column\(s\) p50_ms: .*cfg_p50_ms") as e:
+        bench.load_dataset(str(leaky))
+    assert str(leaky) in str(e.value)
+
+
+def test_consensus_tries_what_other_models_found_best_first(tmp_path: Path) -> None:
+    """The planner-free baseline: with m2 scaled from m1, the other model's best is this model's best, so one
+    trial finds it. Mutation: ordering by ascending score makes it need many trials."""
+    ds = bench.load_dataset(str(write_generic(tmp_path / "tiny.csv")))
+    task = next(t for t in ds.tasks if t.name == "m1-s1")
+    scores = bench.consensus_scores(ds, task)
+    assert scores.shape == (12,) and all(0.0 <= x <= 1.0 for x in scores)
+    assert [bench.run_consensus(ds, task, s).trials for s in range(3)] == [1, 1, 1]
+
+
+def test_absolute_slo_and_price_variant(tmp_path: Path) -> None:
+    """``llm-inference-bench-abs``: the SLO is 50 ms per output token of the task, the cost devices × the device
+    price; a missing or bad price is an error naming it."""
+    ds = bench.load_dataset("llm-inference-bench-abs")
+    task = next(t for t in ds.tasks if t.name == "meta-llama/Llama-2-7b-hf io=512")
+    assert task.slo_ms == 512 * bench.TPOT_SLO_MS
+    space = ds.space(task)
+    h100 = next(p for p in task.points if p[0] == "Nvidia H100 GPU" and p[1] == 2)
+    assert ds.pricing.cost(space, h100) == pytest.approx(2 * bench.DEVICE_PRICES["Nvidia H100 GPU"])
+    assert len(bench.scored_tasks(ds)) == 36
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"Nvidia H100 GPU": 1.0}))
+    with pytest.raises(ValueError, match="no device price for hardware AMD MI250 GPU"):
+        bench.load_dataset("llm-inference-bench-abs", prices=bench.load_prices(prices))
+    prices.write_text(json.dumps({"Nvidia H100 GPU": -1}))
+    with pytest.raises(ValueError, match="the price of 'Nvidia H100 GPU' must be a positive number"):
+        bench.load_prices(prices)

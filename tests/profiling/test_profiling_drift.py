@@ -193,3 +193,53 @@ def test_retrials_run_within_the_budget_longest_stale_first_with_a_cooldown() ->
     assert planner.due(129.0, stale) == ("d",)
     assert planner.due(130.0, stale) == ("c", "a")  # their cooldowns (started at 30) are over; d waits its turn
     assert planner.due(200.0, {}) == ()
+
+
+def batched_window(k: int, load: float, rng: np.random.Generator, util: float = 0.9) -> DriftWindow:
+    """A continuous-batching server seen through the GPU exporter: the GPU stays ``util`` busy whatever the load
+    (it runs a batch as long as anything is queued), p99 well within the SLO up to its real capacity."""
+    replica_s = REPLICAS * WINDOW_S
+    completions = float(rng.poisson(load * replica_s))
+    u = min(util * (1.0 + rng.normal(0.0, 0.02)), 1.0)
+    p99 = 0.4 * SLO_MS * float(rng.lognormal(0.0, 0.1))
+    return DriftWindow(k * WINDOW_S, (k + 1) * WINDOW_S, replica_s, completions, u * replica_s, p99, "gpu")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_batched_server_at_low_load_with_busy_gpu_stays_fresh(seed: int) -> None:
+    """Profile 100 req/s, load 30 req/s, GPU utilization 0.9 (the issue's case): the GPU's busy time does not track
+    load, so it says nothing about the service rate; p99 is fine, so the profile stays. Mutation: using GPU
+    utilization like a server's own busy time (``usable = True``) makes it stale after 3 windows at capacity 30."""
+    rng = np.random.default_rng(seed)
+    drift = Drift()
+    state = drift.start(100.0, SLO_MS)
+    loads = [30.0] * 20 + list(rng.uniform(20.0, 60.0, 40))
+    state, verdicts = feed(drift, state, [batched_window(k, x, rng) for k, x in enumerate(loads)])
+    assert not any(v.stale for v in verdicts), next(v.reason for v in verdicts if v.stale)
+    assert not drift.gpu_tracks_load(state) and len(state.gpu_points) == DriftSettings().memory
+    # the same windows, had the server itself reported that busy time, would contradict the profile
+    server = [DriftWindow(w.start, w.end, w.ready_replica_s, w.completions, w.busy_s, w.p99_ms, "server") for w in
+              [batched_window(k, 30.0, rng) for k in range(K)]]  # fmt: skip
+    _, got = feed(drift, drift.start(100.0, SLO_MS), server)
+    assert got[-1].stale and "from the service rate" in got[-1].reason
+
+
+def test_gpu_utilization_that_tracks_load_is_evidence_of_a_slower_model() -> None:
+    """A one-request-at-a-time GPU server: utilization = load / service rate, so once the windows show it rising
+    with the rate it counts, and a slower model version (service rate 100 → 50) goes stale on it even before its
+    p99 breaks the SLO. Mutation: never trusting GPU utilization leaves it fresh."""
+    rng = np.random.default_rng(3)
+    drift = Drift()
+    fast, slow = Replicas(100.0, rng), Replicas(50.0, rng)
+    profiled = capacity_at_slo(100.0)
+
+    def gpu(w: DriftWindow) -> DriftWindow:
+        return DriftWindow(w.start, w.end, w.ready_replica_s, w.completions, w.busy_s, w.p99_ms * 0.0, "gpu")
+
+    before = [gpu(fast.window(k, x)) for k, x in enumerate(rng.uniform(0.2, 0.8, 12) * profiled)]
+    state, verdicts = feed(drift, drift.start(profiled, SLO_MS), before)
+    assert not any(v.stale for v in verdicts) and drift.gpu_tracks_load(state)
+    after = [gpu(slow.window(12 + k, 20.0)) for k in range(K)]
+    state, verdicts = feed(drift, state, after)
+    assert verdicts[-1].stale and "from the service rate" in verdicts[-1].reason
+    assert verdicts[-1].observed_capacity is not None and verdicts[-1].observed_capacity < 0.8 * profiled

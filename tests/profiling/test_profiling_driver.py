@@ -179,3 +179,48 @@ def test_trial_gate_serves_in_order_and_survives_cancellation() -> None:
         TrialGate(0)
     with pytest.raises(ValueError, match="gpu_share_cap must be positive"):
         TrialGate(2, gpu_share_cap=0)
+
+
+class Crowded:
+    """Replays, but the cluster has no room for GPU "c" shadows the first ``full_for`` times one is tried."""
+
+    def __init__(self, full_for: int) -> None:
+        self.replay = ReplayRunner(SPACE, ROWS)
+        self.full_for = full_for
+        self.tries: dict[tuple[object, ...], int] = {}
+
+    async def run_trial(self, t: Trial) -> TrialResult:
+        await asyncio.sleep(0.005)
+        key = (t.config["share"], t.config["gpu"])
+        self.tries[key] = self.tries.get(key, 0) + 1
+        if t.config["gpu"] == "c" and self.tries[key] <= self.full_for:
+            return TrialResult.unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu")
+        return self.replay.measure(t)
+
+
+def test_unschedulable_shadows_are_retried_not_scored() -> None:
+    """A full cluster is not a verdict on the configuration: GPU "c" (the best) is unschedulable twice, held back,
+    offered again and then measured, so the search still chooses it. Mutation: recording the unschedulable result
+    as a failed trial scores GPU "c" as broken after one try each and the search settles for (50, "b");
+    ``Search.record`` refuses an unschedulable result outright."""
+    runner = Crowded(full_for=2)
+    search = Search.start(SPACE, OBJECTIVE, SETTINGS, seed=0)
+    settings = DriverSettings(trial_timeout_s=5, unschedulable_retry_s=0.01, unschedulable_retries=3)
+    final, profile = asyncio.run(asyncio.wait_for(run_search("m", search, runner, settings), 30))
+    assert len(final.observations) == 9 and all(
+        o.result.status is not TrialStatus.UNSCHEDULABLE for o in final.observations
+    )
+    assert {k: n for k, n in runner.tries.items() if k[1] == "c"} == {(25, "c"): 3, (50, "c"): 3, (100, "c"): 3}
+    assert profile.chosen == (50, "c")
+    with pytest.raises(ValueError, match="unschedulable trial is not a result"):
+        final.record((25, "a"), TrialResult.unschedulable("full"))
+
+
+def test_a_configuration_that_never_fits_is_given_up_unscored() -> None:
+    runner = Crowded(full_for=100)
+    search = Search.start(SPACE, OBJECTIVE, SETTINGS, seed=0)
+    settings = DriverSettings(trial_timeout_s=5, unschedulable_retry_s=0.01, unschedulable_retries=1)
+    final, profile = asyncio.run(asyncio.wait_for(run_search("m", search, runner, settings), 30))
+    assert sorted(o.point for o in final.observations) == [(s, g) for s in (25, 50, 100) for g in ("a", "b")]
+    assert all(runner.tries[(s, "c")] == 2 for s in (25, 50, 100))  # tried, retried once, given up
+    assert profile.chosen is not None and profile.chosen == (50, "b")

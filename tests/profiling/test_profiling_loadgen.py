@@ -21,9 +21,10 @@ from shadowscale.agent.broker import LocalBroker, free_port
 from shadowscale.agent.config import KafkaConfig
 from shadowscale.agent.events import TRIAL_RESULT_V1, TrialResultEvent, decode_trial_result, encode
 from shadowscale.agent.kafka import KafkaSink, KafkaTail, KafkaUnavailable
+from shadowscale.agent.profiling import loadgen as lg
 from shadowscale.agent.profiling.loadgen import HttpTarget, LoadPlan, RequestShape, measure_trial, parse_shape, publish
-from shadowscale.agent.profiling.loadtest import arrivals
-from shadowscale.agent.profiling.results import KafkaTrialResults, TrialResultsHub
+from shadowscale.agent.profiling.loadtest import Step, arrivals
+from shadowscale.agent.profiling.results import KafkaTrialResults, TrialResultsHub, to_trial_result
 from shadowscale.policies.profiling.types import TrialStatus
 
 
@@ -81,7 +82,7 @@ async def http_server() -> AsyncIterator[tuple[str, list[bytes]]]:
         await runner.cleanup()
 
 
-PLAN = LoadPlan(step_s=0.3, start_rps=40, max_rps=160, bisect_steps=1, connect_timeout_s=2)
+PLAN = LoadPlan(step_s=0.3, start_rps=40, max_rps=160, bisect_steps=1, connect_timeout_s=2, warmup_s=0.3)
 
 
 @pytest.mark.asyncio
@@ -196,7 +197,7 @@ async def test_bad_command_lines_exit_2_and_say_what_is_wrong() -> None:
     import os
 
     cases = [
-        (["--target", "ftp://x:1"], None, "--target 'ftp://x:1': the scheme must be http, https or tcp"),
+        (["--target", "ftp://x:1"], None, "--target 'ftp://x:1': the scheme must be http, https, openai+http"),
         (["--target", "tcp://x"], None, "a TCP target needs tcp://HOST:PORT"),
         (["--target", "tcp://x:1", "--step-s", "0"], None, "--step-s must be a positive number, got 0"),
         (["--target", "tcp://x:1", "--start-rps", "9", "--max-rps", "5"], None, "--start-rps 9 is above --max-rps 5"),
@@ -250,3 +251,126 @@ def test_tls_and_sasl_come_from_flags_and_the_credentials_from_the_environment(t
         k = invocation(args).kafka
     assert (k.security_protocol, k.sasl_mechanism, k.ssl_cafile) == ("SASL_SSL", "SCRAM-SHA-512", str(ca))
     assert (k.sasl_username, k.sasl_password) == ("loadgen", "s3cret")
+
+
+def test_fit_shape_keeps_the_most_recent_gaps_within_the_cap_and_refuses_oversized_payloads() -> None:
+    """Mutation: keeping the *first* gaps (``gaps[:lo]``) fails the "most recent" check; dropping the cap check
+    lets a 3 KB shape through a 2 KB cap."""
+    gaps = tuple(0.001 * (1 + (k % 7)) + 1e-9 for k in range(1000))
+    fitted = lg.fit_shape(lg.RequestShape(gaps=gaps), max_bytes=2048)
+    size = len(lg.shape_json(fitted).encode())
+    assert size <= 2048 and 100 < len(fitted.gaps) < 1000
+    assert fitted.gaps == pytest.approx(gaps[-len(fitted.gaps) :], abs=1e-6)
+    small = lg.RequestShape(gaps=(0.5, 0.25))
+    assert lg.fit_shape(small) == small  # fits: unchanged
+    with pytest.raises(ValueError, match=r"without its gaps .* over the 2048-byte cap"):
+        lg.fit_shape(lg.RequestShape(payloads=("x" * 3000,), gaps=gaps), max_bytes=2048)
+
+
+@pytest.mark.asyncio
+async def test_warm_up_load_is_sent_first_and_never_measured() -> None:
+    """The first step is the warm-up (at the first rate, for ``warmup_s``) and its dreadful p99 (a cold server) is
+    not part of the search. Mutation: skipping the warm-up makes the cold first step break the SLO at the first
+    rate and the capacity 0."""
+    calls: list[tuple[float, float]] = []
+
+    class Cold:
+        name = "cold"
+
+        async def reachable(self, timeout_s: float) -> str | None:
+            return None
+
+        async def step(self, rate: float, duration_s: float, drain_s: float, offsets: Any) -> Step:
+            calls.append((rate, duration_s))
+            p99 = 5000.0 if len(calls) == 1 else (20.0 if rate <= 100 else 500.0)
+            return Step(rate, len(offsets), len(offsets), p99)
+
+        async def close(self) -> None:
+            return None
+
+    plan = LoadPlan(step_s=0.5, start_rps=25, max_rps=400, bisect_steps=0, warmup_s=3.0)
+    cap = await lg.run_load(Cold(), 100.0, plan, RequestShape())
+    assert calls[0] == (25, 3.0) and cap.rate == 100 and all(s.rate != 25 or s.p99_ms < 100 for s in cap.steps)
+    assert len(cap.steps) == len(calls) - 1
+
+
+@pytest_asyncio.fixture
+async def llm_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A real streaming OpenAI-compatible completions server: time to first token 5 ms plus 0.05 ms per prompt
+    token, then one SSE chunk per output token, each taking 4 ms × (1 + streams in flight / 2): decoding slows as
+    the batch grows, as continuous batching does, so time per output token has a capacity."""
+    requests: list[dict[str, Any]] = []
+    active = 0
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        nonlocal active
+        body = json.loads(await request.read())
+        requests.append(body)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        active += 1
+        try:
+            await asyncio.sleep(0.005 + 0.00005 * len(body["prompt"].split()))
+            for k in range(int(body["max_tokens"])):
+                if k:
+                    await asyncio.sleep(0.004 * (1 + active / 2))
+                chunk = {"choices": [{"index": 0, "text": f" t{k}"}]}
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+        finally:
+            active -= 1
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"openai+http://127.0.0.1:{port}", requests
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_llm_target_measures_ttft_tpot_and_tokens_per_second_with_the_observed_mix(
+    llm_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Streamed completions with the observed prompt/output mix (pairs drawn together), judged on TTFT and TPOT:
+    the capacity is where time per output token passes its SLO, and the result carries TTFT, TPOT and tokens/s at
+    that rate. Mutation: counting one token per request instead of per chunk makes tokens/s 10× too low."""
+    url, requests = llm_server
+    shape = RequestShape(
+        prompt_tokens=(100, 400),
+        output_tokens=(8, 12),
+        llm_model="llama",
+        ttft_slo_ms=500.0,
+        tpot_slo_ms=100.0,
+    )
+    target = lg.target_from_url(url, shape)
+    assert isinstance(target, lg.LlmTarget)
+    plan = LoadPlan(step_s=0.5, start_rps=20, max_rps=2560, bisect_steps=1, connect_timeout_s=5, warmup_s=0.2)
+    ev = await measure_trial(target, trial_id="t-llm", model="llama", slo_ms=1000, plan=plan, shape=shape)
+    assert ev.status == "measured", ev.error
+    assert 20 <= ev.throughput_rps < 2560  # TPOT grows with the streams in flight: a finite capacity
+    at = next(s for s in ev.steps if s.rate == ev.throughput_rps)
+    assert at.ttft_p99_ms is not None and 5 <= at.ttft_p99_ms <= 500
+    assert at.tpot_p99_ms is not None and 4 <= at.tpot_p99_ms <= 100
+    assert at.tokens_per_s is not None and at.tokens_per_s >= 0.5 * 8 * ev.throughput_rps
+    pairs = {(len(r["prompt"].split()), r["max_tokens"]) for r in requests if r["max_tokens"] > 1}
+    assert pairs == {(100, 8), (400, 12)}  # the observed pairs, never (100, 12)
+    assert all(r["stream"] is True and r["model"] == "llama" for r in requests)
+    result = to_trial_result(decode_trial_result(encode(ev)))  # type: ignore[arg-type]
+    assert {"ttft_p99_ms", "tpot_p99_ms", "tokens_per_s"} <= set(result.details)
+
+
+def test_llm_steps_are_judged_on_ttft_and_tpot() -> None:
+    shape = RequestShape(ttft_slo_ms=100.0, tpot_slo_ms=10.0)
+    ok = lg.llm_step(10, 2, [(0.05, 0.005, 10, 0.1), (0.09, 0.009, 10, 0.2)], 1.0, shape, 500.0)
+    assert ok.p99_ms == pytest.approx(0.9 * 500) and ok.tokens_per_s == 20
+    slow_tokens = lg.llm_step(10, 2, [(0.01, 0.02, 10, 0.3), (0.01, 0.001, 10, 0.1)], 1.0, shape, 500.0)
+    assert slow_tokens.p99_ms == pytest.approx(2 * 500)  # TPOT twice its SLO breaks the trial's SLO
+    lost = lg.llm_step(10, 3, [(0.01, 0.001, 10, 0.1)], 1.0, shape, 500.0)
+    assert lost.p99_ms == math.inf and lost.answered == 1
