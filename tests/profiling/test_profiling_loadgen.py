@@ -358,7 +358,9 @@ async def test_llm_target_measures_ttft_tpot_and_tokens_per_second_with_the_obse
     at = next(s for s in ev.steps if s.rate == ev.throughput_rps)
     assert at.ttft_p99_ms is not None and 5 <= at.ttft_p99_ms <= 500
     assert at.tpot_p99_ms is not None and 4 <= at.tpot_p99_ms <= 100
-    assert at.tokens_per_s is not None and at.tokens_per_s >= 0.5 * 8 * ev.throughput_rps
+    # >= 2 tokens per request of the rate (each streams 8-12): loose enough for late answers on a loaded machine,
+    # tight enough that one token per request (the mutation) fails
+    assert at.tokens_per_s is not None and at.tokens_per_s >= 0.25 * 8 * ev.throughput_rps
     pairs = {(len(r["prompt"].split()), r["max_tokens"]) for r in requests if r["max_tokens"] > 1}
     assert pairs == {(100, 8), (400, 12)}  # the observed pairs, never (100, 12)
     assert all(r["stream"] is True and r["model"] == "llama" for r in requests)
