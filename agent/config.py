@@ -62,6 +62,10 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     poll_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 0.1
     """Longest wait for records before the loop looks at its tick and its retries again."""
     commit_interval_s: NonNegFloat = 0.2
+    max_commit_hold_s: NonNegFloat = 5.0
+    """Longest a model's failing scale call holds back the commit of its partition's offsets; after that the offsets
+    are committed anyway (the target stays pending, retried with back-off): one failing model never stalls the
+    consumer group's progress for long, and every other partition commits at once."""
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
     heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=100)] = 3_000
     fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
@@ -92,6 +96,10 @@ class KubernetesConfig(_Section, frozen=True, kw_only=True):
 
 class ActuatorConfig(_Section, frozen=True, kw_only=True):
     kind: Literal["simulated", "kubernetes"] = "simulated"
+    backoff_s: PositiveFloat = 0.5
+    """A model whose scale call failed is tried again after this long, doubling per failure (with jitter) ..."""
+    max_backoff_s: PositiveFloat = 30.0
+    """... up to this long; other models are called as usual meanwhile."""
     cold_start_s: NonNegFloat = 0.0
     """Simulated cluster only: seconds before a new replica is ready."""
     kubernetes: KubernetesConfig = KubernetesConfig()

@@ -132,6 +132,9 @@ class KafkaSource:
             log.warning("commit failed after a rebalance; the records will be delivered again", error=str(e))
 
     def owns(self, keys: Sequence[str]) -> frozenset[str]:
+        """The keys routed to partitions assigned to this consumer; none while a rebalance is revoking them."""
+        if not self.assigned_event.is_set():
+            return frozenset()
         assigned = frozenset(self._consumer.assignment())
         parts = self._consumer.partitions_for_topic(self.key_topic)
         n = len(parts) if parts else 0
@@ -143,6 +146,11 @@ class KafkaSource:
         owned = frozenset(k for k in keys if n and partition_for(k, n) in mine)
         self._owned_cache = (assigned, n, key_tuple, owned)
         return owned
+
+    def position_of(self, key: str) -> Position | None:
+        """The ``(topic, partition)`` of ``key_topic`` that carries ``key`` (None before the topic is known)."""
+        parts = self._consumer.partitions_for_topic(self.key_topic)
+        return (self.key_topic, partition_for(key, len(parts))) if parts else None
 
     def assigned(self) -> int:
         """Partitions currently assigned to this consumer."""

@@ -113,6 +113,9 @@ class KubeActuator:
         self._changed = asyncio.Condition()
         self.version = 0
         self._warned: set[str] = set()
+        self.fence: Callable[[str], bool] | None = None
+        """Asked right before every scale call (and retry) whether this replica may still actuate the model
+        (the decision loop's partition ownership); a no ends the call as failed ("fenced")."""
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, timeout_s: float = 30.0) -> None:
@@ -292,6 +295,9 @@ class KubeActuator:
         delays = self.cfg.retry_delays_s
         attempts = len(delays) + 1
         for attempt in range(1, attempts + 1):
+            if self.fence is not None and not self.fence(ref.model):
+                log.info("scale fenced: this replica no longer owns the model", model=ref.model, workload=ref.name)
+                return "fenced: another replica owns the model now"
             try:
                 resp = await patch(
                     ref.name,

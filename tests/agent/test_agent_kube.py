@@ -131,3 +131,14 @@ async def test_forbidden_is_not_retried(cluster: tuple[K8s, KubeActuator]) -> No
     result = await act.scale({"resnet": 5})
     assert "HTTP 403" in result.failed["resnet"]
     assert len(k8s.requests("PATCH")) == 1
+
+
+async def test_a_fenced_model_is_never_patched(cluster: tuple[K8s, KubeActuator]) -> None:
+    """Catches: the actuator patching without asking the fence (the decision loop's partition ownership) right
+    before the call: a replica that lost the model mid-batch would still scale it."""
+    k8s, act = cluster
+    act.fence = lambda model: model != "resnet"
+    result = await act.scale({"resnet": 4, "bert": 2})
+    assert result.applied == {"bert": 2} and "fenced" in result.failed["resnet"]
+    assert k8s.get("deployments", "serving", "resnet-d")["spec"]["replicas"] == 2
+    assert [r for r in k8s.requests("patch") if "resnet" in str(r.url)] == []

@@ -53,15 +53,18 @@ async def test_demand_crossing_capacity_is_decided_at_once() -> None:
     assert agent.metrics.decision_latency._sum.get() > 0
 
 
-async def test_failed_scale_is_retried_and_blocks_the_commit() -> None:
+async def test_failed_scale_is_retried_after_a_back_off_and_blocks_the_commit() -> None:
+    """Catches: retrying a failed target on every loop pass (the call at 1.1 would happen), and committing the
+    offsets behind a target that is still pending."""
     cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
     clock = VirtualClock(0.0)
     stop = asyncio.Event()
     steps = [
         Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]),
         Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 1)]),
-        Step(1.1, [record(traffic("m1", 1.1, arrivals=1, pod="other"), 2)]),
-        Step(1.2, []),
+        Step(1.1, [record(traffic("m1", 1.1, arrivals=1, pod="other"), 2)]),  # within the back-off: no call
+        Step(1.6, []),  # back-off (0.25..0.5 s) over: retried, fails again
+        Step(2.7, []),  # second back-off (0.5..1 s) over: applied
     ]
     source = ScriptedSource(clock, steps, stop)
     act = RecordingActuator({"m1": 1})
@@ -70,7 +73,6 @@ async def test_failed_scale_is_retried_and_blocks_the_commit() -> None:
     act.fail_next = 2
     await run(agent, stop)
 
-    # the decision at 1.0 failed, was retried at 1.1 (failed again) and applied at 1.2
     target = act.calls[0]["m1"]
     assert target > 1 and act.calls == [{"m1": target}] * 3 and act.replicas["m1"] == target
     # offsets of the step's batch were committed only after it was applied
