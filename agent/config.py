@@ -120,6 +120,11 @@ class IngestConfig(_Section, frozen=True, kw_only=True):
     max_age_s: PositiveFloat = 3600.0
     pod_stale_s: PositiveFloat = 30.0
     dedupe_s: PositiveFloat = 60.0
+    max_rps: PositiveFloat = 100_000.0
+    """Most requests per second one pod can plausibly receive or complete: a traffic event claiming more is
+    dead-lettered."""
+    max_concurrency: PositiveFloat = 10_000.0
+    """Most requests one pod can plausibly hold in flight (``queue_depth``, ``concurrency_s / window_s``)."""
 
 
 class TriggerConfig(_Section, frozen=True, kw_only=True):

@@ -125,7 +125,14 @@ class Agent:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.core = core or DecisionCore(cfg)
-        self.decoder = Decoder(self.core.models, max_future_s=cfg.ingest.max_future_s, max_age_s=cfg.ingest.max_age_s)
+        ing = cfg.ingest
+        self.decoder = Decoder(
+            {m.name: m.namespace for m in cfg.models},
+            max_future_s=ing.max_future_s,
+            max_age_s=ing.max_age_s,
+            max_rps=ing.max_rps,
+            max_concurrency=ing.max_concurrency,
+        )
         self.audit_file = JsonLinesAudit(audit_file) if audit_file is not None else None
         self.is_leader = is_leader or (lambda: True)
         self.profiles = profiles
