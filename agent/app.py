@@ -81,7 +81,7 @@ async def serve(
 
                 api = await api_client(cfg.actuator.kubernetes)
                 closers.append(api.close)
-                kube = KubeActuator(cfg.actuator.kubernetes, cfg.models, api)
+                kube = KubeActuator(cfg.actuator.kubernetes, cfg.models, api, identity=cfg.identity)
                 await kube.start()
                 closers.append(kube.stop)
                 actuator = kube

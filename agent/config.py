@@ -92,6 +92,12 @@ class KubernetesConfig(_Section, frozen=True, kw_only=True):
     request_timeout_s: PositiveFloat = 5.0
     retry_delays_s: tuple[NonNegFloat, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
     """Back-off before each retry of a scale call answered 409/429/5xx or timed out; then it is left pending."""
+    events: bool = True
+    """Write a Kubernetes Event on the workload for every scale and every ignored annotation."""
+    respect_other_autoscalers: bool = True
+    """Leave alone a workload that an HPA or a KEDA ScaledObject already scales (checked every
+    ``conflict_check_s``), with a Warning Event, instead of fighting over its replica count."""
+    conflict_check_s: PositiveFloat = 30.0
 
 
 class ActuatorConfig(_Section, frozen=True, kw_only=True):

@@ -25,7 +25,7 @@ import numpy as np
 
 from shadowscale.agent.config import AgentConfig
 from shadowscale.agent.events import TrafficEvent
-from shadowscale.agent.guards import Guards, Proposal
+from shadowscale.agent.guards import Guarded, Guards, Proposal
 from shadowscale.agent.windows import Windows
 from shadowscale.policies.ports import WorkloadState
 from shadowscale.policies.scaling import Decisions, ScalingPolicy, Signals, make_policy
@@ -109,6 +109,10 @@ class DecisionCore:
             [m.max_replicas for m in cfg.models],
             [m.gpu_fraction for m in cfg.models],
         )
+        self.config_lo = [m.min_replicas for m in cfg.models]
+        self.config_hi = [m.max_replicas for m in cfg.models]
+        self.hold: list[str | None] = [None] * n
+        """Per model: why it must not be scaled now (paused, another autoscaler), from the workload."""
         self._over = [False] * n
         self._headroom = cfg.trigger.headroom
         self.last_now = -np.inf
@@ -128,6 +132,13 @@ class DecisionCore:
             self.replicas[i] = w.replicas
             self.ready[i] = w.ready
             self.known[i] = True
+            lo, hi = self.config_lo[i], self.config_hi[i]
+            if w.min_replicas is not None:
+                lo = min(max(w.min_replicas, lo), hi)
+            if w.max_replicas is not None:
+                hi = max(min(w.max_replicas, hi), lo)
+            self.guards.lo[i], self.guards.hi[i] = lo, hi
+            self.hold[i] = w.hold
         self.other_gpus = other
 
     def ingest(self, events: Sequence[TrafficEvent]) -> list[int]:
@@ -188,6 +199,8 @@ class DecisionCore:
         plans = []
         for g, p in zip(guarded, proposals, strict=True):
             i = g.index
+            if self.hold[i] is not None and g.target != p.current:
+                g = Guarded(i, p.current, self.hold[i])
             plans.append(
                 Plan(
                     index=i,

@@ -107,12 +107,15 @@ class RecordingActuator:
         self.calls: list[dict[str, int]] = []
         self.fail_next = 0
         self.always_fail: set[str] = set()
+        self.settings: dict[str, dict[str, Any]] = {}
+        """Per model: extra :class:`WorkloadState` fields (min_replicas, max_replicas, hold) as a workload's
+        annotations would set them."""
         self.observations = 0
 
     async def observe(self) -> Mapping[str, WorkloadState]:
         self.observations += 1
         return {
-            m: WorkloadState(m, r, r if self.ready_fn is None else self.ready_fn(m, r))
+            m: WorkloadState(m, r, r if self.ready_fn is None else self.ready_fn(m, r), **self.settings.get(m, {}))
             for m, r in self.replicas.items()
         }
 

@@ -79,7 +79,7 @@ SCOPED = Decoder({"resnet50": "serving", "bert": "default"}, max_rps=1000.0, max
     ("over", "kind", "words"),
     [
         ({"concurrency_s": 1e12}, "invalid", "ingest.max_concurrency"),
-        ({"concurrency_s": 90.0, "arrivals": 10, "completions": 10, "errors": 0}, "invalid", "in flight than"),
+        ({"concurrency_s": 201.0, "window_s": 2.0}, "invalid", "more than 100 requests in flight"),
         ({"arrivals": 10**9, "completions": 10**9}, "invalid", "ingest.max_rps"),
         ({"arrivals": 1500, "window_s": 1.0, "completions": 100}, "invalid", "arrivals 1500 over 1 s"),
         ({"completions": 1500, "window_s": 1.0, "arrivals": 100}, "invalid", "completions 1500"),

@@ -221,3 +221,30 @@ async def test_hpa_scales_on_gpu_utilization_when_pods_report_no_busy_time() -> 
     seen = await _hpa_with_gpu_events(0.95)
     assert max(r["target"] for r in blind) == 1
     assert max(r["target"] for r in seen) >= 2
+
+
+async def test_workload_settings_bound_and_hold_the_decision() -> None:
+    """Catches: the decision core ignoring the workload's own settings — a max-replicas annotation of 3 must bound
+    the target (the audit says so), and a paused workload (or one another autoscaler owns) is never scaled."""
+    cfg = config(["m1", "m2"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0), record(traffic("m2", 0.0, arrivals=1), 1)]),
+        Step(
+            1.0,
+            [
+                record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 2),
+                record(traffic("m2", 1.0, arrivals=400, concurrency_s=700.0), 3),
+            ],
+        ),
+    ]
+    act = RecordingActuator({"m1": 1, "m2": 1})
+    act.settings = {"m1": {"max_replicas": 3}, "m2": {"hold": "paused (shadowscale.io/paused)"}}
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), act, sink, clock)
+    await run(agent, stop)
+    assert act.replicas == {"m1": 3, "m2": 1} and all("m2" not in c for c in act.calls)
+    last = {r["model"]: r for r in audits(sink)}
+    assert last["m1"]["target"] == 3 and "min/max 1..3" in str(last["m1"]["guard"])
+    assert last["m2"]["target"] == 1 and last["m2"]["recommended"] > 1 and "paused" in str(last["m2"]["guard"])
