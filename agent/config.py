@@ -1,17 +1,22 @@
 """The agent's configuration: YAML, then environment overrides, validated in one step with msgspec.
 
 ``load_config(path, environ)`` reads the YAML file, applies every ``SHADOWSCALE_AGENT__SECTION__KEY=value``
-variable (keys lower-cased; the value parsed as a YAML scalar, so ``true`` and ``5`` keep their types), and converts
-the result into :class:`AgentConfig`. Any problem raises :class:`ConfigError` (a ``ValueError``) whose message names
+variable (keys lower-cased; the value stays the string it is — a Secret such as a SASL password ``123456``, ``on``,
+``null`` or ``pass #word`` arrives verbatim — and is converted to the field's type by msgspec's lax conversion, so
+``true`` and ``5`` still work for a bool or an int; a list or mapping field takes JSON), and converts the result
+into :class:`AgentConfig`. Any problem raises :class:`ConfigError` (a ``ValueError``) whose message names
 the file or variable and the offending field, e.g. ``agent.yaml: Expected `int`, got `str` - at `$.kafka.max_batch```.
 The CLI turns it into exit status 2.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -500,7 +505,8 @@ def parse_config(data: object, *, source: str = "config") -> AgentConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        cfg = msgspec.convert(data, AgentConfig)
+        # lax: environment overrides are strings ("5", "true"); a value is never echoed in the error
+        cfg = msgspec.convert(data, AgentConfig, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {e}") from None
     try:
@@ -519,10 +525,12 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             raise ConfigError(f"environment variable {name}: empty key in the path")
-        try:
-            value = yaml.safe_load(environ[name]) if environ[name].strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"environment variable {name}: not a YAML value: {e}") from None
+        value: Any = environ[name]
+        if _is_collection(path):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}: expected a JSON list or object") from None
         node = data
         for key in path[:-1]:
             child = node.setdefault(key, {})
@@ -532,6 +540,24 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         node[path[-1]] = value
         used.append(name)
     return used
+
+
+def _is_collection(path: list[str]) -> bool:
+    """Whether the field at ``path`` (from :class:`AgentConfig`) holds a list, tuple or mapping."""
+    cls: Any = AgentConfig
+    for k, key in enumerate(path):
+        if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
+            return False
+        hint = typing.get_type_hints(cls).get(key)
+        if hint is None:
+            return False
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+            hint = args[0]
+        if k == len(path) - 1:
+            return typing.get_origin(hint) in (tuple, list, dict) or hint in (tuple, list, dict)
+        cls = hint
+    return False
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> AgentConfig:
