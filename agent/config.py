@@ -156,7 +156,17 @@ class LeaderConfig(_Section, frozen=True, kw_only=True):
     namespace: str = "default"
     name: str = "shadowscale-agent"
     lease_duration_s: PositiveFloat = 15.0
+    """How long a Lease not renewed stays with its holder in the other candidates' eyes."""
+    renew_deadline_s: PositiveFloat | None = None
+    """A leader that has not renewed within this long (counted from *before* its last successful request) acts as a
+    follower; below ``lease_duration_s`` so it has stopped before anyone else may take over. None: 2/3 of it."""
     renew_period_s: PositiveFloat = 2.0
+    request_timeout_s: PositiveFloat = 2.0
+    """Time limit of each Lease call (a hung API server must not hold a leader past its deadline)."""
+
+    @property
+    def deadline_s(self) -> float:
+        return self.renew_deadline_s if self.renew_deadline_s is not None else self.lease_duration_s * 2.0 / 3.0
 
 
 class LogConfig(_Section, frozen=True, kw_only=True):
@@ -392,6 +402,12 @@ def _check(cfg: AgentConfig) -> None:
         raise ConfigError(f"profiles.drift: {e}") from None
     if cfg.profiling.enabled:
         _check_profiling(cfg)
+    le = cfg.leader_election
+    if not le.renew_period_s < le.deadline_s < le.lease_duration_s:
+        raise ConfigError(
+            "leader_election: need renew_period_s < renew_deadline_s < lease_duration_s, got "
+            f"{le.renew_period_s:g} / {le.deadline_s:g} / {le.lease_duration_s:g}"
+        )
     k = cfg.kafka
     if k.heartbeat_interval_ms >= k.session_timeout_ms:
         raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
