@@ -196,25 +196,36 @@ def test_default_values_render_the_agent_and_the_exporter() -> None:
     assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_rbac_has_only_the_needed_verbs() -> None:
+def test_default_rbac_grants_only_the_default_features() -> None:
+    """Catches: the over-grant the chart used to ship (cluster-wide create on pods/binding, bindings and
+    pods/eviction for a scheduler that is off by default, an unused update on deployments/scale). What each rule is
+    for is checked against recorded API calls in tests/agent/test_agent_rbac.py."""
     docs = render(REQUIRED)
     agent_role = next(r for r in by_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith("exporter"))
-    rules = {
-        (g, r): sorted(rule["verbs"])
-        for rule in agent_role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
+    assert rule_map(agent_role) == {
+        ("apps", "deployments"): ["list", "watch"],
+        ("apps", "statefulsets"): ["list", "watch"],
+        ("apps", "deployments/scale"): ["patch"],
+        ("apps", "statefulsets/scale"): ["patch"],
+        ("", "events"): ["create"],
+        ("autoscaling", "horizontalpodautoscalers"): ["list"],
+        ("keda.sh", "scaledobjects"): ["list"],
     }
-    assert rules[("apps", "deployments/scale")] == ["get", "patch", "update"]
-    assert rules[("apps", "deployments")] == ["get", "list", "watch"]
-    assert rules[("", "pods/binding")] == ["create"] and rules[("policy", "pods/eviction")] == ["create"]
-    assert all("delete" not in v and "*" not in v for v in rules.values())
-    assert all("*" not in rule["resources"] for rule in agent_role["rules"])
     lease = next(r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election"))
-    assert {v for rule in lease["rules"] for v in rule["verbs"]} == {"create", "get", "update", "patch"}
+    assert {v for rule in lease["rules"] for v in rule["verbs"]} == {"create", "get", "update"}
+    assert [rule.get("resourceNames") for rule in lease["rules"]] == [None, ["ss-shadowscale"]]
     every_rule = [rule for r in by_kind(docs, "Role") + by_kind(docs, "ClusterRole") for rule in r["rules"]]
     assert all("batch" not in rule["apiGroups"] for rule in every_rule)  # no Jobs without profiling
     assert not [m for m in manifests(docs) if m["metadata"]["name"].endswith("-profiling")]
+    # switching the optional calls off removes their rules
+    off = render({**REQUIRED, "agent": {"events": False, "respectOtherAutoscalers": False}})
+    role = next(r for r in by_kind(off, "ClusterRole") if r["metadata"]["name"] == "ss-shadowscale")
+    assert set(rule_map(role)) == {("apps", r) for r in ("deployments", "statefulsets")} | {
+        ("apps", "deployments/scale"),
+        ("apps", "statefulsets/scale"),
+    }
+    cfg = parse_config(agent_config(off))
+    assert not cfg.actuator.kubernetes.events and not cfg.actuator.kubernetes.respect_other_autoscalers
 
 
 def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
