@@ -228,6 +228,14 @@ def test_default_rbac_grants_only_the_default_features() -> None:
     assert not cfg.actuator.kubernetes.events and not cfg.actuator.kubernetes.respect_other_autoscalers
 
 
+def test_probes_ask_liveness_and_readiness_separately() -> None:
+    """Catches: the readiness probe calling /healthz (alive), so a replica that has not observed its workloads or
+    polled Kafka yet was ready."""
+    (dep,) = by_kind(render(REQUIRED), "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
 def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
     docs = render(FULL)
     cfg_raw = agent_config(docs)
