@@ -79,7 +79,7 @@ async def serve(
             else:
                 from shadowscale.agent.kube import KubeActuator, api_client
 
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
                 kube = KubeActuator(cfg.actuator.kubernetes, cfg.models, api, identity=cfg.identity)
                 await kube.start()
@@ -106,7 +106,7 @@ async def serve(
             from shadowscale.agent.leader import LeaderElector
 
             if api is None:
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
             leader = LeaderElector(
                 cfg.leader_election, cfg.identity, api, on_change=lambda v: metrics.leader.set(1 if v else 0)
@@ -133,7 +133,7 @@ async def serve(
             if cfg.profiling.runner == "shadow" and api is None:
                 from shadowscale.agent.kube import api_client
 
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
             windows = agent.core.windows
             service = await open_profiling(
@@ -152,7 +152,7 @@ async def serve(
             from shadowscale.agent.scheduler import SecondaryScheduler
 
             if api is None:
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
             scheduler = SecondaryScheduler(
                 cfg.scheduler,

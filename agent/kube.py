@@ -138,16 +138,22 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> WorkloadSettings
     return WorkloadSettings(gpu, lo, hi, paused, tuple(problems))
 
 
-async def api_client(cfg: KubernetesConfig) -> Any:
-    """A kubernetes-asyncio ``ApiClient``: ``host`` (no credentials), in-cluster service account, or kubeconfig."""
+async def api_client(cfg: KubernetesConfig, identity: str | None = None) -> Any:
+    """A kubernetes-asyncio ``ApiClient``: ``host`` (no credentials), in-cluster service account, or kubeconfig.
+    Its User-Agent names the agent replica (``shadowscale-agent/<identity>``), so the API server's audit log says
+    which replica made each call."""
     if cfg.host is not None:
-        return client.ApiClient(client.Configuration(host=cfg.host.rstrip("/")))
-    if cfg.in_cluster:
+        api = client.ApiClient(client.Configuration(host=cfg.host.rstrip("/")))
+    elif cfg.in_cluster:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    conf = client.Configuration()
-    await config.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
-    return client.ApiClient(conf)
+        api = client.ApiClient()
+    else:
+        conf = client.Configuration()
+        await config.load_kube_config(config_file=cfg.kubeconfig, client_configuration=conf)
+        api = client.ApiClient(conf)
+    if identity is not None:
+        api.user_agent = f"shadowscale-agent/{identity}"
+    return api
 
 
 async def _json(resp: Any) -> Any:
@@ -277,7 +283,7 @@ class KubeActuator:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self, timeout_s: float = 30.0) -> None:
         if self._api is None:
-            self._api = await api_client(self.cfg)
+            self._api = await api_client(self.cfg, self.identity)
         self._apps: Any = client.AppsV1Api(self._api)
         if self.cfg.events:
             self.events = EventRecorder(self._api, self.identity, self.cfg.request_timeout_s)

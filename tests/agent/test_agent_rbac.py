@@ -37,7 +37,7 @@ def recorded(k8s: K8s) -> set[Triple]:
         for r in k8s.requests(method):
             if r.resource is None:
                 continue  # discovery (/api, /apis, /version) needs no rule
-            if not str(r.headers.get("User-Agent", "")).startswith("OpenAPI-Generator"):
+            if not str(r.headers.get("User-Agent", "")).startswith(("OpenAPI-Generator", "shadowscale-agent/")):
                 continue  # the test's own set-up (plain aiohttp), not the agent (kubernetes-asyncio)
             resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
             if method == "get":
