@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -27,7 +28,7 @@ from shadowscale.agent.config import (
     profiling_plans_raw,
 )
 from shadowscale.agent.http import HttpServer, make_app
-from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, KafkaUnavailable, ensure_topics
 from shadowscale.agent.logs import configure
 from shadowscale.agent.loop import Agent
 from shadowscale.agent.metrics import Metrics
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("shadowscale.app")
 
 ActuatorFactory = Callable[[AgentConfig, Clock], Actuator]
+_Client = TypeVar("_Client", KafkaSource, KafkaSink)
 
 
 @dataclass
@@ -88,11 +90,10 @@ async def serve(
         if cfg.kafka.create_topics:
             t = cfg.kafka.topics
             await ensure_topics(cfg.kafka, [t.traffic, t.gpu, t.decisions, t.dead_letter], cfg.kafka.partitions)
-        source = KafkaSource(cfg.kafka, [cfg.kafka.topics.traffic, cfg.kafka.topics.gpu])
-        await source.start()
+        topics = [cfg.kafka.topics.traffic, cfg.kafka.topics.gpu]
+        source = await connect(lambda: KafkaSource(cfg.kafka, topics), "consumer", stop)
         closers.append(source.stop)
-        sink = KafkaSink(cfg.kafka)
-        await sink.start()
+        sink = await connect(lambda: KafkaSink(cfg.kafka), "producer", stop)
         closers.append(sink.stop)
 
         profiles = None
@@ -191,6 +192,25 @@ async def serve(
                 await close()
             except Exception as e:  # keep closing the rest
                 log.warning("error while stopping", error=f"{type(e).__name__}: {e}")
+
+
+async def connect(make: Callable[[], _Client], what: str, stop: asyncio.Event, timeout_s: float = 120.0) -> _Client:
+    """Start a Kafka client, retrying with back-off while the broker is away (it may be restarting as the agent
+    starts): up to ``timeout_s``, then :class:`~agent.kafka.KafkaUnavailable` as before."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        c = make()
+        try:
+            await c.start(timeout_s=min(30.0, max(1.0, deadline - time.monotonic())))
+            return c
+        except KafkaUnavailable as e:
+            if stop.is_set() or time.monotonic() + delay > deadline:
+                raise
+            log.warning("Kafka not reachable yet; will retry", client=what, delay_s=delay, error=str(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def open_profiles(cfg: AgentConfig, closers: list[Callable[[], Any]]) -> ProfileBook:

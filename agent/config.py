@@ -131,6 +131,9 @@ class IngestConfig(_Section, frozen=True, kw_only=True):
     max_age_s: PositiveFloat = 3600.0
     pod_stale_s: PositiveFloat = 30.0
     dedupe_s: PositiveFloat = 60.0
+    stale_s: PositiveFloat = 60.0
+    """A model whose newest traffic event is older than this is stale (``shadowscale_event_age_seconds``; the
+    model's ``fallback_replicas``, if set, take over)."""
     max_rps: PositiveFloat = 100_000.0
     """Most requests per second one pod can plausibly receive or complete: a traffic event claiming more is
     dead-lettered."""
@@ -346,6 +349,9 @@ class ModelConfig(_Section, frozen=True, kw_only=True):
     """Latency objective of one request; default twice the time one replica takes per request (1 / capacity)."""
     cold_start_s: NonNegFloat = 60.0
     """Seconds from asking for a replica to its serving: the horizon shadowscale forecasts demand over."""
+    fallback_replicas: NonNegInt | None = None
+    """KEDA's ``fallback``: when the model's traffic events are older than ``ingest.stale_s`` (its producers or
+    their pipeline broke), ask for this many replicas instead of deciding on stale data; None: keep deciding."""
 
 
 class AgentConfig(_Section, frozen=True, kw_only=True):

@@ -214,7 +214,8 @@ class EventRecorder:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{ref.name[:200]}.", "namespace": ref.namespace},
+            # named as client-go's recorder names them (object name, then the time in hex): unique, no generateName
+            "metadata": {"name": f"{ref.name[:200]}.{time.time_ns():x}", "namespace": ref.namespace},
             "involvedObject": {
                 "apiVersion": "apps/v1",
                 "kind": KIND_NAMES.get(ref.kind, ref.kind),

@@ -148,6 +148,8 @@ class Agent:
         """Targets the actuator could not apply yet, by model index, each with its back-off."""
         self.last_scaled: dict[str, float] = {}
         self.last_commit_wall = 0.0
+        self.committed: dict[Position, int] = {}
+        """The offsets last committed, per partition (consumer lag)."""
         self._fenced = False
         """Set while partitions are being revoked: :meth:`may_actuate` answers no."""
         self._acting = asyncio.Event()
@@ -199,6 +201,7 @@ class Agent:
                     owned = self.source.owns(self.core.models)
                     plans = self.core.decide(next_tick, "tick", range(len(self.core.models)), owned)
                     next_tick = (math.floor(now / tick + 1e-9) + 1) * tick
+                    self._staleness(now, plans)
                     if self.is_leader():
                         self._cluster_wide()
                 elif triggered and self.cfg.trigger.enabled:
@@ -299,6 +302,24 @@ class Agent:
                 if name in index:
                     self.metrics.actual.labels(name).set(w.replicas)
                     self.metrics.ready.labels(name).set(w.ready)
+
+    def _staleness(self, now: float, plans: Sequence[Plan]) -> None:
+        """At each tick: event age per model, consumer lag per partition, age of the last commit, fallbacks."""
+        m = self.metrics
+        last = self.core.windows.last_event
+        for i, model in enumerate(self.core.models):
+            if last[i] > -math.inf:
+                m.event_age.labels(model).set(max(0.0, now - last[i]))
+        for p in plans:
+            on = p.guard is not None and p.guard.startswith("fallback:")
+            m.fallback.labels(p.model).set(1 if on else 0)
+        if math.isfinite(self._last_commit):
+            m.commit_age.set(time.monotonic() - self._last_commit)
+        highwaters = getattr(self.source, "highwaters", None)
+        if highwaters is not None:
+            for (topic, part), hw in highwaters().items():
+                handled = self._offsets.get((topic, part), self.committed.get((topic, part), 0))
+                m.lag.labels(topic, str(part)).set(max(0, hw - handled))
 
     def _cluster_wide(self) -> None:
         """Work only the leader does: today, the cluster GPU gauge and a warning when over budget."""
@@ -500,6 +521,7 @@ class Agent:
             return
         self._last_commit = time.monotonic()
         self.last_commit_wall = time.time()
+        self.committed.update(offsets)
         self.counts.commits += 1
         self.metrics.lag_commits.inc()
 

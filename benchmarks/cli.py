@@ -7,7 +7,7 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    from shadowscale.benchmarks import agent, placement, profiler, simulator
+    from shadowscale.benchmarks import agent, chaos, placement, profiler, simulator
 
     parser = sub.add_parser("bench", help="run a benchmark and print JSON", description=__doc__)
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
@@ -16,3 +16,4 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     placement.register(bench_sub)
     agent.register(bench_sub)
     profiler.register(bench_sub)
+    chaos.register(bench_sub)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, VirtualClock, config, record, traffic
 
@@ -248,3 +249,31 @@ async def test_workload_settings_bound_and_hold_the_decision() -> None:
     last = {r["model"]: r for r in audits(sink)}
     assert last["m1"]["target"] == 3 and "min/max 1..3" in str(last["m1"]["guard"])
     assert last["m2"]["target"] == 1 and last["m2"]["recommended"] > 1 and "paused" in str(last["m2"]["guard"])
+
+
+async def test_stale_events_fall_back_and_show_in_the_metrics() -> None:
+    """Catches: deciding on stale data forever when a model's producers stop (KEDA's ``fallback``): after
+    ``ingest.stale_s`` without events the model goes to its ``fallback_replicas``, the audit says why, and the
+    staleness shows in ``shadowscale_event_age_seconds`` and ``shadowscale_fallback_active``."""
+    cfg = config(["m1", "m2"], kafka={"commit_interval_s": 0.0}, ingest={"stale_s": 10.0})
+    data = msgspec.structs.asdict(cfg)
+    cfg = msgspec.structs.replace(
+        cfg, models=(msgspec.structs.replace(cfg.models[0], fallback_replicas=3), cfg.models[1])
+    )
+    assert data  # the first model falls back, the second has no fallback configured
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0), record(traffic("m2", 0.0, arrivals=1), 1)])]
+    steps += [Step(2.0 * k, []) for k in range(1, 10)]  # 18 s without events
+    act = RecordingActuator({"m1": 1, "m2": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), act, sink, clock)
+    await run(agent, stop)
+    assert act.replicas == {"m1": 3, "m2": 1}
+    fell = [r for r in audits(sink) if r["model"] == "m1" and r["target"] == 3]
+    assert fell and fell[0]["at"] > 10.0 and "fallback: no traffic events" in str(fell[0]["guard"])
+    text = agent.metrics.render().decode()
+    assert (
+        'shadowscale_fallback_active{model="m1"} 1.0' in text and 'shadowscale_fallback_active{model="m2"} 0.0' in text
+    )
+    assert 'shadowscale_event_age_seconds{model="m2"} 18.0' in text

@@ -137,7 +137,8 @@ def by_kind(docs: dict[str, list[dict[str, Any]]], kind: str) -> list[dict[str, 
 
 
 def agent_config(docs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    cfg: dict[str, Any] = yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["agent.yaml"])
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "agent.yaml" in c["data"]]
+    cfg: dict[str, Any] = yaml.safe_load(cm["data"]["agent.yaml"])
     return cfg
 
 
@@ -165,6 +166,7 @@ def test_default_values_render_the_agent_and_the_exporter() -> None:
     assert kinds == sorted(
         [
             *("ConfigMap", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "DaemonSet"),
+            "ConfigMap",  # the Grafana dashboard
             *(
                 "Deployment",
                 "PodDisruptionBudget",
@@ -438,3 +440,42 @@ def test_bad_values_fail_with_the_schema_message(values: dict[str, Any], message
 def test_ci_values_file_lints() -> None:
     values = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
     assert not helm.lint(str(CHART), values, strict=True)["errors"]
+
+
+def exported_series() -> set[str]:
+    """Every series name the agent's /metrics can carry (counters as *_total, histograms as _bucket/_sum/_count)."""
+    from shadowscale.agent.metrics import Metrics
+
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        if family.type == "counter":
+            names |= {f"{family.name}_total", f"{family.name}_created"}
+        elif family.type == "histogram":
+            names |= {f"{family.name}{s}" for s in ("_bucket", "_sum", "_count", "_created")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_the_dashboard_queries_only_metrics_the_agent_exports() -> None:
+    """Catches: a dashboard panel querying a metric the agent does not export (renamed, misspelt, or a counter
+    without its _total suffix): such a panel stays empty for every user."""
+    docs = render(REQUIRED)
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    import json
+
+    dashboard = json.loads(cm["data"]["shadowscale-agent.json"])
+    exported = exported_series()
+    assert len(dashboard["panels"]) >= 10
+    for panel in dashboard["panels"]:
+        queried = {m for t in panel["targets"] for m in re.findall(r"\b(shadowscale_[a-z_]+)", t["expr"])}
+        assert queried, f"panel {panel['title']!r} queries no agent metric"
+        assert queried <= exported, f"panel {panel['title']!r} queries {sorted(queried - exported)}"
+    # the staleness and lag metrics this issue added are on it
+    every = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"shadowscale_[a-z_]+", t["expr"])
+    }
+    assert {"shadowscale_consumer_lag_events", "shadowscale_event_age_seconds", "shadowscale_fallback_active"} <= every
+    off = render({**REQUIRED, "metrics": {"dashboard": {"enabled": False}}})
+    assert not [c for c in by_kind(off, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
