@@ -67,7 +67,12 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     poll_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 0.1
     """Longest wait for records before the loop looks at its tick and its retries again."""
     commit_interval_s: NonNegFloat = 0.2
-    max_commit_hold_s: NonNegFloat = 5.0
+    commit_timeout_s: PositiveFloat = 2.0
+    """Longest one commit may take; a broker that is away makes it fail (retried later), never holds the loop."""
+    max_unsent: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Audit and dead-letter records buffered while the broker does not take them; beyond this the loop stops
+    polling new events (back-pressure) instead of dropping records whose offsets would then be committed."""
+    max_commit_hold_s: NonNegFloat = 2.0
     """Longest a model's failing scale call holds back the commit of its partition's offsets; after that the offsets
     are committed anyway (the target stays pending, retried with back-off): one failing model never stalls the
     consumer group's progress for long, and every other partition commits at once."""
@@ -83,6 +88,10 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    """Mutual TLS: the client certificate (PEM) the agent presents to the brokers, with ``ssl_keyfile``."""
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = None
 
 
 class KubernetesConfig(_Section, frozen=True, kw_only=True):
@@ -419,6 +428,10 @@ def _check(cfg: AgentConfig) -> None:
         raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
     if k.security_protocol.startswith("SASL") and (k.sasl_mechanism is None or k.sasl_username is None):
         raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and kafka.sasl_username")
+    if (k.ssl_certfile is None) != (k.ssl_keyfile is None):
+        raise ConfigError("kafka.ssl_certfile and kafka.ssl_keyfile go together (mutual TLS needs both)")
+    if k.ssl_certfile is not None and not k.security_protocol.endswith("SSL"):
+        raise ConfigError("kafka.ssl_certfile needs kafka.security_protocol SSL or SASL_SSL")
     if not k.bootstrap.strip():
         raise ConfigError("kafka.bootstrap must name at least one HOST:PORT")
 

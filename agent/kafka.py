@@ -51,7 +51,15 @@ class KafkaUnavailable(RuntimeError):
 def _security(cfg: KafkaConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"security_protocol": cfg.security_protocol}
     if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        out["ssl_context"] = ssl.create_default_context(cafile=cfg.ssl_cafile)
+        context = ssl.create_default_context(cafile=cfg.ssl_cafile)
+        if cfg.ssl_certfile is not None:  # mutual TLS: the brokers check the agent's certificate
+            try:
+                context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile, cfg.ssl_key_password)
+            except (OSError, ssl.SSLError) as e:
+                raise KafkaUnavailable(
+                    f"cannot load the client certificate {cfg.ssl_certfile} / key {cfg.ssl_keyfile}: {e}"
+                ) from None
+        out["ssl_context"] = context
     if cfg.security_protocol.startswith("SASL"):
         out["sasl_mechanism"] = cfg.sasl_mechanism
         out["sasl_plain_username"] = cfg.sasl_username

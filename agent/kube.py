@@ -41,6 +41,7 @@ from shadowscale.policies.ports import ScaleResult, WorkloadState
 log = structlog.get_logger("shadowscale.kubernetes")
 
 RETRYABLE = frozenset({409, 429})
+WATCH_S = 300
 KINDS = ("deployments", "statefulsets")
 
 
@@ -672,8 +673,10 @@ async def list_and_watch(
                 **selector,
                 watch=True,
                 resource_version=rv if rv and rv.isdigit() else None,
-                timeout_seconds=300,
+                timeout_seconds=WATCH_S,
                 _preload_content=False,
+                # the server ends the watch after WATCH_S; a connection that silently stops is cut client-side
+                _request_timeout=WATCH_S + 30,
             )
             if resp.status != 200:
                 await _json(resp)  # raises

@@ -47,7 +47,6 @@ from shadowscale.policies.ports import Actuator, AuditSink, Clock, EventSource, 
 
 log = structlog.get_logger("shadowscale.agent")
 
-MAX_UNSENT = 100_000
 OBSERVE_S = 0.25
 """Between reconcile ticks the actuator's view is refreshed at most this often (wall seconds)."""
 FLUSH_WAIT_S = 0.05
@@ -166,6 +165,7 @@ class Agent:
         self._last_commit = -math.inf
         self._topics = cfg.kafka.topics
         self._observed_at = -math.inf
+        self._paused = False
 
     # -- the loop ---------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -177,8 +177,19 @@ class Agent:
         try:
             while not stop.is_set():
                 wait = min(cfg.poll_timeout_s, self.clock.wall_timeout(next_tick))
+                records: Sequence[RecordBatch]
                 try:
-                    records = await self.source.poll(cfg.max_batch, wait)
+                    if self.unsent() > cfg.max_unsent:
+                        # back-pressure: the broker takes no audit/dead-letter records; polling more would make
+                        # the buffer grow without bound (dropping them would lose events whose offsets commit)
+                        if not self._paused:
+                            log.warning("broker not taking records; consumption paused", unsent=self.unsent())
+                        self._paused = True
+                        await asyncio.sleep(wait)
+                        records = []
+                    else:
+                        self._paused = False
+                        records = await self.source.poll(cfg.max_batch, wait)
                     poll_failures = 0
                 except Exception as e:  # the broker is away: keep deciding on what we have, retry with back-off
                     poll_failures += 1
@@ -454,6 +465,10 @@ class Agent:
             self._flushing = asyncio.create_task(self._flush(), name="audit-flush")
         await asyncio.wait({self._flushing}, timeout=FLUSH_WAIT_S)
 
+    def unsent(self) -> int:
+        """Audit and dead-letter records waiting for the broker."""
+        return sum(len(v) for v in self._unsent.values())
+
     def _flush_idle(self) -> bool:
         return (self._flushing is None or self._flushing.done()) and not any(self._unsent.values())
 
@@ -461,6 +476,7 @@ class Agent:
         """Write buffered audit and dead-letter records; on failure keep them (bounded) for the next iteration.
 
         Records buffered while a write is in flight wait for the next one; a failed batch goes back in front of them.
+        None is ever dropped: the loop stops polling while more than ``kafka.max_unsent`` wait.
         """
         for topic in list(self._unsent):
             batch = self._unsent[topic]
@@ -471,10 +487,7 @@ class Agent:
                 await self.sink.write(topic, batch)
             except Exception as e:
                 log.warning("audit write failed; will retry", topic=topic, error=f"{type(e).__name__}: {e}")
-                kept = batch + self._unsent.get(topic, [])
-                if len(kept) > MAX_UNSENT:
-                    del kept[: len(kept) - MAX_UNSENT]
-                self._unsent[topic] = kept
+                self._unsent[topic] = batch + self._unsent.get(topic, [])
 
     def _held(self, now: float) -> set[Position] | None:
         """Partitions whose offsets wait for a pending target (None: all of them, when the source cannot say which
@@ -513,7 +526,7 @@ class Agent:
         for k in offsets:
             del self._offsets[k]
         try:
-            await self.source.commit(offsets)
+            await asyncio.wait_for(self.source.commit(offsets), self.cfg.kafka.commit_timeout_s)
         except Exception as e:
             log.warning("commit failed; will retry", error=f"{type(e).__name__}: {e}")
             for k, v in offsets.items():

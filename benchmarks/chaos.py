@@ -178,7 +178,6 @@ def agent_config(bootstrap: str, k8s_url: str, group: str) -> dict[str, Any]:
             "session_timeout_ms": 3000,
             "heartbeat_interval_ms": 500,
             "commit_interval_s": 0.2,
-            "max_commit_hold_s": 5.0,
         },
         "actuator": {
             "kind": "kubernetes",

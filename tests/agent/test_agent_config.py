@@ -96,3 +96,17 @@ def test_typed_and_structured_overrides_still_convert_without_echoing_the_value(
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, GOOD), {"SHADOWSCALE_AGENT__KAFKA__MAX_BATCH": "hunter2"})
     assert "hunter2" not in str(e.value) and "$.kafka.max_batch" in str(e.value)
+
+
+def test_mutual_tls_needs_cert_and_key_over_ssl(tmp_path: Path) -> None:
+    """Mutual TLS to Kafka: a client certificate and key, only over SSL/SASL_SSL; a missing file fails clearly."""
+    base = GOOD + "  security_protocol: SSL\n"
+    with pytest.raises(ConfigError, match="go together"):
+        load_config(write(tmp_path, base + "  ssl_certfile: /c.pem\n"), {})
+    with pytest.raises(ConfigError, match="needs kafka.security_protocol SSL"):
+        load_config(write(tmp_path, GOOD + "  ssl_certfile: /c.pem\n  ssl_keyfile: /k.pem\n"), {})
+    cfg = load_config(write(tmp_path, base + "  ssl_certfile: /nope/c.pem\n  ssl_keyfile: /nope/k.pem\n"), {})
+    from shadowscale.agent.kafka import KafkaSink, KafkaUnavailable
+
+    with pytest.raises(KafkaUnavailable, match="cannot load the client certificate /nope/c.pem"):
+        KafkaSink(cfg.kafka)

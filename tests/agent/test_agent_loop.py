@@ -277,3 +277,51 @@ async def test_stale_events_fall_back_and_show_in_the_metrics() -> None:
         'shadowscale_fallback_active{model="m1"} 1.0' in text and 'shadowscale_fallback_active{model="m2"} 0.0' in text
     )
     assert 'shadowscale_event_age_seconds{model="m2"} 18.0' in text
+
+
+async def test_dead_letters_are_never_dropped_and_consumption_pauses_instead() -> None:
+    """Catches: dropping buffered dead letters beyond the limit while their offsets are still committed (they
+    were lost for good). With the broker refusing writes, the loop stops polling once ``kafka.max_unsent`` records
+    wait, writes every one when the broker is back, and only then commits."""
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0, "max_unsent": 5})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    bad = [record(b"not json", k) for k in range(8)]
+    steps = [Step(0.0, bad[:4]), Step(0.1, bad[4:]), Step(0.2, [record(b"not json", 8)]), Step(0.3, [])]
+    source = ScriptedSource(clock, steps, stop)
+    sink = MemorySink()
+    sink.fail_next = 6
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), sink, clock)
+    polls_while_paused = []
+    orig = sink.write
+
+    async def write(topic: str, records: Any) -> None:
+        polls_while_paused.append((source.polls, agent.unsent()))
+        await orig(topic, records)
+
+    sink.write = write  # type: ignore[method-assign]
+    await run(agent, stop)
+    dead = [json.loads(v)["offset"] for _, v in sink.records[DEAD]]
+    assert sorted(dead) == list(range(9))  # every one written, none dropped
+    assert source.committed() == {("shadowscale.traffic", 0): 9}
+    # while 8 (> 5) records waited, no further poll was made
+    assert any(unsent == 8 for _, unsent in polls_while_paused)
+    assert all(polls == 2 for polls, unsent in polls_while_paused if unsent == 8)
+
+
+async def test_a_hung_commit_does_not_hold_the_loop() -> None:
+    """Catches: awaiting a commit without a time limit — with the broker away the loop stood still for the
+    outage's length (no decisions, no scale calls)."""
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0, "commit_timeout_s": 0.05})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+
+    class Hung(ScriptedSource):
+        async def commit(self, offsets: Any) -> None:
+            await asyncio.sleep(3600)
+
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)])]
+    steps += [Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 1)])]
+    act = RecordingActuator({"m1": 1})
+    await asyncio.wait_for(Agent(cfg, Hung(clock, steps, stop), act, MemorySink(), clock).run(stop), 5)
+    assert act.replicas["m1"] > 1
