@@ -155,6 +155,9 @@ class Agent:
         self._acting.set()
         """Cleared while a scale call is in flight."""
         self._rng = random.Random(cfg.identity)
+        self._failing_since: dict[str, float] = {}
+        """When each model's scale calls started failing (kept across a rebalance that drops its pending target):
+        a model that keeps failing holds its partition's commits once, not again after every rebalance."""
         if hasattr(actuator, "fence"):
             actuator.fence = self.may_actuate
         self.gpus: dict[tuple[str, str], GpuEvent] = {}
@@ -399,11 +402,13 @@ class Agent:
             p = by_model[model]
             self.core.applied(p.index, replicas, now)
             self.pending.pop(p.index, None)
+            self._failing_since.pop(model, None)
             self.last_scaled[model] = now
             log.info("scaled", model=model, decision=replicas, current=p.current, trigger=p.trigger, reason=p.reason)
         for model, why in result.failed.items():
             p = by_model[model]
             failing = self.pending.get(p.index)
+            self._failing_since.setdefault(model, now)
             if failing is None:
                 failing = self.pending[p.index] = Pending(p, since=now, since_wall=time.monotonic())
             pe = failing
@@ -493,7 +498,8 @@ class Agent:
         """Partitions whose offsets wait for a pending target (None: all of them, when the source cannot say which
         partition carries a model). A target pending longer than ``kafka.max_commit_hold_s`` holds nothing."""
         hold = self.cfg.kafka.max_commit_hold_s
-        young = [pe for pe in self.pending.values() if now - pe.since < hold]
+        first = self._failing_since
+        young = [pe for pe in self.pending.values() if now - first.get(pe.plan.model, pe.since) < hold]
         if not young:
             return set()
         position_of = getattr(self.source, "position_of", None)

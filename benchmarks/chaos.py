@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "chaos", help="two agent replicas under injected faults: loss, double actuation, stalls", description=__doc__
     )
-    p.add_argument("--seconds", type=float, default=40.0, help="seconds of faults (default 40; at least 20)")
+    p.add_argument("--seconds", type=float, default=40.0, help="seconds of faults (default 40; at least 10)")
     p.add_argument("--scale-fault-rate", type=float, default=0.15, help="share of scale calls failed (default 0.15)")
     p.add_argument("--lease-fault-rate", type=float, default=0.1, help="share of Lease calls failed (default 0.1)")
     p.add_argument("--settle", type=float, default=12.0, help="seconds ownership may move after a membership change")
@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.seconds < 20 or not (0 <= args.scale_fault_rate < 1 and 0 <= args.lease_fault_rate < 1):
-        raise ValueError("need --seconds >= 20 and fault rates in [0, 1)")
+    if args.seconds < 10 or not (0 <= args.scale_fault_rate < 1 and 0 <= args.lease_fault_rate < 1):
+        raise ValueError("need --seconds >= 10 and fault rates in [0, 1)")
     from shadowscale.agent.config import LogConfig
     from shadowscale.agent.logs import configure
 
@@ -530,7 +530,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def faults(args: argparse.Namespace, rec: Records, agents: Agents, broker: Any, cfg: Any) -> None:
     """The membership faults, spread over ``--seconds`` (Kubernetes errors are injected meanwhile)."""
-    plan = ["agent_kill9", "broker_restart", "leader_handover"] * 2
+    plan = (["agent_kill9", "broker_restart", "leader_handover"] * 2)[: max(3, min(6, int(args.seconds // 6)))]
     step = args.seconds / (len(plan) + 1)
     t0 = time.time()
 

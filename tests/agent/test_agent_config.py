@@ -103,10 +103,10 @@ def test_mutual_tls_needs_cert_and_key_over_ssl(tmp_path: Path) -> None:
     base = GOOD + "  security_protocol: SSL\n"
     with pytest.raises(ConfigError, match="go together"):
         load_config(write(tmp_path, base + "  ssl_certfile: /c.pem\n"), {})
-    with pytest.raises(ConfigError, match="needs kafka.security_protocol SSL"):
+    with pytest.raises(ConfigError, match=r"needs kafka\.security_protocol SSL"):
         load_config(write(tmp_path, GOOD + "  ssl_certfile: /c.pem\n  ssl_keyfile: /k.pem\n"), {})
     cfg = load_config(write(tmp_path, base + "  ssl_certfile: /nope/c.pem\n  ssl_keyfile: /nope/k.pem\n"), {})
     from shadowscale.agent.kafka import KafkaSink, KafkaUnavailable
 
-    with pytest.raises(KafkaUnavailable, match="cannot load the client certificate /nope/c.pem"):
+    with pytest.raises(KafkaUnavailable, match=r"cannot load the client certificate /nope/c\.pem"):
         KafkaSink(cfg.kafka)

@@ -109,3 +109,29 @@ async def test_revocation_waits_for_the_call_in_flight_and_commits_nothing_behin
     assert source.committed() == {(TRAFFIC, 0): 1} and not agent.pending
     assert agent.may_actuate("m1")  # the fence lifts once the rebalance callback returned
     await asyncio.wait_for(loop, 10)
+
+
+async def test_a_model_that_keeps_failing_holds_commits_once_not_after_every_rebalance() -> None:
+    """Catches: the commit hold restarting each time a rebalance drops the failing model's pending target and the
+    next failure creates it again (in the chaos benchmark every membership change stalled that partition anew)."""
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0, "max_commit_hold_s": 2.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    agent: Agent | None = None
+
+    class Rebalancing(ScriptedSource):
+        async def poll(self, max_records: int, timeout_s: float) -> object:
+            if self.polls == 5 and agent is not None:  # before the step at 4.0: a rebalance drops pending targets
+                await agent._commit_before_rebalance()
+            return await super().poll(max_records, timeout_s)
+
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)])]
+    steps += [Step(t, [busy("m1", t, k, 0)]) for k, t in enumerate((1.0, 2.0, 3.5, 3.8, 4.0, 4.5, 4.6), start=1)]
+    source = Rebalancing(clock, steps, stop, partitions={"m1": 0})
+    act = RecordingActuator({"m1": 1})
+    act.always_fail = {"m1"}
+    agent = Agent(cfg, source, act, MemorySink(), clock)
+    await asyncio.wait_for(agent.run(stop), 10)
+    p0 = [c[(TRAFFIC, 0)] for c in source.commits if (TRAFFIC, 0) in c]
+    # held from the first failure at 1.0 until 3.0; after the rebalance at 4.0 the new failure holds nothing
+    assert 6 in p0 and 7 in p0 and 8 in p0, p0
