@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "chaos", help="two agent replicas under injected faults: loss, double actuation, stalls", description=__doc__
     )
     p.add_argument("--seconds", type=float, default=40.0, help="seconds of faults (default 40; at least 10)")
-    p.add_argument("--scale-fault-rate", type=float, default=0.15, help="share of scale calls failed (default 0.15)")
+    p.add_argument("--scale-fault-rate", type=float, default=0.25, help="share of scale calls failed (default 0.25)")
     p.add_argument("--lease-fault-rate", type=float, default=0.1, help="share of Lease calls failed (default 0.1)")
     p.add_argument("--settle", type=float, default=12.0, help="seconds ownership may move after a membership change")
     p.add_argument("--seed", type=int, default=7, help="random seed of the fault injector (default 7)")
@@ -130,8 +130,10 @@ def fault_injector(original: Any, rec: Records, rng: random.Random, args: argpar
             return _status(403, "forbidden (injected: this model's scale always fails)")
         rate = args.scale_fault_rate if is_scale else args.lease_fault_rate if is_lease else 0.0
         if agent is not None and rec.injecting and rate and rng.random() < rate:
-            kind = rng.choice(("409", "429", "500", "timeout"))
-            rec.faults[f"{'scale' if is_scale else 'lease'}_{kind}"] += 1
+            what = "scale" if is_scale else "lease"
+            kinds = ("409", "429", "500", "timeout")
+            kind = kinds[sum(rec.faults[f"{what}_{k}"] for k in kinds) % len(kinds)]  # each kind in turn
+            rec.faults[f"{what}_{kind}"] += 1
             if kind != "timeout":
                 return _status(int(kind), f"injected {kind}")
             await asyncio.sleep(2.5)  # past the client's time limits; the call is still applied
@@ -579,6 +581,35 @@ async def lease_holder(cfg: Any) -> str:
     return ""
 
 
+def double_actuations(
+    by_workload: dict[str, list[tuple[float, str]]], membership: list[float], settle_s: float
+) -> tuple[int, list[str]]:
+    """Count changes of the acting agent on a workload that no membership change explains.
+
+    ``by_workload``: per workload, its successful scale calls as (time, agent), in time order; ``membership``: when
+    a consumer left or joined. Ownership may move once per membership change, within ``settle_s`` after it; every
+    other change of the acting agent (an old owner acting again after the new one, or a move with no membership
+    change at all) is a double actuation."""
+    windows = sorted(membership)
+    double = 0
+    details: list[str] = []
+    origin = windows[0] if windows else 0.0
+    for name, seq in by_workload.items():
+        used: Counter[int] = Counter()
+        for i in range(1, len(seq)):
+            if seq[i][1] == seq[i - 1][1]:
+                continue
+            w = seq[i][0]
+            covering = [k for k, m in enumerate(windows) if m <= w <= m + settle_s]
+            free = [k for k in covering if used[k] == 0]
+            if free:
+                used[free[0]] += 1
+                continue
+            double += 1
+            details.append(f"{name} at +{w - origin:.1f} s: {[(round(x - origin, 1), a) for x, a in seq]}")
+    return double, details
+
+
 async def account(
     args: argparse.Namespace,
     cfg: Any,
@@ -628,19 +659,7 @@ async def account(
             out_of_bounds += 1
         by_workload[name].append((when, agent))
     windows = sorted(rec.membership)
-    double = 0
-    details: list[str] = []
-    for name, seq in by_workload.items():
-        switches = [seq[i][0] for i in range(1, len(seq)) if seq[i][1] != seq[i - 1][1]]
-        allowance: Counter[int] = Counter()
-        for w in switches:
-            covering = [k for k, m in enumerate(windows) if m <= w <= m + args.settle]
-            # one move per membership change whose settle window covers the switch
-            if covering and allowance[covering[0]] < len(covering):
-                allowance[covering[0]] += 1
-                continue
-            double += 1
-            details.append(f"{name} at +{w - windows[0]:.1f} s: {[(round(x - windows[0], 1), a) for x, a in seq]}")
+    double, details = double_actuations(by_workload, windows, args.settle)
     faults_total = sum(rec.faults.values())
     return {
         "events_lost": missing + uncommitted + probes_lost,
