@@ -28,7 +28,7 @@ from shadowscale.agent.config import (
     profiling_plans_raw,
 )
 from shadowscale.agent.http import HttpServer, make_app
-from shadowscale.agent.kafka import KafkaSink, KafkaSource, KafkaUnavailable, ensure_topics
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, KafkaTail, KafkaUnavailable, ensure_topics
 from shadowscale.agent.logs import configure
 from shadowscale.agent.loop import Agent
 from shadowscale.agent.metrics import Metrics
@@ -90,8 +90,9 @@ async def serve(
         if cfg.kafka.create_topics:
             t = cfg.kafka.topics
             await ensure_topics(cfg.kafka, [t.traffic, t.gpu, t.decisions, t.dead_letter], cfg.kafka.partitions)
-        topics = [cfg.kafka.topics.traffic, cfg.kafka.topics.gpu]
-        source = await connect(lambda: KafkaSource(cfg.kafka, topics), "consumer", stop)
+        # traffic through the consumer group (keyed by model: one owner each); GPU events (keyed by node) read by
+        # every replica, so each sees every GPU
+        source = await connect(lambda: KafkaSource(cfg.kafka, [cfg.kafka.topics.traffic]), "consumer", stop)
         closers.append(source.stop)
         sink = await connect(lambda: KafkaSink(cfg.kafka), "producer", stop)
         closers.append(sink.stop)
@@ -112,6 +113,14 @@ async def serve(
             leader = LeaderElector(
                 cfg.leader_election, cfg.identity, api, on_change=lambda v: metrics.leader.set(1 if v else 0)
             )
+        gpu_tail: KafkaTail | None = KafkaTail(cfg.kafka, cfg.kafka.topics.gpu)
+        try:
+            assert gpu_tail is not None
+            await gpu_tail.start()
+            closers.append(gpu_tail.stop)
+        except KafkaUnavailable as e:
+            log.warning("GPU events not read (the topic is missing?); utilization from pods only", error=str(e))
+            gpu_tail = None
         agent = Agent(
             cfg,
             source,
@@ -122,6 +131,7 @@ async def serve(
             audit_file=Path(cfg.audit_file) if cfg.audit_file else None,
             is_leader=leader.is_leader if leader is not None else None,
             profiles=profiles,
+            gpu_source=gpu_tail,
         )
         tasks: list[asyncio.Task[None]] = []
         if leader is not None:

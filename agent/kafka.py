@@ -321,6 +321,16 @@ class KafkaTail:
         except TimeoutError:
             log.warning("tail consumer did not stop in time", topic=self.topic, timeout_s=timeout_s)
 
+    async def poll_batches(self, max_records: int, timeout_s: float) -> list[RecordBatch]:
+        """The records that arrived, as batches per partition (for the decision loop's GPU events: never committed,
+        every replica reads them all)."""
+        batches = await self._consumer.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
+        return [
+            RecordBatch(tp.topic, tp.partition, [m.offset for m in ms], [m.key for m in ms], [m.value for m in ms])
+            for tp, ms in batches.items()
+            if ms
+        ]
+
     async def poll(self, max_records: int, timeout_s: float) -> list[tuple[bytes | None, bytes | None]]:
         """``(key, value)`` of the records that arrived, in partition order (empty after ``timeout_s``)."""
         batches = await self._consumer.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import structlog
 
@@ -51,6 +51,12 @@ OBSERVE_S = 0.25
 """Between reconcile ticks the actuator's view is refreshed at most this often (wall seconds)."""
 FLUSH_WAIT_S = 0.05
 """How long one loop iteration waits for its audit write before it goes on deciding."""
+
+
+class GpuSource(Protocol):
+    """Every GPU event, whatever the consumer group's assignment (``agent.kafka.KafkaTail``)."""
+
+    async def poll_batches(self, max_records: int, timeout_s: float) -> list[RecordBatch]: ...
 
 
 @dataclass(slots=True)
@@ -114,6 +120,7 @@ class Agent:
         audit_file: Path | None = None,
         is_leader: Callable[[], bool] | None = None,
         profiles: ProfileBook | None = None,
+        gpu_source: GpuSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -134,6 +141,9 @@ class Agent:
         )
         self.audit_file = JsonLinesAudit(audit_file) if audit_file is not None else None
         self.is_leader = is_leader or (lambda: True)
+        self.gpu_source = gpu_source
+        """GPU events read by every replica (no consumer group): they are keyed by node, so in a group each replica
+        would see only part of the GPUs. Their offsets are never committed (gauges: the newest reading counts)."""
         self.profiles = profiles
         """Profiles and drift: set each model's capacity at every reconcile tick (None: configured capacities)."""
         if profiles is not None:
@@ -201,6 +211,14 @@ class Agent:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
                     records = []
+                if self.gpu_source is not None:
+                    try:
+                        gpu = await self.gpu_source.poll_batches(cfg.max_batch, 0.0)
+                    except Exception as e:
+                        log.warning("GPU events poll failed", error=f"{type(e).__name__}: {e}")
+                        gpu = []
+                    if gpu:
+                        records = [*records, *gpu]
                 t0 = time.perf_counter()
                 self.last_iteration = time.monotonic()
                 now = self.clock.now()
@@ -253,7 +271,8 @@ class Agent:
             if not len(b):
                 continue
             n += len(b)
-            offsets[(b.topic, b.partition)] = b.offsets[-1] + 1
+            if b.topic != gpu_topic or self.gpu_source is None:  # the GPU tail is never committed
+                offsets[(b.topic, b.partition)] = b.offsets[-1] + 1
             if b.topic == traffic_topic:
                 n_traffic += len(b)
                 for k, value in enumerate(b.values):

@@ -325,3 +325,41 @@ async def test_a_hung_commit_does_not_hold_the_loop() -> None:
     act = RecordingActuator({"m1": 1})
     await asyncio.wait_for(Agent(cfg, Hung(clock, steps, stop), act, MemorySink(), clock).run(stop), 5)
     assert act.replicas["m1"] > 1
+
+
+async def test_gpu_events_come_from_a_tail_every_replica_reads_and_are_never_committed() -> None:
+    """Catches: GPU events read through the consumer group — keyed by node, each replica saw only the GPUs whose
+    partitions it held, so a model's utilization could be invisible to its owner. A group-less tail hands every
+    replica all of them; their offsets are not the group's to commit."""
+    from shadowscale.agent.events import GPU_V1, GpuEvent, GpuPod, encode
+    from shadowscale.policies.ports import RecordBatch
+
+    class Tail:
+        def __init__(self) -> None:
+            self.sent = False
+
+        async def poll_batches(self, max_records: int, timeout_s: float) -> list[RecordBatch]:
+            if self.sent:
+                return []
+            self.sent = True
+            g = GpuEvent(
+                schema=GPU_V1,
+                node="n7",
+                gpu_uuid="GPU-x",
+                gpu_index=0,
+                event_time=0.0,
+                utilization=0.9,
+                memory_used_bytes=1,
+                memory_total_bytes=2,
+                pods=(GpuPod(pod="p0", model="m1"),),
+            )
+            return [RecordBatch("shadowscale.gpu", 3, [41], [b"n7"], [encode(g)])]
+
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    source = ScriptedSource(clock, [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]), Step(0.5, [])], stop)
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), MemorySink(), clock, gpu_source=Tail())
+    await run(agent, stop)
+    assert ("n7", "GPU-x") in agent.gpus and agent.counts.gpu == 1
+    assert source.committed() == {("shadowscale.traffic", 0): 1}  # the GPU offset is not committed
