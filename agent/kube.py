@@ -73,6 +73,8 @@ class Ref:
     problems: tuple[str, ...] = ()
     """Annotations that were ignored, each with why (reported once as a Warning Event on the workload)."""
     uid: str = ""
+    resource_version: str = ""
+    """As last seen (watch, or our own write's answer): the precondition of the next scale patch."""
 
 
 ANNOTATION_PREFIX = "shadowscale.io/"
@@ -417,6 +419,7 @@ class KubeActuator:
             paused=st.paused,
             problems=st.problems,
             uid=str(meta.get("uid") or ""),
+            resource_version=str(meta.get("resourceVersion") or ""),
         )
 
     def _target(self, model: str) -> Ref | None:
@@ -575,15 +578,23 @@ class KubeActuator:
             if self.fence is not None and not self.fence(ref.model):
                 log.info("scale fenced: this replica no longer owns the model", model=ref.model, workload=ref.name)
                 return "fenced: another replica owns the model now"
+            key = (ref.kind, ref.namespace, ref.name)
+            seen = self._objects.get(key, ref)
+            body: dict[str, Any] = {"spec": {"replicas": want}}
+            if seen.resource_version:
+                # a precondition (optimistic concurrency, as the HPA's scale updates): a request that reaches the
+                # API server late — after a time-out, after another replica took the model over and wrote — is
+                # refused with 409 instead of overwriting the newer count
+                body["metadata"] = {"resourceVersion": seen.resource_version}
             try:
                 resp = await patch(
                     ref.name,
                     ref.namespace,
-                    {"spec": {"replicas": want}},
+                    body,
                     _preload_content=False,
                     _request_timeout=self.cfg.request_timeout_s,
                 )
-                await _json(resp)
+                answer = await _json(resp)
             except KubeError as e:
                 err: KubeError = e
             except (aiohttp.ClientError, TimeoutError) as e:
@@ -592,7 +603,8 @@ class KubeActuator:
                 key = (ref.kind, ref.namespace, ref.name)
                 cur = self._objects.get(key)
                 if cur is not None:  # the watch confirms it; until then observe() shows the new target
-                    self._objects[key] = dataclasses.replace(cur, replicas=want)
+                    rv = str(((answer or {}).get("metadata") or {}).get("resourceVersion") or cur.resource_version)
+                    self._objects[key] = dataclasses.replace(cur, replicas=want, resource_version=rv)
                     self._dirty = True
                 if self.events is not None and ref.replicas != want:
                     self.events.emit(

@@ -26,9 +26,10 @@ def fixed_guess_k8s(original: Any) -> Any:
 def enforcing_resource_version(original: Any) -> Any:
     """A third test-side gap of kmock 0.8: it ignores ``metadata.resourceVersion``. An API server keeps one per
     object, bumps it on every write and answers 409 Conflict to a write (PUT) carrying a stale one — optimistic
-    concurrency that leader election relies on. This wraps the emulator's request handler to do the same: writes
-    are serialised, a PUT whose resourceVersion differs from the stored one is refused with 409, and every create
-    or update stores a new resourceVersion (returned in the response)."""
+    concurrency that leader election and scale preconditions rely on. This wraps the emulator's request handler to do
+    the same: writes are serialised, a PUT or PATCH whose resourceVersion differs from the stored one is refused with
+    409 (a PATCH without one is unconditional), and every create or update stores a new resourceVersion (returned in
+    the response)."""
     import asyncio
     import itertools
 
@@ -51,7 +52,7 @@ def enforcing_resource_version(original: Any) -> Any:
         lock = locks.setdefault(id(self), asyncio.Lock())
         async with lock:
             meta = request.data.setdefault("metadata", {})
-            if request.action == enums.action.UPDATE and request.method == enums.method.PUT:
+            if request.action == enums.action.UPDATE:  # PUT, and a PATCH that names a resourceVersion
                 key = (request.resource, request.namespace, request.name)
                 stored = self._objects[key] if key in self._objects else None  # noqa: SIM401 (no .get on ObjectsArray)
                 sent = meta.get("resourceVersion")

@@ -263,3 +263,22 @@ async def test_a_workload_scaled_by_an_hpa_is_left_alone(k8s: K8s) -> None:
         assert (await act.scale({"resnet": 4})).applied == {"resnet": 4}
     finally:
         await act.stop()
+
+
+async def test_a_scale_based_on_a_stale_view_is_refused(cluster: tuple[K8s, KubeActuator]) -> None:
+    """Catches: unconditional scale patches — a request that reached the API server late (after a client-side
+    time-out, after another replica had taken the model over and written) overwrote the newer count. The patch
+    carries the resourceVersion last seen, so the server refuses a stale one with 409."""
+    import dataclasses
+
+    k8s, act = cluster
+    key = ("deployments", "serving", "resnet-d")
+    await act.scale({"resnet": 3})
+    fresh = act._objects[key]
+    assert fresh.resource_version
+    act._objects[key] = dataclasses.replace(fresh, resource_version="1")  # what a late request would carry
+    result = await act.scale({"resnet": 5})
+    assert "resnet" in result.failed and "409" in result.failed["resnet"]
+    assert k8s.get("deployments", "serving", "resnet-d")["spec"]["replicas"] == 3
+    act._objects[key] = fresh
+    assert (await act.scale({"resnet": 5})).applied == {"resnet": 5}
