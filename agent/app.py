@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -27,7 +28,7 @@ from shadowscale.agent.config import (
     profiling_plans_raw,
 )
 from shadowscale.agent.http import HttpServer, make_app
-from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+from shadowscale.agent.kafka import KafkaSink, KafkaSource, KafkaTail, KafkaUnavailable, ensure_topics
 from shadowscale.agent.logs import configure
 from shadowscale.agent.loop import Agent
 from shadowscale.agent.metrics import Metrics
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("shadowscale.app")
 
 ActuatorFactory = Callable[[AgentConfig, Clock], Actuator]
+_Client = TypeVar("_Client", KafkaSource, KafkaSink)
 
 
 @dataclass
@@ -79,20 +81,20 @@ async def serve(
             else:
                 from shadowscale.agent.kube import KubeActuator, api_client
 
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
-                kube = KubeActuator(cfg.actuator.kubernetes, cfg.models, api)
+                kube = KubeActuator(cfg.actuator.kubernetes, cfg.models, api, identity=cfg.identity)
                 await kube.start()
                 closers.append(kube.stop)
                 actuator = kube
         if cfg.kafka.create_topics:
             t = cfg.kafka.topics
             await ensure_topics(cfg.kafka, [t.traffic, t.gpu, t.decisions, t.dead_letter], cfg.kafka.partitions)
-        source = KafkaSource(cfg.kafka, [cfg.kafka.topics.traffic, cfg.kafka.topics.gpu])
-        await source.start()
+        # traffic through the consumer group (keyed by model: one owner each); GPU events (keyed by node) read by
+        # every replica, so each sees every GPU
+        source = await connect(lambda: KafkaSource(cfg.kafka, [cfg.kafka.topics.traffic]), "consumer", stop)
         closers.append(source.stop)
-        sink = KafkaSink(cfg.kafka)
-        await sink.start()
+        sink = await connect(lambda: KafkaSink(cfg.kafka), "producer", stop)
         closers.append(sink.stop)
 
         profiles = None
@@ -106,11 +108,19 @@ async def serve(
             from shadowscale.agent.leader import LeaderElector
 
             if api is None:
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
             leader = LeaderElector(
                 cfg.leader_election, cfg.identity, api, on_change=lambda v: metrics.leader.set(1 if v else 0)
             )
+        gpu_tail: KafkaTail | None = KafkaTail(cfg.kafka, cfg.kafka.topics.gpu)
+        try:
+            assert gpu_tail is not None
+            await gpu_tail.start()
+            closers.append(gpu_tail.stop)
+        except KafkaUnavailable as e:
+            log.warning("GPU events not read (the topic is missing?); utilization from pods only", error=str(e))
+            gpu_tail = None
         agent = Agent(
             cfg,
             source,
@@ -121,6 +131,7 @@ async def serve(
             audit_file=Path(cfg.audit_file) if cfg.audit_file else None,
             is_leader=leader.is_leader if leader is not None else None,
             profiles=profiles,
+            gpu_source=gpu_tail,
         )
         tasks: list[asyncio.Task[None]] = []
         if leader is not None:
@@ -133,7 +144,7 @@ async def serve(
             if cfg.profiling.runner == "shadow" and api is None:
                 from shadowscale.agent.kube import api_client
 
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
             windows = agent.core.windows
             service = await open_profiling(
@@ -152,7 +163,7 @@ async def serve(
             from shadowscale.agent.scheduler import SecondaryScheduler
 
             if api is None:
-                api = await api_client(cfg.actuator.kubernetes)
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
                 closers.append(api.close)
             scheduler = SecondaryScheduler(
                 cfg.scheduler,
@@ -192,6 +203,25 @@ async def serve(
                 await close()
             except Exception as e:  # keep closing the rest
                 log.warning("error while stopping", error=f"{type(e).__name__}: {e}")
+
+
+async def connect(make: Callable[[], _Client], what: str, stop: asyncio.Event, timeout_s: float = 120.0) -> _Client:
+    """Start a Kafka client, retrying with back-off while the broker is away (it may be restarting as the agent
+    starts): up to ``timeout_s``, then :class:`~agent.kafka.KafkaUnavailable` as before."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        c = make()
+        try:
+            await c.start(timeout_s=min(30.0, max(1.0, deadline - time.monotonic())))
+            return c
+        except KafkaUnavailable as e:
+            if stop.is_set() or time.monotonic() + delay > deadline:
+                raise
+            log.warning("Kafka not reachable yet; will retry", client=what, delay_s=delay, error=str(e))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def open_profiles(cfg: AgentConfig, closers: list[Callable[[], Any]]) -> ProfileBook:

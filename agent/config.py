@@ -1,17 +1,22 @@
 """The agent's configuration: YAML, then environment overrides, validated in one step with msgspec.
 
 ``load_config(path, environ)`` reads the YAML file, applies every ``SHADOWSCALE_AGENT__SECTION__KEY=value``
-variable (keys lower-cased; the value parsed as a YAML scalar, so ``true`` and ``5`` keep their types), and converts
-the result into :class:`AgentConfig`. Any problem raises :class:`ConfigError` (a ``ValueError``) whose message names
+variable (keys lower-cased; the value stays the string it is — a Secret such as a SASL password ``123456``, ``on``,
+``null`` or ``pass #word`` arrives verbatim — and is converted to the field's type by msgspec's lax conversion, so
+``true`` and ``5`` still work for a bool or an int; a list or mapping field takes JSON), and converts the result
+into :class:`AgentConfig`. Any problem raises :class:`ConfigError` (a ``ValueError``) whose message names
 the file or variable and the offending field, e.g. ``agent.yaml: Expected `int`, got `str` - at `$.kafka.max_batch```.
 The CLI turns it into exit status 2.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -63,6 +68,15 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     poll_timeout_s: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 0.1
     """Longest wait for records before the loop looks at its tick and its retries again."""
     commit_interval_s: NonNegFloat = 0.2
+    commit_timeout_s: PositiveFloat = 2.0
+    """Longest one commit may take; a broker that is away makes it fail (retried later), never holds the loop."""
+    max_unsent: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Audit and dead-letter records buffered while the broker does not take them; beyond this the loop stops
+    polling new events (back-pressure) instead of dropping records whose offsets would then be committed."""
+    max_commit_hold_s: NonNegFloat = 2.0
+    """Longest a model's failing scale call holds back the commit of its partition's offsets; after that the offsets
+    are committed anyway (the target stays pending, retried with back-off): one failing model never stalls the
+    consumer group's progress for long, and every other partition commits at once."""
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
     heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=100)] = 3_000
     fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20
@@ -75,6 +89,10 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    """Mutual TLS: the client certificate (PEM) the agent presents to the brokers, with ``ssl_keyfile``."""
+    ssl_keyfile: str | None = None
+    ssl_key_password: str | None = None
 
 
 class KubernetesConfig(_Section, frozen=True, kw_only=True):
@@ -89,10 +107,20 @@ class KubernetesConfig(_Section, frozen=True, kw_only=True):
     request_timeout_s: PositiveFloat = 5.0
     retry_delays_s: tuple[NonNegFloat, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
     """Back-off before each retry of a scale call answered 409/429/5xx or timed out; then it is left pending."""
+    events: bool = True
+    """Write a Kubernetes Event on the workload for every scale and every ignored annotation."""
+    respect_other_autoscalers: bool = True
+    """Leave alone a workload that an HPA or a KEDA ScaledObject already scales (checked every
+    ``conflict_check_s``), with a Warning Event, instead of fighting over its replica count."""
+    conflict_check_s: PositiveFloat = 30.0
 
 
 class ActuatorConfig(_Section, frozen=True, kw_only=True):
     kind: Literal["simulated", "kubernetes"] = "simulated"
+    backoff_s: PositiveFloat = 0.5
+    """A model whose scale call failed is tried again after this long, doubling per failure (with jitter) ..."""
+    max_backoff_s: PositiveFloat = 30.0
+    """... up to this long; other models are called as usual meanwhile."""
     cold_start_s: NonNegFloat = 0.0
     """Simulated cluster only: seconds before a new replica is ready."""
     kubernetes: KubernetesConfig = KubernetesConfig()
@@ -113,6 +141,14 @@ class IngestConfig(_Section, frozen=True, kw_only=True):
     max_age_s: PositiveFloat = 3600.0
     pod_stale_s: PositiveFloat = 30.0
     dedupe_s: PositiveFloat = 60.0
+    stale_s: PositiveFloat = 60.0
+    """A model whose newest traffic event is older than this is stale (``shadowscale_event_age_seconds``; the
+    model's ``fallback_replicas``, if set, take over)."""
+    max_rps: PositiveFloat = 100_000.0
+    """Most requests per second one pod can plausibly receive or complete: a traffic event claiming more is
+    dead-lettered."""
+    max_concurrency: PositiveFloat = 10_000.0
+    """Most requests one pod can plausibly hold in flight (``queue_depth``, ``concurrency_s / window_s``)."""
 
 
 class TriggerConfig(_Section, frozen=True, kw_only=True):
@@ -133,7 +169,17 @@ class LeaderConfig(_Section, frozen=True, kw_only=True):
     namespace: str = "default"
     name: str = "shadowscale-agent"
     lease_duration_s: PositiveFloat = 15.0
+    """How long a Lease not renewed stays with its holder in the other candidates' eyes."""
+    renew_deadline_s: PositiveFloat | None = None
+    """A leader that has not renewed within this long (counted from *before* its last successful request) acts as a
+    follower; below ``lease_duration_s`` so it has stopped before anyone else may take over. None: 2/3 of it."""
     renew_period_s: PositiveFloat = 2.0
+    request_timeout_s: PositiveFloat = 2.0
+    """Time limit of each Lease call (a hung API server must not hold a leader past its deadline)."""
+
+    @property
+    def deadline_s(self) -> float:
+        return self.renew_deadline_s if self.renew_deadline_s is not None else self.lease_duration_s * 2.0 / 3.0
 
 
 class LogConfig(_Section, frozen=True, kw_only=True):
@@ -349,6 +395,9 @@ class ModelConfig(_Section, frozen=True, kw_only=True):
     """Latency objective of one request; default twice the time one replica takes per request (1 / capacity)."""
     cold_start_s: NonNegFloat = 60.0
     """Seconds from asking for a replica to its serving: the horizon shadowscale forecasts demand over."""
+    fallback_replicas: NonNegInt | None = None
+    """KEDA's ``fallback``: when the model's traffic events are older than ``ingest.stale_s`` (its producers or
+    their pipeline broke), ask for this many replicas instead of deciding on stale data; None: keep deciding."""
 
 
 class AgentConfig(_Section, frozen=True, kw_only=True):
@@ -412,11 +461,21 @@ def _check(cfg: AgentConfig) -> None:
         raise ConfigError(f"profiles.drift: {e}") from None
     if cfg.profiling.enabled:
         _check_profiling(cfg)
+    le = cfg.leader_election
+    if not le.renew_period_s < le.deadline_s < le.lease_duration_s:
+        raise ConfigError(
+            "leader_election: need renew_period_s < renew_deadline_s < lease_duration_s, got "
+            f"{le.renew_period_s:g} / {le.deadline_s:g} / {le.lease_duration_s:g}"
+        )
     k = cfg.kafka
     if k.heartbeat_interval_ms >= k.session_timeout_ms:
         raise ConfigError("kafka.heartbeat_interval_ms must be below kafka.session_timeout_ms")
     if k.security_protocol.startswith("SASL") and (k.sasl_mechanism is None or k.sasl_username is None):
         raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and kafka.sasl_username")
+    if (k.ssl_certfile is None) != (k.ssl_keyfile is None):
+        raise ConfigError("kafka.ssl_certfile and kafka.ssl_keyfile go together (mutual TLS needs both)")
+    if k.ssl_certfile is not None and not k.security_protocol.endswith("SSL"):
+        raise ConfigError("kafka.ssl_certfile needs kafka.security_protocol SSL or SASL_SSL")
     if not k.bootstrap.strip():
         raise ConfigError("kafka.bootstrap must name at least one HOST:PORT")
 
@@ -525,7 +584,8 @@ def parse_config(data: object, *, source: str = "config") -> AgentConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        cfg = msgspec.convert(data, AgentConfig)
+        # lax: environment overrides are strings ("5", "true"); a value is never echoed in the error
+        cfg = msgspec.convert(data, AgentConfig, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(f"{source}: {e}") from None
     try:
@@ -544,10 +604,12 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
             raise ConfigError(f"environment variable {name}: empty key in the path")
-        try:
-            value = yaml.safe_load(environ[name]) if environ[name].strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"environment variable {name}: not a YAML value: {e}") from None
+        value: Any = environ[name]
+        if _is_collection(path):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(f"environment variable {name}: expected a JSON list or object") from None
         node = data
         for key in path[:-1]:
             child = node.setdefault(key, {})
@@ -557,6 +619,24 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         node[path[-1]] = value
         used.append(name)
     return used
+
+
+def _is_collection(path: list[str]) -> bool:
+    """Whether the field at ``path`` (from :class:`AgentConfig`) holds a list, tuple or mapping."""
+    cls: Any = AgentConfig
+    for k, key in enumerate(path):
+        if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
+            return False
+        hint = typing.get_type_hints(cls).get(key)
+        if hint is None:
+            return False
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+            hint = args[0]
+        if k == len(path) - 1:
+            return typing.get_origin(hint) in (tuple, list, dict) or hint in (tuple, list, dict)
+        cls = hint
+    return False
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> AgentConfig:

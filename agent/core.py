@@ -25,7 +25,7 @@ import numpy as np
 
 from shadowscale.agent.config import AgentConfig
 from shadowscale.agent.events import TrafficEvent
-from shadowscale.agent.guards import Guards, Proposal
+from shadowscale.agent.guards import Guarded, Guards, Proposal
 from shadowscale.agent.windows import Windows
 from shadowscale.policies.ports import WorkloadState
 from shadowscale.policies.scaling import Decisions, ScalingPolicy, Signals, make_policy
@@ -109,6 +109,12 @@ class DecisionCore:
             [m.max_replicas for m in cfg.models],
             [m.gpu_fraction for m in cfg.models],
         )
+        self.config_lo = [m.min_replicas for m in cfg.models]
+        self.config_hi = [m.max_replicas for m in cfg.models]
+        self.hold: list[str | None] = [None] * n
+        self.fallback_replicas = [m.fallback_replicas for m in cfg.models]
+        self.started_at: float | None = None
+        """Per model: why it must not be scaled now (paused, another autoscaler), from the workload."""
         self._over = [False] * n
         self._headroom = cfg.trigger.headroom
         self.last_now = -np.inf
@@ -128,6 +134,13 @@ class DecisionCore:
             self.replicas[i] = w.replicas
             self.ready[i] = w.ready
             self.known[i] = True
+            lo, hi = self.config_lo[i], self.config_hi[i]
+            if w.min_replicas is not None:
+                lo = min(max(w.min_replicas, lo), hi)
+            if w.max_replicas is not None:
+                hi = max(min(w.max_replicas, hi), lo)
+            self.guards.lo[i], self.guards.hi[i] = lo, hi
+            self.hold[i] = w.hold
         self.other_gpus = other
 
     def ingest(self, events: Sequence[TrafficEvent]) -> list[int]:
@@ -182,12 +195,24 @@ class DecisionCore:
         decisions, self.state = self.policy.decide(self.signals(now), self.state)
         self.last_decisions = decisions
         idx = sorted({i for i in scope if self.known[i] and self.models[i] in owned})
-        proposals = [Proposal(i, int(self.replicas[i]), int(decisions.replicas[i])) for i in idx]
+        fallback: dict[int, str] = {}
+        for i in idx:
+            reason = self.stale(i, now)
+            if reason is not None:
+                fallback[i] = reason
+        proposals = [
+            Proposal(i, int(self.replicas[i]), self._fallback_to(i) if i in fallback else int(decisions.replicas[i]))
+            for i in idx
+        ]
         guarded = self.guards.apply(now, proposals, self.gpus_in_use())
         outstanding = self.windows.outstanding()
         plans = []
         for g, p in zip(guarded, proposals, strict=True):
             i = g.index
+            if self.hold[i] is not None and g.target != p.current:
+                g = Guarded(i, p.current, self.hold[i])
+            elif i in fallback:
+                g = Guarded(i, g.target, fallback[i] + (f"; {g.note}" if g.note else ""))
             plans.append(
                 Plan(
                     index=i,
@@ -198,7 +223,7 @@ class DecisionCore:
                     ready=int(self.ready[i]),
                     recommended=p.proposed,
                     target=g.target,
-                    guard=g.note if g.target != p.proposed else None,
+                    guard=g.note if g.target != p.proposed or i in fallback else None,
                     demand_rps=self.windows.demand(i),
                     capacity_rps=self.capacity(i),
                     outstanding=int(outstanding[i]),
@@ -207,6 +232,25 @@ class DecisionCore:
                 )
             )
         return plans
+
+    def stale(self, i: int, now: float) -> str | None:
+        """Why model ``i`` falls back to its ``fallback_replicas`` (its newest event is older than
+        ``ingest.stale_s``), or None (no fallback configured, or fresh events)."""
+        if self.fallback_replicas[i] is None:
+            return None
+        if self.started_at is None:
+            self.started_at = now
+        stale_s = self.cfg.ingest.stale_s
+        last = self.windows.last_event[i]
+        age = now - (last if last > -math.inf else self.started_at)
+        if age > stale_s and now - self.started_at > stale_s:
+            return f"fallback: no traffic events for {age:.0f} s (ingest.stale_s {stale_s:g})"
+        return None
+
+    def _fallback_to(self, i: int) -> int:
+        n = self.fallback_replicas[i]
+        assert n is not None
+        return n
 
     def applied(self, index: int, replicas: int, now: float) -> None:
         """The actuator set model ``index`` to ``replicas`` (the next observation confirms it)."""

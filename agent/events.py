@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal, TypeAlias
 
@@ -225,21 +225,31 @@ _PAYLOAD_LIMIT: Final = 65_536
 class Decoder:
     """Decodes traffic and GPU messages; never raises.
 
-    ``known_models`` (when given) rejects traffic for models the agent does not manage. Event times more than
+    ``known_models`` (when given) rejects traffic for models the agent does not manage; given as a mapping of model
+    to namespace, it also rejects an event for a known model name from another namespace (another team's ``m1`` is
+    not ours). Event times more than
     ``max_future_s`` ahead of ``now`` or more than ``max_age_s`` behind it are rejected: a producer with a broken
     clock must not move windows. Checks beyond the schema's types and bounds: names match Kubernetes' patterns,
     latency quantiles are ordered (p50 <= p95 <= p99), ``errors <= completions``, ``busy_s`` and ``ready_s`` are at
-    most ``window_s`` (with 1 % slack), used memory is at most total memory.
+    most ``window_s`` (with 1 % slack), used memory is at most total memory. Fields are bounded against each other
+    and against what one pod can plausibly see: ``arrivals`` and ``completions`` at most ``max_rps`` x ``window_s``,
+    ``queue_depth`` at most ``max_concurrency``, ``concurrency_s`` at most ``max_concurrency`` x ``window_s`` (a
+    mean of more requests in flight than one pod can hold). One forged event cannot claim an implausible load.
     """
 
     def __init__(
         self,
-        known_models: Collection[str] | None = None,
+        known_models: Collection[str] | Mapping[str, str] | None = None,
         *,
         max_future_s: float = 60.0,
         max_age_s: float = 3600.0,
+        max_rps: float = 100_000.0,
+        max_concurrency: float = 10_000.0,
     ) -> None:
         self.known_models = None if known_models is None else frozenset(known_models)
+        self.namespaces: dict[str, str] | None = dict(known_models) if isinstance(known_models, Mapping) else None
+        self.max_rps = max_rps
+        self.max_concurrency = max_concurrency
         self.max_future_s = max_future_s
         self.max_age_s = max_age_s
         self._traffic = msgspec.json.Decoder(TrafficEvent)
@@ -279,7 +289,15 @@ class Decoder:
                 if problem is not None:
                     return Rejected("invalid", f"invalid traffic event: model {problem}")
                 return Rejected("unknown_model", f"unknown model {ev.model!r} (not in the agent's configuration)")
+            namespaces = self.namespaces
+            if namespaces is not None and namespaces[ev.model] != ev.namespace:
+                return Rejected(
+                    "namespace",
+                    f"model {ev.model!r} is managed in namespace {namespaces[ev.model]!r}, not {ev.namespace[:80]!r}",
+                )
             t = ev.event_time
+            w = ev.window_s
+            most = self.max_rps * w
             if (
                 now - self.max_age_s <= t <= now + self.max_future_s
                 and ev.latency_p50_ms <= ev.latency_p95_ms <= ev.latency_p99_ms
@@ -289,11 +307,16 @@ class Decoder:
                 and (ev.pod in self._good_names and ev.namespace in self._good_namespaces)
                 and (known is not None or ev.model in self._good_names)
                 and ev.shadow_trial is None  # a shadow's trial id is checked on the slow path below
+                and ev.arrivals <= most
+                and ev.completions <= most
+                and ev.queue_depth <= self.max_concurrency
+                and ev.concurrency_s <= w * self.max_concurrency
             ):
                 return ev  # the fast path: every check passed
             problem = (
                 _check_time(t, now, self.max_future_s, self.max_age_s)
                 or _check_traffic(ev)
+                or _check_bounds(ev, self.max_rps, self.max_concurrency)
                 or self._bad_name(ev.pod, ev.namespace)
                 or self._bad_name(ev.model, ev.namespace)
                 or (None if ev.shadow_trial is None else self._bad_name(ev.shadow_trial, ev.namespace))
@@ -347,6 +370,22 @@ def _check_traffic(ev: TrafficEvent) -> str | None:
         return f"ready_s {ev.ready_s:g} exceeds the window ({ev.window_s:g} s)"
     if not math.isfinite(ev.concurrency_s):
         return "concurrency_s must be finite"
+    return None
+
+
+def _check_bounds(ev: TrafficEvent, max_rps: float, max_concurrency: float) -> str | None:
+    w = ev.window_s
+    for name in ("arrivals", "completions"):
+        v = getattr(ev, name)
+        if v > max_rps * w:
+            return f"{name} {v} over {w:g} s is above the plausible {max_rps:g} req/s of one pod (ingest.max_rps)"
+    if ev.queue_depth > max_concurrency:
+        return f"queue_depth {ev.queue_depth} is above the plausible {max_concurrency:g} (ingest.max_concurrency)"
+    if ev.concurrency_s > max_concurrency * w:
+        return (
+            f"concurrency_s {ev.concurrency_s:g} over {w:g} s means more than {max_concurrency:g} requests in flight "
+            "(ingest.max_concurrency)"
+        )
     return None
 
 

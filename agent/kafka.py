@@ -51,7 +51,15 @@ class KafkaUnavailable(RuntimeError):
 def _security(cfg: KafkaConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"security_protocol": cfg.security_protocol}
     if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        out["ssl_context"] = ssl.create_default_context(cafile=cfg.ssl_cafile)
+        context = ssl.create_default_context(cafile=cfg.ssl_cafile)
+        if cfg.ssl_certfile is not None:  # mutual TLS: the brokers check the agent's certificate
+            try:
+                context.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile, cfg.ssl_key_password)
+            except (OSError, ssl.SSLError) as e:
+                raise KafkaUnavailable(
+                    f"cannot load the client certificate {cfg.ssl_certfile} / key {cfg.ssl_keyfile}: {e}"
+                ) from None
+        out["ssl_context"] = context
     if cfg.security_protocol.startswith("SASL"):
         out["sasl_mechanism"] = cfg.sasl_mechanism
         out["sasl_plain_username"] = cfg.sasl_username
@@ -132,6 +140,9 @@ class KafkaSource:
             log.warning("commit failed after a rebalance; the records will be delivered again", error=str(e))
 
     def owns(self, keys: Sequence[str]) -> frozenset[str]:
+        """The keys routed to partitions assigned to this consumer; none while a rebalance is revoking them."""
+        if not self.assigned_event.is_set():
+            return frozenset()
         assigned = frozenset(self._consumer.assignment())
         parts = self._consumer.partitions_for_topic(self.key_topic)
         n = len(parts) if parts else 0
@@ -143,6 +154,20 @@ class KafkaSource:
         owned = frozenset(k for k in keys if n and partition_for(k, n) in mine)
         self._owned_cache = (assigned, n, key_tuple, owned)
         return owned
+
+    def position_of(self, key: str) -> Position | None:
+        """The ``(topic, partition)`` of ``key_topic`` that carries ``key`` (None before the topic is known)."""
+        parts = self._consumer.partitions_for_topic(self.key_topic)
+        return (self.key_topic, partition_for(key, len(parts))) if parts else None
+
+    def highwaters(self) -> dict[Position, int]:
+        """The broker's high watermark (next offset) of each assigned partition, as of the last fetch."""
+        out = {}
+        for tp in self._consumer.assignment():
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                out[(tp.topic, tp.partition)] = int(hw)
+        return out
 
     def assigned(self) -> int:
         """Partitions currently assigned to this consumer."""
@@ -226,6 +251,24 @@ class KafkaSink:
                 futures.append(await producer.send_batch(batch, topic, partition=p))
         await asyncio.gather(*futures)
 
+    async def write_acked(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> list[tuple[int, int]]:
+        """Like :meth:`write`, one batch per record's partition, and return each record's ``(partition, offset)``
+        as the broker acknowledged it (benchmarks count from these)."""
+        producer = self._producer
+        parts = sorted(await producer.partitions_for(topic))
+        out: list[tuple[int, int]] = [(-1, -1)] * len(records)
+        pending = []
+        for j, (key, value) in enumerate(records):
+            p = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)] if key is not None else parts[j % len(parts)]
+            batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit in one batch")
+            pending.append((j, await producer.send_batch(batch, topic, partition=p)))
+        for j, fut in pending:
+            meta = await fut
+            out[j] = (int(meta.partition), int(meta.offset))
+        return out
+
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         """Send one message and wait for its acknowledgement (the lowest-latency path)."""
         await self._producer.send_and_wait(topic, value, key=key)
@@ -278,10 +321,98 @@ class KafkaTail:
         except TimeoutError:
             log.warning("tail consumer did not stop in time", topic=self.topic, timeout_s=timeout_s)
 
+    async def poll_batches(self, max_records: int, timeout_s: float) -> list[RecordBatch]:
+        """The records that arrived, as batches per partition (for the decision loop's GPU events: never committed,
+        every replica reads them all)."""
+        batches = await self._consumer.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
+        return [
+            RecordBatch(tp.topic, tp.partition, [m.offset for m in ms], [m.key for m in ms], [m.value for m in ms])
+            for tp, ms in batches.items()
+            if ms
+        ]
+
     async def poll(self, max_records: int, timeout_s: float) -> list[tuple[bytes | None, bytes | None]]:
         """``(key, value)`` of the records that arrived, in partition order (empty after ``timeout_s``)."""
         batches = await self._consumer.getmany(timeout_ms=max(int(timeout_s * 1000), 0), max_records=max_records)
         return [(m.key, m.value) for msgs in batches.values() for m in msgs]
+
+
+class CommittedOffsets:
+    """Reads consumer group ``group``'s committed offsets (the broker's record) without joining the group: a
+    consumer that never subscribes only asks the coordinator (OffsetFetch)."""
+
+    def __init__(self, cfg: KafkaConfig, group: str) -> None:
+        self._consumer: Any = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=group,
+            client_id=f"{cfg.client_id}-observer",
+            enable_auto_commit=False,
+            **_security(cfg),
+        )
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        await asyncio.wait_for(self._consumer.start(), timeout_s)
+
+    async def read(self, topic: str, partitions: Sequence[int], timeout_s: float = 2.0) -> dict[int, int]:
+        """Committed next offset per partition of ``topic`` (partitions with no commit are left out)."""
+        out = {}
+        for p in partitions:
+            off = await asyncio.wait_for(self._consumer.committed(TopicPartition(topic, p)), timeout_s)
+            if off is not None and off >= 0:
+                out[p] = int(off)
+        return out
+
+    async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._consumer.stop(), 5.0)
+
+
+async def read_topic(
+    cfg: KafkaConfig, topic: str, ends: Mapping[int, int] | None = None, timeout_s: float = 30.0, idle_s: float = 1.5
+) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every record of ``topic`` below ``ends`` (partition -> next offset; None: every partition, until nothing new
+    came for ``idle_s``), as ``(partition, offset, key, value)``, read without a consumer group (stops at
+    ``timeout_s`` with what it has)."""
+    consumer: Any = AIOKafkaConsumer(
+        bootstrap_servers=cfg.bootstrap,
+        group_id=None,
+        client_id=cfg.client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **_security(cfg),
+    )
+    out: list[tuple[int, int, bytes | None, bytes | None]] = []
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        if ends is None:
+            await asyncio.wait_for(consumer.topics(), timeout_s)
+            parts = consumer.partitions_for_topic(topic) or set()
+            limit = {p: 2**62 for p in parts}
+        else:
+            limit = {p: end for p, end in ends.items() if end > 0}
+        tps = [TopicPartition(topic, p) for p in sorted(limit)]
+        if not tps:
+            return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        left = set(limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last_new = loop.time() + 3.0  # the first fetch may be slow: idle counts from 3 s in, or from a record
+        while left and loop.time() < deadline and (ends is not None or loop.time() - last_new < idle_s):
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for tp, msgs in batches.items():
+                if msgs:
+                    last_new = loop.time()
+                for m in msgs:
+                    if m.offset < limit[tp.partition]:
+                        out.append((tp.partition, m.offset, m.key, m.value))
+                if msgs and msgs[-1].offset + 1 >= limit[tp.partition]:
+                    left.discard(tp.partition)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    return out
 
 
 async def ensure_topics(cfg: KafkaConfig, names: Sequence[str], partitions: int) -> None:

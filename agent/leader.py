@@ -3,9 +3,12 @@
 Every ``renew_period_s`` each candidate reads the Lease. It takes (or renews) it when the Lease has no holder, is
 held by itself, or has not changed for ``lease_duration_s`` *as observed by this candidate* (the holder's clock is
 never trusted). The write is a replace carrying the read ``resourceVersion``, so of two candidates racing for an
-expired Lease the API server lets one through and answers 409 to the other. A leader that cannot renew within
-``lease_duration_s`` of its last successful renewal steps down by itself. On a clean stop the leader releases
-the Lease (empty holder) so another replica takes over at once.
+expired Lease the API server lets one through and answers 409 to the other (which stays a follower). A leader
+counts its renewal from the moment it *sent* the read (not when the answer came), and stops being leader once
+``renew_deadline_s`` (below ``lease_duration_s``) has passed without a successful renewal: it has stepped down
+before any other candidate can consider the Lease expired. Every Lease call has a time limit
+(``request_timeout_s``). On a clean stop the leader releases the Lease (empty holder) so another replica takes
+over at once.
 
 Only the holder does cluster-wide work (``Agent.is_leader``).
 """
@@ -52,7 +55,13 @@ class LeaderElector:
         self.transitions = 0
 
     def is_leader(self) -> bool:
-        return self._leader and time.monotonic() - self._renewed_at < self.cfg.lease_duration_s
+        return self._leader and time.monotonic() - self._renewed_at < self.cfg.deadline_s
+
+    async def _call(self, method: Any, *args: Any) -> Any:
+        """One Lease call, bounded by ``request_timeout_s`` (client-side and as a whole)."""
+        t = self.cfg.request_timeout_s
+        resp = await asyncio.wait_for(method(*args, _preload_content=False, _request_timeout=t), t)
+        return await asyncio.wait_for(_json(resp), t)
 
     def _set(self, leader: bool) -> None:
         if leader != self._leader:
@@ -81,8 +90,9 @@ class LeaderElector:
     async def try_acquire_or_renew(self) -> bool:
         ns, name = self.cfg.namespace, self.cfg.name
         now = time.time()
+        sent = time.monotonic()  # a renewal counts from before the request: the answer may come late
         try:
-            lease = await _json(await self._coord.read_namespaced_lease(name, ns, _preload_content=False))
+            lease = await self._call(self._coord.read_namespaced_lease, name, ns)
         except KubeError as e:
             if e.status != 404:
                 raise
@@ -93,13 +103,13 @@ class LeaderElector:
                 "spec": self._spec(now, now, 0),
             }
             try:
-                await _json(await self._coord.create_namespaced_lease(ns, body, _preload_content=False))
+                await self._call(self._coord.create_namespaced_lease, ns, body)
             except KubeError as e2:
                 if e2.status == 409:  # another candidate created it first
                     self._set(False)
                     return False
                 raise
-            self._won()
+            self._won(sent)
             return True
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
@@ -118,7 +128,7 @@ class LeaderElector:
         if acquired:
             lease["spec"]["acquireTime"] = acquired
         try:
-            await _json(await self._coord.replace_namespaced_lease(name, ns, lease, _preload_content=False))
+            await self._call(self._coord.replace_namespaced_lease, name, ns, lease)
         except KubeError as e:
             if e.status == 409:  # lost the race: someone else wrote in between
                 self._set(False)
@@ -126,11 +136,11 @@ class LeaderElector:
             raise
         self._observed = (self.identity, lease["spec"]["renewTime"])
         self._observed_at = mono
-        self._won()
+        self._won(sent)
         return True
 
-    def _won(self) -> None:
-        self._renewed_at = time.monotonic()
+    def _won(self, sent: float) -> None:
+        self._renewed_at = sent
         self._set(True)
 
     def _spec(self, now: float, acquired: float | None, transitions: int) -> dict[str, Any]:
@@ -147,10 +157,10 @@ class LeaderElector:
         """Give the Lease up (empty holder) so another candidate need not wait for it to expire."""
         ns, name = self.cfg.namespace, self.cfg.name
         try:
-            lease = await _json(await self._coord.read_namespaced_lease(name, ns, _preload_content=False))
+            lease = await self._call(self._coord.read_namespaced_lease, name, ns)
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
-                await _json(await self._coord.replace_namespaced_lease(name, ns, lease, _preload_content=False))
+                await self._call(self._coord.replace_namespaced_lease, name, ns, lease)
         except (KubeError, aiohttp.ClientError, TimeoutError) as e:
             log.warning("lease release failed", error=str(e))
         self._set(False)

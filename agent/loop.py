@@ -7,10 +7,19 @@ One task owns all decision state (no locks). Each iteration:
    feed traffic events to the windows;
 3. decide: at a reconcile tick (multiples of the policy's ``tick_s`` on the clock) every owned model; otherwise
    only the models whose demand just crossed their capacity;
-4. apply the targets that change something (absolute targets: repeating one is harmless); a target the actuator
-   could not apply stays pending and is retried every iteration, and a newer decision replaces it;
-5. write the audit records and dead letters, and commit the batch's offsets — only when nothing is pending and
-   every record was written, so a crash replays, never loses, the events behind a decision (at-least-once).
+4. apply the targets that change something (absolute targets: repeating one is harmless) for the models this
+   replica owns *at that moment*; a target the actuator could not apply stays pending and is retried after a
+   per-model back-off with jitter (``actuator.backoff_s`` doubling up to ``actuator.max_backoff_s``), and a newer
+   decision replaces it; a pending target of a model this replica no longer owns is dropped;
+5. write the audit records and dead letters, and commit the batch's offsets — once every record was written, and,
+   for the partition carrying a pending model, only when it is applied or ``kafka.max_commit_hold_s`` has passed:
+   a crash replays, never loses, the events behind a decision (at-least-once), and one failing model never stalls
+   the others' commits.
+
+Fencing (exactly one replica actuates a workload): a model is scaled only by the replica whose consumer owns its
+partition, checked right before every API call (:meth:`Agent.may_actuate`, which the Kubernetes actuator calls
+before each attempt). When partitions are revoked the replica stops starting calls, waits for the one in flight,
+commits, and drops its pending targets before the rebalance completes, so the new owner never overlaps with it.
 
 Dry-run decides and audits but never calls the actuator.
 """
@@ -20,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import structlog
 
@@ -37,11 +47,27 @@ from shadowscale.policies.ports import Actuator, AuditSink, Clock, EventSource, 
 
 log = structlog.get_logger("shadowscale.agent")
 
-MAX_UNSENT = 100_000
 OBSERVE_S = 0.25
 """Between reconcile ticks the actuator's view is refreshed at most this often (wall seconds)."""
 FLUSH_WAIT_S = 0.05
 """How long one loop iteration waits for its audit write before it goes on deciding."""
+
+
+class GpuSource(Protocol):
+    """Every GPU event, whatever the consumer group's assignment (``agent.kafka.KafkaTail``)."""
+
+    async def poll_batches(self, max_records: int, timeout_s: float) -> list[RecordBatch]: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    """A target not applied yet: retried at ``next_try`` (clock seconds), ``failures`` calls so far."""
+
+    plan: Plan
+    since: float
+    since_wall: float
+    failures: int = 0
+    next_try: float = 0.0
 
 
 @dataclass(slots=True)
@@ -94,6 +120,7 @@ class Agent:
         audit_file: Path | None = None,
         is_leader: Callable[[], bool] | None = None,
         profiles: ProfileBook | None = None,
+        gpu_source: GpuSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -104,9 +131,19 @@ class Agent:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.core = core or DecisionCore(cfg)
-        self.decoder = Decoder(self.core.models, max_future_s=cfg.ingest.max_future_s, max_age_s=cfg.ingest.max_age_s)
+        ing = cfg.ingest
+        self.decoder = Decoder(
+            {m.name: m.namespace for m in cfg.models},
+            max_future_s=ing.max_future_s,
+            max_age_s=ing.max_age_s,
+            max_rps=ing.max_rps,
+            max_concurrency=ing.max_concurrency,
+        )
         self.audit_file = JsonLinesAudit(audit_file) if audit_file is not None else None
         self.is_leader = is_leader or (lambda: True)
+        self.gpu_source = gpu_source
+        """GPU events read by every replica (no consumer group): they are keyed by node, so in a group each replica
+        would see only part of the GPUs. Their offsets are never committed (gauges: the newest reading counts)."""
         self.profiles = profiles
         """Profiles and drift: set each model's capacity at every reconcile tick (None: configured capacities)."""
         if profiles is not None:
@@ -116,7 +153,23 @@ class Agent:
         self.ready = asyncio.Event()
         """Set once the first observation and poll succeeded (``/readyz``)."""
         self.last_iteration = time.monotonic()
-        self.pending: dict[int, Plan] = {}
+        self.pending: dict[int, Pending] = {}
+        """Targets the actuator could not apply yet, by model index, each with its back-off."""
+        self.last_scaled: dict[str, float] = {}
+        self.last_commit_wall = 0.0
+        self.committed: dict[Position, int] = {}
+        """The offsets last committed, per partition (consumer lag)."""
+        self._fenced = False
+        """Set while partitions are being revoked: :meth:`may_actuate` answers no."""
+        self._acting = asyncio.Event()
+        self._acting.set()
+        """Cleared while a scale call is in flight."""
+        self._rng = random.Random(cfg.identity)
+        self._failing_since: dict[str, float] = {}
+        """When each model's scale calls started failing (kept across a rebalance that drops its pending target):
+        a model that keeps failing holds its partition's commits once, not again after every rebalance."""
+        if hasattr(actuator, "fence"):
+            actuator.fence = self.may_actuate
         self.gpus: dict[tuple[str, str], GpuEvent] = {}
         self._offsets: dict[Position, int] = {}
         self._unsent: dict[str, list[tuple[bytes | None, bytes]]] = {}
@@ -125,6 +178,7 @@ class Agent:
         self._last_commit = -math.inf
         self._topics = cfg.kafka.topics
         self._observed_at = -math.inf
+        self._paused = False
 
     # -- the loop ---------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -136,8 +190,19 @@ class Agent:
         try:
             while not stop.is_set():
                 wait = min(cfg.poll_timeout_s, self.clock.wall_timeout(next_tick))
+                records: Sequence[RecordBatch]
                 try:
-                    records = await self.source.poll(cfg.max_batch, wait)
+                    if self.unsent() > cfg.max_unsent:
+                        # back-pressure: the broker takes no audit/dead-letter records; polling more would make
+                        # the buffer grow without bound (dropping them would lose events whose offsets commit)
+                        if not self._paused:
+                            log.warning("broker not taking records; consumption paused", unsent=self.unsent())
+                        self._paused = True
+                        await asyncio.sleep(wait)
+                        records = []
+                    else:
+                        self._paused = False
+                        records = await self.source.poll(cfg.max_batch, wait)
                     poll_failures = 0
                 except Exception as e:  # the broker is away: keep deciding on what we have, retry with back-off
                     poll_failures += 1
@@ -146,6 +211,14 @@ class Agent:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
                     records = []
+                if self.gpu_source is not None:
+                    try:
+                        gpu = await self.gpu_source.poll_batches(cfg.max_batch, 0.0)
+                    except Exception as e:
+                        log.warning("GPU events poll failed", error=f"{type(e).__name__}: {e}")
+                        gpu = []
+                    if gpu:
+                        records = [*records, *gpu]
                 t0 = time.perf_counter()
                 self.last_iteration = time.monotonic()
                 now = self.clock.now()
@@ -160,6 +233,7 @@ class Agent:
                     owned = self.source.owns(self.core.models)
                     plans = self.core.decide(next_tick, "tick", range(len(self.core.models)), owned)
                     next_tick = (math.floor(now / tick + 1e-9) + 1) * tick
+                    self._staleness(now, plans)
                     if self.is_leader():
                         self._cluster_wide()
                 elif triggered and self.cfg.trigger.enabled:
@@ -197,7 +271,8 @@ class Agent:
             if not len(b):
                 continue
             n += len(b)
-            offsets[(b.topic, b.partition)] = b.offsets[-1] + 1
+            if b.topic != gpu_topic or self.gpu_source is None:  # the GPU tail is never committed
+                offsets[(b.topic, b.partition)] = b.offsets[-1] + 1
             if b.topic == traffic_topic:
                 n_traffic += len(b)
                 for k, value in enumerate(b.values):
@@ -261,6 +336,24 @@ class Agent:
                     self.metrics.actual.labels(name).set(w.replicas)
                     self.metrics.ready.labels(name).set(w.ready)
 
+    def _staleness(self, now: float, plans: Sequence[Plan]) -> None:
+        """At each tick: event age per model, consumer lag per partition, age of the last commit, fallbacks."""
+        m = self.metrics
+        last = self.core.windows.last_event
+        for i, model in enumerate(self.core.models):
+            if last[i] > -math.inf:
+                m.event_age.labels(model).set(max(0.0, now - last[i]))
+        for p in plans:
+            on = p.guard is not None and p.guard.startswith("fallback:")
+            m.fallback.labels(p.model).set(1 if on else 0)
+        if math.isfinite(self._last_commit):
+            m.commit_age.set(time.monotonic() - self._last_commit)
+        highwaters = getattr(self.source, "highwaters", None)
+        if highwaters is not None:
+            for (topic, part), hw in highwaters().items():
+                handled = self._offsets.get((topic, part), self.committed.get((topic, part), 0))
+                m.lag.labels(topic, str(part)).set(max(0, hw - handled))
+
     def _cluster_wide(self) -> None:
         """Work only the leader does: today, the cluster GPU gauge and a warning when over budget."""
         budget = self.cfg.guards.gpu_budget
@@ -269,29 +362,58 @@ class Agent:
             log.warning("cluster over its GPU budget", gpus=used, budget=budget)
 
     # -- acting -----------------------------------------------------------------------------------------------
+    def _owned_now(self) -> frozenset[str]:
+        """The models this replica may actuate at this moment (the source's current assignment)."""
+        return self.source.owns(self.core.models)
+
+    def may_actuate(self, model: str) -> bool:
+        """The fence: checked by the actuator right before each API call (also between retries), so a model whose
+        partition was revoked meanwhile is never scaled by this replica again."""
+        return not self._fenced and model in self._owned_now()
+
     async def _apply(self, plans: list[Plan], t0: float, now: float) -> None:
+        owned = self._owned_now()
+        for i in [i for i, pe in self.pending.items() if pe.plan.model not in owned]:
+            pe = self.pending.pop(i)  # another replica owns it now: its retries are that replica's business
+            log.info("pending target dropped: model no longer owned", model=pe.plan.model, decision=pe.plan.target)
+        plans = [p for p in plans if p.model in owned]
         for p in plans:
             if p.index in self.pending and not p.changes:
                 # a newer decision keeps today's count: nothing left to retry
                 del self.pending[p.index]
         if not plans and not self.pending:
+            self.metrics.pending.set(0)
             return
-        changes: dict[str, int] = {self.core.models[i]: p.target for i, p in self.pending.items()}
-        by_model = {p.model: p for p in self.pending.values()}
+        changes: dict[str, int] = {}
+        by_model: dict[str, Plan] = {}
+        for pe in self.pending.values():
+            by_model[pe.plan.model] = pe.plan
+            if pe.next_try <= now:
+                changes[pe.plan.model] = pe.plan.target
         for p in plans:
             self.metrics.desired.labels(p.model).set(p.target)
-            if p.changes:
+            if not p.changes:
+                continue
+            by_model[p.model] = p
+            waiting = self.pending.get(p.index)
+            if waiting is not None:
+                waiting.plan = p  # the newest target replaces the pending one, and waits for its back-off
+                if waiting.next_try <= now:
+                    changes[p.model] = p.target
+            else:
                 changes[p.model] = p.target
-                by_model[p.model] = p
         result = ScaleResult()
         if changes and not self.cfg.dry_run:
             self.counts.scale_calls += 1
+            self._acting.clear()
             try:
                 result = await self.actuator.scale(changes)
             except Exception as e:
                 why = f"{type(e).__name__}: {e}"
                 log.error("scale call failed", error=why, models=sorted(changes))
                 result = ScaleResult(failed={m: why for m in changes})
+            finally:
+                self._acting.set()
         latency = time.perf_counter() - t0
         if changes and not self.cfg.dry_run:
             self.metrics.decision_latency.observe(latency)
@@ -299,12 +421,23 @@ class Agent:
             p = by_model[model]
             self.core.applied(p.index, replicas, now)
             self.pending.pop(p.index, None)
+            self._failing_since.pop(model, None)
+            self.last_scaled[model] = now
             log.info("scaled", model=model, decision=replicas, current=p.current, trigger=p.trigger, reason=p.reason)
         for model, why in result.failed.items():
             p = by_model[model]
-            self.pending[p.index] = p
+            failing = self.pending.get(p.index)
+            self._failing_since.setdefault(model, now)
+            if failing is None:
+                failing = self.pending[p.index] = Pending(p, since=now, since_wall=time.monotonic())
+            pe = failing
+            pe.plan = p
+            pe.failures += 1
+            cfg = self.cfg.actuator
+            delay = min(cfg.backoff_s * 2 ** (pe.failures - 1), cfg.max_backoff_s) * self._rng.uniform(0.5, 1.0)
+            pe.next_try = now + delay
             self.metrics.scale_failures.labels(model).inc()
-            log.warning("scale pending", model=model, decision=p.target, error=why)
+            log.warning("scale pending", model=model, decision=p.target, error=why, retry_in_s=round(delay, 3))
         for model in result.missing:
             p = by_model[model]
             self.pending.pop(p.index, None)
@@ -356,6 +489,10 @@ class Agent:
             self._flushing = asyncio.create_task(self._flush(), name="audit-flush")
         await asyncio.wait({self._flushing}, timeout=FLUSH_WAIT_S)
 
+    def unsent(self) -> int:
+        """Audit and dead-letter records waiting for the broker."""
+        return sum(len(v) for v in self._unsent.values())
+
     def _flush_idle(self) -> bool:
         return (self._flushing is None or self._flushing.done()) and not any(self._unsent.values())
 
@@ -363,6 +500,7 @@ class Agent:
         """Write buffered audit and dead-letter records; on failure keep them (bounded) for the next iteration.
 
         Records buffered while a write is in flight wait for the next one; a failed batch goes back in front of them.
+        None is ever dropped: the loop stops polling while more than ``kafka.max_unsent`` wait.
         """
         for topic in list(self._unsent):
             batch = self._unsent[topic]
@@ -373,47 +511,84 @@ class Agent:
                 await self.sink.write(topic, batch)
             except Exception as e:
                 log.warning("audit write failed; will retry", topic=topic, error=f"{type(e).__name__}: {e}")
-                kept = batch + self._unsent.get(topic, [])
-                if len(kept) > MAX_UNSENT:
-                    del kept[: len(kept) - MAX_UNSENT]
-                self._unsent[topic] = kept
+                self._unsent[topic] = batch + self._unsent.get(topic, [])
+
+    def _held(self, now: float) -> set[Position] | None:
+        """Partitions whose offsets wait for a pending target (None: all of them, when the source cannot say which
+        partition carries a model). A target pending longer than ``kafka.max_commit_hold_s`` holds nothing."""
+        hold = self.cfg.kafka.max_commit_hold_s
+        first = self._failing_since
+        young = [pe for pe in self.pending.values() if now - first.get(pe.plan.model, pe.since) < hold]
+        if not young:
+            return set()
+        position_of = getattr(self.source, "position_of", None)
+        if position_of is None:
+            return None
+        held: set[Position] = set()
+        for pe in young:
+            pos = position_of(pe.plan.model)
+            if pos is None:
+                return None
+            held.add(pos)
+        return held
 
     async def _maybe_commit(self, now: float) -> None:
-        # at-least-once: only once the decisions these events caused are applied and their audit records written
-        if not self._offsets or self.pending or not self._flush_idle():
+        # at-least-once: only once the decisions these events caused are applied and their audit records written;
+        # a failing model holds back only its own partition, and only for kafka.max_commit_hold_s
+        if not self._offsets or not self._flush_idle():
             return
         if time.monotonic() - self._last_commit < self.cfg.kafka.commit_interval_s:
             return
-        await self._commit()
+        await self._commit(self._held(now))
 
-    async def _commit(self) -> None:
-        offsets, self._offsets = self._offsets, {}
+    async def _commit(self, held: set[Position] | None) -> None:
+        """Commit the handled offsets of every partition not in ``held`` (None: hold them all)."""
+        if held is None:
+            return
+        offsets = {k: v for k, v in self._offsets.items() if k not in held}
+        if not offsets:
+            return
+        for k in offsets:
+            del self._offsets[k]
         try:
-            await self.source.commit(offsets)
+            await asyncio.wait_for(self.source.commit(offsets), self.cfg.kafka.commit_timeout_s)
         except Exception as e:
             log.warning("commit failed; will retry", error=f"{type(e).__name__}: {e}")
             for k, v in offsets.items():
                 self._offsets[k] = max(v, self._offsets.get(k, 0))
             return
         self._last_commit = time.monotonic()
+        self.last_commit_wall = time.time()
+        self.committed.update(offsets)
         self.counts.commits += 1
         self.metrics.lag_commits.inc()
 
     async def _commit_before_rebalance(self) -> None:
-        """The source is about to lose partitions: write the audit records not yet written and commit the offsets
-        handled so far (nothing if decisions are still pending: those events are the new owner's to replay)."""
-        await self._final_commit()
-        log.info("committed before rebalance", commits=self.counts.commits)
+        """The source is about to lose partitions. Fence first: no scale call starts from now on and the one in
+        flight is waited for (its offsets must not be committed before it is known to have taken effect); then write
+        the audit records not yet written, commit the offsets handled so far (not those behind a pending target:
+        the new owner replays them and decides again) and drop every pending target."""
+        self._fenced = True
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acting.wait(), 4.0)
+            await self._final_commit()
+            dropped = sorted(pe.plan.model for pe in self.pending.values())
+            self.pending.clear()
+            self.metrics.pending.set(0)
+            log.info("committed before rebalance", commits=self.counts.commits, pending_dropped=dropped)
+        finally:
+            self._fenced = False
 
     async def _final_commit(self, timeout_s: float = 5.0) -> None:
-        """On a clean stop: flush what can be flushed and commit if nothing is pending (bounded: a broker that is
-        gone must not hold the shutdown)."""
+        """On a clean stop: flush what can be flushed and commit what no pending target holds (bounded: a broker
+        that is gone must not hold the shutdown)."""
         try:
             if self._flushing is not None:
                 await asyncio.wait_for(asyncio.shield(self._flushing), timeout_s)
             await asyncio.wait_for(self._flush(), timeout_s)
-            if self._offsets and not self.pending and not any(self._unsent.values()):
-                await asyncio.wait_for(self._commit(), timeout_s)
+            if self._offsets and not any(self._unsent.values()):
+                await asyncio.wait_for(self._commit(self._held(self.clock.now())), timeout_s)
         except Exception as e:
             log.warning("final flush/commit failed", error=f"{type(e).__name__}: {e}")
 

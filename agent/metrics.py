@@ -34,6 +34,27 @@ class Metrics:
         self.pending = Gauge("shadowscale_pending_targets", "Targets not applied yet (retrying)", registry=r)
         self.leader = Gauge("shadowscale_leader", "1 while this agent holds the leader lease", registry=r)
         self.lag_commits = Counter("shadowscale_commits", "Offset commits", registry=r)
+        self.lag = Gauge(
+            "shadowscale_consumer_lag_events",
+            "Events on the broker not handled yet (high watermark minus the next offset handled), by partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commit_age = Gauge(
+            "shadowscale_last_commit_age_seconds", "Seconds since the last successful offset commit", registry=r
+        )
+        self.event_age = Gauge(
+            "shadowscale_event_age_seconds",
+            "Seconds since the newest traffic event of the model (staleness; a model never heard from is absent)",
+            ["model"],
+            registry=r,
+        )
+        self.fallback = Gauge(
+            "shadowscale_fallback_active",
+            "1 while the model is on its fallback replicas (stale events)",
+            ["model"],
+            registry=r,
+        )
         self.profiling_running = Gauge(
             "shadowscale_profiling_searches_running", "Profiling searches in flight (one per model at most)", registry=r
         )

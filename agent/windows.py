@@ -27,6 +27,7 @@ that is dropped as too late (it could not be told apart from a duplicate). Both 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -91,6 +92,8 @@ class Windows:
         self._pods: list[dict[str, _Pod]] = [{} for _ in range(n)]
         self._demand = [0.0] * n
         self._queue = [0] * n
+        self.last_event = [-math.inf] * n
+        """Per model: the newest event time seen (staleness, the fallback)."""
         self.stats = IngestStats()
 
     def add(self, ev: TrafficEvent) -> int:
@@ -110,6 +113,7 @@ class Windows:
         completions = self._completions
         hist = self._hist
         demand, queue = self._demand, self._queue
+        last_event = self.last_event
         dedupe_s = self.dedupe_s
         stats = self.stats
         touched: dict[int, None] = {}
@@ -162,6 +166,8 @@ class Windows:
                 pod.rate = rate
                 pod.queue = ev.queue_depth
                 pod.p99_ms = ev.latency_p99_ms
+                if t > last_event[i]:
+                    last_event[i] = t
             touched[i] = None
         stats.accepted += ok
         stats.duplicates += dup

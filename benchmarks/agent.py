@@ -11,8 +11,11 @@ then measures two things:
    the time from that produce call to the actuator receiving the scale call for that model is taken
    (``reaction_p50_ms``, ``reaction_p99_ms``; wall clock, same machine).
 
-Finally every produced event is accounted for: ``events_lost`` = produced - processed - dead-lettered, read after
-the agent has drained the topic. Prints one JSON object.
+Finally every produced event is accounted for from offsets, not from the agent's counters: after the agent has
+drained the topics, every offset below each partition's high watermark (the broker's record) must have been
+delivered to the agent at least once (``events_lost`` counts those never delivered) and committed by its group
+(``events_uncommitted``); an offset delivered more than once is a redelivered duplicate (``events_duplicated``,
+reported apart: the windows drop them). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -144,6 +147,8 @@ class CountingSource:
         self.target = 0
         self.reached = asyncio.Event()
         self.reached_at = 0.0
+        self.seen: dict[tuple[str, int], bytearray] = {}
+        """Per partition: how many times each offset was delivered (saturating at 255)."""
 
     async def poll(self, max_records: int, timeout_s: float) -> Sequence[RecordBatch]:
         recs = await self.inner.poll(max_records, timeout_s)
@@ -151,6 +156,14 @@ class CountingSource:
             if not self.count:
                 self.first_at = time.perf_counter()
             self.count += sum(len(b) for b in recs)
+            for b in recs:
+                seen = self.seen.setdefault((b.topic, b.partition), bytearray())
+                top = b.offsets[-1] + 1
+                if len(seen) < top:
+                    seen.extend(bytes(max(top - len(seen), 1 << 16)))
+                for o in b.offsets:
+                    if seen[o] < 255:
+                        seen[o] += 1
             if self.target and self.count >= self.target and not self.reached.is_set():
                 self.reached_at = time.perf_counter()
                 self.reached.set()
@@ -161,6 +174,16 @@ class CountingSource:
 
     def owns(self, keys: Sequence[str]) -> frozenset[str]:
         return self.inner.owns(keys)
+
+    def tally(self, highwaters: Mapping[tuple[str, int], int]) -> tuple[int, int]:
+        """(offsets below the high watermarks never delivered, deliveries beyond the first)."""
+        lost = dup = 0
+        for pos, hw in highwaters.items():
+            seen = self.seen.get(pos, bytearray())
+            got = seen[:hw]
+            lost += hw - len(got) + got.count(0)
+            dup += sum(got) - (len(got) - got.count(0))
+        return lost, dup
 
     def expect(self, target: int) -> None:
         self.target = target
@@ -264,7 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from shadowscale.agent.broker import LocalBroker
     from shadowscale.agent.clock import WallClock
     from shadowscale.agent.core import services_of
-    from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
+    from shadowscale.agent.kafka import CommittedOffsets, KafkaSink, KafkaSource, ensure_topics
     from shadowscale.agent.loop import Agent
     from shadowscale.agent.tasks import guarded
     from shadowscale.simulators.actuator import SimulatedCluster
@@ -342,6 +365,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             source.expect(total)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(source.reached.wait(), 60)
+            highwaters = kafka_source.highwaters()
+            lost, duplicated = source.tally(highwaters)
+            await asyncio.sleep(1.0)  # the last commit (commit_interval_s) is made
         finally:
             bg_stop.set()
             if proc is not None and proc.is_alive():
@@ -351,6 +377,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(task, return_exceptions=True)
             await kafka_source.stop()
             await sink.stop()
+        reader = CommittedOffsets(cfg.kafka, cfg.kafka.group_id)
+        await reader.start()
+        try:
+            final = {(t.traffic, p): o for p, o in (await reader.read(t.traffic, range(args.partitions))).items()}
+        finally:
+            await reader.stop()
+        uncommitted = sum(max(0, hw - final.get(pos, 0)) for pos, hw in highwaters.items() if pos[0] == t.traffic)
 
         stats = agent.core.windows.stats
         processed = stats.accepted + stats.duplicates + stats.late
@@ -363,7 +396,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "events_in": agent.counts.events_in,
             "events_processed": processed,
             "events_dead_lettered": agent.counts.dead_lettered,
-            "events_lost": max(0, total - processed - agent.counts.dead_lettered),
+            "events_lost": lost,
+            "events_duplicated": duplicated,
+            "events_uncommitted": uncommitted,
+            "events_in_log": sum(highwaters.values()),
             "steps": args.steps,
             "steps_without_scale_call": missed,
             "reaction_max_ms": round(float(reactions.max()), 2) if reactions.size else None,

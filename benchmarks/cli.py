@@ -51,6 +51,16 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
         "MAPE of the decode step and of the prefill, the median end-to-end error, and how many rows a documented "
         "rule excluded. See docs/simulator.md.",
     ),
+    "chaos": (
+        "shadowscale.benchmarks.chaos",
+        "fault injection: two agent replicas, broker restarts, kill -9, API errors, adversarial events",
+        "Run two agent replicas on the bundled broker and the Kubernetes emulator while injecting faults (broker "
+        "restarts, kill -9 mid-batch, leader handovers, 409/429/500/time-outs on scale and Lease calls, a model "
+        "whose scale always fails, malformed and adversarial events), and count from the broker's and the "
+        "emulator's own records: events lost and duplicated, double actuations, scales out of bounds, the longest "
+        "commit stall and decision gap, crashes. Needs the dev extras (kmock, the bundled broker). See "
+        "docs/agent.md.",
+    ),
 }
 """Benchmark -> (module with ``register``, one-line help, description for ``bench NAME --help``)."""
 

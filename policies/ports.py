@@ -64,6 +64,11 @@ class WorkloadState:
     ready: int
     gpu_fraction: float = 1.0
     """GPUs (or GPU share) each replica holds; the cluster GPU budget counts ``replicas * gpu_fraction``."""
+    min_replicas: int | None = None
+    """Bounds set on the workload itself (annotations), within the configured ones; None: the configured bound."""
+    max_replicas: int | None = None
+    hold: str | None = None
+    """Why the agent must leave the replica count alone (paused, or another autoscaler owns it); None: free."""
 
 
 @dataclass(frozen=True, slots=True)

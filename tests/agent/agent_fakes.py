@@ -55,11 +55,20 @@ class Step:
 class ScriptedSource:
     """Hands out ``steps`` one per poll (setting the clock), then sets ``stop`` and returns nothing."""
 
-    def __init__(self, clock: VirtualClock, steps: Sequence[Step], stop: asyncio.Event, owned: set[str] | None = None):
+    def __init__(
+        self,
+        clock: VirtualClock,
+        steps: Sequence[Step],
+        stop: asyncio.Event,
+        owned: set[str] | None = None,
+        partitions: Mapping[str, int] | None = None,
+    ):
         self.clock = clock
         self.steps = list(steps)
         self.stop = stop
         self.owned = owned
+        self.partitions = partitions
+        """Model -> traffic partition (``position_of``); None: the source cannot say (as a non-Kafka source)."""
         self.commits: list[dict[Position, int]] = []
         self.polls = 0
 
@@ -79,6 +88,9 @@ class ScriptedSource:
     def owns(self, keys: Sequence[str]) -> frozenset[str]:
         return frozenset(keys) if self.owned is None else frozenset(k for k in keys if k in self.owned)
 
+    def position_of(self, key: str) -> Position | None:
+        return None if self.partitions is None else ("shadowscale.traffic", self.partitions[key])
+
     def committed(self) -> dict[Position, int]:
         out: dict[Position, int] = {}
         for c in self.commits:
@@ -94,12 +106,16 @@ class RecordingActuator:
         self.ready_fn = ready_fn
         self.calls: list[dict[str, int]] = []
         self.fail_next = 0
+        self.always_fail: set[str] = set()
+        self.settings: dict[str, dict[str, Any]] = {}
+        """Per model: extra :class:`WorkloadState` fields (min_replicas, max_replicas, hold) as a workload's
+        annotations would set them."""
         self.observations = 0
 
     async def observe(self) -> Mapping[str, WorkloadState]:
         self.observations += 1
         return {
-            m: WorkloadState(m, r, r if self.ready_fn is None else self.ready_fn(m, r))
+            m: WorkloadState(m, r, r if self.ready_fn is None else self.ready_fn(m, r), **self.settings.get(m, {}))
             for m, r in self.replicas.items()
         }
 
@@ -110,13 +126,16 @@ class RecordingActuator:
             return ScaleResult(failed={m: "HTTP 500 (injected)" for m in targets})
         applied = {}
         missing = []
+        failed = {m: "HTTP 403 (injected)" for m in targets if m in self.always_fail}
         for m, r in targets.items():
+            if m in failed:
+                continue
             if m not in self.replicas:
                 missing.append(m)
                 continue
             self.replicas[m] = r
             applied[m] = r
-        return ScaleResult(applied=applied, missing=tuple(missing))
+        return ScaleResult(applied=applied, failed=failed, missing=tuple(missing))
 
 
 class MemorySink:

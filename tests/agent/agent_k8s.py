@@ -7,6 +7,10 @@ from typing import Any
 
 import aiohttp
 
+from shadowscale.benchmarks.emulator import enforcing_resource_version, fixed_guess_k8s
+
+__all__ = ["K8s", "enforcing_resource_version", "fixed_guess_k8s"]
+
 
 @dataclass
 class K8s:
@@ -38,20 +42,3 @@ class K8s:
         group = "coordination.k8s.io/v1" if kind == "leases" else "apps/v1"
         obj: dict[str, Any] = self.emulator.objects[f"{group}/{kind}", namespace, name].raw
         return obj
-
-
-def fixed_guess_k8s(original: Any) -> Any:
-    """kmock 0.8 gaps, fixed on the test side (private API, hence the pin): kubernetes-asyncio sends ``watch=True``
-    where kmock expects ``true``, and kmock answers PUT (``replace_*``) with 404 instead of treating it as an
-    update of the named object."""
-    from kmock._internal import enums
-
-    def guess(k8s: Any, method: Any, query: dict[str, str]) -> Any:
-        query = dict(query)
-        if "watch" in query:
-            query["watch"] = query["watch"].lower()
-        if method == enums.method.PUT and k8s.group is not None and k8s.name is not None:
-            return enums.action.UPDATE
-        return original(k8s, method, query)
-
-    return guess

@@ -1,5 +1,6 @@
 """Fixtures for the agent's tests: the bundled tansu broker (one per test session and xdist worker) and kmock's
-Kubernetes emulator with the two test-side fixes kmock 0.8 needs (see ``agent_k8s.fixed_guess_k8s``)."""
+Kubernetes emulator with the test-side fixes kmock 0.8 needs (``agent_k8s.fixed_guess_k8s``,
+``agent_k8s.enforcing_resource_version``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from agent_k8s import K8s, fixed_guess_k8s
+from agent_k8s import K8s, enforcing_resource_version, fixed_guess_k8s
 from durable_broker import s3  # noqa: F401 (the durable-storage fixture, shared with tests/profiling)
 
 from shadowscale.agent.broker import LocalBroker
@@ -37,6 +38,8 @@ async def k8s(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[K8s]:
 
     assert importlib.metadata.version("kmock") == "0.8", "the test-side fixes below are written for kmock 0.8"
     monkeypatch.setattr(parsing, "guess_k8s", fixed_guess_k8s(parsing.guess_k8s))
+    emulator_cls: Any = kmock.KubernetesEmulator
+    monkeypatch.setattr(emulator_cls, "_handle", enforcing_resource_version(emulator_cls._handle))
     async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as server:
         emulator: Any = emu
         emulator.resources["apps/v1/deployments"] = {}

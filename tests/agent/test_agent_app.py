@@ -69,7 +69,8 @@ async def test_events_to_scale_subresource_with_leader_election(k8s: K8s, broker
         sink = KafkaSink(cfg.kafka)
         await sink.start()
         await sink.write(
-            cfg.kafka.topics.traffic, [(b"m1", traffic("m1", time.time(), arrivals=900, concurrency_s=900.0))]
+            cfg.kafka.topics.traffic,
+            [(b"m1", traffic("m1", time.time(), arrivals=900, concurrency_s=900.0, namespace="serving"))],
         )
         await sink.stop()
         act = r.agent.actuator

@@ -38,9 +38,13 @@ def test_bench_agent_smoke(capsys: pytest.CaptureFixture[str]) -> None:
         "events_processed": int,
         "events_dead_lettered": int,
         "events_lost": int,
+        "events_duplicated": int,
+        "events_uncommitted": int,
     }.items():
         assert isinstance(out[key], kind), key
     assert out["events_lost"] == 0 and out["steps_without_scale_call"] == 0
+    # counted from offsets: everything the broker holds was delivered and committed
+    assert out["events_in_log"] == out["events_produced"] and out["events_uncommitted"] == 0
     assert out["events_dead_lettered"] == 10  # one in 200 of the ingest events is malformed
     assert out["events_processed"] + out["events_dead_lettered"] == out["events_produced"]
     assert 0 < out["reaction_p50_ms"] <= out["reaction_p99_ms"] < 5000

@@ -69,3 +69,44 @@ def test_errors_name_the_field(tmp_path: Path, text: str, env: dict[str, str], w
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml", {})
+
+
+@pytest.mark.parametrize("secret", ["123456", "on", "0x1F", "null", "pass #word", "[x", "~", "", " padded "])
+def test_secrets_from_the_environment_arrive_verbatim(tmp_path: Path, secret: str) -> None:
+    """Catches: parsing environment overrides as YAML — SASL passwords 123456, on, 0x1F stopped the agent, null
+    became None, `pass #word` became `pass`, and `[x` printed the secret in the error."""
+    env = {"SHADOWSCALE_AGENT__KAFKA__SASL_PASSWORD": secret, "SHADOWSCALE_AGENT__KAFKA__SASL_USERNAME": "007"}
+    cfg = load_config(write(tmp_path, GOOD), env)
+    assert cfg.kafka.sasl_password == secret and cfg.kafka.sasl_username == "007"
+
+
+def test_typed_and_structured_overrides_still_convert_without_echoing_the_value(tmp_path: Path) -> None:
+    env = {
+        "SHADOWSCALE_AGENT__KAFKA__MAX_BATCH": "500",
+        "SHADOWSCALE_AGENT__POLICY_KNOB": "0.6",
+        "SHADOWSCALE_AGENT__HTTP__ENABLED": "false",
+        "SHADOWSCALE_AGENT__ACTUATOR__KUBERNETES__RETRY_DELAYS_S": "[0.1, 0.2]",
+    }
+    cfg = load_config(write(tmp_path, GOOD), env)
+    assert cfg.kafka.max_batch == 500 and cfg.policy_knob == 0.6 and cfg.http.enabled is False
+    assert cfg.actuator.kubernetes.retry_delays_s == (0.1, 0.2)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, GOOD), {"SHADOWSCALE_AGENT__ACTUATOR__KUBERNETES__RETRY_DELAYS_S": "[hunter2"})
+    assert "JSON list" in str(e.value) and "hunter2" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, GOOD), {"SHADOWSCALE_AGENT__KAFKA__MAX_BATCH": "hunter2"})
+    assert "hunter2" not in str(e.value) and "$.kafka.max_batch" in str(e.value)
+
+
+def test_mutual_tls_needs_cert_and_key_over_ssl(tmp_path: Path) -> None:
+    """Mutual TLS to Kafka: a client certificate and key, only over SSL/SASL_SSL; a missing file fails clearly."""
+    base = GOOD + "  security_protocol: SSL\n"
+    with pytest.raises(ConfigError, match="go together"):
+        load_config(write(tmp_path, base + "  ssl_certfile: /c.pem\n"), {})
+    with pytest.raises(ConfigError, match=r"needs kafka\.security_protocol SSL"):
+        load_config(write(tmp_path, GOOD + "  ssl_certfile: /c.pem\n  ssl_keyfile: /k.pem\n"), {})
+    cfg = load_config(write(tmp_path, base + "  ssl_certfile: /nope/c.pem\n  ssl_keyfile: /nope/k.pem\n"), {})
+    from shadowscale.agent.kafka import KafkaSink, KafkaUnavailable
+
+    with pytest.raises(KafkaUnavailable, match=r"cannot load the client certificate /nope/c\.pem"):
+        KafkaSink(cfg.kafka)

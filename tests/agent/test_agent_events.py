@@ -72,6 +72,36 @@ def test_round_trip_through_encode() -> None:
     assert DEC.traffic(encode(ev), NOW) == ev
 
 
+SCOPED = Decoder({"resnet50": "serving", "bert": "default"}, max_rps=1000.0, max_concurrency=100.0)
+
+
+@pytest.mark.parametrize(
+    ("over", "kind", "words"),
+    [
+        ({"concurrency_s": 1e12}, "invalid", "ingest.max_concurrency"),
+        ({"concurrency_s": 201.0, "window_s": 2.0}, "invalid", "more than 100 requests in flight"),
+        ({"arrivals": 10**9, "completions": 10**9}, "invalid", "ingest.max_rps"),
+        ({"arrivals": 1500, "window_s": 1.0, "completions": 100}, "invalid", "arrivals 1500 over 1 s"),
+        ({"completions": 1500, "window_s": 1.0, "arrivals": 100}, "invalid", "completions 1500"),
+        ({"queue_depth": 101}, "invalid", "queue_depth 101"),
+        ({"namespace": "default"}, "namespace", "managed in namespace 'serving', not 'default'"),
+        ({"namespace": "other"}, "namespace", "not 'other'"),
+    ],
+)
+def test_fields_are_bounded_against_each_other_and_the_namespace_is_checked(
+    over: dict[str, Any], kind: str, words: str
+) -> None:
+    """Catches: concurrency_s (up to 1e12) or arrivals (up to 1e9) taken at face value whatever the window (one such
+    event sent KPA from 1 to 50 replicas), and an event for ``resnet50`` from another namespace counted as ours."""
+    ev = good(namespace="serving", window_s=2.0)
+    ev.update(over)
+    out = SCOPED.traffic(dumps(ev), NOW)
+    assert isinstance(out, Rejected), out
+    assert out.kind == kind and words in out.reason
+    # the same event within the bounds, in the model's own namespace, is accepted
+    assert isinstance(SCOPED.traffic(dumps(good(namespace="serving", window_s=2.0)), NOW), TrafficEvent)
+
+
 @pytest.mark.parametrize(
     ("raw", "kind", "words"),
     [

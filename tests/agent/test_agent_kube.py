@@ -13,6 +13,7 @@ from agent_k8s import K8s
 
 from shadowscale.agent.config import KubernetesConfig, ModelConfig
 from shadowscale.agent.kube import KubeActuator
+from shadowscale.policies.ports import WorkloadState
 
 pytestmark = pytest.mark.asyncio
 
@@ -131,3 +132,153 @@ async def test_forbidden_is_not_retried(cluster: tuple[K8s, KubeActuator]) -> No
     result = await act.scale({"resnet": 5})
     assert "HTTP 403" in result.failed["resnet"]
     assert len(k8s.requests("PATCH")) == 1
+
+
+async def test_a_fenced_model_is_never_patched(cluster: tuple[K8s, KubeActuator]) -> None:
+    """Catches: the actuator patching without asking the fence (the decision loop's partition ownership) right
+    before the call: a replica that lost the model mid-batch would still scale it."""
+    k8s, act = cluster
+    act.fence = lambda model: model != "resnet"
+    result = await act.scale({"resnet": 4, "bert": 2})
+    assert result.applied == {"bert": 2} and "fenced" in result.failed["resnet"]
+    assert k8s.get("deployments", "serving", "resnet-d")["spec"]["replicas"] == 2
+    assert [r for r in k8s.requests("patch") if "resnet" in str(r.url)] == []
+
+
+def k8s_events(k8s: K8s) -> list[dict[str, Any]]:
+    """Events the agent wrote, from the emulator's own request log (kmock ignores generateName)."""
+    return [r.data for r in k8s.requests("post") if str(r.url).endswith("/events")]
+
+
+async def settle(k8s: K8s, n: int, timeout_s: float = 3.0) -> list[dict[str, Any]]:
+    for _ in range(int(timeout_s / 0.02)):
+        if len(k8s_events(k8s)) >= n:
+            break
+        await asyncio.sleep(0.02)
+    return k8s_events(k8s)
+
+
+async def test_every_scale_writes_an_event_on_the_workload(cluster: tuple[K8s, KubeActuator]) -> None:
+    """Catches: scaling without a Kubernetes Event (KEDA and Knative users read `kubectl describe` for them)."""
+    k8s, act = cluster
+    await act.scale({"resnet": 4})
+    (ev,) = await settle(k8s, 1)
+    assert ev["type"] == "Normal" and ev["reason"] == "Scaled" and "from 2 to 4" in ev["message"]
+    assert ev["involvedObject"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "resnet-d",
+        "namespace": "serving",
+    }
+
+
+@pytest.mark.parametrize(
+    ("annotations", "words"),
+    [
+        ({"shadowscale.io/gpu-fraction": "nan"}, "gpu-fraction='nan' ignored"),
+        ({"shadowscale.io/gpu-fraction": "inf"}, "gpu-fraction='inf' ignored"),
+        ({"shadowscale.io/gpu-fraction": "-0.5"}, "gpu-fraction='-0.5' ignored"),
+        ({"shadowscale.io/min-replicas": "-1"}, "min-replicas='-1' ignored"),
+        ({"shadowscale.io/max-replicas": "1e9"}, "max-replicas='1e9' ignored"),
+        ({"shadowscale.io/min-replicas": "4", "shadowscale.io/max-replicas": "2"}, "both ignored"),
+        ({"shadowscale.io/paused": "yes"}, "paused='yes' ignored"),
+    ],
+)
+async def test_a_bad_annotation_is_ignored_with_a_warning_event(
+    k8s: K8s, annotations: dict[str, str], words: str
+) -> None:
+    """Catches: trusting annotations — ``gpu-fraction: nan`` raised in the guards and crash-looped the agent, inf
+    and negatives misbehaved. The value is ignored (the default applies) and a Warning Event names it."""
+    await k8s.create("deployments", "serving", workload("resnet-d", "resnet", 2, 2, annotations=annotations))
+    act = KubeActuator(KubernetesConfig(host=k8s.url, request_timeout_s=0.5), MODELS)
+    await act.start(timeout_s=10)
+    try:
+        seen = await act.observe()
+        other = WorkloadState("x", 2, 2, 1.0)
+        assert seen["resnet"].gpu_fraction == 1.0 and seen["resnet"].hold is None
+        assert (seen["resnet"].min_replicas, seen["resnet"].max_replicas) == (other.min_replicas, other.max_replicas)
+        warnings = [e for e in await settle(k8s, 1) if e["type"] == "Warning"]
+        assert warnings and warnings[0]["reason"] == "InvalidAnnotation" and words in warnings[0]["message"]
+        assert (await act.scale({"resnet": 3})).applied == {"resnet": 3}
+    finally:
+        await act.stop()
+
+
+async def test_workload_annotations_narrow_bounds_and_pause(k8s: K8s) -> None:
+    """Catches: ignoring per-workload settings (min/max narrowed on the workload, paused) — users set them without
+    restarting the agent, as with KEDA's ScaledObject."""
+    ann = {"shadowscale.io/max-replicas": "3", "shadowscale.io/min-replicas": "2"}
+    await k8s.create("deployments", "serving", workload("resnet-d", "resnet", 2, 2, annotations=ann))
+    await k8s.create(
+        "statefulsets", "serving", workload("bert-s", "bert", 1, 1, annotations={"shadowscale.io/paused": "true"})
+    )
+    act = KubeActuator(KubernetesConfig(host=k8s.url, request_timeout_s=0.5), MODELS)
+    await act.start(timeout_s=10)
+    try:
+        seen = await act.observe()
+        assert (seen["resnet"].min_replicas, seen["resnet"].max_replicas) == (2, 3)
+        assert seen["bert"].hold is not None and "paused" in seen["bert"].hold
+        result = await act.scale({"resnet": 5, "bert": 2})
+        assert result.applied == {"resnet": 3} and "paused" in result.failed["bert"]
+        assert k8s.get("statefulsets", "serving", "bert-s")["spec"]["replicas"] == 1
+        # annotations change without a restart: the watch brings them in
+        await k8s.patch(
+            "statefulsets", "serving", "bert-s", {"metadata": {"annotations": {"shadowscale.io/paused": "false"}}}
+        )
+        for _ in range(100):
+            if (await act.observe())["bert"].hold is None:
+                break
+            await asyncio.sleep(0.02)
+        assert (await act.scale({"bert": 2})).applied == {"bert": 2}
+    finally:
+        await act.stop()
+
+
+async def test_a_workload_scaled_by_an_hpa_is_left_alone(k8s: K8s) -> None:
+    """Catches: fighting another autoscaler — an HPA already scaling the Deployment would see its replica count
+    flip back and forth. The agent holds the model, says why in a Warning Event, and scales it again once the HPA
+    is gone."""
+    k8s.emulator.resources["autoscaling/v2/horizontalpodautoscalers"] = {}
+    await k8s.create("deployments", "serving", workload("resnet-d", "resnet", 2, 2))
+    hpa = {
+        "metadata": {"name": "resnet-hpa", "namespace": "serving"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "resnet-d"},
+            "maxReplicas": 5,
+        },
+    }
+    resp = await k8s.http.post(f"{k8s.url}/apis/autoscaling/v2/namespaces/serving/horizontalpodautoscalers", json=hpa)
+    assert resp.status < 300
+    act = KubeActuator(KubernetesConfig(host=k8s.url, request_timeout_s=0.5), MODELS)
+    await act.start(timeout_s=10)
+    try:
+        seen = await act.observe()
+        assert seen["resnet"].hold is not None and "HorizontalPodAutoscaler serving/resnet-hpa" in seen["resnet"].hold
+        result = await act.scale({"resnet": 4})
+        assert not result.applied and k8s.get("deployments", "serving", "resnet-d")["spec"]["replicas"] == 2
+        warnings = [e for e in await settle(k8s, 1) if e["type"] == "Warning"]
+        assert warnings and warnings[0]["reason"] == "OtherAutoscaler"
+        await k8s.http.delete(f"{k8s.url}/apis/autoscaling/v2/namespaces/serving/horizontalpodautoscalers/resnet-hpa")
+        await act.check_other_autoscalers()
+        assert (await act.scale({"resnet": 4})).applied == {"resnet": 4}
+    finally:
+        await act.stop()
+
+
+async def test_a_scale_based_on_a_stale_view_is_refused(cluster: tuple[K8s, KubeActuator]) -> None:
+    """Catches: unconditional scale patches — a request that reached the API server late (after a client-side
+    time-out, after another replica had taken the model over and written) overwrote the newer count. The patch
+    carries the resourceVersion last seen, so the server refuses a stale one with 409."""
+    import dataclasses
+
+    k8s, act = cluster
+    key = ("deployments", "serving", "resnet-d")
+    await act.scale({"resnet": 3})
+    fresh = act._objects[key]
+    assert fresh.resource_version
+    act._objects[key] = dataclasses.replace(fresh, resource_version="1")  # what a late request would carry
+    result = await act.scale({"resnet": 5})
+    assert "resnet" in result.failed and "409" in result.failed["resnet"]
+    assert k8s.get("deployments", "serving", "resnet-d")["spec"]["replicas"] == 3
+    act._objects[key] = fresh
+    assert (await act.scale({"resnet": 5})).applied == {"resnet": 5}

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, VirtualClock, config, record, traffic
 
@@ -53,15 +54,18 @@ async def test_demand_crossing_capacity_is_decided_at_once() -> None:
     assert agent.metrics.decision_latency._sum.get() > 0
 
 
-async def test_failed_scale_is_retried_and_blocks_the_commit() -> None:
+async def test_failed_scale_is_retried_after_a_back_off_and_blocks_the_commit() -> None:
+    """Catches: retrying a failed target on every loop pass (the call at 1.1 would happen), and committing the
+    offsets behind a target that is still pending."""
     cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
     clock = VirtualClock(0.0)
     stop = asyncio.Event()
     steps = [
         Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]),
         Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 1)]),
-        Step(1.1, [record(traffic("m1", 1.1, arrivals=1, pod="other"), 2)]),
-        Step(1.2, []),
+        Step(1.1, [record(traffic("m1", 1.1, arrivals=1, pod="other"), 2)]),  # within the back-off: no call
+        Step(1.6, []),  # back-off (0.25..0.5 s) over: retried, fails again
+        Step(2.7, []),  # second back-off (0.5..1 s) over: applied
     ]
     source = ScriptedSource(clock, steps, stop)
     act = RecordingActuator({"m1": 1})
@@ -70,7 +74,6 @@ async def test_failed_scale_is_retried_and_blocks_the_commit() -> None:
     act.fail_next = 2
     await run(agent, stop)
 
-    # the decision at 1.0 failed, was retried at 1.1 (failed again) and applied at 1.2
     target = act.calls[0]["m1"]
     assert target > 1 and act.calls == [{"m1": target}] * 3 and act.replicas["m1"] == target
     # offsets of the step's batch were committed only after it was applied
@@ -219,3 +222,144 @@ async def test_hpa_scales_on_gpu_utilization_when_pods_report_no_busy_time() -> 
     seen = await _hpa_with_gpu_events(0.95)
     assert max(r["target"] for r in blind) == 1
     assert max(r["target"] for r in seen) >= 2
+
+
+async def test_workload_settings_bound_and_hold_the_decision() -> None:
+    """Catches: the decision core ignoring the workload's own settings — a max-replicas annotation of 3 must bound
+    the target (the audit says so), and a paused workload (or one another autoscaler owns) is never scaled."""
+    cfg = config(["m1", "m2"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0), record(traffic("m2", 0.0, arrivals=1), 1)]),
+        Step(
+            1.0,
+            [
+                record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 2),
+                record(traffic("m2", 1.0, arrivals=400, concurrency_s=700.0), 3),
+            ],
+        ),
+    ]
+    act = RecordingActuator({"m1": 1, "m2": 1})
+    act.settings = {"m1": {"max_replicas": 3}, "m2": {"hold": "paused (shadowscale.io/paused)"}}
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), act, sink, clock)
+    await run(agent, stop)
+    assert act.replicas == {"m1": 3, "m2": 1} and all("m2" not in c for c in act.calls)
+    last = {r["model"]: r for r in audits(sink)}
+    assert last["m1"]["target"] == 3 and "min/max 1..3" in str(last["m1"]["guard"])
+    assert last["m2"]["target"] == 1 and last["m2"]["recommended"] > 1 and "paused" in str(last["m2"]["guard"])
+
+
+async def test_stale_events_fall_back_and_show_in_the_metrics() -> None:
+    """Catches: deciding on stale data forever when a model's producers stop (KEDA's ``fallback``): after
+    ``ingest.stale_s`` without events the model goes to its ``fallback_replicas``, the audit says why, and the
+    staleness shows in ``shadowscale_event_age_seconds`` and ``shadowscale_fallback_active``."""
+    cfg = config(["m1", "m2"], kafka={"commit_interval_s": 0.0}, ingest={"stale_s": 10.0})
+    data = msgspec.structs.asdict(cfg)
+    cfg = msgspec.structs.replace(
+        cfg, models=(msgspec.structs.replace(cfg.models[0], fallback_replicas=3), cfg.models[1])
+    )
+    assert data  # the first model falls back, the second has no fallback configured
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0), record(traffic("m2", 0.0, arrivals=1), 1)])]
+    steps += [Step(2.0 * k, []) for k in range(1, 10)]  # 18 s without events
+    act = RecordingActuator({"m1": 1, "m2": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), act, sink, clock)
+    await run(agent, stop)
+    assert act.replicas == {"m1": 3, "m2": 1}
+    fell = [r for r in audits(sink) if r["model"] == "m1" and r["target"] == 3]
+    assert fell and fell[0]["at"] > 10.0 and "fallback: no traffic events" in str(fell[0]["guard"])
+    text = agent.metrics.render().decode()
+    assert (
+        'shadowscale_fallback_active{model="m1"} 1.0' in text and 'shadowscale_fallback_active{model="m2"} 0.0' in text
+    )
+    assert 'shadowscale_event_age_seconds{model="m2"} 18.0' in text
+
+
+async def test_dead_letters_are_never_dropped_and_consumption_pauses_instead() -> None:
+    """Catches: dropping buffered dead letters beyond the limit while their offsets are still committed (they
+    were lost for good). With the broker refusing writes, the loop stops polling once ``kafka.max_unsent`` records
+    wait, writes every one when the broker is back, and only then commits."""
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0, "max_unsent": 5})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    bad = [record(b"not json", k) for k in range(8)]
+    steps = [Step(0.0, bad[:4]), Step(0.1, bad[4:]), Step(0.2, [record(b"not json", 8)]), Step(0.3, [])]
+    source = ScriptedSource(clock, steps, stop)
+    sink = MemorySink()
+    sink.fail_next = 6
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), sink, clock)
+    polls_while_paused = []
+    orig = sink.write
+
+    async def write(topic: str, records: Any) -> None:
+        polls_while_paused.append((source.polls, agent.unsent()))
+        await orig(topic, records)
+
+    sink.write = write  # type: ignore[method-assign]
+    await run(agent, stop)
+    dead = [json.loads(v)["offset"] for _, v in sink.records[DEAD]]
+    assert sorted(dead) == list(range(9))  # every one written, none dropped
+    assert source.committed() == {("shadowscale.traffic", 0): 9}
+    # while 8 (> 5) records waited, no further poll was made
+    assert any(unsent == 8 for _, unsent in polls_while_paused)
+    assert all(polls == 2 for polls, unsent in polls_while_paused if unsent == 8)
+
+
+async def test_a_hung_commit_does_not_hold_the_loop() -> None:
+    """Catches: awaiting a commit without a time limit — with the broker away the loop stood still for the
+    outage's length (no decisions, no scale calls)."""
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0, "commit_timeout_s": 0.05})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+
+    class Hung(ScriptedSource):
+        async def commit(self, offsets: Any) -> None:
+            await asyncio.sleep(3600)
+
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)])]
+    steps += [Step(1.0, [record(traffic("m1", 1.0, arrivals=400, concurrency_s=700.0), 1)])]
+    act = RecordingActuator({"m1": 1})
+    await asyncio.wait_for(Agent(cfg, Hung(clock, steps, stop), act, MemorySink(), clock).run(stop), 5)
+    assert act.replicas["m1"] > 1
+
+
+async def test_gpu_events_come_from_a_tail_every_replica_reads_and_are_never_committed() -> None:
+    """Catches: GPU events read through the consumer group — keyed by node, each replica saw only the GPUs whose
+    partitions it held, so a model's utilization could be invisible to its owner. A group-less tail hands every
+    replica all of them; their offsets are not the group's to commit."""
+    from shadowscale.agent.events import GPU_V1, GpuEvent, GpuPod, encode
+    from shadowscale.policies.ports import RecordBatch
+
+    class Tail:
+        def __init__(self) -> None:
+            self.sent = False
+
+        async def poll_batches(self, max_records: int, timeout_s: float) -> list[RecordBatch]:
+            if self.sent:
+                return []
+            self.sent = True
+            g = GpuEvent(
+                schema=GPU_V1,
+                node="n7",
+                gpu_uuid="GPU-x",
+                gpu_index=0,
+                event_time=0.0,
+                utilization=0.9,
+                memory_used_bytes=1,
+                memory_total_bytes=2,
+                pods=(GpuPod(pod="p0", model="m1"),),
+            )
+            return [RecordBatch("shadowscale.gpu", 3, [41], [b"n7"], [encode(g)])]
+
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    source = ScriptedSource(clock, [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]), Step(0.5, [])], stop)
+    agent = Agent(cfg, source, RecordingActuator({"m1": 1}), MemorySink(), clock, gpu_source=Tail())
+    await run(agent, stop)
+    assert ("n7", "GPU-x") in agent.gpus and agent.counts.gpu == 1
+    assert source.committed() == {("shadowscale.traffic", 0): 1}  # the GPU offset is not committed

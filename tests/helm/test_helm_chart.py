@@ -137,7 +137,8 @@ def by_kind(docs: dict[str, list[dict[str, Any]]], kind: str) -> list[dict[str, 
 
 
 def agent_config(docs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    cfg: dict[str, Any] = yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["agent.yaml"])
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if "agent.yaml" in c["data"]]
+    cfg: dict[str, Any] = yaml.safe_load(cm["data"]["agent.yaml"])
     return cfg
 
 
@@ -165,6 +166,7 @@ def test_default_values_render_the_agent_and_the_exporter() -> None:
     assert kinds == sorted(
         [
             *("ConfigMap", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "DaemonSet"),
+            "ConfigMap",  # the Grafana dashboard
             *(
                 "Deployment",
                 "PodDisruptionBudget",
@@ -196,25 +198,44 @@ def test_default_values_render_the_agent_and_the_exporter() -> None:
     assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_rbac_has_only_the_needed_verbs() -> None:
+def test_default_rbac_grants_only_the_default_features() -> None:
+    """Catches: the over-grant the chart used to ship (cluster-wide create on pods/binding, bindings and
+    pods/eviction for a scheduler that is off by default, an unused update on deployments/scale). What each rule is
+    for is checked against recorded API calls in tests/agent/test_agent_rbac.py."""
     docs = render(REQUIRED)
     agent_role = next(r for r in by_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith("exporter"))
-    rules = {
-        (g, r): sorted(rule["verbs"])
-        for rule in agent_role["rules"]
-        for g in rule["apiGroups"]
-        for r in rule["resources"]
+    assert rule_map(agent_role) == {
+        ("apps", "deployments"): ["list", "watch"],
+        ("apps", "statefulsets"): ["list", "watch"],
+        ("apps", "deployments/scale"): ["patch"],
+        ("apps", "statefulsets/scale"): ["patch"],
+        ("", "events"): ["create"],
+        ("autoscaling", "horizontalpodautoscalers"): ["list"],
+        ("keda.sh", "scaledobjects"): ["list"],
     }
-    assert rules[("apps", "deployments/scale")] == ["get", "patch", "update"]
-    assert rules[("apps", "deployments")] == ["get", "list", "watch"]
-    assert rules[("", "pods/binding")] == ["create"] and rules[("policy", "pods/eviction")] == ["create"]
-    assert all("delete" not in v and "*" not in v for v in rules.values())
-    assert all("*" not in rule["resources"] for rule in agent_role["rules"])
     lease = next(r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election"))
-    assert {v for rule in lease["rules"] for v in rule["verbs"]} == {"create", "get", "update", "patch"}
+    assert {v for rule in lease["rules"] for v in rule["verbs"]} == {"create", "get", "update"}
+    assert [rule.get("resourceNames") for rule in lease["rules"]] == [None, ["ss-shadowscale"]]
     every_rule = [rule for r in by_kind(docs, "Role") + by_kind(docs, "ClusterRole") for rule in r["rules"]]
     assert all("batch" not in rule["apiGroups"] for rule in every_rule)  # no Jobs without profiling
     assert not [m for m in manifests(docs) if m["metadata"]["name"].endswith("-profiling")]
+    # switching the optional calls off removes their rules
+    off = render({**REQUIRED, "agent": {"events": False, "respectOtherAutoscalers": False}})
+    role = next(r for r in by_kind(off, "ClusterRole") if r["metadata"]["name"] == "ss-shadowscale")
+    assert set(rule_map(role)) == {("apps", r) for r in ("deployments", "statefulsets")} | {
+        ("apps", "deployments/scale"),
+        ("apps", "statefulsets/scale"),
+    }
+    cfg = parse_config(agent_config(off))
+    assert not cfg.actuator.kubernetes.events and not cfg.actuator.kubernetes.respect_other_autoscalers
+
+
+def test_probes_ask_liveness_and_readiness_separately() -> None:
+    """Catches: the readiness probe calling /healthz (alive), so a replica that has not observed its workloads or
+    polled Kafka yet was ready."""
+    (dep,) = by_kind(render(REQUIRED), "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_full_values_tls_sasl_namespaced_rbac_and_service_monitor() -> None:
@@ -419,3 +440,42 @@ def test_bad_values_fail_with_the_schema_message(values: dict[str, Any], message
 def test_ci_values_file_lints() -> None:
     values = yaml.safe_load((CHART / "ci" / "default-values.yaml").read_text())
     assert not helm.lint(str(CHART), values, strict=True)["errors"]
+
+
+def exported_series() -> set[str]:
+    """Every series name the agent's /metrics can carry (counters as *_total, histograms as _bucket/_sum/_count)."""
+    from shadowscale.agent.metrics import Metrics
+
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        if family.type == "counter":
+            names |= {f"{family.name}_total", f"{family.name}_created"}
+        elif family.type == "histogram":
+            names |= {f"{family.name}{s}" for s in ("_bucket", "_sum", "_count", "_created")}
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_the_dashboard_queries_only_metrics_the_agent_exports() -> None:
+    """Catches: a dashboard panel querying a metric the agent does not export (renamed, misspelt, or a counter
+    without its _total suffix): such a panel stays empty for every user."""
+    docs = render(REQUIRED)
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    import json
+
+    dashboard = json.loads(cm["data"]["shadowscale-agent.json"])
+    exported = exported_series()
+    assert len(dashboard["panels"]) >= 10
+    for panel in dashboard["panels"]:
+        queried = {m for t in panel["targets"] for m in re.findall(r"\b(shadowscale_[a-z_]+)", t["expr"])}
+        assert queried, f"panel {panel['title']!r} queries no agent metric"
+        assert queried <= exported, f"panel {panel['title']!r} queries {sorted(queried - exported)}"
+    # the staleness and lag metrics this issue added are on it
+    every = {
+        m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"shadowscale_[a-z_]+", t["expr"])
+    }
+    assert {"shadowscale_consumer_lag_events", "shadowscale_event_age_seconds", "shadowscale_fallback_active"} <= every
+    off = render({**REQUIRED, "metrics": {"dashboard": {"enabled": False}}})
+    assert not [c for c in by_kind(off, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]

@@ -96,3 +96,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when the feature switch (list ROOT WHEN) is on: WHEN is "always" or a dotted path into .Values (a missing
+key is off). */}}
+{{- define "shadowscale.featureOn" -}}
+{{- $root := index . 0 -}}
+{{- $when := index . 1 -}}
+{{- if eq $when "always" -}}true{{- else -}}
+{{- $node := $root.Values -}}
+{{- $ok := true -}}
+{{- range $part := splitList "." $when -}}
+{{- if and $ok (kindIs "map" $node) (hasKey $node $part) -}}{{- $node = get $node $part -}}{{- else -}}{{- $ok = false -}}{{- end -}}
+{{- end -}}
+{{- and $ok (eq (toString $node) "true") -}}
+{{- end -}}
+{{- end -}}
