@@ -110,7 +110,7 @@ def simulate_reference(
             if not m.q:
                 return
             # requests that can no longer meet their SLO even alone are dropped as the replica reaches them
-            batch = []
+            batch: list[int] = []
             while m.q and len(batch) < m.max_batch:
                 j = m.q.popleft()
                 if t + l1[i] * sz[j] - arr[j] > slo_of[i] * sz[j]:

@@ -53,10 +53,6 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
             "cold_starts",
         }
         assert 0.0 <= p["slo_attainment"] <= 1.0
-    oracle = doc["policies"]["oracle"]
-    for name, p in doc["policies"].items():
-        if p["slo_attainment"] >= oracle["slo_attainment"]:
-            assert oracle["gpu_hours"] <= p["gpu_hours"] + 1e-9, name
     for name in doc["policies"]:
         header = (out / f"timeseries_{name}.csv").read_text().splitlines()[0]
         assert header == "t_s,arrivals_per_s,replicas,ready_replicas,gpus,slo_attainment,dropped"
@@ -65,14 +61,14 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
     assert "SLO" in proc.stdout
 
 
-def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
+def test_sweep_writes_frontiers_references_and_the_fair_ratio(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = run_cli(
         "simulate",
         "--trace",
         "azure-functions-2019",
         "--policies",
-        "hpa,kpa,oracle,shadowscale",
+        "hpa,kpa,oracle,bound,shadowscale",
         "--out",
         str(out),
         "--hours",
@@ -85,15 +81,22 @@ def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc["sweep"]) == {"hpa", "kpa", "oracle", "shadowscale"}
-    assert [p["knob"] for p in doc["sweep"]["hpa"]] == [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
-    for pts in doc["sweep"].values():
+    hpa = doc["sweep"]["hpa"]
+    assert {p["spec"] for p in hpa} == {"traced", "rightsized"} and {p["min_replicas"] for p in hpa} == {1}
+    assert {p["min_replicas"] for p in doc["sweep"]["kpa"]} == {0, 1}
+    assert len({p["knob"] for p in hpa if p["spec"] == "traced"}) >= 10
+    for name, pts in doc["frontier"].items():
+        assert name != "oracle"
         for p in pts:
-            assert set(p) == {"knob", "slo_attainment", "gpu_hours", "gpus_held_hours"}
+            assert set(p) >= {"slo_attainment", "gpu_hours", "gpus_held_hours", "knob", "min_replicas", "spec"}
             assert p["gpus_held_hours"] >= p["gpu_hours"] - 1e-9  # whole GPUs cost at least their shares
-    assert set(doc["sweep_right_sized"]) == {"hpa", "kpa"}
-    comp = doc["comparison"]
-    assert comp["policy"] == "shadowscale" and comp["knob"] == 2.0
-    assert set(comp) >= {"gpu_hours", "gpus_held_hours", "slo_attainment"}
+            assert p["bound_gpu_hours"] <= p["gpu_hours"] + 1e-12
+    assert doc["oracle"]["spec"] == "rightsized"
+    assert doc["bound"]["gpu_hours_all_work"] > 0 and doc["bound"]["points_checked"] > 50
+    assert set(doc["bound"]["gpu_hours_for_served_work"]) == {"hpa", "kpa", "oracle", "shadowscale"}
+    fair = doc["fair_ratio"]
+    assert set(fair) >= {"gpu_hours", "gpus_held_hours", "best_baseline"}
+    assert doc["config"]["timeout_s"] == 300.0
     assert (out / "sweep.png").stat().st_size > 10_000
 
 
