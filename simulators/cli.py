@@ -128,9 +128,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--sweep",
         action="store_true",
-        help="also run each policy across its main knob (HPA target utilization, KEDA lag threshold, "
-        "KPA target concurrency, shadowscale headroom), on the traced and on right-sized specs, and "
-        "compare at equal SLO attainment (sweep.png, summary.json 'sweep')",
+        help="also run each policy across a fine log-spaced grid of its main knob (HPA target utilization, KEDA "
+        "lag threshold, KPA target concurrency; shadowscale headroom), refined near shadowscale's attainment, × "
+        "min replicas 0/1 × spec set (traced, right-sized), and compare shadowscale with each baseline's Pareto "
+        "frontier (sweep.png; summary.json 'sweep', 'frontier', 'fair_ratio', 'oracle', 'bound')",
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes for --sweep (default: up to 2)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -199,7 +207,9 @@ def main(args: argparse.Namespace) -> int:
             disable=args.quiet,
         ) as bar:
             task = bar.add_task("sweep", total=1.0)
-            sweep = run_sweep(workload, names, config, progress=lambda f: bar.update(task, completed=f))
+            sweep = run_sweep(
+                workload, names, config, progress=lambda f: bar.update(task, completed=f), workers=args.jobs
+            )
         entries = summary_entries(sweep, fluid_bound_all_hours(workload, config.warmup_s))
         if want_bound:
             extra["bound"].update(entries.pop("bound"))
