@@ -138,7 +138,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="worker processes for --sweep (default: up to 2)",
+        help="worker processes: the policies run side by side, and --sweep's points (default: the policies one "
+        "after another, the sweep in up to 2)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -183,6 +184,7 @@ def main(args: argparse.Namespace) -> int:
             progress=lambda n, f: bar.update(tasks[n], completed=f),
             spec=None if args.spec == "default" else args.spec,
             min_replicas=args.min_replicas,
+            workers=args.jobs or 1,
         )
     summaries = {n: summarize(r) for n, r in results.items()}
     for n, r in results.items():

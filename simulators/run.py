@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -201,17 +202,35 @@ def run_policies(
     progress: Callable[[str, float], None] | None = None,
     spec: str | None = None,
     min_replicas: int | None = None,
+    workers: int = 1,
 ) -> dict[str, SimResult]:
     """Run each policy on ``spec`` (None: its default spec set) with ``min_replicas`` (None: each model's own);
-    right-sizing learns from the warm-up only. One engine per prepared workload."""
-    engines: dict[str, tuple[Workload, Engine]] = {}
-    out: dict[str, SimResult] = {}
+    right-sizing learns from the warm-up only. With ``workers`` > 1 the policies run in that many processes
+    (progress is then reported per finished policy)."""
+    prepared: dict[str, Workload] = {}
     for name in names:
         sp = spec or default_spec(name)
-        if sp not in engines:
-            w = prepare(workload, sp, min_replicas, config.warmup_s)
-            engines[sp] = (w, engine_for(w, config))
-        w, engine = engines[sp]
+        if sp not in prepared:
+            prepared[sp] = prepare(workload, sp, min_replicas, config.warmup_s)
+    jobs = [(prepared[spec or default_spec(n)], n, config) for n in names]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = {n: pool.submit(_run_one, job) for n, job in zip(names, jobs, strict=True)}
+            out = {}
+            for n, f in futures.items():
+                out[n] = f.result()
+                if progress is not None:
+                    progress(n, 1.0)
+            return out
+    engines: dict[int, Engine] = {}
+    out = {}
+    for w, name, _ in jobs:
+        engine = engines.setdefault(id(w), engine_for(w, config))
         cb = None if progress is None else (lambda f, n=name: progress(n, f))
         out[name] = run_policy(w, name, config, progress=cb, engine=engine)
     return out
+
+
+def _run_one(job: tuple[Workload, str, SimConfig]) -> SimResult:
+    w, name, config = job
+    return run_policy(w, name, config)

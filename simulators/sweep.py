@@ -7,7 +7,7 @@ Grid. Each baseline's knob (HPA target utilization, KEDA lag threshold, KPA targ
 shares, chosen from the warm-up's traffic only). Then, per curve, :data:`REFINE` more values are run log-spaced
 between the two neighbouring knob values whose SLO attainments bracket the attainment compared (shadowscale's at
 its default), so the frontier is fine where it is read. shadowscale runs its headroom values on both spec sets
-and both min replicas; the oracle once on right-sized specs.
+and both min replicas (its default headroom only on the traced specs); the oracle once on right-sized specs.
 
 Comparison. A policy's frontier is its Pareto set over every point it ran (cheapest point at or above each
 attainment; no interpolation: every frontier point is a configuration a user can run). ``fair_ratio`` is
@@ -156,16 +156,25 @@ def run_sweep(
     lo_sets = sorted({lo for n in names for lo in MIN_REPLICAS.get(n, (0,))})
     workloads = {(spec, lo): prepare(workload, spec, lo, config.warmup_s) for spec in SPEC_SETS for lo in lo_sets}
     jobs: list[Job] = []
+    # the longest jobs (the oracle's passes) and the point the refinement waits for go first
+    if "oracle" in names:
+        jobs.append(("rightsized", 0, "oracle", math.nan, config))
+    if OURS in names:
+        jobs.append(("rightsized", 0, OURS, OURS_DEFAULT, config))
     for name in names:
         if name == OURS:
-            jobs += [(sp, lo, name, k, config) for sp in SPEC_SETS for lo in MIN_REPLICAS[name] for k in OURS_KNOBS]
+            jobs += [
+                (sp, lo, name, k, config)
+                for sp in SPEC_SETS
+                for lo in MIN_REPLICAS[name]
+                for k in (OURS_KNOBS if sp == "rightsized" else (OURS_DEFAULT,))
+                if (sp, lo, k) != ("rightsized", 0, OURS_DEFAULT)
+            ]
         elif name in BASELINES:
             for sp in SPEC_SETS:
                 for lo in MIN_REPLICAS[name]:
                     jobs += [(sp, lo, name, k, config) for k in coarse_grid(name)]
-        elif name == "oracle":
-            jobs.append(("rightsized", 0, name, math.nan, config))
-        else:
+        elif name != "oracle":
             jobs.append(("traced", lo_sets[0], name, math.nan, config))
     n_workers = workers or max(1, min(2, os.cpu_count() or 1))
     total = len(jobs) + sum(2 * REFINE for n in names if n in BASELINES) * len(SPEC_SETS)

@@ -218,3 +218,14 @@ def test_warm_up_is_run_but_not_scored_and_both_engines_agree(name: str) -> None
 def test_warm_up_must_be_a_non_negative_number() -> None:
     with pytest.raises(ValueError, match="warmup_s"):
         SimConfig(warmup_s=-1.0)
+
+
+def test_policies_in_worker_processes_give_the_same_results() -> None:
+    """``run_policies(workers=2)`` (the CLI's --jobs) returns what the serial run returns, per policy."""
+    w = load_trace("azure-functions-2019", seed=2, hours=0.25, models=10)
+    names = ["hpa", "oracle", "shadowscale"]
+    serial = run_policies(w, names)
+    parallel = run_policies(w, names, workers=2)
+    for n in names:
+        assert summarize(parallel[n]) == summarize(serial[n])
+        np.testing.assert_array_equal(parallel[n].latency_s, serial[n].latency_s)
