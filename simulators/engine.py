@@ -47,7 +47,8 @@ class SimConfig:
     """Simulation knobs. ``cold_start_s`` overrides every service's own when set."""
 
     timeout_s: float = 300.0
-    """The serving stack's request time-out (Knative's revision ``timeoutSeconds`` default, 300 s); per model it is
+    """The serving stack's request time-out (Knative's revision ``timeoutSeconds`` default, 300 s: ``config-defaults``
+    ``revision-timeout-seconds``, knative/docs docs/serving/configuration/config-defaults.md); per model it is
     raised to the model's cold start when shorter, so a scale-from-zero never drops its requests by the clock."""
     cold_start_s: float | None = None
     record_decisions: bool = False
