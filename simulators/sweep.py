@@ -4,7 +4,8 @@ Pareto frontier.
 Grid. Each baseline's knob (HPA target utilization, KEDA lag threshold, KPA target concurrency) runs at
 :data:`COARSE` log-spaced values over :data:`KNOB_RANGES` plus its default, × min replicas
 (:data:`MIN_REPLICAS`: 0 and 1; the HPA cannot go below 1) × spec set (traced whole-GPU profiles; right-sized
-shares, chosen from the warm-up's traffic only). Then, per curve, :data:`REFINE` more values are run log-spaced
+shares, chosen from the warm-up's traffic only; traces whose models have one measured spec each, the LLMs, have the
+traced set only). Then, per curve, :data:`REFINE` more values are run log-spaced
 between the two neighbouring knob values whose SLO attainments bracket the attainment compared (shadowscale's at
 its default), so the frontier is fine where it is read. shadowscale runs its headroom values on both spec sets
 and both min replicas (its default headroom only on the traced specs); the oracle once on right-sized specs.
@@ -154,30 +155,33 @@ def run_sweep(
 ) -> dict[str, list[Point]]:
     """Every point of every policy in ``names`` (baselines refined near shadowscale's default attainment)."""
     lo_sets = sorted({lo for n in names for lo in MIN_REPLICAS.get(n, (0,))})
-    workloads = {(spec, lo): prepare(workload, spec, lo, config.warmup_s) for spec in SPEC_SETS for lo in lo_sets}
+    # a trace whose models have one measured spec each (the LLMs) has one spec set: traced
+    specs = SPEC_SETS if any(s.specs for s in workload.services) else ("traced",)
+    workloads = {(spec, lo): prepare(workload, spec, lo, config.warmup_s) for spec in specs for lo in lo_sets}
     jobs: list[Job] = []
+    ours_spec = specs[-1]  # right-sized where there is a choice
     # the longest jobs (the oracle's passes) and the point the refinement waits for go first
     if "oracle" in names:
-        jobs.append(("rightsized", 0, "oracle", math.nan, config))
+        jobs.append((ours_spec, 0, "oracle", math.nan, config))
     if OURS in names:
-        jobs.append(("rightsized", 0, OURS, OURS_DEFAULT, config))
+        jobs.append((ours_spec, 0, OURS, OURS_DEFAULT, config))
     for name in names:
         if name == OURS:
             jobs += [
                 (sp, lo, name, k, config)
-                for sp in SPEC_SETS
+                for sp in specs
                 for lo in MIN_REPLICAS[name]
-                for k in (OURS_KNOBS if sp == "rightsized" else (OURS_DEFAULT,))
-                if (sp, lo, k) != ("rightsized", 0, OURS_DEFAULT)
+                for k in (OURS_KNOBS if sp == ours_spec else (OURS_DEFAULT,))
+                if (sp, lo, k) != (ours_spec, 0, OURS_DEFAULT)
             ]
         elif name in BASELINES:
-            for sp in SPEC_SETS:
+            for sp in specs:
                 for lo in MIN_REPLICAS[name]:
                     jobs += [(sp, lo, name, k, config) for k in coarse_grid(name)]
         elif name != "oracle":
             jobs.append(("traced", lo_sets[0], name, math.nan, config))
     n_workers = workers or max(1, min(2, os.cpu_count() or 1))
-    total = len(jobs) + sum(2 * REFINE for n in names if n in BASELINES) * len(SPEC_SETS)
+    total = len(jobs) + sum(2 * REFINE for n in names if n in BASELINES) * len(specs)
     done = 0
 
     def tick(k: int) -> None:
@@ -193,7 +197,7 @@ def run_sweep(
         for name in names:
             if name not in BASELINES:
                 continue
-            for sp in SPEC_SETS:
+            for sp in specs:
                 for lo in MIN_REPLICAS[name]:
                     curve = [p for p in points if (p.policy, p.spec, p.min_replicas) == (name, sp, lo)]
                     more += [(sp, lo, name, k, config) for k in refine_grid(curve, target.slo_attainment)]
@@ -209,10 +213,9 @@ def run_sweep(
 
 
 def _ours_default(points: Sequence[Point]) -> Point | None:
-    for p in points:
-        if (p.policy, p.knob, p.spec, p.min_replicas) == (OURS, OURS_DEFAULT, "rightsized", 0):
-            return p
-    return None
+    """shadowscale at its default: headroom 2, min replicas 0, right-sized (traced where there is no choice)."""
+    mine = [p for p in points if (p.policy, p.knob, p.min_replicas) == (OURS, OURS_DEFAULT, 0)]
+    return min(mine, key=lambda p: p.spec != "rightsized", default=None)
 
 
 def frontier(points: Sequence[Point], key: str = "gpu_hours") -> list[Point]:
@@ -280,6 +283,7 @@ def plot_sweep(path: Path, sweep: Mapping[str, Sequence[Point]], trace: str) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    colors = {name: f"C{i}" for i, name in enumerate(sweep)}
     for ax, spec in zip(axes, SPEC_SETS, strict=True):
         for name, pts in sweep.items():
             for lo in sorted({p.min_replicas for p in pts}):
@@ -293,6 +297,7 @@ def plot_sweep(path: Path, sweep: Mapping[str, Sequence[Point]], trace: str) -> 
                     [p.gpu_hours for p in sel],
                     marker="o" if lo else "x",
                     markersize=3,
+                    color=colors[name],
                     linestyle="-" if lo else ":",
                     label=f"{name} min {lo}",
                 )

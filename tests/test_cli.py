@@ -132,6 +132,9 @@ BAD = [
     (["simulate", "--trace", "azure-functions-2019", "--models", "0", "--out", "x"], "--models"),
     (["simulate", "--trace", "azure-functions-2019", "--cold-start", "inf", "--out", "x"], "--cold-start"),
     (["simulate", "--out", "x"], "--trace"),
+    (["simulate", "--trace", "azure-functions-2019", "--min-replicas", "2", "--out", "x"], "--min-replicas"),
+    (["simulate", "--trace", "azure-functions-2019", "--spec", "small", "--out", "x"], "--spec"),
+    (["simulate", "--trace", "azure-functions-2019", "--timeout", "0", "--out", "x"], "--timeout"),
     (["bench", "simulator", "--policy", "nope"], "valid policies"),
 ]
 

@@ -17,9 +17,9 @@ from shadowscale.simulators.traces import load_trace
 from shadowscale.simulators.workload import Workload, make_workload
 
 SLICES = {
-    "azure-functions-2019": {"hours": 0.5, "models": 12},
-    "azure-llm-2023-conv": {"hours": 0.2},
-    "mooncake": {"hours": 0.2},
+    "azure-functions-2019": {"hours": 0.25, "models": 8},
+    "azure-llm-2023-conv": {"hours": 0.1},
+    "mooncake": {"hours": 0.1},
 }
 
 
@@ -32,8 +32,9 @@ def test_bound_is_below_every_sweep_point(trace: str) -> None:
     w = load_trace(trace, **SLICES[trace])  # type: ignore[arg-type]
     sweep = run_sweep(w, ["hpa", "keda", "kpa", "oracle", "shadowscale"], SimConfig(), workers=1)
     points = [p for pts in sweep.values() for p in pts]
-    assert len(points) >= 100
-    assert {p.spec for p in points} == {"traced", "rightsized"}
+    assert len(points) >= (100 if trace == "azure-functions-2019" else 60)
+    sets = {"traced", "rightsized"} if trace == "azure-functions-2019" else {"traced"}  # the LLM: one spec
+    assert {p.spec for p in points} == sets
     assert {p.min_replicas for p in points} == {0, 1}
     for p in points:
         assert p.bound_gpu_hours > 0.0, p
