@@ -7,7 +7,8 @@ Grid. Each baseline's knob (HPA target utilization, KEDA lag threshold, KPA targ
 shares, chosen from the warm-up's traffic only; traces whose models have one measured spec each, the LLMs, have the
 traced set only). Then, per curve, :data:`REFINE` more values are run log-spaced
 between the two neighbouring knob values whose SLO attainments bracket the attainment compared (shadowscale's at
-its default), so the frontier is fine where it is read. shadowscale runs its headroom values on both spec sets
+its default), so the frontier is fine where it is read; a curve that never reaches it with its best point at an
+end of the range is extended one decade beyond that end instead. shadowscale runs its headroom values on both spec sets
 and both min replicas (its default headroom only on the traced specs); the oracle once on right-sized specs.
 
 Comparison. A policy's frontier is its Pareto set over every point it ran (cheapest point at or above each
@@ -132,17 +133,29 @@ def coarse_grid(name: str, n: int = COARSE) -> list[float]:
 
 
 def refine_grid(points: Sequence[Point], target: float, n: int = REFINE) -> list[float]:
-    """Knob values log-spaced between neighbouring knobs whose attainments bracket ``target``."""
+    """Knob values log-spaced between neighbouring knobs whose attainments bracket ``target``; where no point
+    reaches ``target`` and the best one is at an end of the grid, ``n`` values extending the grid one decade
+    beyond that end (the baseline gets the chance to reach it)."""
     pts = sorted(points, key=lambda p: p.knob)
     have = {p.knob for p in pts}
     out: list[float] = []
+
+    def add(xs: Any) -> None:
+        for x in xs:
+            v = float(f"{x:.4g}")
+            if v not in have:
+                out.append(v)
+                have.add(v)
+
     for a, b in itertools.pairwise(pts):
         if (a.slo_attainment >= target) != (b.slo_attainment >= target):
-            for x in np.geomspace(a.knob, b.knob, n + 2)[1:-1]:
-                v = float(f"{x:.4g}")
-                if v not in have:
-                    out.append(v)
-                    have.add(v)
+            add(np.geomspace(a.knob, b.knob, n + 2)[1:-1])
+    if pts and all(p.slo_attainment < target for p in pts):
+        best = max(pts, key=lambda p: (p.slo_attainment, -p.gpu_hours))
+        if best is pts[0]:
+            add(np.geomspace(best.knob / 10.0, best.knob, n + 1)[:-1])
+        elif best is pts[-1]:
+            add(np.geomspace(best.knob, best.knob * 10.0, n + 1)[1:])
     return out
 
 

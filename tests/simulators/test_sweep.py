@@ -41,6 +41,9 @@ def test_refine_adds_values_between_the_knobs_that_bracket_the_target() -> None:
     more = refine_grid(curve, 0.99)
     assert len(more) == 4 and all(10.0 < k < 100.0 for k in more)
     assert refine_grid(curve, 0.9) == []  # every point is above: nothing to refine
+    # no point reaches 99.95 % and the best is the lowest knob: the grid goes one decade lower
+    lower = refine_grid(curve, 0.9995)
+    assert len(lower) == 4 and all(0.1 <= k < 1.0 for k in lower) and min(lower) == pytest.approx(0.1)
 
 
 def test_frontier_and_cost_at_are_the_cheapest_point_at_or_above() -> None:
