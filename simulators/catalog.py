@@ -309,6 +309,29 @@ class Catalog:
             self._cnn.update(read_gpulet(locate(GPULET_DIR / "inference.csv", self.data_dir)))
         return self._cnn
 
+    _interference: dict[tuple[str, int], tuple[float, ...]] = field(default_factory=dict, repr=False)
+    _dram: list[float] = field(default_factory=list, repr=False)  # [] until read, then [value]
+
+    @property
+    def interference(self) -> dict[tuple[str, int], tuple[float, ...]]:
+        """Per (CNN, share < 100 %): the mean slowdown at each of its curve's batch sizes when co-located, over the
+        co-runners measured (``interference.csv``, read on first use); models and shares without measurements are
+        absent, and so is everything when the file is not there."""
+        if not self._interference:
+            path = locate(GPULET_DIR / "interference.csv", self.data_dir)
+            if path.is_file():
+                self._interference.update(read_interference(path, self.cnn_curves))
+        return self._interference
+
+    @property
+    def dram_per_share(self) -> float:
+        """The most DRAM bandwidth (% of peak) any CNN uses per whole GPU share (``mem_util.csv``, read on first
+        use): shares summing to at most one GPU use at most this much of its bandwidth (0 when not measured)."""
+        if not self._dram:
+            path = locate(GPULET_DIR / "mem_util.csv", self.data_dir)
+            self._dram.append(read_dram_per_share(path, self.cnn_curves) if path.is_file() else 0.0)
+        return self._dram[0]
+
     @property
     def cnn_models(self) -> tuple[str, ...]:
         """The CNN names, sorted alphabetically (the order the hash mapping indexes)."""
@@ -362,10 +385,30 @@ class Catalog:
 
     def specs_of(self, profile: ModelProfile) -> tuple[ModelProfile, ...]:
         """The measured alternatives of a profile for right-sizing: a CNN profile at every GPU share (keeping its
-        SLO, smallest share first); nothing for profiles measured at one spec only (the LLM)."""
+        SLO, smallest share first), a share below 100 % charged the co-location slowdown measured for it
+        (:meth:`co_located`); nothing for profiles measured at one spec only (the LLM)."""
         if not profile.name.startswith("gpulet/"):
             return ()
-        return tuple(self.at_share(profile, share) for share in CNN_SHARES)
+        return tuple(self.co_located(self.at_share(profile, share)) for share in CNN_SHARES)
+
+    def co_located(self, profile: ModelProfile) -> ModelProfile:
+        """A CNN profile on a GPU share below 100 % with every batch latency multiplied by the mean slowdown
+        ``interference.csv`` measured for that CNN, share and batch size against its co-runners (a share sits
+        next to other models' shares); unchanged where the data has no measurement."""
+        model, _ = self.cnn_of(profile)
+        factors = self.interference.get((model, round(profile.gpu_fraction * 100)))
+        if factors is None:
+            return profile
+        slowed = [x * f for x, f in zip(profile.batch_latency_s, factors, strict=True)]
+        mean = sum(factors) / len(factors)
+        return make_profile(
+            profile.name,
+            f"{profile.source}, co-location slowdown ×{mean:.3g} (interference.csv, mean per batch size)",
+            profile.batch_sizes,
+            slowed,
+            gpu_fraction=profile.gpu_fraction,
+            slo_s=profile.slo_s,
+        )
 
     def cnn_by_hash(self, hex_digest: str) -> str:
         """The CNN a hex hash maps to: ``int(hex[:8], 16) % 10`` over the sorted CNN names."""
@@ -427,6 +470,52 @@ def _load_catalog(data_dir: Path | None, _default_root: str) -> Catalog:
         llm=llm_profile(llm_rows, results),
         prompt_weight=derive_prompt_weight(locate(LLM_BENCH_DIR / "all_results_TTFT_ITL.csv", data_dir), llm_rows),
     )
+
+
+def read_interference(path: Path, curves: dict[tuple[str, int], CnnCurve]) -> dict[tuple[str, int], tuple[float, ...]]:
+    """Per (CNN, share): at each batch size of its solo curve, the mean of co-located latency / solo latency over
+    the co-runners (model and batch) ``interference.csv`` measured; a batch size without a measurement gets the
+    mean of those that have one. Rows: ``model, batch, share, co-runner, co-runner batch, "throughput", x,
+    "latency", latency_s, valid``."""
+    _, _, rows = read_csv(path, has_header=False)
+    ratios: dict[tuple[str, int], dict[int, list[float]]] = {}
+    for line, row in rows:
+        if len(row) != 10:
+            raise DataError(path, line, f"expected 10 fields, found {len(row)}")
+        model = row[0].strip()
+        batch = int(parse_number(row[1], path, line, "batch_size", integer=True, positive=True))
+        share = int(parse_number(row[2], path, line, "gpu_share_pct", integer=True, positive=True))
+        latency = parse_number(row[8], path, line, "latency_s", positive=True)
+        if parse_number(row[9], path, line, "valid", integer=True) != 1.0:
+            continue
+        curve = curves.get((model, share))
+        if curve is None or batch not in curve.batch_sizes:
+            continue
+        solo = curve.latency_s[curve.batch_sizes.index(batch)]
+        ratios.setdefault((model, share), {}).setdefault(batch, []).append(latency / solo)
+    out: dict[tuple[str, int], tuple[float, ...]] = {}
+    for key, by_batch in ratios.items():
+        means = {b: float(np.mean(v)) for b, v in by_batch.items()}
+        fill = float(np.mean(list(means.values())))
+        out[key] = tuple(max(1.0, means.get(b, fill)) for b in curves[key].batch_sizes)
+    return out
+
+
+def read_dram_per_share(path: Path, curves: dict[tuple[str, int], CnnCurve]) -> float:
+    """The most DRAM throughput (% of peak) per whole GPU share over the CNN rows of ``mem_util.csv`` (``model,
+    batch, share, "mem_util", dram_pct, "l2_util", l2_pct, flag``); rows of other models (BERT) are skipped."""
+    _, _, rows = read_csv(path, has_header=False)
+    cnns = {m for m, _ in curves}
+    worst = 0.0
+    for line, row in rows:
+        if len(row) != 8:
+            raise DataError(path, line, f"expected 8 fields, found {len(row)}")
+        if row[0].strip() not in cnns:
+            continue
+        share = parse_number(row[2], path, line, "gpu_share_pct", positive=True)
+        dram = parse_number(row[4], path, line, "dram_util_pct")
+        worst = max(worst, dram / (share / 100.0))
+    return worst
 
 
 # ----------------------------------------------------------------------------------------------------

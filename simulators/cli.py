@@ -16,6 +16,7 @@ DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle,shadowscale"
 # Named here so `simulate --help` imports no numpy; tests/test_cli.py checks them against the registries.
 HELP_TRACES = ("azure-functions-2019", "azure-llm-2023-conv", "azure-llm-2023-code", "mooncake", "llm-fleet")
 HELP_POLICIES = ("hpa", "keda", "kpa", "static", "oracle", "shadowscale")
+HELP_SPEC_SETS = ("traced", "rightsized")
 
 
 def positive_float(text: str) -> float:
@@ -66,7 +67,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
             "Replay a request trace through each policy on a simulated cluster and compare SLO attainment "
             "with GPU-hours. Writes DIR/summary.json, DIR/timeseries_<policy>.csv and PNG plots."
         ),
-        epilog=f"Bundled traces: {', '.join(HELP_TRACES)}. Policies: {', '.join(HELP_POLICIES)}. "
+        epilog=f"Bundled traces: {', '.join(HELP_TRACES)}. Policies: {', '.join(HELP_POLICIES)}, and the reference "
+        "'bound' (a lower bound on GPU-hours, computed, not simulated). "
         "A generic CSV needs columns timestamp (seconds or ISO time) and model; input_tokens, "
         "output_tokens and service_ms are optional.",
     )
@@ -97,9 +99,28 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--timeout",
         type=positive_float,
-        default=30.0,
+        default=300.0,
         metavar="S",
-        help="a request still queued after S seconds is dropped (default 30)",
+        help="the serving stack's time-out: a request still queued after S seconds is dropped (default 300, "
+        "Knative's revision timeoutSeconds, up to which its activator holds requests through a cold start); per "
+        "model never shorter than its cold start. A request a replica reaches when it can no longer meet its SLO "
+        "is dropped then.",
+    )
+    p.add_argument(
+        "--spec",
+        choices=("default", *HELP_SPEC_SETS),
+        default="default",
+        help="spec set every policy runs on: traced (the trace's whole-GPU profiles) or rightsized (GPU shares "
+        "chosen from the traffic before the scored window, i.e. the --warmup); default: shadowscale and the "
+        "oracle right-sized, the others traced",
+    )
+    p.add_argument(
+        "--min-replicas",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        metavar="N",
+        help="every model's min replicas, 0 or 1 (default: each policy's own: HPA 1, KEDA and Knative 0)",
     )
     p.add_argument(
         "--warmup",
@@ -113,9 +134,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--sweep",
         action="store_true",
-        help="also run each policy across its main knob (HPA target utilization, KEDA lag threshold, "
-        "KPA target concurrency, shadowscale headroom), on the traced and on right-sized specs, and "
-        "compare at equal SLO attainment (sweep.png, summary.json 'sweep')",
+        help="also run each policy across a fine log-spaced grid of its main knob (HPA target utilization, KEDA "
+        "lag threshold, KPA target concurrency; shadowscale headroom), refined near shadowscale's attainment, × "
+        "min replicas 0/1 × spec set (traced, right-sized), and compare shadowscale with each baseline's Pareto "
+        "frontier (sweep.png; summary.json 'sweep', 'frontier', 'fair_ratio', 'oracle', 'bound')",
     )
     add_executor_arguments(p, default_help="2, at most the CPUs available; used by --sweep")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -132,12 +154,15 @@ def main(args: argparse.Namespace) -> int:
         raise MissingExtra("shadowscale simulate", "sim", "rich") from e
 
     from shadowscale.policies.scaling import parse_policies
+    from shadowscale.simulators.bound import fluid_bound_all_hours, fluid_bound_hours
     from shadowscale.simulators.engine import SimConfig
     from shadowscale.simulators.report import plot, timeseries, write_summary, write_timeseries
     from shadowscale.simulators.run import run_policies, summarize
     from shadowscale.simulators.traces import load_trace
 
-    names = parse_policies(args.policies)
+    requested = [p.strip() for p in args.policies.split(",") if p.strip()]
+    want_bound = "bound" in requested
+    names = parse_policies(",".join(p for p in requested if p != "bound") or ("" if want_bound else args.policies))
     t0 = time.perf_counter()
     workload = load_trace(
         args.trace, seed=args.seed, hours=args.hours, models=args.models, cold_start_s=args.cold_start
@@ -161,16 +186,29 @@ def main(args: argparse.Namespace) -> int:
         disable=args.quiet,
     ) as bar:
         tasks = {n: bar.add_task(n, total=1.0) for n in names}
-        results = run_policies(workload, names, config, progress=lambda n, f: bar.update(tasks[n], completed=f))
+        results = run_policies(
+            workload,
+            names,
+            config,
+            progress=lambda n, f: bar.update(tasks[n], completed=f),
+            spec=None if args.spec == "default" else args.spec,
+            min_replicas=args.min_replicas,
+            workers=args.jobs or 1,
+        )
     summaries = {n: summarize(r) for n, r in results.items()}
     for n, r in results.items():
         write_timeseries(out / f"timeseries_{n}.csv", timeseries(r, workload))
     if not args.no_plots:
         plot(out, results, workload.name)
     extra: dict[str, Any] = {}
+    if want_bound:
+        extra["bound"] = {
+            "gpu_hours_all_work": fluid_bound_all_hours(workload, config.warmup_s),
+            "gpu_hours_for_served_work": {n: fluid_bound_hours(workload, r) for n, r in results.items()},
+        }
     if args.sweep:
         from shadowscale.simulators.executor import make_executor
-        from shadowscale.simulators.sweep import compare, plot_sweep, run_sweep
+        from shadowscale.simulators.sweep import plot_sweep, run_sweep, summary_entries
 
         with Progress(
             TextColumn("{task.description:>8}"),
@@ -182,20 +220,25 @@ def main(args: argparse.Namespace) -> int:
         ) as bar:
             task = bar.add_task("sweep", total=1.0)
             with make_executor(args.jobs, args.dask, default=2) as executor:
-                plain, sized = run_sweep(
+                sweep = run_sweep(
                     workload, names, config, progress=lambda f: bar.update(task, completed=f), executor=executor
                 )
-        extra["sweep"] = {n: [p.as_dict() for p in pts] for n, pts in plain.items()}
-        extra["sweep_right_sized"] = {n: [p.as_dict() for p in pts] for n, pts in sized.items()}
-        extra["comparison"] = compare(plain, sized)
+        entries = summary_entries(sweep, fluid_bound_all_hours(workload, config.warmup_s))
+        if want_bound:
+            extra["bound"].update(entries.pop("bound"))
+        else:
+            entries.pop("bound")
+        extra.update(entries)
         if not args.no_plots:
-            plot_sweep(out / "sweep.png", plain, sized, workload.name)
+            plot_sweep(out / "sweep.png", sweep, workload.name)
     wall = time.perf_counter() - t0
     cfg = {
         "hours": args.hours,
         "models": len(workload.services),
         "cold_start_s": args.cold_start,
         "timeout_s": args.timeout,
+        "spec": args.spec,
+        "min_replicas": args.min_replicas,
         "warmup_s": args.warmup,
         "duration_s": workload.duration_s,
     }
@@ -219,25 +262,24 @@ def main(args: argparse.Namespace) -> int:
                 f"{s.cold_starts:,}",
             )
         Console().print(table)
-        if extra.get("comparison"):
-            _print_comparison(extra["comparison"])
+        if extra.get("fair_ratio"):
+            _print_fair_ratio(extra["fair_ratio"])
+        if "bound" in extra:
+            print(f"bound (fluid, all work): {extra['bound']['gpu_hours_all_work']:,.2f} GPU-hours")
         print(f"wrote {path} and the time series/plots in {out}/ in {wall:.1f} s", file=sys.stdout)
     return 0
 
 
-def _print_comparison(c: dict[str, Any]) -> None:
-    print(f"shadowscale (headroom {c['knob']:g}) at SLO attainment {c['slo_attainment'] * 100:.3f} %:")
+def _print_fair_ratio(c: dict[str, Any]) -> None:
+    print(f"shadowscale (default) at SLO attainment {c['slo_attainment'] * 100:.3f} %:")
     for key in ("gpu_hours", "gpus_held_hours"):
-        e = c[key]
-        best = e["best_baseline"]
-        ratio = e["ratio_to_best_baseline"]
-        line = f"  {key}: {e['shadowscale']:,.1f}"
-        if best is None:
-            line += "; no baseline reaches this SLO attainment on its sweep"
+        ratio = c[key]
+        best = c[f"best_baseline_point_{key}"]
+        if ratio is None:
+            print(f"  {key}: no baseline frontier reaches this SLO attainment")
         else:
-            line += f"; best baseline at equal SLO: {best} -> ratio {ratio:.3f}"
-        if e.get("ratio_to_oracle") is not None:
-            line += f"; ratio to oracle {e['ratio_to_oracle']:.2f}"
-        if e.get("scaling_gain") is not None:
-            line += f"; right-sizing gain x{e['right_sizing_gain']:.2f}, scaling gain x{e['scaling_gain']:.2f}"
-        print(line)
+            print(
+                f"  {key}: {ratio:.3f} x the best baseline frontier point ({best['policy']} knob {best['knob']:g}, "
+                f"min {best['min_replicas']}, {best['spec']}: {best['slo_attainment'] * 100:.3f} %, "
+                f"{best[key]:,.2f})"
+            )

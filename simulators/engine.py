@@ -6,8 +6,12 @@ Semantics (the event-loop reference in :mod:`simulators.reference` implements th
 - A replica that is ready and idle takes up to ``max_batch`` requests from the queue; the batch runs for
   ``L(b) × max(size)`` (the profile's batch latency scaled by the largest request in it). Requests arriving at the
   same instant join the queue before a batch forms.
-- A new replica serves only after its cold start. A request still queued ``timeout_s`` after it arrived is
-  dropped at that moment (an SLO miss).
+- A new replica serves only after its cold start. Time-outs as the serving stack has them (per model): a request
+  still queued ``timeout`` after it arrived is dropped at that moment, where ``timeout`` is the stack's
+  time-out (``SimConfig.timeout_s``, default 300 s: Knative Serving's revision ``timeoutSeconds`` default, up to
+  which the activator holds a request while a replica cold-starts) but never shorter than the model's cold start;
+  and a request a replica is about to take into a batch is dropped instead when it can no longer meet its SLO
+  even alone (``now + L(1) × size > arrival + SLO × size``). Both are SLO misses; nothing else drops.
 - The policy is evaluated every ``tick_s`` from t = 0 on the signals at that instant (everything that happened
   up to and including it) and its targets take effect at once (replicas created or removed at that instant).
 - GPU time: every replica holds ``gpu_fraction`` of a GPU from creation (cold start included) until removal,
@@ -45,7 +49,10 @@ INF = math.inf
 class SimConfig:
     """Simulation knobs. ``cold_start_s`` overrides every service's own when set."""
 
-    timeout_s: float = 30.0
+    timeout_s: float = 300.0
+    """The serving stack's request time-out (Knative's revision ``timeoutSeconds`` default, 300 s: ``config-defaults``
+    ``revision-timeout-seconds``, knative/docs docs/serving/configuration/config-defaults.md); per model it is
+    raised to the model's cold start when shorter, so a scale-from-zero never drops its requests by the clock."""
     cold_start_s: float | None = None
     record_decisions: bool = False
     vector_min_requests: int = 24
@@ -57,6 +64,8 @@ class SimConfig:
     before the trace window began would not have started from one replica)."""
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0.0):
+            raise ValueError(f"simulation: timeout_s must be a finite number > 0, got {self.timeout_s!r}")
         if not (math.isfinite(self.warmup_s) and self.warmup_s >= 0.0):
             raise ValueError(f"simulation: warmup_s must be a finite number >= 0, got {self.warmup_s!r}")
 
@@ -105,6 +114,7 @@ class _Model:
         "busy_started",
         "end",
         "inflight_started",
+        "l1",
         "max_batch",
         "ptr",
         "q",
@@ -112,9 +122,12 @@ class _Model:
         "reps",
         "slo",
         "table",
+        "timeout",
     )
 
-    def __init__(self, start: int, end: int, table: list[float], max_batch: int, slo: float) -> None:
+    def __init__(
+        self, start: int, end: int, table: list[float], max_batch: int, slo: float, timeout: float = INF
+    ) -> None:
         self.ptr = start
         self.end = end
         self.arrived = 0
@@ -126,6 +139,13 @@ class _Model:
         self.table = table
         self.max_batch = max_batch
         self.slo = slo
+        self.l1 = table[1]
+        self.timeout = timeout
+
+
+def model_timeout(config: SimConfig, cold_start_s: float) -> float:
+    """The time-out of one model: the stack's, never shorter than the model's cold start."""
+    return max(config.timeout_s, cold_start_s)
 
 
 class Engine:
@@ -172,7 +192,6 @@ class Engine:
         sz: list[float] = self.size.tolist()
         order: list[int] = self.order.tolist()
         seg: list[int] = self.seg.tolist()
-        timeout = self.config.timeout_s
         warm = self.config.warmup_s
         hindsight = policy.hindsight
         lat = np.full(n_req, np.nan)
@@ -188,6 +207,7 @@ class Engine:
             output_l: list[float] = np.maximum(self.output_tokens, 1.0).tolist()
             ttft_list = [math.nan] * n_req
             rejected_list = [0] * n_req
+        timeouts = [model_timeout(self.config, self.cold_start(i)) for i in range(n)]
         for i, s in enumerate(services):
             if s.llm is not None:
                 models.append(
@@ -197,7 +217,7 @@ class Engine:
                 )
                 continue
             table: list[float] = s.profile.latency_table().tolist()
-            models.append(_Model(seg[i], seg[i + 1], table, s.profile.max_batch, s.profile.slo_s))
+            models.append(_Model(seg[i], seg[i + 1], table, s.profile.max_batch, s.profile.slo_s, timeouts[i]))
 
         # Vectorised counters (index = model).
         arrivals = np.zeros(n)
@@ -226,6 +246,8 @@ class Engine:
         single = (initial == 1) & ~np.array(is_llm, dtype=bool)
         free0 = np.zeros(n)
         l1 = np.array([m.table[1] for m in models])
+        # a model whose lone request misses its SLO even when served at once is left to the per-request path
+        single_ok = np.array([isinstance(m, _Model) and m.table[1] <= m.slo for m in models], dtype=np.bool_)
         vec_min = self.config.vector_min_requests
         lat_vec = np.full(n_req, np.nan)
         pend_cnt = np.zeros(n, np.int64)
@@ -274,6 +296,7 @@ class Engine:
             lat_vec,
             pend_cnt,
             pend_sum,
+            single_ok,
         )
         for k in range(n_ticks):
             now = float(tick_times[k])
@@ -295,7 +318,10 @@ class Engine:
                 for i in idx[pend_cnt[idx] > 0].tolist():
                     vec.sync(i)
                 res = np.array(
-                    [_advance_any(models[i], prev_t, now, arr, sz, order, lat_list, timeout, advance) for i in idx_l],
+                    [
+                        _advance_any(models[i], prev_t, now, arr, sz, order, lat_list, timeouts[i], advance)
+                        for i in idx_l
+                    ],
                     dtype=np.float64,
                 )
                 arrivals[idx] = res[:, 0]
@@ -347,7 +373,7 @@ class Engine:
                         pool.release(reps.last_removed_gpu, milli[i])
                 held[i] = want
                 ready[i] = reps.ready_count(now)
-                next_event[i] = _next_event(m, now, arr, timeout)
+                next_event[i] = _next_event(m, now, arr, timeouts[i])
                 single[i], free0[i] = _single(m, now)
             rec_rep[k] = held.sum()
             rec_ready[k] = ready.sum()
@@ -365,7 +391,7 @@ class Engine:
         for i in range(n):
             m = models[i]
             if m.ptr < m.end or m.q or m.llm:
-                _advance_any(m, prev_t, INF, arr, sz, order, lat_list, timeout, advance)
+                _advance_any(m, prev_t, INF, arr, sz, order, lat_list, timeouts[i], advance)
         if progress is not None:
             progress(1.0)
 
@@ -423,7 +449,7 @@ def _advance_any(
 ) -> tuple[float, float, float, int, int, float, int, float, bool, float]:
     if isinstance(m, LlmModel):
         return m.advance(prev, until, arr, order, lat, timeout)
-    return advance(m, prev, until, arr, sz, order, lat, timeout)
+    return advance(m, prev, until, arr, sz, order, lat)  # a _Model carries its own time-out
 
 
 def _advance(
@@ -434,7 +460,6 @@ def _advance(
     sz: list[float],
     order: list[int],
     lat: list[float],
-    timeout: float,
 ) -> tuple[float, float, float, int, int, float, int, float, bool, float]:
     """Process the model's arrivals, batch starts and time-outs up to and including ``until``; return the exact
     counters at ``until`` and the model's next event.
@@ -458,6 +483,9 @@ def _advance(
     na = arr[nxt] if nxt >= 0 else INF
     table = m.table
     maxb = m.max_batch
+    timeout = m.timeout
+    l1 = m.l1
+    slo = m.slo
     q_sum_a = m.q_sum_a
     arrived = m.arrived
     busy_started = m.busy_started
@@ -498,11 +526,18 @@ def _advance(
                 q_sum_a -= a0
                 inflight_started += timeout
                 continue
+            # Drop the head when it can no longer meet its SLO even alone (it would only delay the others).
+            s0 = sz[head]
+            if st + l1 * s0 - a0 > slo * s0:
+                q.popleft()
+                q_sum_a -= a0
+                inflight_started += st - a0
+                continue
             b = len(q)
             ends_s: tuple[float, ...] | None = None
             if b == 1:
                 q.popleft()
-                dur = table[1] * sz[head]
+                dur = table[1] * s0
                 done = st + dur
                 lat[head] = done - a0
                 q_sum_a -= a0
@@ -512,6 +547,13 @@ def _advance(
                     b = maxb
                 batch = [q.popleft() for _ in range(b)]
                 sizes = [sz[j] for j in batch]
+                if max(sizes) != s0 or min(sizes) != s0:
+                    # requests behind the head may be hopeless (smaller ones): drop them, fill up from the queue
+                    batch, sizes, dropped_a = _keep_feasible(batch, sizes, q, arr, sz, st, l1, slo, maxb)
+                    if dropped_a:
+                        q_sum_a -= dropped_a[0]
+                        inflight_started += dropped_a[1]
+                    b = len(batch)
                 smax = max(sizes)
                 lb = table[b]
                 dur = lb * smax
@@ -623,6 +665,39 @@ def _advance(
     return float(arrived), busy, inflight, out, running, next_t, n_ready, ready_s, single, free_0
 
 
+def _keep_feasible(
+    batch: list[int],
+    sizes: list[float],
+    q: deque[int],
+    arr: list[float],
+    sz: list[float],
+    st: float,
+    l1: float,
+    slo: float,
+    maxb: int,
+) -> tuple[list[int], list[float], tuple[float, float] | None]:
+    """The batch taken at ``st`` without the requests that can no longer meet their SLO, refilled from the head of
+    the queue in FIFO order; also (sum of the dropped requests' arrivals, their summed waits), None if none."""
+    keep: list[int] = []
+    keep_s: list[float] = []
+    sum_a = 0.0
+    waited = 0.0
+    dropped = False
+    pending = deque(batch)
+    while len(keep) < maxb and (pending or q):
+        j = pending.popleft() if pending else q.popleft()
+        s = sz[j]
+        a = arr[j]
+        if st + l1 * s - a > slo * s:
+            sum_a += a
+            waited += st - a
+            dropped = True
+        else:
+            keep.append(j)
+            keep_s.append(s)
+    return keep, keep_s, (sum_a, waited) if dropped else None
+
+
 def _after(t0: float, t1: float, warm: float) -> float:
     """Length of ``[t0, t1)`` after the warm-up ends (``t1 - t0`` when there is none)."""
     return t1 - t0 if warm <= t0 else max(0.0, t1 - warm)
@@ -646,6 +721,7 @@ def _next_event(m: _Model | LlmModel, now: float, arr: list[float], timeout: flo
     if isinstance(m, LlmModel):
         return m.next_event(now, timeout)
     reps = m.reps
+    timeout = m.timeout
     nxt = INF
     if m.q:
         s = reps.earliest()
@@ -711,8 +787,10 @@ class _VectorPath:
         lat_vec: FloatArray,
         pend_cnt: IntArray,
         pend_sum: FloatArray,
+        single_ok: Any,
     ) -> None:
         self.models = models
+        self.single_ok = single_ok
         self.model_arr = model_arr
         self.arrival_arr = arrival_arr
         self.size_arr = size_arr
@@ -740,7 +818,7 @@ class _VectorPath:
         new_group = np.empty(mo.shape[0], dtype=bool)
         new_group[0] = True
         np.not_equal(mo[1:], mo[:-1], out=new_group[1:])
-        ok = self.single[mo] & (self.free0[mo] <= prev) & (self.next_event[mo] > now)
+        ok = self.single[mo] & self.single_ok[mo] & (self.free0[mo] <= prev) & (self.next_event[mo] > now)
         ok[1:] &= new_group[1:] | (ao[1:] >= done[:-1])
         starts = np.flatnonzero(new_group)
         group_ok = np.logical_and.reduceat(ok, starts)

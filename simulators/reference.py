@@ -4,7 +4,7 @@ It implements the semantics documented in :mod:`simulators.engine` the plain way
 ``(time, priority, sequence)``) and is slow; tests run both on the same workloads and require the same
 per-request latencies and the same decisions. Priorities at one instant: batch ends and cold-start ends,
 then arrivals, then batch formation, then the policy tick (and batch formation for replicas it started warm),
-then request time-outs.
+then request time-outs. A request the replica reaches when it can no longer meet its SLO is dropped then.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from shadowscale.policies.scaling.base import ScalingPolicy, Signals
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 from shadowscale.simulators.cluster import Replicas
-from shadowscale.simulators.engine import SimConfig, SimResult
+from shadowscale.simulators.engine import SimConfig, SimResult, model_timeout
 
 _DONE, _END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE = range(8)
 
@@ -74,7 +74,6 @@ def simulate_reference(
     arr = arrival_s.tolist()
     sz = size.tolist()
     mdl = model.tolist()
-    timeout = config.timeout_s
     frac = [s.profile.gpu_fraction for s in services]
     warm = config.warmup_s
     ms = [_M(s.profile.latency_table().tolist(), s.profile.max_batch, duration_s, warm) for s in services]
@@ -88,14 +87,20 @@ def simulate_reference(
         heapq.heappush(heap, (t, prio, seq, a, b))
         seq += 1
 
-    def cold(i: int) -> float:
-        if policy.hindsight:
-            return 0.0
+    def cold_of(i: int) -> float:
         return services[i].cold_start_s if config.cold_start_s is None else config.cold_start_s
+
+    def cold(i: int) -> float:
+        return 0.0 if policy.hindsight else cold_of(i)
+
+    timeouts = [model_timeout(config, cold_of(i)) for i in range(n)]
+    l1 = [s.profile.latency_table()[1] for s in services]
+    slo_of = [s.profile.slo_s for s in services]
 
     def dispatch(i: int, t: float) -> None:
         m = ms[i]
         reps = m.reps
+        timeout = timeouts[i]
         while m.q:
             s = reps.earliest()
             if s < 0:
@@ -109,8 +114,17 @@ def simulate_reference(
                 _drop(i, j, arr[j] + timeout)
             if not m.q:
                 return
-            b = min(len(m.q), m.max_batch)
-            batch = [m.q.popleft() for _ in range(b)]
+            # requests that can no longer meet their SLO even alone are dropped as the replica reaches them
+            batch: list[int] = []
+            while m.q and len(batch) < m.max_batch:
+                j = m.q.popleft()
+                if t + l1[i] * sz[j] - arr[j] > slo_of[i] * sz[j]:
+                    _drop(i, j, t)
+                else:
+                    batch.append(j)
+            if not batch:
+                continue
+            b = len(batch)
             dur = m.table[b] * max(sz[j] for j in batch)
             reps.free[s] = t + dur
             reps.batch[s] = b
@@ -179,7 +193,7 @@ def simulate_reference(
             m.n_out += 1
             m.arrivals += 1
             push(t, _DISPATCH, a, 0)
-            push(t + timeout, _EXPIRE, a, b)
+            push(t + timeouts[a], _EXPIRE, a, b)
         elif prio in (_DISPATCH, _DISPATCH_AFTER_TICK):
             ms[a].integrate(t, frac[a])
             dispatch(a, t)

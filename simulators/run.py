@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,8 +13,8 @@ from shadowscale.policies.scaling import (
     ORACLE_BIN_S,
     RIGHT_SIZED_POLICIES,
     Demand,
-    Oracle,
     make_policy,
+    oracle_policy,
     oracle_schedule,
 )
 from shadowscale.policies.scaling.base import ScalingPolicy
@@ -78,6 +79,10 @@ def summarize(result: SimResult) -> PolicySummary:
     )
 
 
+SPEC_SETS: tuple[str, ...] = ("traced", "rightsized")
+"""The spec sets every policy can run on: the traced (whole-GPU) profiles, or the right-sized shares."""
+
+
 def demand_of(workload: Workload) -> Demand:
     return Demand(workload.arrival_s, workload.model, workload.size, workload.services, workload.duration_s)
 
@@ -95,6 +100,26 @@ def engine_for(workload: Workload, config: SimConfig) -> Engine:
     )
 
 
+def default_spec(name: str) -> str:
+    """The spec set a policy runs on unless told: right-sized for shadowscale and the oracle, else traced."""
+    return "rightsized" if name in RIGHT_SIZED_POLICIES else "traced"
+
+
+def prepare(
+    workload: Workload, spec: str = "traced", min_replicas: int | None = None, learn_s: float = 0.0
+) -> Workload:
+    """The workload on spec set ``spec`` (right-sized from the traffic before ``learn_s`` only), with every model's
+    ``min_replicas`` set when given."""
+    if spec not in SPEC_SETS:
+        raise ValueError(f"unknown spec set {spec!r}; valid: {', '.join(SPEC_SETS)}")
+    w = right_sized(workload, learn_s) if spec == "rightsized" else workload
+    if min_replicas is not None:
+        if min_replicas < 0:
+            raise ValueError(f"min_replicas must be >= 0, got {min_replicas}")
+        w = replace(w, services=tuple(replace(s, min_replicas=min_replicas) for s in w.services))
+    return w
+
+
 def run_policy(
     workload: Workload,
     name: str,
@@ -103,33 +128,27 @@ def run_policy(
     progress: Callable[[float], None] | None = None,
     engine: Engine | None = None,
 ) -> SimResult:
-    """Simulate one policy; the oracle is refined until it stops missing (or after a few passes).
-
-    Policies that right-size (``RIGHT_SIZED_POLICIES``) run on the right-sized services; ``right_sized(w)`` gives
-    the same workload to any other policy.
-    """
-    if name in RIGHT_SIZED_POLICIES and not _is_right_sized(workload):
-        workload = right_sized(workload)
-        engine = None
+    """Simulate one policy on ``workload`` as given (see :func:`prepare` for spec sets and min replicas); the
+    oracle is refined until it stops missing (or after a few passes)."""
     engine = engine or engine_for(workload, config)
     demand = demand_of(workload)
     if name != "oracle":
         policy: ScalingPolicy[Any] = make_policy(name, demand, knob)
         return engine.run(policy, progress)
-    return _run_oracle(workload, engine, demand, progress)
+    return _run_oracle(workload, engine, demand, config, progress)
 
 
-LEARN_S = 3600.0
-"""Right-sizing looks at the first hour of traffic (the history a deployed agent would have)."""
 PEAK_BIN_S = 10.0
 
 
-def learned_peaks(workload: Workload, learn_s: float = LEARN_S) -> FloatArray:
-    """Per model, the highest request rate in any 10 s bin of the first ``learn_s`` seconds (a quarter of the
-    trace when it is shorter than four hours)."""
-    horizon = min(learn_s, workload.duration_s / 4.0)
-    keep = workload.arrival_s < horizon
+def learned_peaks(workload: Workload, learn_s: float) -> FloatArray:
+    """Per model, the highest request rate in any 10 s bin of ``[0, learn_s)`` (zeros when ``learn_s`` is 0: no
+    history before the scored window)."""
     n = len(workload.services)
+    horizon = min(learn_s, workload.duration_s)
+    if horizon <= 0.0:
+        return np.zeros(n)
+    keep = workload.arrival_s < horizon
     n_bins = max(1, int(np.ceil(horizon / PEAK_BIN_S)))
     b = np.minimum((workload.arrival_s[keep] // PEAK_BIN_S).astype(np.int64), n_bins - 1)
     counts = np.bincount(b * n + workload.model[keep], minlength=n_bins * n).reshape(n_bins, n)
@@ -137,20 +156,21 @@ def learned_peaks(workload: Workload, learn_s: float = LEARN_S) -> FloatArray:
     return peaks
 
 
-def right_sized(workload: Workload) -> Workload:
-    """The workload with every model on its right-sized spec (see :mod:`policies.scaling.rightsize`), sized from
-    the peaks of the first hour of traffic."""
+def right_sized(workload: Workload, learn_s: float = 0.0) -> Workload:
+    """The workload with every model on its right-sized spec (see :mod:`policies.scaling.rightsize`), chosen from
+    what is known before the scored window: the peaks of ``[0, learn_s)`` (the warm-up), and with no warm-up the
+    profiles alone (peak 0: the smallest share the latency and burst rules admit)."""
     if all(not s.specs for s in workload.services):
         return workload
-    return replace(workload, services=right_size(workload.services, learned_peaks(workload)))
-
-
-def _is_right_sized(workload: Workload) -> bool:
-    return workload.services == right_sized(workload).services
+    return replace(workload, services=right_size(workload.services, learned_peaks(workload, learn_s)))
 
 
 def _run_oracle(
-    workload: Workload, engine: Engine, demand: Demand, progress: Callable[[float], None] | None
+    workload: Workload,
+    engine: Engine,
+    demand: Demand,
+    config: SimConfig,
+    progress: Callable[[float], None] | None,
 ) -> SimResult:
     schedule = oracle_schedule(demand, ORACLE_BIN_S)
     n_models = len(workload.services)
@@ -161,7 +181,10 @@ def _run_oracle(
             return None
         return lambda f: progress((i + f) / passes)
 
-    result = engine.run(Oracle(schedule, ORACLE_BIN_S), step(0))
+    def play(s: Any, i: int) -> SimResult:
+        return engine.run(oracle_policy(demand, ORACLE_BIN_S, s, config.cold_start_s), step(i))
+
+    result = play(schedule, 0)
     for i in range(ORACLE_REFINE_PASSES):
         missed = ~result.met
         if not missed.any():
@@ -178,7 +201,7 @@ def _run_oracle(
         bump[:-1] = np.maximum(bump[:-1], bump[1:])
         hi = np.array([s.max_replicas for s in workload.services])
         schedule = np.minimum(schedule + bump, hi)
-        candidate = engine.run(Oracle(schedule, ORACLE_BIN_S), step(i + 1))
+        candidate = play(schedule, i + 1)
         if candidate.met.sum() < result.met.sum():
             break
         result = candidate
@@ -192,10 +215,37 @@ def run_policies(
     names: Sequence[str],
     config: SimConfig = SimConfig(),
     progress: Callable[[str, float], None] | None = None,
+    spec: str | None = None,
+    min_replicas: int | None = None,
+    workers: int = 1,
 ) -> dict[str, SimResult]:
-    engine = engine_for(workload, config)
-    out: dict[str, SimResult] = {}
+    """Run each policy on ``spec`` (None: its default spec set) with ``min_replicas`` (None: each model's own);
+    right-sizing learns from the warm-up only. With ``workers`` > 1 the policies run in that many processes
+    (progress is then reported per finished policy)."""
+    prepared: dict[str, Workload] = {}
     for name in names:
+        sp = spec or default_spec(name)
+        if sp not in prepared:
+            prepared[sp] = prepare(workload, sp, min_replicas, config.warmup_s)
+    jobs = [(prepared[spec or default_spec(n)], n, config) for n in names]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = {n: pool.submit(_run_one, job) for n, job in zip(names, jobs, strict=True)}
+            out = {}
+            for n, f in futures.items():
+                out[n] = f.result()
+                if progress is not None:
+                    progress(n, 1.0)
+            return out
+    engines: dict[int, Engine] = {}
+    out = {}
+    for w, name, _ in jobs:
+        engine = engines.setdefault(id(w), engine_for(w, config))
         cb = None if progress is None else (lambda f, n=name: progress(n, f))
-        out[name] = run_policy(workload, name, config, progress=cb, engine=engine)
+        out[name] = run_policy(w, name, config, progress=cb, engine=engine)
     return out
+
+
+def _run_one(job: tuple[Workload, str, SimConfig]) -> SimResult:
+    w, name, config = job
+    return run_policy(w, name, config)

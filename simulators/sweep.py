@@ -1,62 +1,148 @@
-"""``--sweep``: each policy across its main knob, GPU-hours against SLO attainment, and the comparison at equal SLO.
+"""``--sweep``: every policy across a fine grid of its knob × min replicas × spec set, each baseline compared at its
+Pareto frontier.
 
-Two comparisons: the baselines on the traced specs (whole GPUs), and the baselines on the right-sized specs
-shadowscale chooses, so the gain from scaling and the gain from right-sizing show apart. At shadowscale's SLO
-attainment each baseline's cost is read off its Pareto frontier (the cheapest sweep point at least as good,
-interpolated linearly between frontier points); a baseline that never reaches it has no cost there.
+Grid. Each baseline's knob (HPA target utilization, KEDA lag threshold, KPA target concurrency) runs at
+:data:`COARSE` log-spaced values over :data:`KNOB_RANGES` plus its default, × min replicas
+(:data:`MIN_REPLICAS`: 0 and 1; the HPA cannot go below 1) × spec set (traced whole-GPU profiles; right-sized
+shares, chosen from the warm-up's traffic only; traces whose models have one measured spec each, the LLMs, have the
+traced set only). Then, per curve, :data:`REFINE` more values are run log-spaced
+between the two neighbouring knob values whose SLO attainments bracket the attainment compared (shadowscale's at
+its default), so the frontier is fine where it is read; a curve that never reaches it with its best point at an
+end of the range is extended one decade beyond that end instead. shadowscale runs its headroom values on both spec sets
+and both min replicas (its default headroom only on the traced specs); the oracle once on right-sized specs.
+
+Comparison. A policy's frontier is its Pareto set over every point it ran (cheapest point at or above each
+attainment; no interpolation: every frontier point is a configuration a user can run). ``fair_ratio`` is
+shadowscale's cost at its default over the cheapest baseline frontier point at or above its attainment, in
+GPU-hours and in GPUs held; null where no baseline reaches it.
+
+Every job is one call of the top-level :func:`run_job` on a workload the worker holds; :func:`_run_jobs` is the
+one place that runs jobs (serially or in a process pool).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shadowscale.errors import MissingExtra
+from shadowscale.simulators.bound import fluid_bound_hours
 from shadowscale.simulators.engine import SimConfig
 from shadowscale.simulators.executor import Executor, LocalExecutor
-from shadowscale.simulators.run import right_sized, run_policy, summarize
+from shadowscale.simulators.run import SPEC_SETS, prepare, run_policy, summarize
 from shadowscale.simulators.workload import Workload
 
-KNOBS: dict[str, tuple[float, ...]] = {
-    "hpa": (0.1, 0.2, 0.3, 0.5, 0.7, 0.9),  # target GPU utilization (down to 0.1: its frontier must reach 99.9 %)
-    "keda": (1.0, 3.0, 10.0, 30.0),  # lagThreshold
-    "kpa": (1.0, 5.0, 20.0, 100.0),  # target concurrency per replica
-    "shadowscale": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0),  # headroom (standard deviations)
-}
-"""The main knob of each policy and the values swept (each includes the system's default)."""
 BASELINES = ("hpa", "keda", "kpa")
+OURS = "shadowscale"
+OURS_DEFAULT = 2.0
+KNOB_RANGES: dict[str, tuple[float, float, float]] = {
+    "hpa": (0.05, 0.95, 0.7),  # target GPU utilization: (lowest, highest, Kubernetes' usual 70 %)
+    "keda": (0.5, 200.0, 10.0),  # lagThreshold: (lowest, highest, the Kafka scaler's default 10)
+    "kpa": (0.3, 300.0, 100.0),  # target concurrency per replica: (lowest, highest, Knative's default 100)
+}
+"""The knob of each baseline: the range swept log-spaced and the default (always run)."""
+COARSE = 10
+REFINE = 4
+OURS_KNOBS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""shadowscale's headroom (standard deviations) values."""
+MIN_REPLICAS: dict[str, tuple[int, ...]] = {"hpa": (1,), "keda": (0, 1), "kpa": (0, 1), OURS: (0, 1)}
+"""The HPA's minReplicas is at least 1 (scale to zero needs the alpha HPAScaleToZero gate and an object or
+external metric, not the utilization metric it scales on here)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Point:
+    """One run of the sweep; ``bound_gpu_hours`` is the fluid lower bound for the work this run served."""
+
+    policy: str
     knob: float
+    min_replicas: int
+    spec: str
     slo_attainment: float
     gpu_hours: float
     gpus_held_hours: float
+    bound_gpu_hours: float = 0.0
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {
-            "knob": self.knob,
             "slo_attainment": self.slo_attainment,
             "gpu_hours": self.gpu_hours,
             "gpus_held_hours": self.gpus_held_hours,
+            "knob": None if math.isnan(self.knob) else self.knob,
+            "min_replicas": self.min_replicas,
+            "spec": self.spec,
+            "bound_gpu_hours": self.bound_gpu_hours,
         }
 
 
-def _one(args: tuple[Workload, str, float, SimConfig]) -> Point:
-    workload, name, knob, config = args
-    s = summarize(run_policy(workload, name, config, knob=None if math.isnan(knob) else knob))
-    return Point(knob, s.slo_attainment, s.gpu_hours, s.gpus_held_hours)
+Job = tuple[str, int, str, float, SimConfig]
+"""(spec set, min replicas, policy, knob or NaN for the default, config)."""
+Workloads = dict[tuple[str, int], Workload]
 
 
-def _one_of(shared: tuple[Workload, Workload], job: tuple[int, str, float, SimConfig]) -> Point:
-    """:func:`_one` on the workload ``job[0]`` names in ``shared`` (sent to each worker once, not per job)."""
-    which, name, knob, config = job
-    return _one((shared[which], name, knob, config))
+def run_job(workloads: Workloads, job: Job) -> Point:
+    """One sweep point on the prepared workload ``job`` names (top-level and picklable: the executor sends
+    ``workloads`` to each worker once, not per job)."""
+    spec, lo, name, knob, config = job
+    w = workloads[(spec, lo)]
+    result = run_policy(w, name, config, knob=None if math.isnan(knob) else knob)
+    s = summarize(result)
+    return Point(name, knob, lo, spec, s.slo_attainment, s.gpu_hours, s.gpus_held_hours, fluid_bound_hours(w, result))
+
+
+def _run_jobs(
+    jobs: Sequence[Job], workloads: Workloads, executor: Executor, progress: Callable[[int], None] | None
+) -> list[Point]:
+    """Run ``jobs`` on ``executor``, results in the order of the list; ``progress(k)`` as k more finish."""
+    seen = 0
+
+    def advance(done: int, total: int) -> None:
+        nonlocal seen
+        if progress is not None and done > seen:
+            progress(done - seen)
+        seen = max(seen, done)
+
+    return executor.map(run_job, workloads, list(jobs), advance)
+
+
+def coarse_grid(name: str, n: int = COARSE) -> list[float]:
+    lo, hi, default = KNOB_RANGES[name]
+    grid = {float(f"{x:.4g}") for x in np.geomspace(lo, hi, n)}
+    return sorted(grid | {default})
+
+
+def refine_grid(points: Sequence[Point], target: float, n: int = REFINE) -> list[float]:
+    """Knob values log-spaced between neighbouring knobs whose attainments bracket ``target``; where no point
+    reaches ``target`` and the best one is at an end of the grid, ``n`` values extending the grid one decade
+    beyond that end (the baseline gets the chance to reach it)."""
+    pts = sorted(points, key=lambda p: p.knob)
+    have = {p.knob for p in pts}
+    out: list[float] = []
+
+    def add(xs: Any) -> None:
+        for x in xs:
+            v = float(f"{x:.4g}")
+            if v not in have:
+                out.append(v)
+                have.add(v)
+
+    for a, b in itertools.pairwise(pts):
+        if (a.slo_attainment >= target) != (b.slo_attainment >= target):
+            add(np.geomspace(a.knob, b.knob, n + 2)[1:-1])
+    if pts and all(p.slo_attainment < target for p in pts):
+        best = max(pts, key=lambda p: (p.slo_attainment, -p.gpu_hours))
+        if best is pts[0]:
+            add(np.geomspace(best.knob / 10.0, best.knob, n + 1)[:-1])
+        elif best is pts[-1]:
+            add(np.geomspace(best.knob, best.knob * 10.0, n + 1)[1:])
+    return out
 
 
 def run_sweep(
@@ -66,116 +152,132 @@ def run_sweep(
     progress: Callable[[float], None] | None = None,
     workers: int | None = None,
     executor: Executor | None = None,
-) -> tuple[dict[str, list[Point]], dict[str, list[Point]]]:
-    """(sweep on the traced specs, sweep of the baselines on right-sized specs). Runs on ``executor`` (default:
-    ``workers`` local processes, at most 2 when not given)."""
-    rs = right_sized(workload)
-    jobs: list[tuple[str, bool, tuple[Workload, str, float, SimConfig]]] = []
+) -> dict[str, list[Point]]:
+    """Every point of every policy in ``names`` (baselines refined near shadowscale's default attainment), run on
+    ``executor`` (default: ``workers`` local processes, at most 2 when not given)."""
+    lo_sets = sorted({lo for n in names for lo in MIN_REPLICAS.get(n, (0,))})
+    # a trace whose models have one measured spec each (the LLMs) has one spec set: traced
+    specs = SPEC_SETS if any(s.specs for s in workload.services) else ("traced",)
+    workloads = {(spec, lo): prepare(workload, spec, lo, config.warmup_s) for spec in specs for lo in lo_sets}
+    jobs: list[Job] = []
+    ours_spec = specs[-1]  # right-sized where there is a choice
+    # the longest jobs (the oracle's passes) and the point the refinement waits for go first
+    if "oracle" in names:
+        jobs.append((ours_spec, 0, "oracle", math.nan, config))
+    if OURS in names:
+        jobs.append((ours_spec, 0, OURS, OURS_DEFAULT, config))
     for name in names:
-        for knob in KNOBS.get(name, (math.nan,)):
-            jobs.append((name, False, (workload, name, knob, config)))
-            if name in BASELINES:
-                jobs.append((name, True, (rs, name, knob, config)))
-    plain: dict[str, list[Point]] = {n: [] for n in names}
-    sized: dict[str, list[Point]] = {n: [] for n in names if n in BASELINES}
-    ex = executor or LocalExecutor(workers or 2)
-    items = [(int(a[0] is rs), a[1], a[2], a[3]) for _, _, a in jobs]
-    results = ex.map(_one_of, (workload, rs), items, None if progress is None else lambda d, t: progress(d / t))
-    for (name, is_sized, _), point in zip(jobs, results, strict=True):
-        (sized if is_sized else plain)[name].append(point)
-    return plain, sized
+        if name == OURS:
+            jobs += [
+                (sp, lo, name, k, config)
+                for sp in specs
+                for lo in MIN_REPLICAS[name]
+                for k in (OURS_KNOBS if sp == ours_spec else (OURS_DEFAULT,))
+                if (sp, lo, k) != (ours_spec, 0, OURS_DEFAULT)
+            ]
+        elif name in BASELINES:
+            for sp in specs:
+                for lo in MIN_REPLICAS[name]:
+                    jobs += [(sp, lo, name, k, config) for k in coarse_grid(name)]
+        elif name != "oracle":
+            jobs.append(("traced", lo_sets[0], name, math.nan, config))
+    ex = executor or LocalExecutor(workers or max(1, min(2, os.cpu_count() or 1)))
+    total = len(jobs) + sum(2 * REFINE for n in names if n in BASELINES) * len(specs)
+    done = 0
 
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress:
+            progress(min(done / total, 1.0))
 
-def cost_at(points: Sequence[Point], slo: float, key: str = "gpu_hours") -> float | None:
-    """The cheapest cost reaching ``slo`` on the points' Pareto frontier, interpolated; None if never reached."""
-    pts = sorted(points, key=lambda p: p.slo_attainment)
-    frontier: list[tuple[float, float]] = []
-    for p in reversed(pts):  # from the best SLO down: keep points cheaper than every better one
-        c = float(getattr(p, key))
-        if not frontier or c < frontier[-1][1]:
-            frontier.append((p.slo_attainment, c))
-    frontier.reverse()  # ascending SLO, ascending cost
-    if not frontier or slo > frontier[-1][0] + 1e-12:
-        return None
-    if slo <= frontier[0][0]:
-        return frontier[0][1]
-    for (s0, c0), (s1, c1) in itertools.pairwise(frontier):
-        if s0 <= slo <= s1:
-            return c0 + (c1 - c0) * (slo - s0) / (s1 - s0) if s1 > s0 else c1
-    return frontier[-1][1]
-
-
-def compare(
-    plain: Mapping[str, Sequence[Point]], sized: Mapping[str, Sequence[Point]], ours: str = "shadowscale"
-) -> dict[str, Any]:
-    """shadowscale's default point against the baselines at equal SLO attainment, both cost measures."""
-    if ours not in plain or not plain[ours]:
-        return {}
-    default = dict(zip(KNOBS[ours], plain[ours], strict=False)).get(2.0, plain[ours][0])
-    slo = default.slo_attainment
-    out: dict[str, Any] = {"policy": ours, "knob": default.knob, "slo_attainment": slo}
-    for key in ("gpu_hours", "gpus_held_hours"):
-        mine = float(getattr(default, key))
-        base = {n: cost_at(plain[n], slo, key) for n in BASELINES if n in plain}
-        base_rs = {n: cost_at(sized[n], slo, key) for n in BASELINES if n in sized}
-        reached = {n: c for n, c in base.items() if c is not None}
-        reached_rs = {n: c for n, c in base_rs.items() if c is not None}
-        best = min(reached.items(), key=lambda kv: kv[1]) if reached else None
-        best_rs = min(reached_rs.items(), key=lambda kv: kv[1]) if reached_rs else None
-        entry: dict[str, Any] = {
-            "shadowscale": mine,
-            "baselines_at_equal_slo": base,
-            "baselines_right_sized_at_equal_slo": base_rs,
-            "best_baseline": best[0] if best else None,
-            "ratio_to_best_baseline": mine / best[1] if best else None,
-            "ratio_to_best_right_sized_baseline": mine / best_rs[1] if best_rs else None,
-        }
-        if plain.get("oracle"):
-            entry["ratio_to_oracle"] = mine / float(getattr(plain["oracle"][0], key))
-        entry.update(_split(plain, sized, ours, slo, mine, key))
-        # Where no baseline reaches our SLO: its best point, for the record.
-        entry["baseline_best_points"] = {
-            n: max(plain[n], key=lambda p: (p.slo_attainment, -getattr(p, key))).as_dict()
-            for n in BASELINES
-            if plain.get(n)
-        }
-        out[key] = entry
+    points = _run_jobs(jobs, workloads, ex, tick)
+    target = _ours_default(points)
+    if target is not None:
+        more: list[Job] = []
+        for name in names:
+            if name not in BASELINES:
+                continue
+            for sp in specs:
+                for lo in MIN_REPLICAS[name]:
+                    curve = [p for p in points if (p.policy, p.spec, p.min_replicas) == (name, sp, lo)]
+                    more += [(sp, lo, name, k, config) for k in refine_grid(curve, target.slo_attainment)]
+        points += _run_jobs(more, workloads, ex, tick)
+    if progress:
+        progress(1.0)
+    out: dict[str, list[Point]] = {n: [] for n in names}
+    for p in points:
+        out[p.policy].append(p)
+    for pts in out.values():
+        pts.sort(key=lambda p: (p.spec, p.min_replicas, p.knob))
     return out
 
 
-def _best_cost(sweeps: Mapping[str, Sequence[Point]], slo: float, key: str) -> float | None:
-    costs = [c for n in BASELINES if sweeps.get(n) for c in [cost_at(sweeps[n], slo, key)] if c is not None]
-    return min(costs) if costs else None
+def _ours_default(points: Sequence[Point]) -> Point | None:
+    """shadowscale at its default: headroom 2, min replicas 0, right-sized (traced where there is no choice)."""
+    mine = [p for p in points if (p.policy, p.knob, p.min_replicas) == (OURS, OURS_DEFAULT, 0)]
+    return min(mine, key=lambda p: p.spec != "rightsized", default=None)
 
 
-def _max_slo(sweeps: Mapping[str, Sequence[Point]]) -> float:
-    return max((p.slo_attainment for n in BASELINES for p in sweeps.get(n, ())), default=0.0)
+def frontier(points: Sequence[Point], key: str = "gpu_hours") -> list[Point]:
+    """The Pareto frontier: points no other point beats on both attainment (higher) and cost (lower), by
+    ascending attainment."""
+    out: list[Point] = []
+    for p in sorted(points, key=lambda p: (-p.slo_attainment, float(getattr(p, key)))):
+        if not out or float(getattr(p, key)) < float(getattr(out[-1], key)):
+            out.append(p)
+    return out[::-1]
 
 
-def _split(
-    plain: Mapping[str, Sequence[Point]],
-    sized: Mapping[str, Sequence[Point]],
-    ours: str,
-    slo: float,
-    mine_at_slo: float,
-    key: str,
-) -> dict[str, float]:
-    """The gain from right-sizing (best baseline / best right-sized baseline) and from scaling (best right-sized
-    baseline / shadowscale), both at one SLO attainment: shadowscale's own, or — when no right-sized baseline
-    reaches it — the highest one the right-sized baselines reach, with shadowscale's cost there read from its own
-    sweep (``split_at_slo`` says which)."""
-    at = min(slo, _max_slo(sized), _max_slo(plain))
-    base = _best_cost(plain, at, key)
-    base_rs = _best_cost(sized, at, key)
-    mine = mine_at_slo if at >= slo else cost_at(plain[ours], at, key)
-    if base is None or base_rs is None or mine is None or at <= 0.0:
-        return {}
-    return {"split_at_slo": at, "right_sizing_gain": base / base_rs, "scaling_gain": base_rs / mine}
+def cost_at(points: Sequence[Point], slo: float, key: str = "gpu_hours") -> Point | None:
+    """The cheapest point at or above ``slo`` (the frontier read at ``slo``); None when none reaches it."""
+    ok = [p for p in points if p.slo_attainment >= slo - 1e-12]
+    return min(ok, key=lambda p: float(getattr(p, key))) if ok else None
 
 
-def plot_sweep(
-    path: Path, plain: Mapping[str, Sequence[Point]], sized: Mapping[str, Sequence[Point]], trace: str
-) -> Path:
+def fair_ratio(sweep: Mapping[str, Sequence[Point]]) -> dict[str, Any] | None:
+    """shadowscale's cost at its default over the best baseline frontier at its attainment (None if it did not
+    run); a ratio is None where no baseline reaches that attainment."""
+    ours = _ours_default(sweep.get(OURS, ()))
+    if ours is None:
+        return None
+    out: dict[str, Any] = {"slo_attainment": ours.slo_attainment, "best_baseline": None}
+    for key in ("gpu_hours", "gpus_held_hours"):
+        best: tuple[str, Point] | None = None
+        for name in BASELINES:
+            p = cost_at(sweep.get(name, ()), ours.slo_attainment, key)
+            if p is not None and (best is None or float(getattr(p, key)) < float(getattr(best[1], key))):
+                best = (name, p)
+        mine = float(getattr(ours, key))
+        out[key] = None if best is None else mine / float(getattr(best[1], key))
+        out[f"best_baseline_point_{key}"] = None if best is None else {"policy": best[0], **best[1].as_dict()}
+        if key == "gpu_hours":
+            out["best_baseline"] = None if best is None else best[0]
+    return out
+
+
+def summary_entries(sweep: Mapping[str, Sequence[Point]], bound_all_hours: float) -> dict[str, Any]:
+    """What ``summary.json`` carries for a sweep: every point, each policy's frontier, the references and
+    ``fair_ratio``."""
+    doc: dict[str, Any] = {
+        "sweep": {n: [p.as_dict() for p in pts] for n, pts in sweep.items()},
+        "frontier": {n: [p.as_dict() for p in frontier(pts)] for n, pts in sweep.items() if n != "oracle"},
+        "fair_ratio": fair_ratio(sweep),
+    }
+    bound_points = [p for pts in sweep.values() for p in pts]
+    doc["bound"] = {
+        "gpu_hours_all_work": bound_all_hours,
+        "max_over_points_of_bound_over_gpu_hours": max(
+            (p.bound_gpu_hours / p.gpu_hours for p in bound_points if p.gpu_hours > 0), default=None
+        ),
+        "points_checked": len(bound_points),
+    }
+    if sweep.get("oracle"):
+        doc["oracle"] = sweep["oracle"][0].as_dict()
+    return doc
+
+
+def plot_sweep(path: Path, sweep: Mapping[str, Sequence[Point]], trace: str) -> Path:
     try:
         import matplotlib
     except ImportError as e:
@@ -185,26 +287,32 @@ def plot_sweep(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    panels = (("traced specs (whole GPUs)", plain), ("baselines on right-sized specs", {**plain, **sized}))
-    for ax, (title, curves) in zip(axes, panels, strict=True):
-        for name, pts in curves.items():
-            if not pts:
-                continue
-            pts = sorted(pts, key=lambda p: p.slo_attainment)
-            x = [_nines(p.slo_attainment) for p in pts]
-            y = [p.gpu_hours for p in pts]
-            ax.plot(x, y, marker="o", label=name)
-            for p, xi, yi in zip(pts, x, y, strict=True):
-                if not math.isnan(p.knob):
-                    ax.annotate(f"{p.knob:g}", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    colors = {name: f"C{i}" for i, name in enumerate(sweep)}
+    for ax, spec in zip(axes, SPEC_SETS, strict=True):
+        for name, pts in sweep.items():
+            for lo in sorted({p.min_replicas for p in pts}):
+                sel = sorted(
+                    (p for p in pts if p.spec == spec and p.min_replicas == lo), key=lambda p: p.slo_attainment
+                )
+                if not sel:
+                    continue
+                ax.plot(
+                    [_nines(p.slo_attainment) for p in sel],
+                    [p.gpu_hours for p in sel],
+                    marker="o" if lo else "x",
+                    markersize=3,
+                    color=colors[name],
+                    linestyle="-" if lo else ":",
+                    label=f"{name} min {lo}",
+                )
         ax.axvline(_nines(0.999), color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel("SLO attainment (nines: 1 = 90 %, 2 = 99 %, 3 = 99.9 %)")
-        ax.set_title(title)
+        ax.set_title(f"{spec} specs")
         ax.grid(True, alpha=0.3)
         ax.set_yscale("log")
     axes[0].set_ylabel("GPU-hours (log)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"GPU-hours against SLO attainment across each policy's knob — {trace}")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"GPU-hours against SLO attainment: knob × min replicas × spec set — {trace}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

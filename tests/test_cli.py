@@ -55,10 +55,6 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
         }
         assert 0.0 <= p["slo_attainment"] <= 1.0
         assert p["rejected"] == 0  # no LLM service in this trace
-    oracle = doc["policies"]["oracle"]
-    for name, p in doc["policies"].items():
-        if p["slo_attainment"] >= oracle["slo_attainment"]:
-            assert oracle["gpu_hours"] <= p["gpu_hours"] + 1e-9, name
     for name in doc["policies"]:
         header = (out / f"timeseries_{name}.csv").read_text().splitlines()[0]
         assert header == "t_s,arrivals_per_s,replicas,ready_replicas,gpus,slo_attainment,dropped"
@@ -67,14 +63,14 @@ def test_simulate_writes_summary_series_and_plots(tmp_path: Path) -> None:
     assert "SLO" in proc.stdout
 
 
-def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
+def test_sweep_writes_frontiers_references_and_the_fair_ratio(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = run_cli(
         "simulate",
         "--trace",
         "azure-functions-2019",
         "--policies",
-        "hpa,kpa,oracle,shadowscale",
+        "hpa,kpa,oracle,bound,shadowscale",
         "--out",
         str(out),
         "--hours",
@@ -87,15 +83,22 @@ def test_sweep_writes_curves_and_the_comparison(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc["sweep"]) == {"hpa", "kpa", "oracle", "shadowscale"}
-    assert [p["knob"] for p in doc["sweep"]["hpa"]] == [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
-    for pts in doc["sweep"].values():
+    hpa = doc["sweep"]["hpa"]
+    assert {p["spec"] for p in hpa} == {"traced", "rightsized"} and {p["min_replicas"] for p in hpa} == {1}
+    assert {p["min_replicas"] for p in doc["sweep"]["kpa"]} == {0, 1}
+    assert len({p["knob"] for p in hpa if p["spec"] == "traced"}) >= 10
+    for name, pts in doc["frontier"].items():
+        assert name != "oracle"
         for p in pts:
-            assert set(p) == {"knob", "slo_attainment", "gpu_hours", "gpus_held_hours"}
+            assert set(p) >= {"slo_attainment", "gpu_hours", "gpus_held_hours", "knob", "min_replicas", "spec"}
             assert p["gpus_held_hours"] >= p["gpu_hours"] - 1e-9  # whole GPUs cost at least their shares
-    assert set(doc["sweep_right_sized"]) == {"hpa", "kpa"}
-    comp = doc["comparison"]
-    assert comp["policy"] == "shadowscale" and comp["knob"] == 2.0
-    assert set(comp) >= {"gpu_hours", "gpus_held_hours", "slo_attainment"}
+            assert p["bound_gpu_hours"] <= p["gpu_hours"] + 1e-12
+    assert doc["oracle"]["spec"] == "rightsized"
+    assert doc["bound"]["gpu_hours_all_work"] > 0 and doc["bound"]["points_checked"] > 50
+    assert set(doc["bound"]["gpu_hours_for_served_work"]) == {"hpa", "kpa", "oracle", "shadowscale"}
+    fair = doc["fair_ratio"]
+    assert set(fair) >= {"gpu_hours", "gpus_held_hours", "best_baseline"}
+    assert doc["config"]["timeout_s"] == 300.0
     assert (out / "sweep.png").stat().st_size > 10_000
 
 
@@ -131,6 +134,9 @@ BAD = [
     (["simulate", "--trace", "azure-functions-2019", "--models", "0", "--out", "x"], "--models"),
     (["simulate", "--trace", "azure-functions-2019", "--cold-start", "inf", "--out", "x"], "--cold-start"),
     (["simulate", "--out", "x"], "--trace"),
+    (["simulate", "--trace", "azure-functions-2019", "--min-replicas", "2", "--out", "x"], "--min-replicas"),
+    (["simulate", "--trace", "azure-functions-2019", "--spec", "small", "--out", "x"], "--spec"),
+    (["simulate", "--trace", "azure-functions-2019", "--timeout", "0", "--out", "x"], "--timeout"),
     (["bench", "simulator", "--policy", "nope"], "valid policies"),
 ]
 
@@ -206,10 +212,12 @@ def test_version_and_help_import_no_heavy_dependency(argv: list[str]) -> None:
 def test_help_names_match_the_registries() -> None:
     """simulate --help names traces and policies without importing them; they must stay the registries' names."""
     from shadowscale.policies.scaling import POLICY_NAMES
-    from shadowscale.simulators.cli import HELP_POLICIES, HELP_TRACES
+    from shadowscale.simulators.cli import HELP_POLICIES, HELP_SPEC_SETS, HELP_TRACES
+    from shadowscale.simulators.run import SPEC_SETS
     from shadowscale.simulators.traces import TRACE_NAMES
 
     assert HELP_TRACES == TRACE_NAMES and HELP_POLICIES == POLICY_NAMES
+    assert HELP_SPEC_SETS == SPEC_SETS
 
 
 def test_help_texts_are_for_users() -> None:

@@ -2,7 +2,8 @@
 
 ``make_policy(name, demand)`` builds a policy with its real defaults; ``knob`` sets the one parameter a sweep
 varies (HPA target utilization, KEDA lag threshold, KPA target concurrency, shadowscale's headroom). ``static``
-and ``oracle`` are sized from the whole trace (``demand``), which only the simulator has.
+and ``oracle`` are sized from the whole trace (``demand``), which only the simulator has; the oracle starts each
+replica one cold start ahead of need and pays it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from shadowscale.policies.scaling.demand import Demand
 from shadowscale.policies.scaling.hpa import HPA
 from shadowscale.policies.scaling.keda import KEDA
 from shadowscale.policies.scaling.kpa import KPA
-from shadowscale.policies.scaling.oracle import Oracle, oracle_schedule
+from shadowscale.policies.scaling.oracle import Oracle, ahead_of_need, oracle_policy, oracle_schedule
 from shadowscale.policies.scaling.shadowscale import Shadowscale
 from shadowscale.policies.scaling.static import Static, peak_replicas
 
 POLICY_NAMES: tuple[str, ...] = ("hpa", "keda", "kpa", "static", "oracle", "shadowscale")
-RIGHT_SIZED_POLICIES: frozenset[str] = frozenset({"shadowscale"})
-"""Policies that choose each model's spec (GPU share) themselves; the simulator right-sizes their services."""
+RIGHT_SIZED_POLICIES: frozenset[str] = frozenset({"shadowscale", "oracle"})
+"""Policies that run on right-sized specs by default (shadowscale chooses them; the oracle is given them)."""
 HINDSIGHT_POLICIES: frozenset[str] = frozenset({"static", "oracle"})
 
 ORACLE_BIN_S = 10.0
@@ -52,7 +53,7 @@ def make_policy(name: str, demand: Demand | None = None, knob: float | None = No
             raise ValueError(f"policy {name!r} is sized from the whole trace and needs it (simulator only)")
         if name == "static":
             return Static(peak_replicas(demand))
-        return Oracle(oracle_schedule(demand, ORACLE_BIN_S), ORACLE_BIN_S)
+        return oracle_policy(demand, ORACLE_BIN_S)
     raise UnknownPolicyError(name)
 
 
@@ -83,7 +84,9 @@ __all__ = [
     "Signals",
     "Static",
     "UnknownPolicyError",
+    "ahead_of_need",
     "make_policy",
+    "oracle_policy",
     "oracle_schedule",
     "parse_policies",
 ]

@@ -22,7 +22,7 @@ EXPECTED = {
     "keda": (15.0, False),
     "kpa": (2.0, False),
     "static": (60.0, None),
-    "oracle": (10.0, True),
+    "oracle": (10.0, False),  # sized from the whole trace, but it pays cold starts
     "shadowscale": (2.0, False),
 }
 

@@ -93,14 +93,18 @@ def test_oracle_schedule_is_work_per_bin_over_capacity(counts, services, expecte
 
 
 def test_oracle_follows_its_schedule_bin_by_bin() -> None:
-    """The oracle decides each bin's replicas at the bin start (tick 10 s); past the end it keeps the last bin."""
-    dem = demand(bins(200, 201, 0, 250), SVC, duration_s=40)
+    """The oracle decides each bin's replicas at the bin start (tick 10 s): the need of bins k - 1 .. k + 2 with a
+    20 s cold start (one cold start ahead, one bin of drain after); past the end it keeps the last bin. It pays
+    cold starts (not hindsight)."""
+    svc = [service(cold_start_s=20.0)]
+    dem = demand(bins(200, 0, 0, 0, 0, 250, 0, 0, 0, 0), svc, duration_s=100)
+    assert list(oracle_schedule(dem, 10.0)[:, 0]) == [1, 0, 0, 0, 0, 2, 0, 0, 0, 0]
     policy = make_policy("oracle", dem)
-    assert policy.hindsight is True
+    assert policy.hindsight is False
     assert policy.tick_s == ORACLE_BIN_S == 10.0
-    run = drive(policy, SVC, lambda t: Load(util=1.0, outstanding=50), until=60)
+    run = drive(policy, svc, lambda t: Load(util=1.0, outstanding=50), until=120)
     assert list(run.initial) == [1]
-    assert run.series() == [1, 2, 0, 2, 2, 2, 2]
+    assert run.series() == [1, 1, 0, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0]
     assert all(int(d.reason[0]) == int(Reason.SCHEDULE) for d in run.decisions)
 
 

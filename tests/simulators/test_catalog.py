@@ -21,6 +21,7 @@ from shadowscale.simulators.catalog import (
     read_llm_bench,
     scale_profile,
 )
+from shadowscale.simulators.datasets import locate
 from shadowscale.simulators.traces import TraceError, load_trace
 
 RESNET50_100 = (0.0047624, 0.0047646, 0.0049369, 0.0050452, 0.0072425, 0.0133591, 0.0256861)
@@ -272,3 +273,32 @@ def test_bad_profile_file_surfaces_as_trace_error(tmp_path: Path) -> None:
     csv_path.write_text("timestamp,model\n0,a\n")
     with pytest.raises(TraceError, match=r"All_results\.csv:1: field 'Framework'"):
         load_trace(str(csv_path), data_dir=root)
+
+
+def test_right_sizing_specs_are_charged_the_measured_co_location_slowdown(catalog: Catalog) -> None:
+    """A share below 100 % of a CNN with interference data runs slower by the mean measured slowdown at each batch
+    size (vgg19 at 40 %, batch 1: the mean over 5 co-runners × 7 co-runner batches); a whole GPU and CNNs without
+    data are not charged. Catches specs_of ignoring interference.csv."""
+    base = catalog.cnn("vgg19")
+    specs = {round(p.gpu_fraction * 100): p for p in catalog.specs_of(base)}
+    solo = catalog.at_share(base, 40)
+    rows = [
+        line.split(",")
+        for line in locate("profiles/gpulet-reimpl/interference.csv", catalog.data_dir).read_text().splitlines()
+    ]
+    co = [float(r[8]) for r in rows if r[0] == "vgg19" and r[1] == "1" and r[2] == "40"]
+    assert len(co) == 35
+    factor = float(np.mean(co)) / catalog.curve("vgg19", 40).latency_s[0]
+    assert factor > 1.2
+    assert specs[40].batch_latency_s[0] == pytest.approx(solo.batch_latency_s[0] * factor)
+    assert specs[40].slo_s == base.slo_s
+    assert specs[100] == catalog.at_share(base, 100)
+    mobilenet = catalog.cnn("mobilenet")  # no interference rows of its own
+    assert catalog.specs_of(mobilenet)[0] == catalog.at_share(mobilenet, 20)
+
+
+def test_shares_on_one_gpu_fit_its_memory_bandwidth(catalog: Catalog) -> None:
+    """mem_util.csv: no CNN uses more than 65.45 % of peak DRAM throughput per whole GPU share (mobilenet, batch 16,
+    20 %), so shares packed up to one GPU never oversubscribe its memory bandwidth."""
+    assert catalog.dram_per_share == pytest.approx(13.09 / 0.2)
+    assert catalog.dram_per_share < 100.0

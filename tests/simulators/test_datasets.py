@@ -109,11 +109,18 @@ def test_env_data_dir_is_the_only_place_looked(monkeypatch: pytest.MonkeyPatch, 
 def test_fetch_on_first_use_then_cached(
     wheel_like: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: tuple[str, type[_Handler]]
 ) -> None:
-    """Downloaded once (loopback server), checked against the pinned SHA-256, then read from the cache."""
+    """Downloaded once (loopback server), checked against the pinned SHA-256, then read from the cache. The
+    other gpulet files right-sizing reads (interference, memory) are served from loopback too: no test ever
+    reaches the real upstream address."""
     url, handler = server
     body = (REPO_DATA / REL).read_bytes()
     handler.files["/inference.csv"] = body
     monkeypatch.setitem(datasets.REMOTE, REL, Remote(f"{url}/inference.csv", hashlib.sha256(body).hexdigest(), "test"))
+    for name in ("interference.csv", "mem_util.csv"):
+        rel = f"profiles/gpulet-reimpl/{name}"
+        data = (REPO_DATA / rel).read_bytes()
+        handler.files[f"/{name}"] = data
+        monkeypatch.setitem(datasets.REMOTE, rel, Remote(f"{url}/{name}", hashlib.sha256(data).hexdigest(), "test"))
     monkeypatch.delenv(datasets.OFFLINE_ENV_VAR)
     path = locate(REL)
     assert path == tmp_path / "cache" / REL and path.read_bytes() == body

@@ -120,4 +120,4 @@ def test_sweep_on_dask_gives_the_local_summary(dask_address: str, tmp_path: Path
     dask = json.loads((tmp_path / "dask" / "summary.json").read_text())
     del local["wall_s"], dask["wall_s"]
     assert dask == local
-    assert len(local["sweep"]["hpa"]) == 6 and local["comparison"]["policy"] == "shadowscale"
+    assert len(local["sweep"]["hpa"]) >= 10 and local["fair_ratio"] is not None and local["frontier"]["hpa"]

@@ -1,51 +1,95 @@
-"""The sweep comparison: Pareto frontiers interpolated at equal SLO attainment, and the split of the gain into
-right-sizing and scaling."""
+"""The sweep: a fine knob grid refined near the compared attainment, Pareto frontiers read without interpolation,
+and ``fair_ratio`` against the best baseline frontier point."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
-from shadowscale.simulators.sweep import Point, compare, cost_at
+from shadowscale.simulators.sweep import (
+    COARSE,
+    KNOB_RANGES,
+    MIN_REPLICAS,
+    Point,
+    coarse_grid,
+    cost_at,
+    fair_ratio,
+    frontier,
+    refine_grid,
+    summary_entries,
+)
 
 
-def pts(*xs: tuple[float, float, float]) -> list[Point]:
-    return [Point(k, s, c, c) for k, s, c in xs]
+def pt(policy: str, knob: float, slo: float, cost: float, spec: str = "traced", lo: int = 1) -> Point:
+    return Point(policy, knob, lo, spec, slo, cost, cost * 1.1, 0.0)
 
 
-def test_cost_at_interpolates_the_pareto_frontier_and_ignores_dominated_points() -> None:
-    p = pts((0.3, 0.99, 100.0), (0.5, 0.98, 60.0), (0.7, 0.97, 80.0), (0.9, 0.95, 20.0))  # 0.7 is dominated
-    assert cost_at(p, 0.99) == pytest.approx(100.0)
-    assert cost_at(p, 0.985) == pytest.approx(80.0)
-    assert cost_at(p, 0.97) == pytest.approx(20.0 + 40.0 * (0.02 / 0.03))
-    assert cost_at(p, 0.90) == pytest.approx(20.0)
+def test_coarse_grid_has_ten_log_spaced_values_and_the_default() -> None:
+    for name, (lo, hi, default) in KNOB_RANGES.items():
+        grid = coarse_grid(name)
+        assert len(grid) >= COARSE >= 10
+        assert grid[0] == pytest.approx(lo) and grid[-1] == pytest.approx(hi) and default in grid
+        logs = np.diff(np.log([x for x in grid if x != default or default in np.geomspace(lo, hi, COARSE)]))
+        assert logs.max() / logs.min() < 2.5  # log-spaced (the default may split one step)
+    assert MIN_REPLICAS["keda"] == MIN_REPLICAS["kpa"] == (0, 1)
+
+
+def test_refine_adds_values_between_the_knobs_that_bracket_the_target() -> None:
+    curve = [pt("kpa", 1.0, 0.999, 10.0), pt("kpa", 10.0, 0.995, 5.0), pt("kpa", 100.0, 0.98, 2.0)]
+    more = refine_grid(curve, 0.99)
+    assert len(more) == 4 and all(10.0 < k < 100.0 for k in more)
+    assert refine_grid(curve, 0.9) == []  # every point is above: nothing to refine
+    # no point reaches 99.95 % and the best is the lowest knob: the grid goes one decade lower
+    lower = refine_grid(curve, 0.9995)
+    assert len(lower) == 4 and all(0.1 <= k < 1.0 for k in lower) and min(lower) == pytest.approx(0.1)
+
+
+def test_frontier_and_cost_at_are_the_cheapest_point_at_or_above() -> None:
+    """No interpolation: the cost at 98.5 % is the cheapest run reaching it (0.5 at 98 % does not)."""
+    p = [
+        pt("hpa", 0.3, 0.99, 100.0),
+        pt("hpa", 0.5, 0.98, 60.0),
+        pt("hpa", 0.7, 0.97, 80.0),
+        pt("hpa", 0.9, 0.95, 20.0),
+    ]
+    assert [x.knob for x in frontier(p)] == [0.9, 0.5, 0.3]  # 0.7 is dominated
+    assert cost_at(p, 0.985) is p[0]
+    assert cost_at(p, 0.97) is p[1]
     assert cost_at(p, 0.995) is None
 
 
-def test_compare_at_our_slo_and_the_split_where_right_sized_baselines_reach_it() -> None:
-    plain = {"hpa": pts((0.3, 0.999, 200.0), (0.9, 0.99, 100.0)), "shadowscale": pts((2.0, 0.995, 40.0))}
-    sized = {"hpa": pts((0.3, 0.999, 100.0), (0.9, 0.99, 50.0))}
-    c = compare(plain, sized)
-    g = c["gpu_hours"]
-    assert g["best_baseline"] == "hpa"
-    hpa_at = 100.0 + 100.0 * (0.005 / 0.009)
-    rs_at = 50.0 + 50.0 * (0.005 / 0.009)
-    assert g["ratio_to_best_baseline"] == pytest.approx(40.0 / hpa_at)
-    assert g["split_at_slo"] == pytest.approx(0.995)
-    assert g["right_sizing_gain"] == pytest.approx(hpa_at / rs_at)
-    assert g["scaling_gain"] == pytest.approx(rs_at / 40.0)
-
-
-def test_split_falls_back_to_the_best_slo_the_right_sized_baselines_reach() -> None:
-    """No right-sized baseline reaches our 99.9 %: the split is measured at their best (99.5 %), where our cost is
-    read off our own sweep."""
-    plain = {
-        "hpa": pts((0.1, 0.9995, 300.0), (0.5, 0.99, 200.0)),
-        "shadowscale": pts((0.0, 0.996, 30.0), (2.0, 0.999, 40.0), (4.0, 0.9995, 50.0)),
+def test_fair_ratio_reads_every_baseline_spec_and_min_replicas() -> None:
+    """The best baseline point may be on any spec set and any min replicas; catches a comparison against the
+    traced specs only (it would pick KPA's 40)."""
+    sweep = {
+        "shadowscale": [pt("shadowscale", 2.0, 0.995, 20.0, "rightsized", 0), pt("shadowscale", 4.0, 0.999, 30.0)],
+        "kpa": [pt("kpa", 1.0, 0.996, 40.0, "traced", 0), pt("kpa", 1.0, 0.9955, 25.0, "rightsized", 1)],
+        "hpa": [pt("hpa", 0.1, 0.999, 100.0)],
+        "keda": [pt("keda", 1.0, 0.99, 5.0, "rightsized", 0)],  # cheap but below our attainment
     }
-    sized = {"hpa": pts((0.1, 0.995, 90.0), (0.5, 0.99, 80.0))}
-    g = compare(plain, sized)["gpu_hours"]
-    assert g["ratio_to_best_right_sized_baseline"] is None
-    assert g["split_at_slo"] == pytest.approx(0.995)
-    hpa_at = 200.0 + 100.0 * (0.005 / 0.0095)
-    assert g["right_sizing_gain"] == pytest.approx(hpa_at / 90.0)
-    assert g["scaling_gain"] == pytest.approx(90.0 / 30.0)
+    r = fair_ratio(sweep)
+    assert r is not None
+    assert r["best_baseline"] == "kpa"
+    assert r["gpu_hours"] == pytest.approx(20.0 / 25.0)
+    assert r["best_baseline_point_gpu_hours"]["spec"] == "rightsized"
+    assert r["best_baseline_point_gpu_hours"]["min_replicas"] == 1
+    none = fair_ratio({"shadowscale": sweep["shadowscale"], "hpa": [pt("hpa", 0.1, 0.99, 1.0)]})
+    assert none is not None and none["gpu_hours"] is None and none["best_baseline"] is None
+
+
+def test_summary_entries_carry_frontier_bound_oracle_and_fair_ratio() -> None:
+    sweep = {
+        "shadowscale": [pt("shadowscale", 2.0, 0.995, 20.0, "rightsized", 0)],
+        "hpa": [pt("hpa", 0.1, 0.999, 100.0), pt("hpa", 0.5, 0.99, 200.0)],
+        "oracle": [Point("oracle", math.nan, 0, "rightsized", 1.0, 10.0, 11.0, 1.0)],
+    }
+    doc = summary_entries(sweep, 1.5)
+    assert set(doc) >= {"sweep", "frontier", "fair_ratio", "bound", "oracle"}
+    assert [p["knob"] for p in doc["frontier"]["hpa"]] == [0.1]
+    for pts in doc["frontier"].values():
+        for p in pts:
+            assert set(p) >= {"slo_attainment", "gpu_hours", "gpus_held_hours", "knob", "min_replicas", "spec"}
+            assert p["spec"] in ("traced", "rightsized")
+    assert doc["oracle"]["knob"] is None and doc["bound"]["gpu_hours_all_work"] == 1.5
