@@ -67,7 +67,9 @@ if "$SS" simulate --trace azure-functions-2019 --hours 1 --out out-missing --qui
 fi
 grep -q "gpulet-reimpl/inference.csv: not bundled" missing.err && grep -q SHADOWSCALE_DATA missing.err
 mkdir -p "$SHADOWSCALE_CACHE/profiles/gpulet-reimpl"
-cp "$ROOT/data/profiles/gpulet-reimpl/inference.csv" "$SHADOWSCALE_CACHE/profiles/gpulet-reimpl/"
+for f in inference.csv interference.csv mem_util.csv; do  # the CNN curves and their co-location data
+  cp "$ROOT/data/profiles/gpulet-reimpl/$f" "$SHADOWSCALE_CACHE/profiles/gpulet-reimpl/"
+done
 "$SS" simulate --trace azure-functions-2019 --hours 1 --out out-fn --quiet --no-plots
 "$WORK/venv/bin/python" -c "import json; d = json.load(open('out-fn/summary.json')); \
 assert d['policies']['hpa']['requests'] > 0; print('azure-functions-2019, 1 h:', d['policies']['hpa']['requests'], 'requests')"
