@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from shadowscale.agent.profiling.batching import next_batch
+
 # -- models -----------------------------------------------------------------------------------------------------
 
 IMAGE_MODELS = ("resnet50", "tiny-cnn", "mlp")
@@ -655,18 +657,8 @@ class TorchServer:
                 await self.queue.put((line, writer))
 
     async def batcher(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(items) < self.batch:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
+            items = await next_batch(self.queue, self.batch, self.max_wait_s)
             await self.slots.acquire()
             task = asyncio.create_task(self.run(items))
             self.running.add(task)

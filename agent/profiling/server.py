@@ -28,6 +28,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402  (after the BLAS thread variables)
 import numpy.typing as npt  # noqa: E402
 
+from shadowscale.agent.profiling.batching import next_batch  # noqa: E402
+
 EXIT_CONFIG = 2
 EXIT_OOM = 3
 
@@ -72,19 +74,8 @@ class Server:
             pass
 
     async def batcher(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            first = await self.queue.get()
-            items = [first]
-            deadline = loop.time() + self.max_wait_s
-            while len(items) < self.batch:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
+            items = await next_batch(self.queue, self.batch, self.max_wait_s)
             await self.slots.acquire()
             task = asyncio.create_task(self.run(items))
             self.running.add(task)
