@@ -30,7 +30,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -270,6 +270,32 @@ class TcpLineTarget:
         return None
 
 
+async def _http_reachable(
+    session: Any, method: str, url: str, body: Callable[[], bytes], timeout_s: float
+) -> str | None:
+    """None once ``url`` answers a test request with 2xx; else why not: at once for a 4xx (the request itself is
+    wrong, retrying will not help), after ``timeout_s`` of retries for errors and 5xx."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            timeout = aiohttp.ClientTimeout(total=max(0.05, deadline - time.monotonic()))
+            async with session.request(method, url, data=body(), timeout=timeout) as r:
+                text = (await r.read())[:200].decode(errors="replace")
+                if 200 <= r.status <= 299:
+                    return None
+                if r.status < 500:
+                    return f"answered HTTP {r.status} to a test request: {text.strip() or r.reason}"
+                last = f"HTTP {r.status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if time.monotonic() >= deadline:
+            return f"{last} within {timeout_s:g} s"
+        await asyncio.sleep(0.2)
+
+
 class LlmTarget:
     """An OpenAI-compatible completions server (vLLM, TGI, TensorRT-LLM's, SGLang): ``openai+http(s)://HOST:PORT/PATH``
     (path default ``/v1/completions``). Each arrival streams one completion (``stream: true``, ``max_tokens`` and a
@@ -319,26 +345,7 @@ class LlmTarget:
         return msgspec.json.encode(req)
 
     async def reachable(self, timeout_s: float) -> str | None:
-        import aiohttp
-
-        session = self._client()
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while True:
-            try:
-                timeout = aiohttp.ClientTimeout(total=max(0.05, deadline - time.monotonic()))
-                async with session.post(self.url, data=self._body(1, 1), timeout=timeout) as r:
-                    text = (await r.read())[:200].decode(errors="replace")
-                    if 200 <= r.status <= 299:
-                        return None
-                    if r.status < 500:
-                        return f"answered HTTP {r.status} to a test request: {text.strip() or r.reason}"
-                    last = f"HTTP {r.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if time.monotonic() >= deadline:
-                return f"{last} within {timeout_s:g} s"
-            await asyncio.sleep(0.2)
+        return await _http_reachable(self._client(), "POST", self.url, lambda: self._body(1, 1), timeout_s)
 
     async def _one(self, session: Any, timeout: Any) -> tuple[float, float, int, float] | None:
         """``(ttft_s, tpot_s, tokens, latency_s)`` of one streamed completion, None when it failed."""
@@ -491,26 +498,7 @@ class HttpTarget:
         return self._rng.choices(self._bodies, self._weights)[0]
 
     async def reachable(self, timeout_s: float) -> str | None:
-        import aiohttp
-
-        session = self._client()
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while True:
-            try:
-                timeout = aiohttp.ClientTimeout(total=max(0.05, deadline - time.monotonic()))
-                async with session.request(self.shape.method, self.url, data=self._body(), timeout=timeout) as r:
-                    text = (await r.read())[:200].decode(errors="replace")
-                    if 200 <= r.status <= 299:
-                        return None
-                    if r.status < 500:  # the request itself is wrong: retrying will not help
-                        return f"answered HTTP {r.status} to a test request: {text.strip() or r.reason}"
-                    last = f"HTTP {r.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if time.monotonic() >= deadline:
-                return f"{last} within {timeout_s:g} s"
-            await asyncio.sleep(0.2)
+        return await _http_reachable(self._client(), self.shape.method, self.url, self._body, timeout_s)
 
     async def step(self, rate: float, duration_s: float, drain_s: float, offsets: npt.NDArray[np.float64]) -> Step:
         import aiohttp
