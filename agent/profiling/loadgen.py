@@ -30,7 +30,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -270,6 +270,34 @@ class TcpLineTarget:
         return None
 
 
+async def _open_loop(
+    offsets: npt.NDArray[np.float64],
+    duration_s: float,
+    drain_s: float,
+    send: Callable[[], Coroutine[Any, Any, None]],
+) -> int:
+    """Start one ``send()`` at each of ``offsets`` (seconds from now, sorted) for ``duration_s``, open-loop (a
+    slow answer never delays the next request), wait up to ``drain_s`` for the late ones, cancel the rest; returns
+    how many were started."""
+    tasks: set[asyncio.Task[None]] = set()
+    n = 0
+    start = time.perf_counter()
+    try:
+        while (now := time.perf_counter()) - start < duration_s and n < len(offsets):
+            due = int(np.searchsorted(offsets, now - start, side="right"))
+            while n < due:
+                tasks.add(asyncio.create_task(send()))
+                n += 1
+            await asyncio.sleep(0.002)
+        if tasks:
+            await asyncio.wait(tasks, timeout=drain_s)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return n
+
+
 async def _http_reachable(
     session: Any, method: str, url: str, body: Callable[[], bytes], timeout_s: float
 ) -> str | None:
@@ -401,22 +429,8 @@ class LlmTarget:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
 
-        tasks: set[asyncio.Task[None]] = set()
-        n = 0
         start = time.perf_counter()
-        try:
-            while (now := time.perf_counter()) - start < duration_s and n < len(offsets):
-                due = int(np.searchsorted(offsets, now - start, side="right"))
-                while n < due:
-                    tasks.add(asyncio.create_task(one()))
-                    n += 1
-                await asyncio.sleep(0.002)
-            if tasks:
-                await asyncio.wait(tasks, timeout=drain_s)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        n = await _open_loop(offsets, duration_s, drain_s, one)
         wall = time.perf_counter() - start
         if n and not done and refused:
             raise TargetDied(f"{self.name}: {refused} of {n} connections refused")
@@ -521,22 +535,7 @@ class HttpTarget:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass  # an error is an unanswered request: infinitely late
 
-        tasks: set[asyncio.Task[None]] = set()
-        n = 0
-        start = time.perf_counter()
-        try:
-            while (now := time.perf_counter()) - start < duration_s and n < len(offsets):
-                due = int(np.searchsorted(offsets, now - start, side="right"))
-                while n < due:
-                    tasks.add(asyncio.create_task(one(self._body())))
-                    n += 1
-                await asyncio.sleep(0.002)
-            if tasks:
-                await asyncio.wait(tasks, timeout=drain_s)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        n = await _open_loop(offsets, duration_s, drain_s, lambda: one(self._body()))
         if n and not latencies and refused:
             raise TargetDied(f"{self.name}: {refused} of {n} connections refused")
         lat = np.array(latencies + [math.inf] * (n - len(latencies)), dtype=np.float64)
