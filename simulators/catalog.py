@@ -39,7 +39,7 @@ import functools
 import hashlib
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -583,17 +583,22 @@ _BENCH_COLUMNS = (
 )
 
 
+def named_fields(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
+    """``(line, values of columns in order)`` for every row of the CSV at ``path``; every column is required and a
+    short row raises :class:`DataError` naming the field."""
+    header, header_line, rows = read_csv(path)
+    idx = [column_index(header, c, path, header_line) for c in columns]
+    for line, row in rows:
+        yield (
+            line,
+            [field_of(row, i, path, line, c, len(header)) for i, c in zip(idx, columns, strict=True) if i is not None],
+        )
+
+
 def read_llm_bench(path: Path) -> list[BenchRow]:
     """The rows of ``All_results.csv`` (every row validated)."""
-    header, header_line, rows = read_csv(path)
-    idx = [column_index(header, c, path, header_line) for c in _BENCH_COLUMNS]
     out: list[BenchRow] = []
-    for line, row in rows:
-        vals = [
-            field_of(row, i, path, line, c, len(header))
-            for i, c in zip(idx, _BENCH_COLUMNS, strict=True)
-            if i is not None
-        ]
+    for line, vals in named_fields(path, _BENCH_COLUMNS):
         hw, num, fw, model, length, batch, latency = vals
         for text, col in ((hw, "Hardware"), (fw, "Framework"), (model, "Model")):
             if not text.strip():

@@ -54,12 +54,10 @@ from shadowscale.policies.types import FloatArray, ModelProfile
 from shadowscale.simulators.catalog import (
     LLM_BENCH_DIR,
     DataError,
-    column_index,
     default_data_dir,
-    field_of,
     make_profile,
+    named_fields,
     parse_number,
-    read_csv,
     read_llm_bench,
 )
 
@@ -110,15 +108,8 @@ class SplitwiseRow:
 
 def read_splitwise(path: Path) -> list[SplitwiseRow]:
     """Rows of ``perf_model.csv`` (times converted from ms to s); :class:`DataError` names a bad field."""
-    header, header_line, rows = read_csv(path)
-    idx = [column_index(header, c, path, header_line) for c in _SPLITWISE_COLUMNS]
     out: list[SplitwiseRow] = []
-    for line, row in rows:
-        v = [
-            field_of(row, i, path, line, c, len(header))
-            for i, c in zip(idx, _SPLITWISE_COLUMNS, strict=True)
-            if i is not None
-        ]
+    for line, v in named_fields(path, _SPLITWISE_COLUMNS):
         model, hw = v[0].strip(), v[1].strip()
         if not model or not hw:
             raise DataError(path, line, "empty value", "model" if not model else "hardware")
@@ -132,7 +123,7 @@ def read_splitwise(path: Path) -> list[SplitwiseRow]:
         ]
         out.append(SplitwiseRow(line, model, hw, ints[0], ints[1], ints[2], ints[3], times[0], times[1], times[2]))
     if not out:
-        raise DataError(path, header_line + 1, "no data rows")
+        raise DataError(path, None, "no data rows")
     return out
 
 
@@ -299,16 +290,10 @@ def fit_inference_bench(
 
 def _ttft_rows(path: Path, model: str, hardware: str) -> list[tuple[float, float, float]]:
     """(batch, prompt tokens, TTFT s) of vLLM on one ``hardware`` for ``model``; rows without a TTFT skipped."""
-    header, header_line, rows = read_csv(path)
     names = ("Hardware", "Num of Hardware", "Framework", "Model", "Input Length", "Batch Size", "TTFT Latency")
-    idx = [column_index(header, c, path, header_line) for c in names]
     out: list[tuple[float, float, float]] = []
-    for line, row in rows:
-        v = [
-            field_of(row, i, path, line, c, len(header)).strip()
-            for i, c in zip(idx, names, strict=True)
-            if i is not None
-        ]
+    for line, fields in named_fields(path, names):
+        v = [f.strip() for f in fields]
         if v[:4] != [hardware, "1", "vLLM", model] or not v[6]:
             continue
         n_in = parse_number(v[4], path, line, "Input Length", positive=True)
