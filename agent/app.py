@@ -26,6 +26,7 @@ from shadowscale.agent.config import (
     model_profiling,
     planner_settings,
     profiling_plans_raw,
+    rollout_settings,
 )
 from shadowscale.agent.http import HttpServer, make_app
 from shadowscale.agent.kafka import KafkaSink, KafkaSource, KafkaTail, KafkaUnavailable, ensure_topics
@@ -39,8 +40,9 @@ from shadowscale.policies.ports import Actuator, Clock
 from shadowscale.policies.profiling.drift import Drift, RetrialSettings
 
 if TYPE_CHECKING:
+    from shadowscale.agent.profiling.rollout_loop import RolloutLoop
     from shadowscale.agent.profiling.service import Annotations, ProfilingService
-    from shadowscale.agent.profiling.shadow import ShadowTrialRunner
+    from shadowscale.agent.profiling.shadow import ShadowTrialRunner, Workload
     from shadowscale.policies.profiling.ports import TrialRunner
 
 log = structlog.get_logger("shadowscale.app")
@@ -140,6 +142,17 @@ async def serve(
             tasks.append(
                 guarded(profiles.refresh_every(cfg.profiles.refresh_s, stop), "profiles-refresh", stop, fatal=False)
             )
+        rollout = None
+        if cfg.rollout.enabled and profiles is not None:
+            if api is None:
+                from shadowscale.agent.kube import api_client
+
+                api = await api_client(cfg.actuator.kubernetes, cfg.identity)
+                closers.append(api.close)
+            rollout = await open_rollout(
+                cfg, profiles, api, clock, metrics, leader.is_leader if leader is not None else None, closers
+            )
+            tasks.append(guarded(rollout.run(stop), "rollout", stop))
         if cfg.profiling.enabled and profiles is not None:
             if cfg.profiling.runner == "shadow" and api is None:
                 from shadowscale.agent.kube import api_client
@@ -156,6 +169,7 @@ async def serve(
                 leader.is_leader if leader is not None else None,
                 closers,
                 observed_gaps=lambda model: windows.recent_gaps(windows.index[model], clock.now()),
+                rollout=rollout,
             )
             tasks.append(guarded(service.run(stop), "profiling", stop))
         if cfg.scheduler.enabled:
@@ -253,6 +267,7 @@ async def open_profiling(
     closers: list[Callable[[], Any]],
     *,
     observed_gaps: Callable[[str], Sequence[float]] | None = None,
+    rollout: RolloutLoop | None = None,
 ) -> ProfilingService:
     """The trial runner (``profiling.runner``) and the service that runs searches, hooked to the book's re-trials.
 
@@ -299,7 +314,16 @@ async def open_profiling(
     )
     plans = {m: ModelPlan(space, objective, raw) for m, (space, objective, raw) in profiling_plans_raw(cfg).items()}
     service = ProfilingService(
-        book, runner, plans, clock, st, metrics=metrics, is_leader=is_leader, annotations=annotations
+        book,
+        runner,
+        plans,
+        clock,
+        st,
+        metrics=metrics,
+        is_leader=is_leader,
+        annotations=annotations,
+        on_published=None if rollout is None else rollout.published,
+        version=None if rollout is None else rollout.actuator.version,
     )
     book.on_retrial = service.on_retrial
     closers.append(service.stop)
@@ -307,20 +331,66 @@ async def open_profiling(
     return service
 
 
-async def _shadow_runner(
+async def open_rollout(
     cfg: AgentConfig,
+    book: ProfileBook,
     api: Any,
+    clock: Clock,
+    metrics: Metrics,
+    is_leader: Callable[[], bool] | None,
     closers: list[Callable[[], Any]],
-    observed_gaps: Callable[[str], Sequence[float]] | None = None,
-) -> ShadowTrialRunner:
+) -> RolloutLoop:
+    """The rollout task (``rollout.enabled``): the controller over the models' Deployments, the traffic topic read
+    without a group for the canaries' windows, Events on the workloads (``actuator.kubernetes.events``)."""
+    from shadowscale.agent.kube import EventRecorder, Ref
+    from shadowscale.agent.profiling.rollout import RolloutActuator, RolloutController
+    from shadowscale.agent.profiling.rollout_loop import RolloutLoop
+
+    r = cfg.rollout
+    actuator = RolloutActuator(api, model_workloads(cfg))
+    controller = RolloutController(actuator, rollout_settings(cfg), on_running=book.set_running)
+    traffic: KafkaTail | None = KafkaTail(cfg.kafka, cfg.kafka.topics.traffic)
+    try:
+        assert traffic is not None
+        await traffic.start()
+        closers.append(traffic.stop)
+    except KafkaUnavailable as e:
+        log.warning("rollout: traffic topic unreadable; canaries will time out and roll back", error=str(e))
+        traffic = None
+    events = None
+    if cfg.actuator.kubernetes.events:
+        events = EventRecorder(api, cfg.identity, cfg.actuator.kubernetes.request_timeout_s)
+        closers.append(events.close)
+
+    def ref(wl: Workload, model: str) -> Ref:
+        return Ref("deployments", wl.namespace, wl.deployment, model, 0, 0)
+
+    loop = RolloutLoop(
+        controller,
+        actuator,
+        book,
+        clock,
+        traffic=traffic,
+        check_interval_s=r.check_interval_s,
+        canary_window_s=r.canary_window_s,
+        is_leader=is_leader,
+        metrics=metrics,
+        events=events,
+        event_ref=ref,
+    )
+    log.info("rollout ready", dry_run=controller.settings.dry_run, models=sorted(actuator.workloads))
+    return loop
+
+
+def model_workloads(cfg: AgentConfig) -> dict[str, Workload]:
+    """Each model's workload as ``profiling.models.<name>`` describes it (the Deployment, its container, knobs):
+    what shadow trials clone and rollouts patch."""
     import msgspec
 
-    from shadowscale.agent.profiling.live import shadow_profiling
-    from shadowscale.agent.profiling.loadgen import LoadPlan, RequestShape
-    from shadowscale.agent.profiling.shadow import Knob, ShadowSettings, Workload
+    from shadowscale.agent.profiling.loadgen import RequestShape
+    from shadowscale.agent.profiling.shadow import Knob, Workload
 
     p = cfg.profiling
-    sh = p.shadow
     workloads = {}
     for m in cfg.models:
         own = model_profiling(p, m.name)
@@ -332,6 +402,24 @@ async def _shadow_runner(
         workloads[m.name] = Workload(
             m.namespace, own.deployment or m.name, own.container, own.port, own.path, own.protocol, shape, knobs
         )
+    return workloads
+
+
+async def _shadow_runner(
+    cfg: AgentConfig,
+    api: Any,
+    closers: list[Callable[[], Any]],
+    observed_gaps: Callable[[str], Sequence[float]] | None = None,
+) -> ShadowTrialRunner:
+    import msgspec
+
+    from shadowscale.agent.profiling.live import shadow_profiling
+    from shadowscale.agent.profiling.loadgen import LoadPlan
+    from shadowscale.agent.profiling.shadow import ShadowSettings
+
+    p = cfg.profiling
+    sh = p.shadow
+    workloads = model_workloads(cfg)
     settings = ShadowSettings(
         ready_timeout_s=sh.ready_timeout_s,
         result_timeout_s=sh.result_timeout_s,

@@ -30,6 +30,7 @@ from shadowscale.policies.profiling.drift import DriftSettings
 if TYPE_CHECKING:  # the planner imports scikit-optimize: loaded only when profiling is configured
     from shadowscale.policies.profiling.objective import Objective
     from shadowscale.policies.profiling.planner import PlannerSettings
+    from shadowscale.policies.profiling.rollout import RolloutSettings
     from shadowscale.policies.profiling.space import SearchSpace
 
 ENV_PREFIX = "SHADOWSCALE_AGENT__"
@@ -383,6 +384,44 @@ class ProfilingConfig(_Section, frozen=True, kw_only=True):
     shadow: ShadowRunnerConfig = ShadowRunnerConfig()
 
 
+class RolloutConfig(_Section, frozen=True, kw_only=True):
+    """Rolling a profile's chosen spec out to the model's Deployment (off by default; needs ``profiles.enabled`` and
+    ``actuator.kind: kubernetes``): :class:`policies.profiling.rollout.RolloutSettings` plus the loop's timing.
+    Only the leader acts (with ``leader_election.enabled``)."""
+
+    enabled: bool = False
+    dry_run: bool = False
+    """Decide and report (log, Event, metric) what would be rolled out; change nothing. ``dry_run`` at the top level
+    implies it."""
+    min_gain: float = 0.10
+    """The threshold: roll out only when the chosen spec's objective beats the running spec's by this share."""
+    check_interval_s: PositiveFloat = 60.0
+    """How often each profiled model's workload is read and its profile considered (sooner after a new profile)."""
+    canary_window_s: PositiveFloat = 15.0
+    """Length of one canary window (its pods' traffic events summed)."""
+    canary_windows: int = 4
+    """Windows with traffic before the canary is judged ..."""
+    canary_min_requests: float = 50.0
+    """... and requests the canary must have completed in them."""
+    canary_timeout_s: float = 1800.0
+    """A canary without enough traffic by then is rolled back."""
+    min_attainment: float = 0.9
+    max_error_ratio: float = 0.01
+    throughput_tolerance: float = 0.1
+    max_surge_ratio: float = 0.25
+    """Rolling update: new pods at once, as a share of the replicas (at least one)."""
+    max_unavailable: int = 0
+    """Rolling update: pods that may be down at once (0: serving capacity never drops)."""
+    model_interval_s: float = 6 * 3600.0
+    """Per-model rate limit: at most one rollout start per this long."""
+    cluster_max_active: int = 1
+    """Cluster-wide: rollouts in progress at once."""
+    cluster_per_hour: int = 4
+    """Cluster-wide: rollout starts in any hour."""
+    opt_out_annotation: str = "shadowscale.io/rollout"
+    """A workload with this annotation set to ``disabled`` is never rolled out to."""
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
     namespace: str = "default"
@@ -421,6 +460,7 @@ class AgentConfig(_Section, frozen=True, kw_only=True):
     scheduler: SchedulerConfig = SchedulerConfig()
     profiles: ProfilesConfig = ProfilesConfig()
     profiling: ProfilingConfig = ProfilingConfig()
+    rollout: RolloutConfig = RolloutConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -461,6 +501,7 @@ def _check(cfg: AgentConfig) -> None:
         raise ConfigError(f"profiles.drift: {e}") from None
     if cfg.profiling.enabled:
         _check_profiling(cfg)
+    _check_rollout(cfg)
     le = cfg.leader_election
     if not le.renew_period_s < le.deadline_s < le.lease_duration_s:
         raise ConfigError(
@@ -523,6 +564,35 @@ def _check_profiling(cfg: AgentConfig) -> None:
         )
     if p.local.start_rps > p.local.max_rps:
         raise ConfigError("profiling.local.start_rps must not be above profiling.local.max_rps")
+
+
+def _check_rollout(cfg: AgentConfig) -> None:
+    try:
+        rollout_settings(cfg)
+    except ValueError as e:  # "rollout settings: min_gain is out of range: -1.0"
+        field, _, why = str(e).removeprefix("rollout settings: ").partition(" ")
+        raise ConfigError(f"rollout.{field} {why}") from None
+    if not cfg.rollout.enabled:
+        return
+    if not cfg.profiles.enabled:
+        raise ConfigError("rollout.enabled needs profiles.enabled (it rolls out the stored profiles' chosen specs)")
+    if cfg.actuator.kind != "kubernetes":
+        raise ConfigError("rollout.enabled needs actuator.kind kubernetes (it patches the models' Deployments)")
+
+
+def rollout_settings(cfg: AgentConfig) -> RolloutSettings:
+    """The rollout policy's settings from ``rollout`` (raises ``ValueError`` naming a bad field); the top-level
+    ``dry_run`` makes rollouts dry runs too."""
+    from shadowscale.policies.profiling.rollout import RolloutSettings
+
+    r = cfg.rollout
+    fields = {
+        k: v
+        for k, v in msgspec.structs.asdict(r).items()
+        if k not in ("enabled", "check_interval_s", "canary_window_s")
+    }
+    fields["dry_run"] = r.dry_run or cfg.dry_run
+    return RolloutSettings(**fields)
 
 
 def model_profiling(p: ProfilingConfig, model: str) -> ModelProfilingConfig:

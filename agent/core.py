@@ -101,6 +101,8 @@ class DecisionCore:
         self.known = np.zeros(n, dtype=bool)
         """Models the actuator has a workload for (observed at least once)."""
         self.capacity_rps = np.array([m.capacity_rps for m in cfg.models])
+        self.configured_rps = self.capacity_rps.copy()
+        """Each model's configured ``capacity_rps``: what stands when no profile describes the running spec."""
         self.capacity_notes: list[str | None] = [None] * n
         self.gpu_fraction = np.array([m.gpu_fraction for m in cfg.models])
         self.guards = Guards(

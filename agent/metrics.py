@@ -64,6 +64,15 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.rollouts = Counter(
+            "shadowscale_rollouts",
+            "Rollouts of a profile's chosen spec, by outcome (started, promoted, rolled_back, dry_run)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rollouts_in_progress = Gauge(
+            "shadowscale_rollouts_in_progress", "Canaries being watched (rollouts started, not yet judged)", registry=r
+        )
 
         self.placement_decision = Histogram(
             "shadowscale_placement_decision_seconds",

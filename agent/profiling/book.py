@@ -17,7 +17,11 @@ capacity the decision core divides demand by.
 - The capacity follows the spec that *runs* (:meth:`ProfileBook.set_running`, what a promoted rollout calls,
   :mod:`agent.profiling.rollout`): the profile's trial of the running configuration when it made one, the configured
   capacity when the profile says nothing about it, and the profile's own capacity once its chosen spec runs (or
-  while the running spec is unknown).
+  while the running spec is unknown). With rollouts on, the rollout loop reads the spec and the model version from
+  the workload: a workload without a recorded spec runs something the profile may not describe
+  (:meth:`ProfileBook.set_running_unknown`: the configured capacity stands), and a profile measured on another
+  model version (:meth:`ProfileBook.set_version`; the image changed) does not set the capacity and is marked stale,
+  so a re-trial measures the new version.
 - Every ``profiles.refresh_s`` (:meth:`ProfileBook.refresh_every`) it re-reads the store and takes the records
   newer than its own: what the leader's searches published, or another replica marked stale, reaches every agent
   replica without a restart.
@@ -77,6 +81,10 @@ class ProfileBook:
         """Every re-trial scheduled: (time, model)."""
         self.running: dict[str, Mapping[str, Value]] = {}
         """The spec each model runs, where known (a rollout applied it)."""
+        self.running_unknown: set[str] = set()
+        """Models whose workload records no applied spec (rollouts on): the configured capacity stands."""
+        self.versions: dict[str, str] = {}
+        """The model version each workload runs, where read (annotation ``shadowscale.io/model-version`` or image)."""
         self._last: tuple[float, FloatArray, FloatArray, FloatArray] | None = None
         self._unwritten: dict[str, StoredProfile] = {}
         self._writing: asyncio.Task[None] | None = None
@@ -160,6 +168,7 @@ class ProfileBook:
         if model not in self.index:
             raise ValueError(f"running spec of {model!r}: not a configured model")
         self.running[model] = dict(config)
+        self.running_unknown.discard(model)
         stored = self.profiles.get(model)
         if stored is None:
             return
@@ -168,6 +177,39 @@ class ProfileBook:
             self.states[model] = self.drift.start(cap[0], stored.profile.slo_ms)
             self.verdicts[model] = self.drift.verdict(self.states[model])
         log.info("running spec", model=model, config=dict(config), capacity=None if cap is None else cap[0])
+
+    def set_running_unknown(self, model: str) -> None:
+        """``model``'s workload records no applied spec: what runs may be anything, so the configured capacity
+        stands until a rollout applies the profile's spec (what the rollout loop calls for such a workload)."""
+        if model not in self.index:
+            raise ValueError(f"running spec of {model!r}: not a configured model")
+        if model not in self.running_unknown:
+            log.info("running spec unknown (no applied spec recorded); the configured capacity stands", model=model)
+        self.running.pop(model, None)
+        self.running_unknown.add(model)
+
+    def set_version(self, model: str, version: str, now: float) -> None:
+        """``model`` runs ``version``. A profile of another version stops setting the capacity and is marked stale
+        (stored, and a re-trial scheduled when profiling runs)."""
+        if model not in self.index:
+            raise ValueError(f"model version of {model!r}: not a configured model")
+        self.versions[model] = version
+        stored = self.profiles.get(model)
+        if stored is None or not self.version_mismatch(model) or self.states[model].stale:
+            return
+        reason = f"model version changed: profiled {stored.version!r}, running {version!r}"
+        log.warning("profile is of another model version", model=model, reason=reason)
+        self.states[model] = self.drift.start(
+            self.states[model].capacity, stored.profile.slo_ms, stale=True, reason=reason
+        )
+        self.verdicts[model] = self.drift.verdict(self.states[model])
+        self.profiles[model] = self._unwritten[model] = replace(stored, stale=True, stale_reason=reason, updated_at=now)
+
+    def version_mismatch(self, model: str) -> bool:
+        """Whether the model's profile was measured on another version than the one running (both known)."""
+        stored = self.profiles.get(model)
+        running = self.versions.get(model)
+        return stored is not None and stored.version is not None and running is not None and stored.version != running
 
     def _running_capacity(self, model: str) -> tuple[float, str] | None:
         stored = self.profiles.get(model)
@@ -184,7 +226,7 @@ class ProfileBook:
         """The capacity per replica the autoscaler should use for ``model`` and where it came from (None: no
         profile, the configured capacity stands)."""
         stored = self.profiles.get(model)
-        if stored is None:
+        if stored is None or model in self.running_unknown or self.version_mismatch(model):
             return None
         running = self._running_capacity(model)
         if running is None:
@@ -200,8 +242,12 @@ class ProfileBook:
     def apply(self, core: DecisionCore) -> None:
         for model in self.profiles:
             got = self.capacity(model)
+            i = self.index[model]
             if got is not None:
-                core.set_capacity(self.index[model], got[0], got[1])
+                core.set_capacity(i, got[0], got[1])
+            elif model in self.running_unknown or self.version_mismatch(model):
+                why = "another model version runs" if self.version_mismatch(model) else "running spec unknown"
+                core.set_capacity(i, float(core.configured_rps[i]), f"configured (profile not used: {why})")
 
     def tick(self, core: DecisionCore, now: float) -> None:
         """Judge the window since the previous tick for every profiled model, then set the core's capacities."""

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 import structlog
@@ -49,6 +50,36 @@ log = structlog.get_logger("shadowscale.rollout")
 
 CANARY_LABEL = "shadowscale.io/canary"
 MAX_SPEC_ANNOTATION = 4096
+STARTED_ANNOTATION = "shadowscale.io/rollout-started"
+"""When the last rollout of the model started (seconds since the epoch), on the model's Deployment and on its canary:
+how a restarted agent resumes its rate limits and the canary in flight."""
+VERSION_ANNOTATION = "shadowscale.io/model-version"
+"""The model version a workload runs; without it, its container's image is the version."""
+
+
+def started_mark(obj: Mapping[str, Any]) -> float | None:
+    """The ``shadowscale.io/rollout-started`` time on ``obj``, or None (absent or not a finite number)."""
+    text = ((obj.get("metadata") or {}).get("annotations") or {}).get(STARTED_ANNOTATION)
+    try:
+        t = float(text) if isinstance(text, str) else math.nan
+    except ValueError:
+        return None
+    return t if math.isfinite(t) else None
+
+
+def model_version(deployment: Mapping[str, Any], container: str | None = None) -> str | None:
+    """The model version the Deployment runs: its ``shadowscale.io/model-version`` annotation, else the image of
+    ``container`` (or of its first container); None when neither is there."""
+    meta = deployment.get("metadata") or {}
+    ann = (meta.get("annotations") or {}).get(VERSION_ANNOTATION)
+    if isinstance(ann, str) and ann.strip():
+        return ann.strip()
+    pod = (((deployment.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    containers = [c for c in pod.get("containers") or [] if isinstance(c, dict)]
+    chosen = next((c for c in containers if c.get("name") == container), None) if container else None
+    chosen = chosen or (containers[0] if containers else None)
+    image = chosen.get("image") if chosen else None
+    return image if isinstance(image, str) and image else None
 
 
 def running_spec(deployment: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -71,11 +102,15 @@ def running_spec(deployment: Mapping[str, Any]) -> dict[str, Any] | None:
 class Actuator(Protocol):
     async def read(self, model: str) -> dict[str, Any]: ...
 
-    async def create_canary(self, model: str, config: Config) -> str: ...
+    async def create_canary(self, model: str, config: Config, started: float | None = None) -> str: ...
 
     async def delete_canary(self, model: str) -> None: ...
 
     async def promote(self, model: str, config: Config, settings: RolloutSettings) -> None: ...
+
+    async def mark_started(self, model: str, now: float) -> None: ...
+
+    async def read_canary(self, model: str) -> dict[str, Any] | None: ...
 
 
 class RolloutActuator:
@@ -103,7 +138,7 @@ class RolloutActuator:
         )
         return cast(dict[str, Any], got)
 
-    async def create_canary(self, model: str, config: Config) -> str:
+    async def create_canary(self, model: str, config: Config, started: float | None = None) -> str:
         wl = self._wl(model)
         dep = await self.read(model)
         template = copy.deepcopy(dep["spec"]["template"])
@@ -122,13 +157,44 @@ class RolloutActuator:
                 "name": name,
                 "namespace": wl.namespace,
                 "labels": {CANARY_LABEL: "true"},
-                "annotations": {SPEC_ANNOTATION: json.dumps(dict(config), sort_keys=True)},
+                "annotations": {
+                    SPEC_ANNOTATION: json.dumps(dict(config), sort_keys=True),
+                    **({STARTED_ANNOTATION: repr(float(started))} if started is not None else {}),
+                },
                 **({"ownerReferences": [owner]} if "uid" in owner else {}),
             },
             "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": template},
         }
         await _json(await self.apps.create_namespaced_deployment(wl.namespace, cast(Any, body), _preload_content=False))
         return name
+
+    async def version(self, model: str) -> str | None:
+        """The model version the workload runs now (:func:`model_version`)."""
+        return model_version(await self.read(model), self._wl(model).container)
+
+    async def mark_started(self, model: str, now: float) -> None:
+        """Record on the model's Deployment when its rollout started (its per-model rate limit survives a restart).
+        Only an annotation: the pod template is untouched, so nothing restarts."""
+        wl = self._wl(model)
+        patch = {"metadata": {"annotations": {STARTED_ANNOTATION: repr(float(now))}}}
+        await _json(
+            await self.apps.patch_namespaced_deployment(
+                wl.deployment, wl.namespace, cast(Any, patch), _preload_content=False
+            )
+        )
+
+    async def read_canary(self, model: str) -> dict[str, Any] | None:
+        """The model's canary Deployment, or None when there is none."""
+        wl = self._wl(model)
+        try:
+            got = await _json(
+                await self.apps.read_namespaced_deployment(self.canary_name(wl), wl.namespace, _preload_content=False)
+            )
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                return None
+            raise
+        return cast(dict[str, Any], got)
 
     async def delete_canary(self, model: str) -> None:
         wl = self._wl(model)
@@ -205,10 +271,15 @@ class RolloutController:
         settings: RolloutSettings | None = None,
         *,
         on_running: Callable[[str, Config], None] | None = None,
+        on_event: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.actuator = actuator
         self.settings = settings or RolloutSettings()
         self.on_running = on_running
+        self.on_event = on_event
+        """Told ``(model, outcome, message)`` for each rollout ``started``, ``promoted``, ``rolled_back`` and each new
+        ``dry_run`` decision (the daemon's metrics and Kubernetes Events)."""
+        self._last: dict[str, tuple[str, str]] = {}
         self.ledger = Ledger()
         self.canaries: dict[str, Canary] = {}
         self.profiles: dict[str, Profile] = {}
@@ -222,23 +293,90 @@ class RolloutController:
             self.on_running(model, spec)
         return spec
 
-    async def consider(self, model: str, profile: Profile, now: float) -> Decision:
-        """A new profile for ``model``: roll its chosen spec out if the policy says so (a canary first)."""
-        dep = await self.actuator.read(model)
+    async def consider(
+        self,
+        model: str,
+        profile: Profile,
+        now: float,
+        *,
+        deployment: Mapping[str, Any] | None = None,
+        profile_version: str | None = None,
+        running_version: str | None = None,
+    ) -> Decision:
+        """A new profile for ``model``: roll its chosen spec out if the policy says so (a canary first).
+        ``deployment``: the workload as just read (else it is read); the versions: see :func:`plan`. A decision is
+        logged (and kept in :attr:`decisions`) when it differs from the model's previous one."""
+        dep = deployment if deployment is not None else await self.actuator.read(model)
         annotations = {str(k): str(v) for k, v in ((dep.get("metadata") or {}).get("annotations") or {}).items()}
-        decision = plan(model, profile, running_spec(dep), annotations, self.ledger, now, self.settings)
-        self.decisions.append((now, model, decision))
-        log.info("rollout decision", model=model, action=decision.action, reason=decision.reason)
+        decision = plan(
+            model,
+            profile,
+            running_spec(dep),
+            annotations,
+            self.ledger,
+            now,
+            self.settings,
+            profile_version=profile_version,
+            running_version=running_version,
+        )
+        if self._last.get(model) != (decision.action, decision.reason) or decision.action == "start":
+            self._last[model] = (decision.action, decision.reason)
+            self.decisions.append((now, model, decision))
+            del self.decisions[:-1000]
+            log.info("rollout decision", model=model, action=decision.action, reason=decision.reason)
+            if decision.action == "dry_run":
+                self._event(model, "dry_run", f"dry run: would roll out {_spec(decision.config)}")
         if decision.action == "start" and decision.config is not None:
             self.ledger = self.ledger.started(model, now, self.settings.model_interval_s)
             try:
-                await self.actuator.create_canary(model, decision.config)
+                await self.actuator.create_canary(model, decision.config, now)
+                await self.actuator.mark_started(model, now)
             except Exception:
                 self.ledger = self.ledger.finished(model)
+                await self._quiet_delete(model)
                 raise
             self.canaries[model] = Canary(decision.config, now)
             self.profiles[model] = profile
+            self._event(model, "started", f"canary with {_spec(decision.config)}: {decision.reason}")
         return decision
+
+    def resume(
+        self, model: str, deployment: Mapping[str, Any], canary: Mapping[str, Any] | None, profile: Profile | None
+    ) -> bool:
+        """After a restart or a leader change: take the rate-limit mark from the model's Deployment and the canary
+        in flight from its canary Deployment (its spec and start annotations). Returns whether a canary was taken
+        up; one that cannot be judged (no profile, no readable spec) is left for :meth:`abandon`."""
+        t = started_mark(deployment)
+        if t is not None and (t, model) not in self.ledger.starts:
+            self.ledger = replace(self.ledger, starts=(*self.ledger.starts, (t, model)))
+        if canary is None or model in self.canaries:
+            return False
+        spec = running_spec(canary)
+        began = started_mark(canary) or t
+        if spec is None or profile is None or began is None:
+            return False
+        starts = self.ledger.starts if (began, model) in self.ledger.starts else (*self.ledger.starts, (began, model))
+        self.ledger = Ledger({**self.ledger.active, model: began}, starts)
+        self.canaries[model] = Canary(spec, began)
+        self.profiles[model] = profile
+        log.info("rollout resumed", model=model, config=spec, started=began)
+        return True
+
+    async def abandon(self, model: str, reason: str) -> None:
+        """Delete a canary this agent cannot judge (after a restart with no profile or spec for it)."""
+        await self.actuator.delete_canary(model)
+        log.warning("canary deleted", model=model, reason=reason)
+        self._event(model, "rolled_back", f"canary deleted: {reason}")
+
+    async def _quiet_delete(self, model: str) -> None:
+        try:
+            await self.actuator.delete_canary(model)
+        except Exception as e:
+            log.warning("canary clean-up failed", model=model, error=f"{type(e).__name__}: {e}")
+
+    def _event(self, model: str, outcome: str, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(model, outcome, message)
 
     def observe(self, model: str, window: CanaryWindow) -> None:
         """One window of the canary's traffic (its pods' traffic events)."""
@@ -261,9 +399,15 @@ class RolloutController:
                 log.info("rollout promoted", model=model, config=dict(canary.config), reason=verdict.reason)
                 if self.on_running is not None:
                     self.on_running(model, canary.config)
+                self._event(model, "promoted", f"{_spec(canary.config)} rolled out: {verdict.reason}")
             else:
                 await self.actuator.delete_canary(model)
                 log.warning("rollout rolled back", model=model, config=dict(canary.config), reason=verdict.reason)
+                self._event(model, "rolled_back", f"canary with {_spec(canary.config)} rolled back: {verdict.reason}")
             del self.canaries[model]
             self.ledger = self.ledger.finished(model)
         return out
+
+
+def _spec(config: Config | None) -> str:
+    return json.dumps(dict(config or {}), sort_keys=True)

@@ -107,6 +107,7 @@ class ProfilingService:
         is_leader: Callable[[], bool] | None = None,
         annotations: Annotations | None = None,
         on_published: Callable[[str, Profile], Awaitable[Any]] | None = None,
+        version: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         unknown = sorted(set(plans) - set(book.models))
         if unknown:
@@ -123,6 +124,9 @@ class ProfilingService:
         self.on_published = on_published
         """Called with each published profile: what rolls its chosen spec out
         (:meth:`agent.profiling.rollout.RolloutController.consider`); its failure is logged, the profile stays."""
+        self.version = version
+        """Reads the model version the workload runs (rollouts on), stamped on the published profile so a profile is
+        only used for the version it measured; read when the search starts (the trials clone what runs then)."""
         self.searches: dict[str, asyncio.Task[None]] = {}
         """The search in flight per model."""
         self.outcomes: dict[str, str] = {}
@@ -231,10 +235,20 @@ class ProfilingService:
         log.info("profiling space from workload annotations", model=model, annotations=found)
         return ModelPlan(space, objective, plan.raw)
 
+    async def _version(self, model: str) -> str | None:
+        if self.version is None:
+            return None
+        try:
+            return await self.version(model)
+        except Exception as e:  # the API server may be away: the profile is stored without a version
+            log.warning("model version unreadable; the profile is stored without one", model=model, error=str(e))
+            return None
+
     async def _search(self, model: str, why: str, attempt: int) -> None:
         st = self.settings
         try:
             plan = await self._plan(model)
+            version = await self._version(model)
             sources = self._sources(model, plan) if st.transfer else []
             seed = (zlib.crc32(model.encode()) + attempt) % (2**31)
             search = await asyncio.to_thread(_start, plan, st.planner, sources, seed)
@@ -257,7 +271,7 @@ class ProfilingService:
                 self.book.retrial_finished(model)
                 self._outcome(model, "infeasible")
                 return
-            await self.book.publish(StoredProfile(profile, updated_at=self.clock.now()))
+            await self.book.publish(StoredProfile(profile, updated_at=self.clock.now(), version=version))
             log.info(
                 "profiling search published a profile",
                 model=model,

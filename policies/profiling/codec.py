@@ -8,7 +8,7 @@ store also proves the profile survives serialisation. Pure: stdlib ``json`` only
 The envelope::
 
     {"schema": 1, "kind": "shadowscale.profile", "model": "m", "updated_at": 1700000000.0,
-     "stale": false, "stale_reason": "", "predictions_total": 168,
+     "stale": false, "stale_reason": "", "predictions_total": 168, "version": "resnet:1.4" (optional),
      "profile": {"names": [...], "slo_ms": 200.0, "chosen": [...] | null, "capacity": 80.0, "cost": 1.0,
                  "stopped": "converged", "observations": [{"point": [...], "result": {...}}, ...],
                  "predictions": [{"point": [...], "value": ..., "value_low": ..., "value_high": ...,
@@ -60,6 +60,10 @@ class StoredProfile:
     stale: bool = False
     stale_reason: str = ""
     predictions_total: int | None = None
+    version: str | None = None
+    """The model version the profile was measured on (the workload's ``shadowscale.io/model-version`` annotation,
+    else its container image); None: unknown (a record written before versions were stored). A profile of another
+    version than the one running does not set the model's capacity and is not rolled out."""
 
     @property
     def model(self) -> str:
@@ -135,6 +139,7 @@ def encode_profile(stored: StoredProfile, *, max_bytes: int = MAX_BYTES) -> byte
         "stale": stored.stale,
         "stale_reason": stored.stale_reason,
         "predictions_total": stored.predictions_total if stored.predictions_total is not None else len(p.predictions),
+        **({"version": stored.version} if stored.version is not None else {}),
         "profile": {
             "names": list(p.names),
             "slo_ms": _num(p.slo_ms),
@@ -319,10 +324,14 @@ def decode_profile(value: bytes, *, key: str | None = None) -> StoredProfile:
     total = env.get("predictions_total")
     if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise _bad("$.predictions_total", f"expected an integer >= 0, got {total!r}"[:200])
+    version = env.get("version")
+    if version is not None:
+        version = _str(version, "$.version")
     return StoredProfile(
         profile=profile,
         updated_at=_float(_field(env, "updated_at", "$"), "$.updated_at"),
         stale=stale,
         stale_reason=_str(_field(env, "stale_reason", "$"), "$.stale_reason"),
         predictions_total=total,
+        version=version,
     )

@@ -6,7 +6,8 @@ creates and deletes the canary and patches the Deployment; every decision is mad
 
 **Whether** (:func:`plan`), in this order, the first that applies wins:
 
-1. the workload carries the opt-out annotation ``shadowscale.io/rollout: "disabled"`` → skip;
+1. the workload carries the opt-out annotation (``shadowscale.io/rollout: "disabled"`` by default) → skip;
+   the profile was measured on another model version than the one running (``StoredProfile.version``) → skip;
 2. the profile has no chosen configuration, or it is the one running → skip;
 3. the chosen spec's objective (throughput per cost at the SLO) is not better than the running spec's by at least
    ``min_gain`` (when the running spec was measured or predicted by the same profile) → skip: a rollout restarts
@@ -71,6 +72,11 @@ class RolloutSettings:
     """The canary must complete at least ``1 - this`` of the requests that reached it."""
     max_surge_ratio: float = 0.25
     """New pods a rolling update may add at once, as a share of the replicas (at least one)."""
+    max_unavailable: int = 0
+    """Pods a rolling update may take down before their replacements are ready; 0 (the default) keeps serving
+    capacity whole through the update."""
+    opt_out_annotation: str = OPT_OUT_ANNOTATION
+    """A workload with this annotation set to ``disabled`` is never rolled out to."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -85,6 +91,8 @@ class RolloutSettings:
             ("max_error_ratio", 0 <= self.max_error_ratio <= 1),
             ("throughput_tolerance", 0 <= self.throughput_tolerance < 1),
             ("max_surge_ratio", 0 < self.max_surge_ratio <= 1),
+            ("max_unavailable", self.max_unavailable >= 0),
+            ("opt_out_annotation", bool(self.opt_out_annotation.strip())),
         )
         for name, ok in checks:
             v = getattr(self, name)
@@ -143,10 +151,17 @@ def plan(
     ledger: Ledger,
     now: float,
     settings: RolloutSettings,
+    *,
+    profile_version: str | None = None,
+    running_version: str | None = None,
 ) -> Decision:
-    """Whether to roll ``profile``'s chosen spec out to ``model`` now (see the module doc)."""
-    if annotations.get(OPT_OUT_ANNOTATION, "").strip().lower() == "disabled":
-        return Decision("skip", f"opted out ({OPT_OUT_ANNOTATION}: disabled)")
+    """Whether to roll ``profile``'s chosen spec out to ``model`` now (see the module doc). ``profile_version``
+    and ``running_version``: the model version the profile was measured on and the one running (None: unknown)."""
+    opt_out = settings.opt_out_annotation
+    if annotations.get(opt_out, "").strip().lower() == "disabled":
+        return Decision("skip", f"opted out ({opt_out}: disabled)")
+    if profile_version is not None and running_version is not None and profile_version != running_version:
+        return Decision("skip", f"the profile is of model version {profile_version!r}, {running_version!r} runs")
     chosen = profile.chosen_config
     if chosen is None:
         return Decision("skip", "the profile chose no configuration (none met the SLO)")
@@ -172,8 +187,10 @@ def plan(
 
 
 def strategy(replicas: int, settings: RolloutSettings) -> dict[str, int]:
-    """The rolling update that keeps serving capacity: never a pod less, at most ``max_surge_ratio`` more."""
-    return {"maxUnavailable": 0, "maxSurge": max(1, math.ceil(max(replicas, 1) * settings.max_surge_ratio))}
+    """The rolling update: at most ``max_surge_ratio`` more pods at once, ``max_unavailable`` fewer (0 by default:
+    serving capacity never drops)."""
+    surge = max(1, math.ceil(max(replicas, 1) * settings.max_surge_ratio))
+    return {"maxUnavailable": settings.max_unavailable, "maxSurge": surge}
 
 
 @dataclass(frozen=True, slots=True)
