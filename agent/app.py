@@ -59,6 +59,7 @@ class Running:
     http_port: int | None = None
     leader: Any = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    rollout: RolloutLoop | None = None
 
 
 async def serve(
@@ -190,7 +191,7 @@ async def serve(
             tasks.append(guarded(scheduler.run(stop), "placement-scheduler", stop))
         loop_task = guarded(agent.run(stop), "decision-loop", stop)
         tasks.append(loop_task)
-        running = Running(agent, None, leader, closers)
+        running = Running(agent, None, leader, closers, rollout)
         if cfg.http.enabled:
             server = HttpServer(make_app(agent, lambda: not loop_task.done()), cfg.http.host, cfg.http.port)
             running.http_port = await server.start()
