@@ -104,12 +104,50 @@ async def leader_election(k8s: K8s) -> None:
         await e.release()
 
 
+async def rollout(k8s: K8s) -> None:
+    """The rollout loop's calls: resume (the model's Deployment and its canary), a check that starts a canary (read,
+    create it, mark the start on the Deployment), a promotion (read, patch the Deployment, delete the canary)."""
+    from shadowscale.agent.clock import WallClock
+    from shadowscale.agent.profiling.book import ProfileBook
+    from shadowscale.agent.profiling.rollout import RolloutActuator, RolloutController
+    from shadowscale.agent.profiling.rollout_loop import RolloutLoop
+    from shadowscale.agent.profiling.shadow import Workload
+    from shadowscale.policies.profiling.codec import StoredProfile
+    from shadowscale.policies.profiling.ports import MemoryProfileStore
+    from shadowscale.policies.profiling.rollout import CanaryWindow, RolloutSettings
+    from shadowscale.policies.profiling.types import Observation, Profile, TrialResult, TrialStatus
+
+    labels = {"shadowscale.io/model": "m1", "app": "m1"}
+    template = {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "s", "image": "srv:1"}]}}
+    obj = {
+        "metadata": {"name": "m1-d", "namespace": "serving", "labels": labels},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": template},
+    }
+    resp = await k8s.http.post(f"{k8s.url}/apis/apps/v1/namespaces/serving/deployments", json=obj)
+    assert resp.status < 300, await resp.text()
+    done = TrialResult(TrialStatus.MEASURED, throughput=10.0, p99_ms=50.0)
+    profile = Profile("m1", ("cpu",), 100.0, (Observation((2.0,), done),), (), (2.0,), 10.0, 2.0, "converged")
+    book = ProfileBook(["m1"], MemoryProfileStore())
+    book.install(StoredProfile(profile, updated_at=0.0))
+    async with client.ApiClient(client.Configuration(host=k8s.url)) as api:
+        act = RolloutActuator(api, {"m1": Workload("serving", "m1-d")})
+        settings = RolloutSettings(canary_windows=1, canary_min_requests=1)
+        ctl = RolloutController(act, settings, on_running=book.set_running)
+        loop = RolloutLoop(ctl, act, book, WallClock(), traffic=None, check_interval_s=1.0, canary_window_s=1.0)
+        await loop.check()
+        assert "m1" in ctl.canaries
+        ctl.observe("m1", CanaryWindow(1.0, 10, 10, 0, 50.0))
+        await loop.judge()
+        assert not ctl.canaries and book.running["m1"] == {"cpu": 2.0}
+
+
 EXERCISES: dict[str, tuple[Callable[[K8s], Awaitable[None]], str | None]] = {
     # feature in rbac.yaml: (its exercise, the feature whose calls it also makes — subtracted)
     "scaling": (scaling, None),
     "events": (events, "scaling"),
     "other-autoscalers": (other_autoscalers, "scaling"),
     "leader-election": (leader_election, None),
+    "rollout": (rollout, None),
 }
 CHECKED_ELSEWHERE = {
     "profiling": "tests/helm/test_helm_chart.py::test_profiling_rbac_is_exactly_what_the_shadow_runner_calls",

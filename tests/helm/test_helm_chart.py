@@ -479,3 +479,45 @@ def test_the_dashboard_queries_only_metrics_the_agent_exports() -> None:
     assert {"shadowscale_consumer_lag_events", "shadowscale_event_age_seconds", "shadowscale_fallback_active"} <= every
     off = render({**REQUIRED, "metrics": {"dashboard": {"enabled": False}}})
     assert not [c for c in by_kind(off, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+
+
+# -- rollout --------------------------------------------------------------------------------------------------------
+
+ROLLOUT: dict[str, Any] = {
+    **REQUIRED,
+    "agent": {
+        "models": [
+            {"name": "resnet50", "namespace": "serving", "capacityRps": 120},
+            {"name": "llama", "namespace": "llm", "capacityRps": 4.5},
+        ],
+        "profiles": {"enabled": True},
+        "rollout": {"enabled": True, "dryRun": True, "minGain": 0.2, "clusterMaxActive": 2, "maxUnavailable": 1},
+    },
+}
+
+
+def test_rollout_values_render_into_the_agents_rollout_config_and_its_rbac() -> None:
+    """The rollout section reaches agent.yaml (camelCase to the agent's names, validated by the agent's own parser)
+    and grants get/create/patch/delete on Deployments in each model's namespace only. Mutation: a misspelt key in
+    the configmap's mapping leaves that field at its default."""
+    docs = render(ROLLOUT)
+    cfg = parse_config(agent_config(docs))
+    r = cfg.rollout
+    assert r.enabled and r.dry_run and r.min_gain == 0.2 and r.cluster_max_active == 2 and r.max_unavailable == 1
+    assert r.check_interval_s == 60 and r.opt_out_annotation == "shadowscale.io/rollout"  # the values' defaults
+    roles = [x for x in by_kind(docs, "Role") if x["metadata"]["name"] == "ss-shadowscale-rollout"]
+    assert sorted(x["metadata"]["namespace"] for x in roles) == ["llm", "serving"]
+    assert all(rule_map(x) == {("apps", "deployments"): ["create", "delete", "get", "patch"]} for x in roles)
+    assert not [x for x in by_kind(render(REQUIRED), "Role") if x["metadata"]["name"].endswith("-rollout")]
+    assert "rollout" not in agent_config(render(REQUIRED))
+
+
+def test_rollout_needs_profiles_and_bad_values_name_the_field() -> None:
+    off = {**ROLLOUT, "agent": {**ROLLOUT["agent"], "profiles": {"enabled": False}}}
+    with pytest.raises(helm.HelmError) as e, helm.Chart.load(str(CHART)) as ch:
+        ch.render(off, name="ss", namespace="autoscaling")
+    assert "agent.rollout.enabled needs agent.profiles.enabled" in str(e.value)
+    bad = {**ROLLOUT, "agent": {**ROLLOUT["agent"], "rollout": {"enabled": True, "minAttainment": 2}}}
+    with pytest.raises(helm.HelmError) as e, helm.Chart.load(str(CHART)) as ch:
+        ch.render(bad, name="ss", namespace="autoscaling")
+    assert "/agent/rollout/minAttainment" in str(e.value)
