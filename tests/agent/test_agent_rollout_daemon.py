@@ -19,7 +19,7 @@ from agent_k8s import K8s
 
 from shadowscale.agent.app import Running, serve
 from shadowscale.agent.broker import LocalBroker
-from shadowscale.agent.config import AgentConfig, parse_config
+from shadowscale.agent.config import AgentConfig, ConfigError, parse_config, rollout_settings
 from shadowscale.agent.events import TRAFFIC_V1, TrafficEvent, encode
 from shadowscale.agent.kafka import KafkaSink
 from shadowscale.agent.profiling.rollout import STARTED_ANNOTATION, running_spec
@@ -27,8 +27,6 @@ from shadowscale.agent.profiling.store import KafkaProfileStore
 from shadowscale.policies.profiling.codec import StoredProfile
 from shadowscale.policies.profiling.rollout import OPT_OUT_ANNOTATION, SPEC_ANNOTATION
 from shadowscale.policies.profiling.types import Observation, Prediction, Profile, TrialResult, TrialStatus
-
-pytestmark = pytest.mark.asyncio
 
 NS = "serving"
 SLO = 100.0
@@ -212,6 +210,7 @@ def capacity(running: Running, model: str) -> float:
 # -- (a) a profile change rolls out ---------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_a_stored_profiles_spec_rolls_out_through_a_canary_judged_on_live_traffic(
     broker: LocalBroker, k8s: K8s
 ) -> None:
@@ -249,6 +248,7 @@ async def test_a_stored_profiles_spec_rolls_out_through_a_canary_judged_on_live_
 # -- (b) a regressing canary rolls back -----------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_a_canary_that_misses_the_slo_on_live_traffic_is_rolled_back(broker: LocalBroker, k8s: K8s) -> None:
     """The canary pod's p99 is 3x the SLO while the model's own pods are fast: rolled back, production untouched,
     a Warning Event, the capacity stays the running spec's. Mutation: judging the canary without its SLO attainment
@@ -270,6 +270,7 @@ async def test_a_canary_that_misses_the_slo_on_live_traffic_is_rolled_back(broke
 # -- (c) the rate limits --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_rate_limits_hold_per_model_across_a_restart_and_cluster_wide(broker: LocalBroker, k8s: K8s) -> None:
     """m1's Deployment carries the start mark of a rollout 10 s ago (an earlier agent's): its per-model limit holds
     for this new agent. m2 starts; m3 waits while m2's canary runs (one rollout at a time, cluster-wide).
@@ -297,6 +298,7 @@ async def test_rate_limits_hold_per_model_across_a_restart_and_cluster_wide(brok
 # -- (d) the opt-out annotation -------------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_the_opt_out_annotation_keeps_a_workload_as_it_is(broker: LocalBroker, k8s: K8s) -> None:
     """m1 opts out (``shadowscale.io/rollout: disabled``); m2 does not and gets a canary (the loop acts). m1's
     Deployment is never patched. Mutation: ignoring the annotation starts an m1 canary (cluster limit 2)."""
@@ -315,6 +317,7 @@ async def test_the_opt_out_annotation_keeps_a_workload_as_it_is(broker: LocalBro
 # -- (e) the capacity follows the running spec and version ----------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_the_autoscalers_capacity_follows_the_running_spec_and_model_version(
     broker: LocalBroker, k8s: K8s
 ) -> None:
@@ -349,6 +352,7 @@ async def test_the_autoscalers_capacity_follows_the_running_spec_and_model_versi
 # -- leader fencing and resuming ------------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_only_the_leader_acts_and_a_new_leader_resumes_the_canary_in_flight(
     broker: LocalBroker, k8s: K8s
 ) -> None:
@@ -379,3 +383,72 @@ async def test_only_the_leader_acts_and_a_new_leader_resumes_the_canary_in_fligh
         assert running_spec(k8s.get("deployments", NS, "m1")) == NEW
         assert metric(running, "shadowscale_rollouts_total", {"outcome": "promoted"}) == 1
         assert metric(running, "shadowscale_rollouts_total", {"outcome": "started"}) == 0
+
+
+# -- the model version on published profiles, and the configuration -------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_published_profile_carries_the_model_version_read_when_its_search_started() -> None:
+    """The profiling service stamps the version the workload ran when the search started (what the trials cloned)
+    on the profile it publishes; the store keeps it. Mutation: publishing without the version leaves it None, and
+    a new image would reuse the profile."""
+    from agent_fakes import VirtualClock
+
+    from shadowscale.agent.profiling.book import ProfileBook
+    from shadowscale.agent.profiling.service import ModelPlan, ProfilingService, ServiceSettings
+    from shadowscale.policies.profiling.objective import Objective
+    from shadowscale.policies.profiling.planner import PlannerSettings
+    from shadowscale.policies.profiling.ports import MemoryProfileStore
+    from shadowscale.policies.profiling.replay import Measured, ReplayRunner
+    from shadowscale.policies.profiling.space import Levels, SearchSpace
+
+    space = SearchSpace((Levels("batch", (1, 2), integer=True),))
+    store = MemoryProfileStore()
+    book = ProfileBook(["m1"], store)
+    versions = iter(["srv:7", "srv:8"])
+
+    async def version(model: str) -> str:
+        return next(versions)
+
+    service = ProfilingService(
+        book,
+        ReplayRunner(space, {(1,): Measured(8.0, 20.0), (2,): Measured(14.0, 40.0)}),
+        {"m1": ModelPlan(space, Objective(slo_ms=SLO))},
+        VirtualClock(5.0),
+        ServiceSettings(planner=PlannerSettings(budget=2, ei_threshold=0.0, restarts=0), transfer=False),
+        version=version,
+    )
+    assert service.request("m1", "test")
+    await asyncio.wait_for(service.searches["m1"], 30)
+    assert (await store.load())["m1"].version == "srv:7" and book.profiles["m1"].version == "srv:7"
+
+
+@pytest.mark.parametrize(
+    ("rollout", "message"),
+    [
+        ({"min_gain": -0.5}, "rollout.min_gain is out of range: -0.5"),
+        ({"canary_windows": 0}, "rollout.canary_windows is out of range: 0"),
+        ({"min_attainment": 1.5}, "rollout.min_attainment is out of range"),
+        ({"max_unavailable": -1}, "rollout.max_unavailable is out of range"),
+        ({"opt_out_annotation": " "}, "rollout.opt_out_annotation is out of range"),
+        ({"canary_window_s": 0}, "at `$.rollout.canary_window_s`"),
+        ({"cluster_per_hour": "x"}, "at `$.rollout.cluster_per_hour`"),
+        ({"max_surge": 2}, "unknown field `max_surge` - at `$.rollout`"),
+    ],
+)
+def test_rollout_config_errors_name_the_field(rollout: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"models": [{"name": "m", "capacity_rps": 5}], "rollout": rollout}, source="t")
+    assert message in str(e.value), str(e.value)
+
+
+def test_rollout_needs_profiles_and_the_kubernetes_actuator_and_dry_run_implies_it() -> None:
+    base: dict[str, Any] = {"models": [{"name": "m", "capacity_rps": 5}], "rollout": {"enabled": True}}
+    with pytest.raises(ConfigError, match=r"rollout\.enabled needs profiles\.enabled"):
+        parse_config(base)
+    with pytest.raises(ConfigError, match=r"rollout\.enabled needs actuator\.kind kubernetes"):
+        parse_config({**base, "profiles": {"enabled": True}})
+    cfg = parse_config({**base, "profiles": {"enabled": True}, "actuator": {"kind": "kubernetes"}, "dry_run": True})
+    assert rollout_settings(cfg).dry_run and not cfg.rollout.dry_run
+    assert not parse_config({"models": base["models"]}).rollout.enabled  # off by default
