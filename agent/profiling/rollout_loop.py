@@ -170,20 +170,26 @@ class RolloutLoop:
         for model in self.actuator.workloads:
             if model not in self.book.index:
                 continue
-            dep = await self.actuator.read(model)
-            self.sync(model, dep, now)
-            stored = self.book.profiles.get(model)
-            if stored is None or model in self.controller.canaries:
-                continue
-            await self.controller.consider(
-                model,
-                stored.profile,
-                now,
-                deployment=dep,
-                profile_version=stored.version,
-                running_version=self.book.versions.get(model),
-            )
-            self._track(model)
+            try:
+                await self._check(model, now)
+            except Exception as e:  # one model's failure (no Deployment, a refused spec) never stops the others
+                log.warning("rollout check failed for the model", model=model, error=f"{type(e).__name__}: {e}")
+
+    async def _check(self, model: str, now: float) -> None:
+        dep = await self.actuator.read(model)
+        self.sync(model, dep, now)
+        stored = self.book.profiles.get(model)
+        if stored is None or model in self.controller.canaries:
+            return
+        await self.controller.consider(
+            model,
+            stored.profile,
+            now,
+            deployment=dep,
+            profile_version=stored.version,
+            running_version=self.book.versions.get(model),
+        )
+        self._track(model)
 
     def sync(self, model: str, dep: Mapping[str, Any], now: float) -> None:
         """Tell the book the spec and version ``dep`` runs (only what changed: a new spec restarts drift checks)."""
@@ -199,7 +205,13 @@ class RolloutLoop:
     async def resume(self) -> None:
         """Take up the rate-limit marks and the canaries in flight from the cluster (a new leader, a restart)."""
         for model in self.actuator.workloads:
-            dep = await self.actuator.read(model)
+            try:
+                dep = await self.actuator.read(model)
+            except Exception as e:
+                if getattr(e, "status", None) != 404:
+                    raise  # the API server is away: resume again at the next round
+                log.warning("rollout: the model has no Deployment; not rolled out", model=model, error=str(e))
+                continue
             canary = await self.actuator.read_canary(model)
             stored = self.book.profiles.get(model)
             if self.controller.resume(model, dep, canary, stored.profile if stored else None):

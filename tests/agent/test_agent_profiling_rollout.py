@@ -359,3 +359,16 @@ async def test_a_published_profile_rolls_out_judged_on_the_canarys_live_traffic_
     assert {"name": "BATCH_SIZE", "value": "4"} in container(dep)["env"] and running_spec(dep) == {"batch": 4}
     assert "resnet-canary" not in await names(api)
     assert book.capacity("resnet") == (24.0, "profile 24 req/s per replica")
+
+
+def test_plan_skips_another_model_versions_profile_and_takes_the_configured_opt_out_annotation() -> None:
+    """Mutation: dropping the version rule rolls out a profile measured on the old image."""
+    s = RolloutSettings(opt_out_annotation="example.com/no-rollout", max_unavailable=1)
+    p = profile("m")
+    other = plan("m", p, OLD, {}, Ledger(), 0.0, s, profile_version="srv:1", running_version="srv:2")
+    assert other.action == "skip" and "model version 'srv:1', 'srv:2' runs" in other.reason
+    assert plan("m", p, OLD, {}, Ledger(), 0.0, s, profile_version="srv:2", running_version="srv:2").action == "start"
+    assert plan("m", p, OLD, {}, Ledger(), 0.0, s, profile_version=None, running_version="srv:2").action == "start"
+    assert plan("m", p, OLD, {"example.com/no-rollout": "disabled"}, Ledger(), 0.0, s).action == "skip"
+    assert plan("m", p, OLD, {OPT_OUT_ANNOTATION: "disabled"}, Ledger(), 0.0, s).action == "start"  # not this one
+    assert strategy(6, s) == {"maxUnavailable": 1, "maxSurge": 2}

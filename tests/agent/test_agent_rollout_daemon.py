@@ -301,8 +301,10 @@ async def test_rate_limits_hold_per_model_across_a_restart_and_cluster_wide(brok
 @pytest.mark.asyncio
 async def test_the_opt_out_annotation_keeps_a_workload_as_it_is(broker: LocalBroker, k8s: K8s) -> None:
     """m1 opts out (``shadowscale.io/rollout: disabled``); m2 does not and gets a canary (the loop acts). m1's
-    Deployment is never patched. Mutation: ignoring the annotation starts an m1 canary (cluster limit 2)."""
-    cfg = agent_config(broker, k8s, ["m1", "m2"], cluster_max_active=2)
+    Deployment is never patched. m0 has no Deployment at all (a StatefulSet, say): logged, the others go on.
+    Mutations: ignoring the annotation starts an m1 canary (cluster limit 2); letting m0's failed read end the
+    round (or the resume) leaves m2 without a canary."""
+    cfg = agent_config(broker, k8s, ["m0", "m1", "m2"], cluster_max_active=2)
     opted = deployment("m1", {SPEC_ANNOTATION: OLD_SPEC, OPT_OUT_ANNOTATION: "disabled"})
     async with agent(cfg, k8s, [opted, deployment("m2", {SPEC_ANNOTATION: OLD_SPEC})]) as running:
         await until(lambda: exists(k8s, "m2-canary"), "no canary for m2")
