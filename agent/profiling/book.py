@@ -147,6 +147,7 @@ class ProfileBook:
         self.states[model] = self.drift.start(start_cap, p.slo_ms, stale=stored.stale, reason=stored.stale_reason)
         self.verdicts[model] = self.drift.verdict(self.states[model])
         self.planner = self.planner.finished(model)
+        self._stale_if_other_version(model, stored.updated_at)  # e.g. a re-trial that began before the image changed
         log.info(
             "profile installed",
             model=model,
@@ -194,9 +195,13 @@ class ProfileBook:
         if model not in self.index:
             raise ValueError(f"model version of {model!r}: not a configured model")
         self.versions[model] = version
+        self._stale_if_other_version(model, now)
+
+    def _stale_if_other_version(self, model: str, now: float) -> None:
         stored = self.profiles.get(model)
         if stored is None or not self.version_mismatch(model) or self.states[model].stale:
             return
+        version = self.versions[model]
         reason = f"model version changed: profiled {stored.version!r}, running {version!r}"
         log.warning("profile is of another model version", model=model, reason=reason)
         self.states[model] = self.drift.start(

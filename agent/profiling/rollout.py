@@ -362,6 +362,14 @@ class RolloutController:
         log.info("rollout resumed", model=model, config=spec, started=began)
         return True
 
+    def forget(self) -> None:
+        """Drop what this replica knew (it lost the lease): the next leader, or this one again, resumes from the
+        cluster's annotations (:meth:`resume`)."""
+        self.canaries.clear()
+        self.profiles.clear()
+        self.ledger = Ledger()
+        self._last.clear()
+
     async def abandon(self, model: str, reason: str) -> None:
         """Delete a canary this agent cannot judge (after a restart with no profile or spec for it)."""
         await self.actuator.delete_canary(model)

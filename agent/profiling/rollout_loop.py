@@ -115,7 +115,7 @@ class RolloutLoop:
             if not leader and self.resumed:
                 log.info("rollout: no longer the leader; canaries left to the next one", models=sorted(self.windows))
                 self.resumed = False
-                self.controller.canaries.clear()
+                self.controller.forget()
                 self.windows.clear()
             mono = time.monotonic()
             if leader and (mono >= next_check or self.wake.is_set()):

@@ -454,3 +454,24 @@ def test_rollout_needs_profiles_and_the_kubernetes_actuator_and_dry_run_implies_
     cfg = parse_config({**base, "profiles": {"enabled": True}, "actuator": {"kind": "kubernetes"}, "dry_run": True})
     assert rollout_settings(cfg).dry_run and not cfg.rollout.dry_run
     assert not parse_config({"models": base["models"]}).rollout.enabled  # off by default
+
+
+def test_a_profile_of_another_version_is_not_used_whichever_comes_first() -> None:
+    """The version read first, then a profile of an older one installed (a re-trial that began before the image
+    changed), and the other way round: no capacity from it, marked stale with the reason, so a re-trial is due.
+    Mutation: checking the version only when it changes (not on install) keeps the first case's profile fresh."""
+    from shadowscale.agent.profiling.book import ProfileBook
+    from shadowscale.policies.profiling.ports import MemoryProfileStore
+
+    for version_first in (True, False):
+        book = ProfileBook(["m1"], MemoryProfileStore())
+        book.set_running("m1", OLD)
+        if version_first:
+            book.set_version("m1", "srv:2", now=5.0)
+        book.install(StoredProfile(profile("m1"), updated_at=3.0, version="srv:1"))
+        if not version_first:
+            book.set_version("m1", "srv:2", now=5.0)
+        assert book.capacity("m1") is None, version_first
+        assert book.profiles["m1"].stale and "profiled 'srv:1', running 'srv:2'" in book.profiles["m1"].stale_reason
+        book.install(StoredProfile(profile("m1"), updated_at=9.0, version="srv:2"))  # the re-trial's profile
+        assert book.capacity("m1") == (40.0, "profile 40 req/s per replica (the profile's trial of the running spec)")
