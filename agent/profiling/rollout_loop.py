@@ -110,6 +110,7 @@ class RolloutLoop:
         read the traffic topic in between. A failed round is logged and tried again at the next one."""
         next_check = 0.0
         next_window = time.monotonic() + self.canary_window_s
+        was_leader = False
         while not stop.is_set():
             leader = self.is_leader()
             if not leader and self.resumed:
@@ -117,11 +118,15 @@ class RolloutLoop:
                 self.resumed = False
                 self.controller.forget()
                 self.windows.clear()
+            if leader and not was_leader:
+                self.wake.set()  # just became the leader (or started): resume and check at once
+            was_leader = leader
             mono = time.monotonic()
-            if leader and (mono >= next_check or self.wake.is_set()):
-                self.wake.clear()
+            if mono >= next_check or (leader and self.wake.is_set()):
                 next_check = mono + self.check_interval_s
-                await self._guard("check", self.check)
+                if leader:
+                    self.wake.clear()
+                    await self._guard("check", self.check)
             if mono >= next_window:
                 next_window = mono + self.canary_window_s
                 if leader and self.resumed:
