@@ -73,6 +73,7 @@ class Reason(enum.IntEnum):
     COOLDOWN = 10
     SCHEDULE = 11
     BOUNDS = 12
+    PREWARM = 13
 
 
 _REASON_TEXT = {
@@ -89,6 +90,7 @@ _REASON_TEXT = {
     Reason.COOLDOWN: "idle but within cooldown; hold",
     Reason.SCHEDULE: "hindsight schedule",
     Reason.BOUNDS: "clamped to min/max replicas",
+    Reason.PREWARM: "idle gap predicted to end within a cold start; pre-warm",
 }
 
 
