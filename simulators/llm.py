@@ -19,9 +19,11 @@ Semantics (``simulate_iterations`` below implements the same one iteration at a 
   step takes ``a + b·T + c·Q + e·n + d1·B + d2·K`` (:meth:`IterationModel.mixed_s`); a request whose last chunk
   ran has its first token at the step's end and decodes from the next step. A step without chunks is a decode
   step as above. A long prompt thus delays the others' tokens by a chunk's time per step, not its whole prefill.
-- An idle ready replica takes the queue head as soon as it arrives. Among replicas that could take the head, the
-  one whose next boundary comes first does (ties: the lowest slot). Requests arriving at a boundary's instant
-  are admitted at it.
+- An idle ready replica takes the queue head as soon as it arrives. Among replicas that could take the head,
+  the one whose next boundary comes first does (ties: the lowest slot). Requests arriving at a boundary's
+  instant are admitted at it. Routing is least-loaded: while another ready replica is idle, a replica running
+  requests admits none and an idle one admits only one (requests that arrive at the same instant spread over
+  the idle replicas instead of sharing one replica's steps).
 - A request whose prompt + output exceed the model's context is rejected on arrival (vLLM answers 400): never
   served, an SLO miss, counted in ``rejected``.
 - A queued request is dropped ``timeout`` after its arrival if no replica admitted it by then (admission at
@@ -402,6 +404,14 @@ class LlmModel:
                 tokens = r.n + sum(prompt[int(e[0])] - e[1] for e in pre)
                 seqs = r.n + len(pre)
             nq = len(q) if not r.draining and w >= r.ready else qh
+            # least-loaded routing: while another ready replica is idle, a busy one takes nothing and an idle one
+            # takes one request (requests that arrive together spread over the idle replicas)
+            limit = nq
+            if qh < nq:
+                for x in self.reps:
+                    if x is not r and x.n == 0 and not x.pre and x.ready <= w and x.t <= w:
+                        limit = 1 if r.n == 0 and not pre else 0
+                        break
             while qh < nq:
                 j = q[qh]
                 a = arr[j]
@@ -410,6 +420,8 @@ class LlmModel:
                     self.q_sum_a -= a
                     self.inflight_done += timeout
                     continue
+                if len(joined) >= limit:
+                    break
                 p = prompt[j]
                 o = output[j]
                 if chunked:
@@ -611,6 +623,13 @@ def simulate_iterations(
         kv = sum(prompt[int(x[0])] + output[int(x[0])] for x in r.run + r.pre)
         return kv + prompt[j] + output[j] <= kv_cap and len(r.run) + len(r.pre) < serving.max_num_seqs
 
+    def admit_limit(r: _RefRep, now: float) -> int:
+        """Least-loaded routing: while another ready replica is idle, a busy replica admits nothing, an idle one
+        one request."""
+        if any(x is not r and x.end is None and x.ready <= now for x in reps):
+            return 1 if not r.run and not r.pre else 0
+        return len(q)
+
     def chunked_boundary(r: _RefRep, now: float) -> None:
         """Chunked prefill: decode tokens first, then chunks of the prompts in progress, then of new ones."""
         budget = float(serving.max_batched_tokens - len(r.run))
@@ -623,13 +642,16 @@ def simulate_iterations(
             chunks.append((e, c))
             budget -= c
         if not r.draining and r.ready <= now:
+            limit = admit_limit(r, now)
+            admitted = 0
             while q:
                 j = q[0]
                 if arrival[j] + timeout < now:
                     q.pop(0)
                     continue
-                if not fits(r, j) or budget <= 0:
+                if admitted >= limit or not fits(r, j) or budget <= 0:
                     break
+                admitted += 1
                 q.pop(0)
                 e = [float(j), 0.0]
                 r.pre.append(e)
@@ -656,12 +678,17 @@ def simulate_iterations(
         if not r.draining and r.ready <= now:
             joined: list[int] = []
             tokens = 0.0
+            limit = admit_limit(r, now)
             while q:
                 j = q[0]
                 if arrival[j] + timeout < now:
                     q.pop(0)
                     continue
-                if not fits(r, j) or (joined and tokens + prompt[j] > serving.max_batched_tokens):
+                if (
+                    len(joined) >= limit
+                    or not fits(r, j)
+                    or (joined and tokens + prompt[j] > serving.max_batched_tokens)
+                ):
                     break
                 q.pop(0)
                 joined.append(j)

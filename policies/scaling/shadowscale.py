@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from shadowscale.policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
 from shadowscale.policies.scaling.hpa import label_direction
+from shadowscale.policies.scaling.llm_sizing import LlmSizing, LlmSizingState
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 _HOLD = int(Reason.HOLD)
@@ -73,6 +74,8 @@ class ShadowscaleState:
     horizon: FloatArray
     lo: IntArray
     hi: IntArray
+    llm: LlmSizingState | None = None
+    """LLM sizing in tokens (:mod:`policies.scaling.llm_sizing`); None without LLM models."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,8 @@ class Shadowscale:
     latency_target: float = 0.3
     """Mean time in system, as a share of the SLO, above which capacity is corrected down."""
     peak_tau_s: float = 6 * 3600.0
+    llm_sizing: LlmSizing | None = field(default_factory=LlmSizing)
+    """Sizes LLM models (continuous batching) in tokens from their serving model; None: as every other model."""
 
     @property
     def name(self) -> str:
@@ -135,6 +140,7 @@ class Shadowscale:
             horizon=horizon,
             lo=lo,
             hi=hi,
+            llm=self.llm_sizing.init(services) if self.llm_sizing and any(s.llm for s in services) else None,
         )
         return initial, state
 
@@ -190,6 +196,16 @@ class Shadowscale:
         capacity = state.capacity if signals.capacity_rps is None else signals.capacity_rps
         per_replica = capacity * correction * self.target_load
         need = ceil_int(demand / per_replica)
+        # --- LLM sizing hook (i12-llm): LLM models are sized in tokens by policies/scaling/llm_sizing.py ---
+        llm_state = state.llm
+        if llm_state is not None and self.llm_sizing is not None:
+            llm_need, llm_demand, llm_per, sized, llm_state = self.llm_sizing.plan(
+                signals, llm_state, dt, self.headroom, state.horizon
+            )
+            need = np.where(sized, llm_need, need)
+            demand = np.where(sized, llm_demand, demand)
+            per_replica = np.where(sized, llm_per, per_replica)
+        # --- end LLM sizing hook ---
 
         active = (arrived > 0) | (signals.outstanding > 0)
         last_active = np.where(active, now, state.last_active)
@@ -227,6 +243,7 @@ class Shadowscale:
             max_peak=max_peak,
             last_active=last_active,
             needs=needs,
+            llm=llm_state,  # LLM sizing hook (i12-llm)
         )
         return decisions, new_state
 
