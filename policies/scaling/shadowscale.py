@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from shadowscale.policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
 from shadowscale.policies.scaling.hpa import label_direction
+from shadowscale.policies.scaling.llm_sizing import LlmSizing, LlmSizingState
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 BoolArray = npt.NDArray[np.bool_]
@@ -93,6 +94,8 @@ class ShadowscaleState:
     horizon: FloatArray
     lo: IntArray
     hi: IntArray
+    llm: LlmSizingState | None = None
+    """LLM sizing in tokens (:mod:`policies.scaling.llm_sizing`); None without LLM models."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,8 @@ class Shadowscale:
     """Share of the SLO's error budget that cold starts may spend: no new predicted zero while the requests that
     arrived at a model without a ready replica exceed ``cold_budget_share × (1 − slo_target)`` of all requests."""
     slo_target: float = 0.999
+    llm_sizing: LlmSizing | None = field(default_factory=LlmSizing)
+    """Sizes LLM models (continuous batching) in tokens from their serving model; None: as every other model."""
 
     @property
     def name(self) -> str:
@@ -198,6 +203,7 @@ class Shadowscale:
             horizon=horizon,
             lo=lo,
             hi=hi,
+            llm=self.llm_sizing.init(services) if self.llm_sizing and any(s.llm for s in services) else None,
         )
         return initial, state
 
@@ -253,6 +259,16 @@ class Shadowscale:
         capacity = state.capacity if signals.capacity_rps is None else signals.capacity_rps
         per_replica = capacity * correction * self.target_load
         need = ceil_int(demand / per_replica)
+        # --- LLM sizing hook (i12-llm): LLM models are sized in tokens by policies/scaling/llm_sizing.py ---
+        llm_state = state.llm
+        if llm_state is not None and self.llm_sizing is not None:
+            llm_need, llm_demand, llm_per, sized, llm_state = self.llm_sizing.plan(
+                signals, llm_state, dt, self.headroom, state.horizon
+            )
+            need = np.where(sized, llm_need, need)
+            demand = np.where(sized, llm_demand, demand)
+            per_replica = np.where(sized, llm_per, per_replica)
+        # --- end LLM sizing hook ---
 
         active = (arrived > 0) | (signals.outstanding > 0)
         last_active = np.where(active, now, state.last_active)
@@ -309,6 +325,7 @@ class Shadowscale:
             burst_t=zero_plan.burst_t,
             cold_arrivals=zero_plan.cold_arrivals,
             all_arrivals=zero_plan.all_arrivals,
+            llm=llm_state,  # LLM sizing hook (i12-llm)
         )
         return decisions, new_state
 
