@@ -69,6 +69,10 @@ from shadowscale.simulators.datasets import locate
 from shadowscale.simulators.executor import Executor, LocalExecutor, make_executor
 from shadowscale.simulators.executor import add_arguments as add_executor_arguments
 
+CONSENSUS_PATIENCE: tuple[int, ...] = (1, 2, 3)
+"""``consensus`` with its own stopping rule: stop after k trials in a row without improvement, for each k."""
+PATIENCE = 2
+"""The k reported as ``consensus``' ``stop_rule`` (the others under ``stop_rule_by_patience``)."""
 METHODS: tuple[str, ...] = ("shadowscale", "shadowscale_cold", "consensus", "gp", "random")
 PLANNERS: tuple[str, ...] = ("shadowscale", "shadowscale_cold")
 """The methods that have a stopping rule of their own (reported under ``stop_rule``)."""
@@ -456,6 +460,8 @@ class Run:
     """With ``--stop-rule``: trials the planner ran with its own stopping rule (EI or the budget)…"""
     stop_value: float | None = None
     """…and the best feasible objective it had then, as a fraction of the task's best (0 if none was feasible)."""
+    patience: Mapping[int, tuple[int, float]] | None = None
+    """``consensus`` only: ``(trials, value)`` with its stop-after-k-trials-without-improvement rule, per k."""
 
 
 def _trial(task: Task, space: SearchSpace, p: Point, k: int) -> Trial:
@@ -570,6 +576,31 @@ def run_consensus(ds: Dataset, task: Task, seed: int) -> Run:
     return Run(next(k for k, i in enumerate(order) if i in good) + 1)
 
 
+def run_consensus_stopping(
+    ds: Dataset, task: Task, seed: int, patience: int, budget: int = BENCH_SETTINGS.budget
+) -> tuple[int, float]:
+    """Consensus with a stopping rule of its own, so it is compared with the planner as a user gets both: try the
+    configurations in :func:`run_consensus`'s order and stop after ``patience`` trials in a row that did not
+    improve the best feasible one (once one is known), or at the budget. ``(trials, best found / task best)``."""
+    scores = consensus_scores(ds, task)
+    tiebreak = np.random.default_rng(seed).permutation(len(task))
+    key = np.where(np.isnan(scores), -1.0, scores)
+    order = sorted(range(len(task)), key=lambda i: (-key[i], tiebreak[i]))
+    value, feasible = ds.values(task)
+    top = float(value[feasible].max())
+    best = -math.inf
+    stale = trials = 0
+    for i in order[: min(budget, len(task))]:
+        trials += 1
+        if feasible[i] and value[i] > best:
+            best, stale = float(value[i]), 0
+        else:
+            stale += 1
+        if best > -math.inf and stale >= patience:
+            break
+    return trials, (best / top if best > -math.inf else 0.0)
+
+
 def run_random(ds: Dataset, task: Task, seed: int) -> Run:
     order = np.random.default_rng(seed).permutation(len(task))
     good = ds.good(task)
@@ -662,7 +693,20 @@ def _job(
         if stop_rule and method in PLANNERS:
             stops = [run_stopping(ds, ds.tasks[k], s, prior) for s in seeds]
             runs = [replace(r, stop_trials=t, stop_value=v) for r, (t, v) in zip(runs, stops, strict=True)]
+        if stop_rule and method == "consensus":
+            runs = [
+                replace(r, patience={p: run_consensus_stopping(ds, ds.tasks[k], s, p) for p in CONSENSUS_PATIENCE})
+                for r, s in zip(runs, seeds, strict=True)
+            ]
+            runs = [
+                replace(r, stop_trials=_patience(r)[PATIENCE][0], stop_value=_patience(r)[PATIENCE][1]) for r in runs
+            ]
         return runs
+
+
+def _patience(r: Run) -> Mapping[int, tuple[int, float]]:
+    assert r.patience is not None
+    return r.patience
 
 
 def _run_seeds(ds: Dataset, k: int, method: str, seeds: Sequence[int], prior: TransferPrior | None) -> list[Run]:
@@ -736,6 +780,14 @@ def bench(
         if stop_rule and runs and runs[0].stop_trials is not None:
             per[m][t.name]["stop_trials"] = [r.stop_trials for r in runs]
             per[m][t.name]["stop_values"] = [r.stop_value for r in runs]
+        if stop_rule and runs and runs[0].patience is not None:
+            per[m][t.name]["patience"] = {
+                str(p): {
+                    "stop_trials": [_patience(r)[p][0] for r in runs],
+                    "stop_values": [_patience(r)[p][1] for r in runs],
+                }
+                for p in CONSENSUS_PATIENCE
+            }
     report: dict[str, Any] = {
         "dataset": ds.name,
         "tasks": len(scored),
@@ -748,6 +800,13 @@ def bench(
         for m in methods:
             if any("stop_trials" in v for v in per[m].values()):
                 report["methods"][m]["stop_rule"] = _stop_summary(per[m])
+            if any("patience" in v for v in per[m].values()):
+                report["methods"][m]["stop_rule_by_patience"] = {
+                    str(p): _stop_summary(
+                        {t: {**v["patience"][str(p)], "configs": v["configs"]} for t, v in per[m].items()}
+                    )
+                    for p in CONSENSUS_PATIENCE
+                }
     details = {
         "dataset": ds.name,
         "seeds": list(seeds),

@@ -9,6 +9,10 @@ Iteration time (one vLLM engine step, seconds):
   ``a + b·T + c·Q + e·n`` (linear in tokens, quadratic in each prompt for attention, a per-sequence cost);
 * a decode step of ``B`` running requests holding ``K`` context tokens in all (prompt plus tokens generated so
   far): ``d0 + d1·B + d2·K``. ``K`` grows by ``B`` every decode step.
+* with chunked prefill, a step that carries prompt chunks and ``B`` decoding requests (a mixed step):
+  ``a + b·T + c·Q + e·n + d1·B + d2·K`` (the prefill step's fixed cost stands for the decode step's ``d0``);
+  a chunk of ``L`` tokens that starts ``s`` tokens into its prompt counts ``(s + L)² − s²`` in ``Q``, so a
+  prompt's chunks add up to the same attention cost as the whole prompt in one step.
 
 KV-cache capacity (tokens) = ``(gpu_memory_utilization × memory per GPU × GPUs − weight bytes) / KV bytes per
 token``, KV bytes per token = ``2 (K and V) × layers × KV heads × head dim × bytes per value`` (vLLM's
@@ -39,6 +43,9 @@ MAX_NUM_SEQS = 256
 """vLLM's default ``--max-num-seqs``: requests running in one batch at most."""
 MIN_BATCHED_TOKENS = 2048
 """vLLM (no chunked prefill) sets ``max_num_batched_tokens = max(max_model_len, 2048)``."""
+CHUNKED_BATCHED_TOKENS = 2048
+"""vLLM with ``--enable-chunked-prefill`` (the default for long contexts): the token budget of one engine step,
+decode tokens first, prefill chunks in the rest (``max_num_batched_tokens`` 2048)."""
 
 TTFT_SLO_FACTOR = 5.0
 TTFT_SLO_MIN_S = 1.0
@@ -71,6 +78,13 @@ class IterationModel:
     def decode_s(self, batch: int, context: float) -> float:
         d0, d1, d2 = self.decode
         return d0 + d1 * batch + d2 * context
+
+    def mixed_s(self, n: int, tokens: float, tokens_sq: float, batch: int, context: float) -> float:
+        """A chunked-prefill step: ``n`` prompt chunks of ``tokens`` in all (``tokens_sq`` their attention term)
+        beside ``batch`` decoding requests holding ``context`` tokens."""
+        _, d1, d2 = self.decode
+        pre = self.prefill_s(n, tokens, tokens_sq)
+        return pre + (d1 * batch + d2 * context) if batch else pre
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +130,19 @@ class LlmServing:
     iteration: IterationModel
     max_num_seqs: int = MAX_NUM_SEQS
     gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION
+    chunked_prefill: bool = True
+    """vLLM's ``--enable-chunked-prefill``: every engine step runs the running requests' decode tokens and fills
+    the rest of :data:`CHUNKED_BATCHED_TOKENS` with prompt chunks (a long prompt no longer stalls the others'
+    decoding); False: a prefill step runs whole prompts while every running request waits."""
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.max_num_seqs < 1:
             raise ValueError(f"{self.name}: gpus and max_num_seqs must be >= 1")
+        if self.chunked_prefill and self.max_num_seqs >= CHUNKED_BATCHED_TOKENS:
+            raise ValueError(
+                f"{self.name}: with chunked prefill max_num_seqs ({self.max_num_seqs}) must stay below the step's "
+                f"token budget ({CHUNKED_BATCHED_TOKENS}) so prompts can make progress"
+            )
         if self.kv_tokens < self.arch.context:
             raise ValueError(
                 f"{self.name}: KV cache of {self.kv_tokens} tokens cannot hold one request of the model's "
@@ -134,7 +157,10 @@ class LlmServing:
 
     @property
     def max_batched_tokens(self) -> int:
-        """Prompt tokens one prefill step takes at most (vLLM without chunked prefill)."""
+        """Tokens one engine step takes at most: with chunked prefill the step's budget (decode tokens and prompt
+        chunks together); without, the prompt tokens of one prefill step (a longer prompt still runs alone)."""
+        if self.chunked_prefill:
+            return CHUNKED_BATCHED_TOKENS
         return max(self.arch.context, MIN_BATCHED_TOKENS)
 
     @property

@@ -6,11 +6,15 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shadowscale.errors import MissingExtra, UsageError
 from shadowscale.simulators.executor import add_arguments as add_executor_arguments
+
+if TYPE_CHECKING:
+    from shadowscale.simulators.workload import Workload
 
 DEFAULT_POLICIES = "hpa,keda,kpa,static,oracle,shadowscale"
 # Named here so `simulate --help` imports no numpy; tests/test_cli.py checks them against the registries.
@@ -57,6 +61,14 @@ def seed_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return v
+
+
+def without_chunked_prefill(workload: Workload) -> Workload:
+    """The workload with every LLM service served without chunked prefill."""
+    services = tuple(
+        s if s.llm is None else replace(s, llm=replace(s.llm, chunked_prefill=False)) for s in workload.services
+    )
+    return replace(workload, services=services)
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -132,6 +144,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "scored throughout)",
     )
     p.add_argument(
+        "--no-chunked-prefill",
+        action="store_true",
+        help="serve LLMs without chunked prefill (a prefill step runs whole prompts while every running request "
+        "waits; vLLM before --enable-chunked-prefill became its default); default: chunked, 2,048 tokens a step",
+    )
+    p.add_argument(
         "--sweep",
         action="store_true",
         help="also run each policy across a fine log-spaced grid of its main knob (HPA target utilization, KEDA "
@@ -167,6 +185,8 @@ def main(args: argparse.Namespace) -> int:
     workload = load_trace(
         args.trace, seed=args.seed, hours=args.hours, models=args.models, cold_start_s=args.cold_start
     )
+    if args.no_chunked_prefill:
+        workload = without_chunked_prefill(workload)
     if args.warmup >= workload.duration_s:
         raise UsageError(
             f"--warmup {args.warmup:g} s leaves nothing to score: the trace {workload.name} lasts "
@@ -241,6 +261,7 @@ def main(args: argparse.Namespace) -> int:
         "min_replicas": args.min_replicas,
         "warmup_s": args.warmup,
         "duration_s": workload.duration_s,
+        "chunked_prefill": not args.no_chunked_prefill,
     }
     path = write_summary(out, workload, args.seed, summaries, wall, cfg, extra)
 

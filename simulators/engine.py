@@ -260,6 +260,15 @@ class Engine:
         # Index of the first request after each tick (requests at exactly a tick time belong to it).
         cut = np.searchsorted(self.arrival_s, tick_times, side="right").tolist()
         model_list: list[int] = self.model.tolist()
+        # LLM token counters (Signals.prompt_tokens/output_tokens/finished): prompt tokens counted on arrival,
+        # output tokens and requests when a request finishes
+        llm_idx = [i for i in range(n) if is_llm[i]]
+        llm_models = [m for m in models if isinstance(m, LlmModel)]
+        prompt_ctr = np.zeros(n) if llm_idx else None
+        llm_prompt = None
+        if prompt_ctr is not None:
+            assert self.prompt_tokens is not None
+            llm_prompt = np.where(np.array(is_llm, dtype=bool)[self.model], self.prompt_tokens, 0.0)
 
         # Between two events of a model its counters grow linearly: busy at the number of running batches,
         # concurrency-seconds at the number outstanding, ready-seconds at the ready count. So only models with
@@ -336,6 +345,14 @@ class Engine:
                 single[idx] = res[:, 8] != 0.0
                 free0[idx] = res[:, 9]
 
+            finished_ctr = output_ctr = None
+            if prompt_ctr is not None and llm_prompt is not None:
+                if hi > lo:
+                    np.add.at(prompt_ctr, self.model[lo:hi], llm_prompt[lo:hi])
+                finished_ctr = np.zeros(n)
+                output_ctr = np.zeros(n)
+                finished_ctr[llm_idx] = [m.finished for m in llm_models]
+                output_ctr[llm_idx] = [m.finished_out for m in llm_models]
             signals = Signals(
                 now,
                 held.copy(),
@@ -345,6 +362,9 @@ class Engine:
                 ready_s.copy(),
                 inflight.copy(),
                 outstanding.copy(),
+                prompt_tokens=None if prompt_ctr is None else prompt_ctr.copy(),
+                output_tokens=output_ctr,
+                finished=finished_ctr,
             )
             decisions, state = policy.decide(signals, state)
             target = decisions.replicas

@@ -6,13 +6,24 @@ Semantics (``simulate_iterations`` below implements the same one iteration at a 
 - A replica runs engine steps back to back while it has work. At each step boundary it first lets finished
   requests leave (their KV cache is freed), then admits queued requests in FIFO order while the KV cache holds
   their whole prompt + output (reserved at admission, so no preemption), fewer than ``max_num_seqs`` run and
-  the prompts fit ``max_batched_tokens``. If it admitted any, the step is a prefill of those prompts (running
-  requests wait, as vLLM's default scheduler prefers prefills); each admitted request has its first token at
-  the end of that step. Otherwise, with requests running, the step is a decode step: one token for each, taking
-  ``d0 + d1·B + d2·K`` (``B`` running, ``K`` their context tokens; ``K`` grows by ``B`` per step).
-- An idle ready replica takes the queue head as soon as it arrives. Among replicas that could take the head, the
-  one whose next boundary comes first does (ties: the lowest slot). Requests arriving at a boundary's instant
-  are admitted at it.
+  the prompts fit ``max_batched_tokens``.
+- Without chunked prefill (``LlmServing.chunked_prefill`` False): if it admitted any, the step is a prefill of
+  those whole prompts (running requests wait, as vLLM's default scheduler then prefers prefills); each admitted
+  request has its first token at the end of that step. Otherwise, with requests running, the step is a decode
+  step: one token for each, taking ``d0 + d1·B + d2·K`` (``B`` running, ``K`` their context tokens; ``K`` grows
+  by ``B`` per step).
+- With chunked prefill (vLLM's ``--enable-chunked-prefill``, the default here): every step gives each decoding
+  request its token first and fills the rest of the step's token budget (``max_batched_tokens``, 2048) with
+  prompt chunks in FIFO order — first the prompts already being prefilled, then newly admitted ones (admitted
+  while the budget has room; a draining replica finishes its started prompts but admits none). Such a mixed
+  step takes ``a + b·T + c·Q + e·n + d1·B + d2·K`` (:meth:`IterationModel.mixed_s`); a request whose last chunk
+  ran has its first token at the step's end and decodes from the next step. A step without chunks is a decode
+  step as above. A long prompt thus delays the others' tokens by a chunk's time per step, not its whole prefill.
+- An idle ready replica takes the queue head as soon as it arrives. Among replicas that could take the head,
+  the one whose next boundary comes first does (ties: the lowest slot). Requests arriving at a boundary's
+  instant are admitted at it. Routing is least-loaded: while another ready replica is idle, a replica running
+  requests admits none and an idle one admits only one (requests that arrive at the same instant spread over
+  the idle replicas instead of sharing one replica's steps).
 - A request whose prompt + output exceed the model's context is rejected on arrival (vLLM answers 400): never
   served, an SLO miss, counted in ``rejected``.
 - A queued request is dropped ``timeout`` after its arrival if no replica admitted it by then (admission at
@@ -73,6 +84,7 @@ class _Rep:
         "it",
         "kv",
         "n",
+        "pre",
         "ready",
         "slot",
         "t",
@@ -86,7 +98,8 @@ class _Rep:
         self.ready = ready
         self.gpu = gpu
         self.t = now
-        self.n = 0  # running requests (B)
+        self.n = 0  # running requests that decode (B)
+        self.pre: list[list[float]] = []  # chunked prefill: [request, prompt tokens done] of prompts in progress
         self.ctx = 0.0  # their context tokens (K) at t
         self.it = 0  # decode steps done at t
         self.kv = 0.0  # KV tokens reserved
@@ -131,6 +144,7 @@ class LlmModel:
         self.kv_cap = float(serving.kv_tokens)
         self.max_seqs = serving.max_num_seqs
         self.max_tokens = float(serving.max_batched_tokens)
+        self.chunked = serving.chunked_prefill
         self.context = float(serving.arch.context)
         self.prompt = prompt
         self.output = output
@@ -144,6 +158,10 @@ class LlmModel:
         self.out_sum_a = 0.0  # arrival times of requests admitted and not finished
         self.out_n = 0
         self.busy_done = 0.0
+        self.finished = 0
+        """Counter: requests that finished (served to their last token)."""
+        self.finished_out = 0.0
+        """Counter: output tokens of the requests that finished."""
         self.reps: list[_Rep] = []
         self.drain: list[_Rep] = []
         self.heap: list[tuple[float, int, _Rep, int, int]] = []
@@ -181,7 +199,7 @@ class LlmModel:
         assert best is not None
         self.reps.remove(best)
         self.last_removed_gpu = best.gpu
-        if best.n == 0 and best.t <= now:
+        if best.n == 0 and not best.pre and best.t <= now:
             best.ver += 1  # cancels its wake
             return now
         best.draining = True
@@ -189,19 +207,81 @@ class LlmModel:
         return self._drain_end(best)
 
     def _drain_end(self, r: _Rep) -> float:
-        """When a draining replica's last request finishes (no admissions any more)."""
+        """When a draining replica's last request finishes (no admissions any more; started prompts go on)."""
         t, it, n, ctx = r.t, r.it, r.n, r.ctx
         d0, d1, d2 = self.d0, self.d1, self.d2
         prompt = self.prompt
-        for f, j in sorted(r.fin):
-            k = f - it
-            if k > 0:
+        output = self.output
+        fin = list(r.fin)
+        heapq.heapify(fin)
+        pre = [list(e) for e in r.pre]
+        while True:
+            while fin and fin[0][0] <= it:
+                j = heapq.heappop(fin)[1]
+                n -= 1
+                ctx -= prompt[j] + output[j] - 1.0
+            if pre:
+                t, it, n, ctx, pre, _ = self._mixed_step(t, it, n, ctx, pre, [], fin)
+            elif fin:
+                k = fin[0][0] - it
                 t += k * (d0 + d1 * n + d2 * ctx) + d2 * n * k * (k - 1) / 2.0
                 ctx += k * n
-                it = f
-            n -= 1
-            ctx -= prompt[j] + self.output[j] - 1.0
-        return t
+                it += k
+            else:
+                return t
+
+    def _mixed_step(
+        self,
+        w: float,
+        it: int,
+        n: int,
+        ctx: float,
+        pre: list[list[float]],
+        new: list[int],
+        fin: list[tuple[int, int]],
+    ) -> tuple[float, int, int, float, list[list[float]], list[int]]:
+        """One chunked-prefill step from boundary ``w``: the ``n`` decoding requests get a token, prompt chunks
+        of ``pre`` (in progress) then of ``new`` (just admitted, appended to it) fill the rest of the budget;
+        prompts completed join the decoding ones (pushed on ``fin``). Returns (end, it, n, ctx, pre left, the
+        requests whose first token comes at ``end``)."""
+        budget = self.max_tokens - n
+        prompt = self.prompt
+        for j in new:
+            pre.append([float(j), 0.0])
+        tokens = 0.0
+        sq = 0.0
+        chunks = 0
+        done: list[int] = []
+        first: list[int] = []
+        for idx, e in enumerate(pre):
+            p = prompt[int(e[0])]
+            rest = p - e[1]
+            if budget <= 0.0 and rest > 0.0:
+                break
+            c = rest if rest < budget else budget
+            s0 = e[1]
+            e[1] = s0 + c
+            tokens += c
+            sq += (s0 + c) * (s0 + c) - s0 * s0
+            budget -= c
+            chunks += 1
+            if e[1] >= p:
+                done.append(idx)
+        end = w + self.pa + self.pb * tokens + self.pc * sq + self.pe * chunks
+        if n:
+            end += self.d1 * n + self.d2 * ctx
+        it += 1
+        ctx += n
+        if done:
+            output = self.output
+            for idx in done:
+                j = int(pre[idx][0])
+                first.append(j)
+                n += 1
+                ctx += prompt[j]
+                heapq.heappush(fin, (it + int(output[j]) - 1, j))
+            pre = [e for idx, e in enumerate(pre) if idx not in done] if len(done) < len(pre) else []
+        return end, it, n, ctx, pre, first
 
     def next_event(self, now: float, timeout: float) -> float:
         """When the model must be looked at again (the engine asks after a scale change)."""
@@ -235,7 +315,7 @@ class LlmModel:
         d1 = self.d1
         d2 = self.d2
         for r in self.reps:
-            if r.kv > cap or r.n >= max_seqs:
+            if r.kv > cap or r.n + len(r.pre) >= max_seqs:
                 continue
             k = 0
             n = r.n
@@ -262,8 +342,9 @@ class LlmModel:
         """Move ``r`` to its boundary ``w`` (``k`` decode steps on), let finished requests leave, admit."""
         arr = self._arr
         n = r.n
-        if n:
-            occ = n * self.inv_cap
+        pre = r.pre
+        if n or pre:
+            occ = (n + len(pre)) * self.inv_cap
             self.busy_done += (occ if occ < 1.0 else 1.0) * (w - r.bt)
             if k:
                 r.it += k
@@ -277,6 +358,7 @@ class LlmModel:
         if fin and fin[0][0] <= it:
             done = 0.0
             sum_a = 0.0
+            out_tok = 0.0
             ctx = r.ctx
             kv = r.kv
             while fin and fin[0][0] <= it:
@@ -285,15 +367,19 @@ class LlmModel:
                 lat[j] = w - a
                 sum_a += a
                 n -= 1
-                need = prompt[j] + output[j]
+                o = output[j]
+                out_tok += o
+                need = prompt[j] + o
                 ctx -= need - 1.0
                 kv -= need
                 done += 1.0
             self.inflight_done += done * w - sum_a
             self.out_sum_a -= sum_a
             self.out_n -= int(done)
+            self.finished += int(done)
+            self.finished_out += out_tok
             r.n = n
-            if n == 0:
+            if n == 0 and not pre:
                 r.ctx = 0.0
                 r.kv = 0.0
                 if r.draining:
@@ -301,18 +387,31 @@ class LlmModel:
                     r.ver += 1
                     return
             else:
-                r.ctx = ctx
+                r.ctx = ctx if n else 0.0
                 r.kv = kv
         q = self.q
         qh = self.qh
-        if qh < len(q) and not r.draining and w >= r.ready:
+        chunked = self.chunked
+        if (qh < len(q) and not r.draining and w >= r.ready) or pre:
             tokens = 0.0
             sq = 0.0
             joined: list[int] = []
             kv_cap = self.kv_cap
             max_seqs = self.max_seqs
             max_tokens = self.max_tokens
-            nq = len(q)
+            if chunked:
+                # the step's budget left after the decode tokens and the prompts already being prefilled
+                tokens = r.n + sum(prompt[int(e[0])] - e[1] for e in pre)
+                seqs = r.n + len(pre)
+            nq = len(q) if not r.draining and w >= r.ready else qh
+            # least-loaded routing: while another ready replica is idle, a busy one takes nothing and an idle one
+            # takes one request (requests that arrive together spread over the idle replicas)
+            limit = nq
+            if qh < nq:
+                for x in self.reps:
+                    if x is not r and x.n == 0 and not x.pre and x.ready <= w and x.t <= w:
+                        limit = 1 if r.n == 0 and not pre else 0
+                        break
             while qh < nq:
                 j = q[qh]
                 a = arr[j]
@@ -321,36 +420,48 @@ class LlmModel:
                     self.q_sum_a -= a
                     self.inflight_done += timeout
                     continue
+                if len(joined) >= limit:
+                    break
                 p = prompt[j]
                 o = output[j]
-                if r.kv + p + o > kv_cap or r.n >= max_seqs or (joined and tokens + p > max_tokens):
+                if chunked:
+                    if r.kv + p + o > kv_cap or seqs >= max_seqs or tokens >= max_tokens:
+                        break
+                    seqs += 1
+                elif r.kv + p + o > kv_cap or r.n >= max_seqs or (joined and tokens + p > max_tokens):
                     break
                 qh += 1
                 self.q_sum_a -= a
                 self.out_sum_a += a
                 tokens += p
-                sq += p * p
-                r.n += 1
-                r.ctx += p
                 r.kv += p + o
-                heapq.heappush(fin, (it + int(o) - 1, j))
+                if not chunked:
+                    sq += p * p
+                    r.n += 1
+                    r.ctx += p
+                    heapq.heappush(fin, (it + int(o) - 1, j))
                 joined.append(j)
             self.qh = qh
-            if joined:
+            if joined or pre:
                 admitted = len(joined)
                 self.out_n += admitted
-                end = w + self.pa + self.pb * tokens + self.pc * sq + self.pe * admitted
                 ttft = self.ttft
-                for j in joined:
-                    ttft[j] = end - arr[j]
+                if chunked:
+                    end, r.it, r.n, r.ctx, r.pre, first = self._mixed_step(w, r.it, r.n, r.ctx, pre, joined, fin)
+                    for j in first:
+                        ttft[j] = end - arr[j]
+                else:
+                    end = w + self.pa + self.pb * tokens + self.pc * sq + self.pe * admitted
+                    for j in joined:
+                        ttft[j] = end - arr[j]
                 r.t = end
                 r.ver += 1
                 r.wake = end
                 self.seq += 1
                 heapq.heappush(self.heap, (end, self.seq, r, r.ver, 0))
-                if qh < nq:
+                if qh < len(q) and not r.draining:
                     self._assign_head(w)
-                if qh > 4096 and qh * 2 > nq:
+                if qh > 4096 and qh * 2 > len(q):
                     del q[:qh]
                     self.qh = 0
                 return
@@ -432,8 +543,8 @@ class LlmModel:
         inv_cap = self.inv_cap
         for group in (self.reps, self.drain):
             for r in group:
-                if r.n and until > r.bt:
-                    occ = r.n * inv_cap
+                if (r.n or r.pre) and until > r.bt:
+                    occ = (r.n + len(r.pre)) * inv_cap
                     busy += (occ if occ < 1.0 else 1.0) * (until - r.bt)
                     running += 1
         n_ready = 0
@@ -468,7 +579,7 @@ def request_met(
 
 
 class _RefRep:
-    __slots__ = ("created", "draining", "end", "joined", "kind", "ready", "run", "slot")
+    __slots__ = ("chunks", "created", "draining", "end", "joined", "kind", "pre", "ready", "run", "slot")
 
     def __init__(self, slot: int, created: float, ready: float) -> None:
         self.slot = slot
@@ -478,6 +589,8 @@ class _RefRep:
         self.kind = ""
         self.run: list[list[float]] = []  # [request, decode steps left, context tokens]
         self.joined: list[int] = []
+        self.pre: list[list[float]] = []  # chunked prefill: [request, prompt tokens done]
+        self.chunks: list[tuple[list[float], float]] = []  # the step's (prompt in progress, chunk tokens)
         self.draining = False
 
 
@@ -507,20 +620,75 @@ def simulate_iterations(
     draining: list[_RefRep] = []
 
     def fits(r: _RefRep, j: int) -> bool:
-        kv = sum(prompt[int(x[0])] + output[int(x[0])] for x in r.run)
-        return kv + prompt[j] + output[j] <= kv_cap and len(r.run) < serving.max_num_seqs
+        kv = sum(prompt[int(x[0])] + output[int(x[0])] for x in r.run + r.pre)
+        return kv + prompt[j] + output[j] <= kv_cap and len(r.run) + len(r.pre) < serving.max_num_seqs
 
-    def boundary(r: _RefRep, now: float) -> None:
-        """At a step boundary (or when idle): admit and prefill, else decode, else idle."""
+    def admit_limit(r: _RefRep, now: float) -> int:
+        """Least-loaded routing: while another ready replica is idle, a busy replica admits nothing, an idle one
+        one request."""
+        if any(x is not r and x.end is None and x.ready <= now for x in reps):
+            return 1 if not r.run and not r.pre else 0
+        return len(q)
+
+    def chunked_boundary(r: _RefRep, now: float) -> None:
+        """Chunked prefill: decode tokens first, then chunks of the prompts in progress, then of new ones."""
+        budget = float(serving.max_batched_tokens - len(r.run))
+        chunks: list[tuple[list[float], float]] = []
+        for e in r.pre:
+            rest = prompt[int(e[0])] - e[1]
+            if budget <= 0 and rest > 0:
+                break
+            c = min(rest, budget)
+            chunks.append((e, c))
+            budget -= c
         if not r.draining and r.ready <= now:
-            joined: list[int] = []
-            tokens = 0.0
+            limit = admit_limit(r, now)
+            admitted = 0
             while q:
                 j = q[0]
                 if arrival[j] + timeout < now:
                     q.pop(0)
                     continue
-                if not fits(r, j) or (joined and tokens + prompt[j] > serving.max_batched_tokens):
+                if admitted >= limit or not fits(r, j) or budget <= 0:
+                    break
+                admitted += 1
+                q.pop(0)
+                e = [float(j), 0.0]
+                r.pre.append(e)
+                c = min(prompt[j], budget)
+                chunks.append((e, c))
+                budget -= c
+        if chunks:
+            tokens = sum(c for _, c in chunks)
+            sq = sum((e[1] + c) ** 2 - e[1] ** 2 for e, c in chunks)
+            r.end = now + it.mixed_s(len(chunks), tokens, sq, len(r.run), sum(x[2] for x in r.run))
+            r.kind = "mixed"
+            r.chunks = chunks
+        elif r.run:
+            r.end = now + it.decode_s(len(r.run), sum(x[2] for x in r.run))
+            r.kind = "decode"
+        else:
+            r.end = None
+
+    def boundary(r: _RefRep, now: float) -> None:
+        """At a step boundary (or when idle): admit and prefill, else decode, else idle."""
+        if serving.chunked_prefill:
+            chunked_boundary(r, now)
+            return
+        if not r.draining and r.ready <= now:
+            joined: list[int] = []
+            tokens = 0.0
+            limit = admit_limit(r, now)
+            while q:
+                j = q[0]
+                if arrival[j] + timeout < now:
+                    q.pop(0)
+                    continue
+                if (
+                    len(joined) >= limit
+                    or not fits(r, j)
+                    or (joined and tokens + prompt[j] > serving.max_batched_tokens)
+                ):
                     break
                 q.pop(0)
                 joined.append(j)
@@ -541,6 +709,17 @@ def simulate_iterations(
         if r.kind == "prefill":
             for j in r.joined:
                 ttft[j] = now - arrival[j]
+        elif r.kind == "mixed":
+            for x in r.run:
+                x[1] -= 1
+                x[2] += 1
+            for e, c in r.chunks:
+                e[1] += c
+                j = int(e[0])
+                if e[1] >= prompt[j]:
+                    ttft[j] = now - arrival[j]
+                    r.pre.remove(e)
+                    r.run.append([float(j), output[j] - 1.0, prompt[j]])
         else:
             for x in r.run:
                 x[1] -= 1

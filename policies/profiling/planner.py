@@ -67,6 +67,21 @@ class PlannerSettings:
     """Stop once the best expected improvement × P(feasible) is below this (log units: 0.01 ≈ 1 %)."""
     min_trials: int = 6
     """Never stop on the EI rule before this many trials."""
+    prior_trials: int = 2
+    """Warm start: the first this many trials follow the transfer prior's order (the configurations the other
+    models did best on, by their expected objective relative to each one's best), and the agreement rule may
+    stop from this many trials on. 0 turns both off."""
+    prior_order: int = 2
+    """Warm start: the first this many trials follow the transfer prior's order (see ``prior_trials``)."""
+    agree_tolerance: float = 0.1
+    """Agreement rule: a source *fits* the trials when it predicted every tried configuration's feasibility and
+    each feasible one's objective relative to the incumbent within this (log units: 0.1 ≈ 10 %)."""
+    agree_improvement: float = 0.05
+    """Agreement rule: a source is *settled* when it predicts no untried configuration that may meet the SLO and
+    is at least this much (a fraction: 0.05 = 5 %) better than the incumbent."""
+    agree_confidence: float = 0.8
+    """Agreement rule: stop once the prior is this sure that no untried configuration is better (see
+    :meth:`Search.doubt`)."""
     initial_points: int = 3
     """Cold start: trials spread over the space before the surrogate chooses."""
     fit_after: int = 6
@@ -96,6 +111,10 @@ class PlannerSettings:
             raise ValueError("planner: budget must be >= 1")
         if self.ei_threshold < 0 or self.min_trials < 0 or self.initial_points < 1:
             raise ValueError("planner: ei_threshold and min_trials must be >= 0, initial_points >= 1")
+        if self.prior_trials < 0 or self.agree_tolerance < 0 or self.agree_improvement < 0:
+            raise ValueError("planner: prior_trials, agree_tolerance and agree_improvement must be >= 0")
+        if not 0 < self.agree_confidence <= 1:
+            raise ValueError("planner: agree_confidence must be in (0, 1]")
         if self.length_scale <= 0 or self.prior_floor <= 0 or self.pool_size < 1:
             raise ValueError("planner: length_scale, prior_floor and pool_size must be positive")
 
@@ -266,6 +285,19 @@ class Search:
         tried = [*self.observed, *sorted(self.pending)]
         if self.prior is None and len(tried) < self.settings.initial_points:
             return self._spread(free, tried, n), None
+        if self.prior is not None and self.settings.prior_trials:
+            w = self.weights()
+            if n_obs >= self.settings.prior_trials:
+                doubt = self.doubt()
+                if doubt <= 1.0 - self.settings.agree_confidence:
+                    reason = (
+                        f"the transfer prior fits the trials and expects no untried configuration to be "
+                        f"{self.settings.agree_improvement:.0%} better (P = {doubt:.2f})"
+                    )
+                    return Suggestion((), "converged", reason, 0.0), None
+            if len(tried) < self.settings.prior_order:
+                order = self._prior_order(w, free)
+                return Suggestion(tuple(self.candidates[i] for i in order[:n]), None, "transfer prior", math.inf), None
         post = first = self.posterior()
         acq = post.acquisition()
         wide = replace(post, margin_noise=max(post.margin_noise, self.settings.stop_margin_noise))
@@ -300,6 +332,84 @@ class Search:
             picks.append(pick)
             chosen.append(pick)
         return Suggestion(tuple(self.candidates[i] for i in picks), None, "initial design", math.inf)
+
+    # -- the transfer prior on its own ----------------------------------------------------------------------------
+
+    def weights(self) -> FloatArray:
+        """The transfer prior's source weights (the flat component last) from the trials so far."""
+        assert self.prior is not None
+        yi, ys, mi, ms, _, _ = targets(self.space, self.objective, self.observations, self.settings.failed_margin)
+        y_full = np.full(len(self.observations), np.nan)
+        y_full[yi] = ys
+        m_cols = [self.observed[k] for k in mi]
+        return source_weights(self.prior, m_cols, [float(y_full[k]) for k in mi], list(ms))
+
+    def _prior_order(self, w: FloatArray, free: list[int]) -> list[int]:
+        """``free`` by the prior's expected objective relative to each source's best: the weighted mean over the
+        sources of ``exp(predicted log(value / best)) × P(SLO met)`` (the planner-free consensus order, with the
+        sources' surrogates and weights)."""
+        assert self.prior is not None
+        p = self.prior
+        feasible = _norm_cdf(-p.mean_m / np.hypot(p.sd_m, self.settings.margin_noise))
+        precision = w[:-1, None] / np.maximum(p.sd_y, self.settings.prior_floor) ** 2
+        score = np.sum(precision * np.exp(p.mean_y) * feasible, axis=0) / (np.sum(precision, axis=0) + 1.0 / FLAT_SD**2)
+        return sorted(free, key=lambda i: (-float(score[i]), i))
+
+    def doubt(self) -> float:
+        """The agreement rule's evidence: ``P(an untried configuration is better)`` as the transfer prior sees it
+        (1 without a prior or a feasible trial).
+
+        Each source (and the flat component, for "none of them is right") starts with the same prior weight and is
+        weighted by the likelihood of the trials under it: each feasible trial's objective relative to the
+        incumbent, with an error of ``agree_tolerance`` (the flat component: ``FLAT_SD``), and each measured trial's
+        feasibility, with its margin's uncertainty widened by ``margin_noise`` (the flat component: even odds).
+        The result is the posterior weight of the sources that *claim* a configuration not yet measured that may
+        meet the SLO (predicted margin under ``margin_noise``) and may be ``agree_improvement`` better than the
+        incumbent (within one standard deviation of their own prediction and ``agree_tolerance``), plus the flat
+        component's, which claims everything."""
+        best = self.best()
+        if self.prior is None or best is None:
+            return 1.0
+        p, st = self.prior, self.settings
+        inc = self.index[best.point]
+        y_inc = self.objective.log_value(self.space, best.point, best.result)
+        assert y_inc is not None
+        cols: list[int] = []
+        ok: list[bool] = []
+        rel_cols: list[int] = []
+        rel_obs: list[float] = []
+        for o, col in zip(self.observations, self.observed, strict=True):
+            if not o.result.measured:
+                continue
+            feasible = self.objective.feasible(o.result)
+            cols.append(col)
+            ok.append(feasible)
+            lv = self.objective.log_value(self.space, o.point, o.result)
+            if feasible and lv is not None and col != inc:
+                rel_cols.append(col)
+                rel_obs.append(lv - y_inc)
+        tol = max(st.agree_tolerance, 1e-6)
+        rel = p.mean_y - p.mean_y[:, inc : inc + 1]  # (sources, candidates): relative to the incumbent
+        log_like = np.zeros(len(p.models) + 1)
+        if rel_cols:
+            r = np.asarray(rel_obs)[None, :] - rel[:, rel_cols]
+            log_like[:-1] += np.sum(-0.5 * (r / tol) ** 2 - math.log(tol), axis=1)
+            log_like[-1] += float(np.sum(-0.5 * (np.asarray(rel_obs) / FLAT_SD) ** 2 - math.log(FLAT_SD)))
+        if cols:
+            c = np.asarray(cols)
+            p_ok = _norm_cdf(-p.mean_m[:, c] / np.hypot(p.sd_m[:, c], st.margin_noise))
+            p_ok = np.clip(np.where(np.asarray(ok)[None, :], p_ok, 1.0 - p_ok), 1e-12, 1.0)
+            log_like[:-1] += np.sum(np.log(p_ok), axis=1)
+            log_like[-1] += len(cols) * math.log(0.5)
+        post = np.exp(log_like - log_like.max())
+        post /= post.sum()
+        untried = np.ones(len(self.candidates), dtype=bool)
+        untried[list(self.observed)] = False
+        gain = math.log1p(st.agree_improvement)
+        may_meet = p.mean_m <= st.margin_noise
+        better = rel + np.hypot(p.sd_y, st.agree_tolerance) >= gain
+        claims = np.any(untried[None, :] & may_meet & better, axis=1)
+        return float(np.sum(post[:-1] * claims) + post[-1])
 
     # -- surrogates ---------------------------------------------------------------------------------------------
 

@@ -51,6 +51,14 @@ class Signals:
     """Requests/s one replica serves within the SLO as the model's current profile says (live: the agent's profile
     book, which switches to the observed capacity while a profile is stale); None: the capacity of the profile the
     policy was initialised with. Only profile-driven policies read it."""
+    prompt_tokens: FloatArray | None = None
+    """Counter: prompt tokens of the requests that arrived (what a router sees in each request); None where the
+    pipeline does not count tokens (non-LLM models count 0). Token-planning policies read it (LLM sizing)."""
+    output_tokens: FloatArray | None = None
+    """Counter: output tokens of the requests that finished (vLLM's ``generation_tokens_total`` over finished
+    requests: the length of an answer is known only once it is done)."""
+    finished: FloatArray | None = None
+    """Counter: requests that finished (vLLM's ``request_success_total``), the denominator of ``output_tokens``."""
 
     @property
     def n_models(self) -> int:
@@ -73,6 +81,7 @@ class Reason(enum.IntEnum):
     COOLDOWN = 10
     SCHEDULE = 11
     BOUNDS = 12
+    PREWARM = 13
 
 
 _REASON_TEXT = {
@@ -89,6 +98,7 @@ _REASON_TEXT = {
     Reason.COOLDOWN: "idle but within cooldown; hold",
     Reason.SCHEDULE: "hindsight schedule",
     Reason.BOUNDS: "clamped to min/max replicas",
+    Reason.PREWARM: "idle gap predicted to end within a cold start; pre-warm",
 }
 
 

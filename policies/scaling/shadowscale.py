@@ -32,19 +32,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from shadowscale.policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
 from shadowscale.policies.scaling.hpa import label_direction
+from shadowscale.policies.scaling.llm_sizing import LlmSizing, LlmSizingState
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
+
+BoolArray = npt.NDArray[np.bool_]
 
 _HOLD = int(Reason.HOLD)
 _NO_METRICS = int(Reason.NO_METRICS)
 _STABILIZED = int(Reason.STABILIZED)
 _SCALE_TO_ZERO = int(Reason.SCALE_TO_ZERO)
 _ACTIVATE = int(Reason.ACTIVATE)
+_PREWARM = int(Reason.PREWARM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +72,42 @@ class ShadowscaleState:
     """Largest fast arrival rate seen."""
     last_active: FloatArray
     needs: WindowMax
+    gap_hist: FloatArray
+    """Per model, counts of idle gaps (time between two ticks with traffic, at least one ``gap_bin_s``) in bins of
+    ``gap_bin_s``; the last column counts the gaps longer than the histogram."""
+    keep_alive: FloatArray
+    """Planned idle time after which the model goes to zero (inf: no plan)."""
+    prewarm_at: FloatArray
+    """Planned idle time at which a replica is started again, a cold start ahead of the next predicted request."""
+    burst: FloatArray
+    """Requests that arrive within a cold start of the end of an idle gap (the misses a cold model pays), averaged."""
+    burst_open: FloatArray
+    """Arrival counter at the end of the last idle gap while its cold-start window is still counting; NaN otherwise."""
+    burst_t: FloatArray
+    cold_arrivals: float
+    """Requests that arrived at a model with no ready replica (what the cold-start budget is spent on)."""
+    all_arrivals: float
+    fraction: FloatArray
     capacity: FloatArray
     max_batch: FloatArray
     slo: FloatArray
     horizon: FloatArray
     lo: IntArray
     hi: IntArray
+    llm: LlmSizingState | None = None
+    """LLM sizing in tokens (:mod:`policies.scaling.llm_sizing`); None without LLM models."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ZeroPlan:
+    gap_hist: FloatArray
+    keep_alive: FloatArray
+    prewarm_at: FloatArray
+    burst: FloatArray
+    burst_open: FloatArray
+    burst_t: FloatArray
+    cold_arrivals: float
+    all_arrivals: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +130,25 @@ class Shadowscale:
     latency_target: float = 0.3
     """Mean time in system, as a share of the SLO, above which capacity is corrected down."""
     peak_tau_s: float = 6 * 3600.0
+    predictive_zero: bool = True
+    """Lever: scale to zero inside the idle gaps the model's gap histogram predicts, and pre-warm a cold start ahead
+    of the predicted next request (Serverless in the Wild, ATC'20); off: only the ``idle_to_zero_s`` rule."""
+    gap_bin_s: float = 60.0
+    gap_bins: int = 120
+    """Histogram bins of ``gap_bin_s`` (the last one collects longer gaps): two hours at one minute."""
+    min_gaps: int = 4
+    """Gaps a model must have shown, at least as long as the keep-alive, before its histogram plans anything."""
+    miss_cost_gpu_s: float = 3600.0
+    """What one request missed on a cold model is worth in GPU-seconds: a plan goes to zero only when the GPU time it
+    expects to save per gap exceeds this × the requests it expects to miss per gap."""
+    prewarm_margin_s: float = 30.0
+    """A pre-warmed replica is planned to be ready this long before the earliest gap the plan bets against."""
+    cold_budget_share: float = 0.35
+    """Share of the SLO's error budget that cold starts may spend: no new predicted zero while the requests that
+    arrived at a model without a ready replica exceed ``cold_budget_share × (1 − slo_target)`` of all requests."""
+    slo_target: float = 0.999
+    llm_sizing: LlmSizing | None = field(default_factory=LlmSizing)
+    """Sizes LLM models (continuous batching) in tokens from their serving model; None: as every other model."""
 
     @property
     def name(self) -> str:
@@ -116,6 +170,11 @@ class Shadowscale:
         horizon = np.array([s.cold_start_s for s in services])
         zero = np.zeros(n)
         initial = np.minimum(np.maximum(np.ones(n, np.int64), lo), hi)
+        if self.gap_bins < 2 or self.gap_bin_s <= 0.0 or self.min_gaps < 1:
+            raise ValueError(
+                f"shadowscale: gap_bins must be >= 2, gap_bin_s > 0 and min_gaps >= 1; got {self.gap_bins}, "
+                f"{self.gap_bin_s}, {self.min_gaps}"
+            )
         state = ShadowscaleState(
             last_t=None,
             last_arrivals=zero,
@@ -129,12 +188,22 @@ class Shadowscale:
             max_peak=zero,
             last_active=zero,
             needs=WindowMax(),
+            gap_hist=np.zeros((n, self.gap_bins + 1)),
+            keep_alive=np.full(n, math.inf),
+            prewarm_at=np.full(n, math.inf),
+            burst=np.ones(n),
+            burst_open=np.full(n, math.nan),
+            burst_t=zero,
+            cold_arrivals=0.0,
+            all_arrivals=0.0,
+            fraction=np.array([s.profile.gpu_fraction for s in services]),
             capacity=capacity,
             max_batch=max_batch,
             slo=np.array([s.profile.slo_s for s in services]),
             horizon=horizon,
             lo=lo,
             hi=hi,
+            llm=self.llm_sizing.init(services) if self.llm_sizing and any(s.llm for s in services) else None,
         )
         return initial, state
 
@@ -190,9 +259,20 @@ class Shadowscale:
         capacity = state.capacity if signals.capacity_rps is None else signals.capacity_rps
         per_replica = capacity * correction * self.target_load
         need = ceil_int(demand / per_replica)
+        # --- LLM sizing hook (i12-llm): LLM models are sized in tokens by policies/scaling/llm_sizing.py ---
+        llm_state = state.llm
+        if llm_state is not None and self.llm_sizing is not None:
+            llm_need, llm_demand, llm_per, sized, llm_state = self.llm_sizing.plan(
+                signals, llm_state, dt, self.headroom, state.horizon
+            )
+            need = np.where(sized, llm_need, need)
+            demand = np.where(sized, llm_demand, demand)
+            per_replica = np.where(sized, llm_per, per_replica)
+        # --- end LLM sizing hook ---
 
         active = (arrived > 0) | (signals.outstanding > 0)
         last_active = np.where(active, now, state.last_active)
+        zero_plan = self._learn_gaps(state, now, arrived, active, signals)
         # A model that has shown no traffic yet has shown no burst either: it is judged by the bursts the other
         # models have shown (their median peak), not taken to be quiet.
         seen = max_peak > 0
@@ -208,9 +288,19 @@ class Shadowscale:
         assert window_max is not None
         # scale up at once; scale down only to the highest need of the window; to zero only when idle long
         out = np.where(awake, window_max, need)
+        # predicted idle gap: zero from the keep-alive until the pre-warm point (never below min replicas)
+        idle = now - last_active
+        budget_left = zero_plan.cold_arrivals < self.cold_budget_share * (1.0 - self.slo_target) * max(
+            zero_plan.all_arrivals, 1.0
+        )
+        gap_zero = (~active) & (idle >= zero_plan.keep_alive) & (idle < zero_plan.prewarm_at) & (state.lo == 0)
+        gap_zero &= budget_left | (current == 0)
+        prewarm = awake & (~active) & (idle >= zero_plan.prewarm_at) & (current == 0) & (out > 0)
+        out = np.where(gap_zero, 0, out)
         code = np.where(out > need, _STABILIZED, _HOLD)
-        code = np.where(~awake & (current > 0) & (out == 0), _SCALE_TO_ZERO, code)
+        code = np.where((~awake | gap_zero) & (current > 0) & (out == 0), _SCALE_TO_ZERO, code)
         code = np.where((current == 0) & (out > 0), _ACTIVATE, code)
+        code = np.where(prewarm, _PREWARM, code)
         code = label_direction(code, out, current)
         decisions = Decisions(self.name, now, out.astype(np.int64), code, demand, per_replica, need.astype(np.float64))
         new_state = replace(
@@ -227,8 +317,94 @@ class Shadowscale:
             max_peak=max_peak,
             last_active=last_active,
             needs=needs,
+            gap_hist=zero_plan.gap_hist,
+            keep_alive=zero_plan.keep_alive,
+            prewarm_at=zero_plan.prewarm_at,
+            burst=zero_plan.burst,
+            burst_open=zero_plan.burst_open,
+            burst_t=zero_plan.burst_t,
+            cold_arrivals=zero_plan.cold_arrivals,
+            all_arrivals=zero_plan.all_arrivals,
+            llm=llm_state,  # LLM sizing hook (i12-llm)
         )
         return decisions, new_state
+
+    def _learn_gaps(
+        self, state: ShadowscaleState, now: float, arrived: FloatArray, active: BoolArray, signals: Signals
+    ) -> _ZeroPlan:
+        """Record the idle gaps that ended at this tick, the requests each gap's end brought within a cold start,
+        the cold-start budget's spending, and re-plan the models whose histogram changed."""
+        cold_arrivals = state.cold_arrivals + float(arrived[signals.ready == 0].sum())
+        all_arrivals = state.all_arrivals + float(arrived.sum())
+        # a burst window closes one cold start after the gap ended: the requests it saw are what a cold model misses
+        closing = ~np.isnan(state.burst_open) & (now - state.burst_t >= state.horizon)
+        burst = np.where(closing, state.burst + 0.3 * (signals.arrivals - state.burst_open - state.burst), state.burst)
+        burst_open = np.where(closing, np.nan, state.burst_open)
+        gap = now - state.last_active
+        # a gap is known only between two ticks with traffic (the time before the first request is not a gap)
+        ended = active & (state.max_peak > 0) & (gap >= self.gap_bin_s)
+        if not self.predictive_zero or not ended.any():
+            return _ZeroPlan(
+                state.gap_hist,
+                state.keep_alive,
+                state.prewarm_at,
+                burst,
+                burst_open,
+                state.burst_t,
+                cold_arrivals,
+                all_arrivals,
+            )
+        rows = np.flatnonzero(ended)
+        hist = state.gap_hist.copy()
+        b = np.minimum((gap[rows] // self.gap_bin_s).astype(np.int64), self.gap_bins)
+        hist[rows, b] += 1.0
+        burst_open = burst_open.copy()
+        burst_open[rows] = state.last_arrivals[rows]
+        burst_t = state.burst_t.copy()
+        burst_t[rows] = now
+        keep_alive = state.keep_alive.copy()
+        prewarm_at = state.prewarm_at.copy()
+        for i in rows:
+            keep_alive[i], prewarm_at[i] = self._plan(
+                hist[i], float(state.fraction[i]), float(burst[i]), float(state.horizon[i])
+            )
+        return _ZeroPlan(hist, keep_alive, prewarm_at, burst, burst_open, burst_t, cold_arrivals, all_arrivals)
+
+    def _plan(self, h: FloatArray, fraction: float, burst: float, cold_start_s: float) -> tuple[float, float]:
+        """(keep-alive, pre-warm point) that maximise, per idle gap, the GPU-seconds saved at zero minus
+        ``miss_cost_gpu_s`` × the requests expected to miss; (inf, inf) when no plan gains or the histogram is thin.
+
+        Zero from ``K = k`` bins after the last request until ``P = e`` bins − cold start − margin: a gap that ends
+        in ``[K, e·bin)`` finds no ready replica (miss); a gap ``G ≥ K`` saves ``min(G, P) − K`` seconds of the
+        replica. Probabilities are over the gaps at least ``K`` long, with half a miss added to the ones observed
+        (an unseen gap in the window is possible: a thin histogram plans cautiously).
+        """
+        nb = self.gap_bins
+        w = self.gap_bin_s
+        centre = (np.arange(nb + 1) + 0.5) * w
+        centre[nb] = nb * w  # longer than the histogram: at least this long
+        c = np.concatenate(([0.0], np.cumsum(h)))  # c[j] = gaps in bins < j
+        hc = np.concatenate(([0.0], np.cumsum(h * centre)))
+        total = c[-1]
+        k = np.arange(1, nb)[:, None]  # keep-alive bins
+        e = np.arange(2, nb + 1)[None, :]  # bins the plan bets no gap ends before
+        keep = k * w
+        pre = e * w - cold_start_s - self.prewarm_margin_s
+        n_k = total - c[k]
+        # bins whose whole range lies below the pre-warm point count their centre; the rest count P
+        j = np.clip(np.floor(pre / w).astype(np.int64), 0, nb + 1)
+        j = np.maximum(j, k)
+        saved = hc[j] - hc[k] + pre * (total - c[j]) - keep * n_k
+        misses = c[e] - c[k]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = fraction * saved / n_k - self.miss_cost_gpu_s * burst * (misses + 0.5) / (n_k + 1.0)
+        ok = (pre >= keep + w) & (n_k >= self.min_gaps) & (e > k)
+        value = np.where(ok, value, -math.inf)
+        best = int(np.argmax(value))
+        if not value.flat[best] > 0.0:
+            return math.inf, math.inf
+        kb, eb = np.unravel_index(best, value.shape)
+        return float(keep[kb, 0]), float(pre[0, eb])
 
 
 def _replace_sample(state: ShadowscaleState, now: float, signals: Signals) -> ShadowscaleState:

@@ -52,7 +52,8 @@ def test_generic_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for name, stats in methods.items():
         planner = name in bench.PLANNERS
         keys = {"median_trials", "p90_trials", "median_fraction", "p90_fraction"}
-        assert set(stats) == (keys | {"stop_rule"} if planner else keys)
+        extra = {"stop_rule"} if planner else {"stop_rule", "stop_rule_by_patience"} if name == "consensus" else set()
+        assert set(stats) == keys | extra
         assert 1.0 <= stats["median_trials"] <= stats["p90_trials"] <= 12.0
         assert 0.0 < stats["median_fraction"] <= stats["p90_fraction"] <= 1.0
         if planner:  # the planner as a user gets it: its own stopping rule
@@ -60,6 +61,11 @@ def test_generic_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
             assert set(stop) == keys | {"median_value", "within_5pct"}
             assert 1.0 <= stop["median_trials"] <= 12.0 and 0.0 <= stop["within_5pct"] <= 1.0
             assert 0.0 < stop["median_value"] <= 1.0
+    by_patience = methods["consensus"]["stop_rule_by_patience"]
+    assert list(by_patience) == [str(k) for k in bench.CONSENSUS_PATIENCE]
+    assert methods["consensus"]["stop_rule"] == by_patience[str(bench.PATIENCE)]
+    trials = [by_patience[str(k)]["median_trials"] for k in bench.CONSENSUS_PATIENCE]
+    assert trials == sorted(trials) and trials[0] >= 2.0  # more patience, never fewer trials; k=1 needs 2 at least
     d = json.loads(details.read_text())
     assert d["wall_s"] > 0 and d["seeds"] == [0, 1]
     assert d["per_task"]["random"]["m1-s1"]["configs"] == 12

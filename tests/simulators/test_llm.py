@@ -46,17 +46,22 @@ def test_steps_until_is_the_first_boundary_at_or_after(s0: float, h: float, x: f
     assert t[k] >= x and (k == 0 or t[k - 1] < x)
 
 
+@pytest.mark.parametrize("chunked", [True, False])
 @pytest.mark.parametrize(
     "name,n,seed",
     [("llama-2-7b@1xA100", 1500, 2), ("llama-2-70b@2xA100", 500, 3), ("llama-3.1-8b@1xA100", 1500, 4)],
 )
-def test_fast_continuous_batching_matches_the_step_by_step_reference(name: str, n: int, seed: int) -> None:
+def test_fast_continuous_batching_matches_the_step_by_step_reference(
+    name: str, n: int, seed: int, chunked: bool
+) -> None:
     """Per-request latency, TTFT and rejections of the event-jumping model equal the one-step-at-a-time
     reference, through scale-ups, cold starts, drains, scale to zero, KV-full admission waits (the 70B on two
-    GPUs holds 18k tokens) and time-outs. Mutations caught: admitting without the KV check, decode steps that
-    ignore the context term (``d2``), a replica taking requests while draining, TTFT stamped at admission
-    instead of at the prefill's end."""
-    s = deployment(name)
+    GPUs holds 18k tokens) and time-outs, with and without chunked prefill (prompts up to 4,000 tokens span two
+    chunks). Mutations caught: admitting without the KV check, decode steps that ignore the context term
+    (``d2``), a replica taking requests while draining, TTFT stamped at admission instead of at the prefill's
+    end; with chunks: a mixed step without its decode part, chunks that ignore the budget taken by decode
+    tokens, a draining replica that drops its half-prefilled prompts."""
+    s = replace(deployment(name), chunked_prefill=chunked)
     rng = np.random.default_rng(seed)
     arr = np.sort(rng.random(n) * 120).tolist()
     p = rng.integers(1, 4000, n).astype(float).tolist()
@@ -205,3 +210,34 @@ def test_batches_that_overflow_the_kv_cache_run_in_waves_as_measured() -> None:
         n = float(r.length)
         lat, _, _ = simulate_fast(s, [0.0] * r.batch, [n] * r.batch, [n] * r.batch, [(0.0, 1)], 0.0, 1e9)
         assert max(lat) == pytest.approx(r.latency_s, rel=0.05)
+
+
+def _long_prompt_beside_a_short_one(chunked: bool) -> tuple[list[float], list[float]]:
+    """A short request (200 prompt, 10 output tokens) decoding when a 30,000-token prompt arrives at 0.1 s on one
+    Llama-3.1-8B replica: (latencies, TTFTs)."""
+    s = replace(deployment("llama-3.1-8b@1xA100"), chunked_prefill=chunked)
+    lat, ttft, _ = simulate_fast(s, [0.0, 0.1], [200.0, 30000.0], [10.0, 20.0], [(0.0, 1)], 0.0, 1e9)
+    ref = simulate_iterations(s, [0.0, 0.1], [200.0, 30000.0], [10.0, 20.0], [(0.0, 1)], 0.0, 1e9)
+    np.testing.assert_allclose(lat, ref[0], rtol=1e-9)
+    return lat, ttft
+
+
+def test_chunked_prefill_keeps_a_long_prompt_from_stalling_the_others_decode() -> None:
+    """Without chunked prefill the 30k-token prompt's prefill (about 2.5 s) holds the whole replica: the short
+    request that was decoding gets no token until it is done and finishes after it. With chunks (vLLM's default)
+    the short one gets a token every step and is done long before the long prompt's first token, which comes
+    later only by the per-step overhead of its 15 chunks. Mutations caught: chunked mode falling back to
+    whole-prompt prefill steps (the short one finishes after the long prompt again), a mixed step that leaves
+    decoding requests out (same), a budget that ignores the decode tokens or chunk overheads (the TTFT falls
+    below the 15-chunk lower bound)."""
+    lat_c, ttft_c = _long_prompt_beside_a_short_one(True)
+    lat_w, ttft_w = _long_prompt_beside_a_short_one(False)
+    assert lat_w[0] > ttft_w[1] + 0.1  # stalled behind the whole prefill
+    assert lat_c[0] < 0.5 * (ttft_c[1] + 0.1)  # done halfway through the chunked prefill
+    assert ttft_w[1] < ttft_c[1] < 2.0 * ttft_w[1]
+    s = deployment("llama-3.1-8b@1xA100")
+    assert s.chunked_prefill and s.max_batched_tokens == 2048
+    a, b, c, e = s.iteration.prefill
+    steps = math.ceil(30000 / 2047)  # 2,047 prompt tokens beside the one decoding request, 2,048 once it is done
+    assert steps == 15
+    assert ttft_c[1] + 0.1 >= steps * (a + e) + b * 30000 + c * 30000**2 - 1e-9

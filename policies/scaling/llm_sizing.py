@@ -1,0 +1,240 @@
+"""LLM replica sizing in tokens, from the serving model (shadowscale's LLM lever, issue 12).
+
+A continuous-batching replica is not a server of "requests/s of the unit request": what it can take depends on the
+prompt and answer lengths of the traffic it gets. This module sizes each LLM model's replicas the way Dynamo's SLA
+planner does (load predictor × performance profile × correction), with the profile being the fitted iteration
+model of :mod:`policies.llm`:
+
+- **Work per request** (replica-seconds) from the token mix: the prompt's prefill (``b·p + c·p² + e`` per chunk,
+  plus the fixed cost of the steps its chunks ride on, ``(a − d0)`` each) and its share of the decode steps it
+  takes part in (``(o − 1)·(d1 + d2·(p + o/2))``). Mean prompt tokens per arrival come from the
+  ``prompt_tokens`` counter, mean answer tokens per finished request from ``output_tokens``/``finished``.
+- **Queueing model** of one replica at ``x`` requests/s: utilization ``ρ = x·κ·w`` (``κ`` the correction); a
+  decode step then comes every ``TPOT = d0 / (1 − ρ)`` seconds (the step's fixed cost stretched by the work that
+  shares the replica), the first token after ``prefill / (1 − ρ)``, and Little's law gives the requests a
+  replica holds, ``R = x·(prefill + (o − 1)·d0) / (1 − ρ)``. The largest ``x`` that keeps the mean TPOT and
+  TTFT within ``tpot_share`` / ``ttft_share`` of their objectives and ``R`` within ``kv_share`` of the KV cache
+  (every running request holds its prompt + answer) and of ``max_num_seqs`` is the replica's capacity.
+- **Quantile forecast** of arrivals: the larger of a fast and a slow average, plus the rising trend over the cold
+  start, plus ``z`` (shadowscale's ``headroom``) standard deviations of the arrival rate over ``window_s`` (the
+  per-tick variance averaged down to the window: Poisson noise shrinks with the window, bursts do not). Requests
+  queued beyond what the ready replicas can hold are drained within ``drain_s``.
+- **Correction** ``κ`` (multiplier of the work per request), learned from the observed concurrency: with ``λ``
+  arriving at ``r`` ready replicas the model predicts ``L = λ·T0 / (1 − κ·w·λ/r)`` outstanding requests; the
+  observed ``L`` solves for the ``κ`` that explains it. ``κ`` moves towards that value (in log space, over
+  ``correction_tau_s``) **both ways**, and only while every replica is ready and nothing queues beyond what they
+  hold (a backlog measures the shortage, not the replica). Shadowscale's request-count correction compared the
+  mean time in system with the unit request's SLO, so on heavy-tailed traffic the long requests' own service time
+  read as slowness at any replica count and it only ever shrank; here the requests' own work is in the
+  prediction, and ``κ`` stays near 1 when the model is right.
+
+Pure: numpy only; time comes in with the signals. Without token counters (a pipeline that does not count
+tokens) :meth:`LlmSizing.plan` leaves every model to the caller's own sizing (``use`` all False).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from shadowscale.policies.llm import TPOT_SLO_FACTOR, TPOT_SLO_MIN_S, TTFT_SLO_FACTOR, TTFT_SLO_MIN_S
+from shadowscale.policies.scaling.base import Signals, ceil_int
+from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
+
+BoolArray = npt.NDArray[np.bool_]
+
+UNIT_PROMPT = 256.0
+UNIT_OUTPUT = 256.0
+"""Token mix assumed before any request has been seen (the unit request of :func:`LlmServing.unit_batch_latency`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSizingState:
+    is_llm: BoolArray
+    coef: FloatArray
+    """Per model (rows): a, b, c, e, d0, d1, d2, KV tokens, max_num_seqs, step token budget (0: unchunked)."""
+    last_prompt: FloatArray
+    last_output: FloatArray
+    last_finished: FloatArray
+    last_arrivals: FloatArray
+    last_inflight: FloatArray
+    prompt_mean: FloatArray
+    output_mean: FloatArray
+    fast: FloatArray
+    slow: FloatArray
+    var: FloatArray
+    kappa: FloatArray
+    """Correction: observed work per request / modelled work per request."""
+    rate_avg: FloatArray
+    """Arrival rate and concurrency averaged over ``correction_tau_s`` of steady ticks (the correction's data)."""
+    conc_avg: FloatArray
+    seen: BoolArray
+    """Whether a request of the model has arrived (the token means are still the prior until then)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LlmSizing:
+    tpot_share: float = 0.6
+    """Mean time per output token planned as this share of the TPOT objective."""
+    ttft_share: float = 0.5
+    """Mean time to first token planned as this share of the TTFT objective."""
+    kv_share: float = 0.8
+    """Share of the KV cache (and of ``max_num_seqs``) the running requests are planned to hold."""
+    fast_tau_s: float = 10.0
+    slow_tau_s: float = 120.0
+    mix_tau_s: float = 120.0
+    """Averaging time of the token mix (mean prompt and answer tokens)."""
+    window_s: float = 10.0
+    """Time over which a burst must be absorbed (the arrival-rate quantile's averaging window)."""
+    drain_s: float = 10.0
+    correction_tau_s: float = 120.0
+    min_kappa: float = 0.5
+    max_kappa: float = 2.0
+    informative_rho: float = 0.35
+    """The correction learns only while the modelled utilization is at least this: at a light load the observed
+    concurrency is mostly the requests' own service time, and a bias there (heavy-tailed prompts: ``E[p²] >
+    E[p]²``) would read as extra work per request — more replicas, a lighter load, a larger bias: a ratchet."""
+
+    def init(self, services: Sequence[ServiceConfig]) -> LlmSizingState:
+        n = len(services)
+        coef = np.zeros((n, 10))
+        is_llm = np.zeros(n, dtype=np.bool_)
+        for i, s in enumerate(services):
+            llm = s.llm
+            if llm is None:
+                coef[i] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)  # unused; keeps the arithmetic finite
+                continue
+            is_llm[i] = True
+            a, b, c, e = llm.iteration.prefill
+            d0, d1, d2 = llm.iteration.decode
+            budget = float(llm.max_batched_tokens) if llm.chunked_prefill else 0.0
+            coef[i] = (a, b, c, e, d0, d1, d2, float(llm.kv_tokens), float(llm.max_num_seqs), budget)
+        z = np.zeros(n)
+        return LlmSizingState(
+            is_llm=is_llm,
+            coef=coef,
+            last_prompt=z,
+            last_output=z,
+            last_finished=z,
+            last_arrivals=z,
+            last_inflight=z,
+            prompt_mean=np.full(n, UNIT_PROMPT),
+            output_mean=np.full(n, UNIT_OUTPUT),
+            fast=z,
+            slow=z,
+            var=z,
+            kappa=np.ones(n),
+            rate_avg=z,
+            conc_avg=z,
+            seen=np.zeros(n, dtype=np.bool_),
+        )
+
+    def model(self, st: LlmSizingState) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """(work per request w, ρ_max, T0 = prefill alone + (o − 1)·d0, R_max) at the current token mix."""
+        a, b, c, e, d0, d1, d2, kv, seqs, budget = st.coef.T
+        p = st.prompt_mean
+        o = np.maximum(st.output_mean, 1.0)
+        chunked = budget > 0
+        steps = np.where(chunked, np.maximum(1.0, p / np.maximum(budget, 1.0)), 1.0)
+        prefill_alone = a + b * p + c * p * p + e
+        # a prompt served alone: its chunks each pay the step's fixed costs; each of its tokens one decode step
+        own_prefill = np.where(chunked, (a + e) * np.ceil(steps), a + e) + b * p + c * p * p
+        # unchunked: the prefill step holds the replica; chunked: its chunks ride on steps that run anyway,
+        # each costing (a − d0) more than a plain decode step, plus e per chunk
+        w_pre = np.where(chunked, b * p + c * p * p + (e + np.maximum(a - d0, 0.0)) * steps, prefill_alone)
+        w = w_pre + (o - 1.0) * (d1 + d2 * (p + o / 2.0))
+        tpot_slo = np.maximum(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (d0 + d1 + d2 * p))
+        ttft_slo = np.maximum(TTFT_SLO_MIN_S, TTFT_SLO_FACTOR * prefill_alone)
+        rho_max = np.minimum(
+            1.0 - d0 / (self.tpot_share * tpot_slo), 1.0 - prefill_alone / (self.ttft_share * ttft_slo)
+        )
+        rho_max = np.clip(rho_max, 0.05, 0.95)
+        t0 = own_prefill + (o - 1.0) * d0
+        r_max = self.kv_share * np.minimum(kv / (p + o), seqs)
+        return w, rho_max, t0, np.maximum(r_max, 1.0)
+
+    def capacity(self, st: LlmSizingState) -> FloatArray:
+        """Requests/s one replica takes within the planned TPOT, TTFT and KV occupancy."""
+        w, rho_max, t0, r_max = self.model(st)
+        kw = st.kappa * w
+        cap: FloatArray = np.minimum(rho_max / kw, r_max / (t0 + r_max * kw))
+        return cap
+
+    def plan(
+        self, signals: Signals, st: LlmSizingState, dt: float, z: float, horizon: FloatArray
+    ) -> tuple[IntArray, FloatArray, FloatArray, BoolArray, LlmSizingState]:
+        """(replicas needed, demand in requests/s, capacity per replica, which models this sized, new state)."""
+        n = signals.n_models
+        if signals.prompt_tokens is None or signals.output_tokens is None or signals.finished is None or dt <= 0:
+            return np.zeros(n, np.int64), np.zeros(n), np.ones(n), np.zeros(n, dtype=np.bool_), st
+        arrived = signals.arrivals - st.last_arrivals
+        rate = arrived / dt
+        d_prompt = signals.prompt_tokens - st.last_prompt
+        d_out = signals.output_tokens - st.last_output
+        d_fin = signals.finished - st.last_finished
+        a_mix = 1.0 - math.exp(-dt / self.mix_tau_s)
+        # the token means: averaged over requests (a tick's weight grows with its requests), the first ones set them
+        w_in = np.where(st.seen, 1.0 - (1.0 - a_mix) ** np.maximum(arrived, 0.0), 1.0)
+        w_in = np.where(arrived > 0, w_in, 0.0)
+        p_tick = np.divide(d_prompt, arrived, out=st.prompt_mean.copy(), where=arrived > 0)
+        prompt_mean = st.prompt_mean + w_in * (p_tick - st.prompt_mean)
+        w_out = np.where(d_fin > 0, 1.0 - (1.0 - a_mix) ** np.maximum(d_fin, 0.0), 0.0)
+        o_tick = np.divide(d_out, d_fin, out=st.output_mean.copy(), where=d_fin > 0)
+        output_mean = st.output_mean + w_out * (o_tick - st.output_mean)
+        seen = st.seen | (arrived > 0)
+
+        a_fast = 1.0 - math.exp(-dt / self.fast_tau_s)
+        a_slow = 1.0 - math.exp(-dt / self.slow_tau_s)
+        fast = st.fast + a_fast * (rate - st.fast)
+        slow = st.slow + a_slow * (rate - st.slow)
+        var = st.var + a_slow * ((rate - st.fast) ** 2 - st.var)
+        trend = np.maximum(fast - slow, 0.0) / (self.slow_tau_s - self.fast_tau_s)
+        mean = np.maximum(fast, slow) + trend * horizon
+        sigma = np.sqrt(np.maximum(var, 0.0) * min(1.0, dt / self.window_s))
+        st1 = replace(st, prompt_mean=prompt_mean, output_mean=output_mean)
+        w, _, t0, r_max = self.model(st1)
+
+        # correction from the observed concurrency (Little): only with every replica ready and no queue beyond them
+        ready = signals.ready.astype(np.float64)
+        conc = (signals.inflight_s - st.last_inflight) / dt
+        steady = st.is_llm & (ready > 0) & (signals.ready == signals.replicas) & (signals.outstanding <= ready * r_max)
+        a_corr = 1.0 - math.exp(-dt / self.correction_tau_s)
+        rate_avg = np.where(steady, st.rate_avg + a_corr * (rate - st.rate_avg), st.rate_avg)
+        conc_avg = np.where(steady, st.conc_avg + a_corr * (conc - st.conc_avg), st.conc_avg)
+        x = rate_avg / np.maximum(ready, 1.0)
+        base = rate_avg * t0
+        # L = λ·T0 / (1 − κ·w·x)  =>  κ = (1 − λ·T0 / L) / (w·x); ill-conditioned at a light load: left alone there
+        informative = steady & (st.kappa * w * x >= self.informative_rho) & (conc_avg > 0)
+        k_obs = np.divide(
+            1.0 - np.divide(base, conc_avg, out=np.ones(n), where=conc_avg > 0),
+            w * x,
+            out=st.kappa.copy(),
+            where=informative,
+        )
+        k_obs = np.clip(k_obs, self.min_kappa, self.max_kappa)
+        kappa = np.where(informative, np.exp(np.log(st.kappa) + a_fast * (np.log(k_obs) - np.log(st.kappa))), st.kappa)
+
+        st2 = replace(
+            st1,
+            last_prompt=signals.prompt_tokens,
+            last_output=signals.output_tokens,
+            last_finished=signals.finished,
+            last_arrivals=signals.arrivals,
+            last_inflight=signals.inflight_s,
+            fast=fast,
+            slow=slow,
+            var=var,
+            kappa=kappa,
+            rate_avg=rate_avg,
+            conc_avg=conc_avg,
+            seen=seen,
+        )
+        per_replica = self.capacity(st2)
+        backlog = np.maximum(signals.outstanding - ready * r_max, 0.0) / self.drain_s
+        demand = mean + z * sigma + backlog
+        need = ceil_int(demand / per_replica)
+        return need, demand, per_replica, st.is_llm.copy(), st2
