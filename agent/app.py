@@ -348,7 +348,11 @@ async def open_rollout(
     from shadowscale.agent.profiling.rollout_loop import RolloutLoop
 
     r = cfg.rollout
-    actuator = RolloutActuator(api, model_workloads(cfg))
+    from shadowscale.agent.profiling.shadow import ShadowSettings
+
+    # the spec is applied to the template as a shadow trial's is: the same GPU type label
+    shadow = ShadowSettings(kafka_bootstrap="unused:0", gpu_type_label=cfg.profiling.shadow.gpu_type_label)
+    actuator = RolloutActuator(api, model_workloads(cfg), shadow)
     controller = RolloutController(actuator, rollout_settings(cfg), on_running=book.set_running)
     traffic: KafkaTail | None = KafkaTail(cfg.kafka, cfg.kafka.topics.traffic)
     try:

@@ -226,8 +226,9 @@ async def test_a_stored_profiles_spec_rolls_out_through_a_canary_judged_on_live_
         assert canary["spec"]["replicas"] == 1 and running_spec(canary) == NEW
         assert container(canary)["resources"]["limits"]["cpu"] == "2"
         assert container(k8s.get("deployments", NS, "m1"))["resources"]["limits"]["cpu"] == "1"  # not yet
-        assert STARTED_ANNOTATION in k8s.get("deployments", NS, "m1")["metadata"]["annotations"]
-        assert metric(running, "shadowscale_rollouts_in_progress") == 1
+        marked = lambda: STARTED_ANNOTATION in k8s.get("deployments", NS, "m1")["metadata"]["annotations"]  # noqa: E731
+        await until(marked, "no start mark on m1")  # written right after the canary
+        await until(lambda: metric(running, "shadowscale_rollouts_in_progress") == 1, "no rollout in progress")
         async with canary_traffic(cfg, "m1", p99_ms=0.5 * SLO, own_p99_ms=9 * SLO):
             await until(lambda: not exists(k8s, "m1-canary"), "the canary was not judged")
         dep = k8s.get("deployments", NS, "m1")
@@ -239,8 +240,13 @@ async def test_a_stored_profiles_spec_rolls_out_through_a_canary_judged_on_live_
             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
         }
         assert metric(running, "shadowscale_rollouts_total", {"outcome": "started"}) == 1
-        assert metric(running, "shadowscale_rollouts_total", {"outcome": "promoted"}) == 1
-        assert metric(running, "shadowscale_rollouts_in_progress") == 0
+        await until(
+            lambda: metric(running, "shadowscale_rollouts_total", {"outcome": "promoted"}) == 1,
+            "metric shadowscale_rollouts_total promoted",
+        )
+        await until(
+            lambda: metric(running, "shadowscale_rollouts_in_progress") == 0, "metric shadowscale_rollouts_in_progress"
+        )
         await until(lambda: ("m1", "RolloutPromoted", "Normal") in events(k8s), "no RolloutPromoted Event")
         assert ("m1", "RolloutStarted", "Normal") in events(k8s)
 
@@ -261,7 +267,10 @@ async def test_a_canary_that_misses_the_slo_on_live_traffic_is_rolled_back(broke
             await until(lambda: not exists(k8s, "m1-canary"), "the canary was not judged")
         dep = k8s.get("deployments", NS, "m1")
         assert dep["spec"]["template"] == before["spec"]["template"] and running_spec(dep) == OLD
-        assert metric(running, "shadowscale_rollouts_total", {"outcome": "rolled_back"}) == 1
+        await until(
+            lambda: metric(running, "shadowscale_rollouts_total", {"outcome": "rolled_back"}) == 1,
+            "metric shadowscale_rollouts_total rolled_back",
+        )
         assert metric(running, "shadowscale_rollouts_total", {"outcome": "promoted"}) == 0
         await until(lambda: ("m1", "RolloutRolledBack", "Warning") in events(k8s), "no RolloutRolledBack Event")
         await until(lambda: capacity(running, "m1") == 40.0, "capacity is not the running spec's")
@@ -314,6 +323,21 @@ async def test_the_opt_out_annotation_keeps_a_workload_as_it_is(broker: LocalBro
         loop = running.rollout
         assert loop is not None
         assert any(m == "m1" and "opted out" in d.reason for _, m, d in loop.controller.decisions)
+
+
+@pytest.mark.asyncio
+async def test_dry_run_reports_what_would_roll_out_and_changes_nothing(broker: LocalBroker, k8s: K8s) -> None:
+    """``rollout.dry_run``: a RolloutDryRun Event and metric name the spec, no canary, no patch of the workload; the
+    decision is reported once, not at every check. Mutation: ignoring ``dry_run`` starts a canary."""
+    cfg = agent_config(broker, k8s, ["m1"], dry_run=True)
+    async with agent(cfg, k8s, [deployment("m1", {SPEC_ANNOTATION: OLD_SPEC})]) as running:
+        await until(lambda: ("m1", "RolloutDryRun", "Normal") in events(k8s), "no RolloutDryRun Event")
+        await asyncio.sleep(1.0)  # several more check rounds
+        assert not exists(k8s, "m1-canary") and [r for r in k8s.requests("patch")] == []
+        assert metric(running, "shadowscale_rollouts_total", {"outcome": "dry_run"}) == 1
+        assert metric(running, "shadowscale_rollouts_total", {"outcome": "started"}) == 0
+        (message,) = [r.data["message"] for r in k8s.requests("post") if str(r.url).endswith("/events")]
+        assert message == 'dry run: would roll out {"batch": 8, "cpu": 2.0}'
 
 
 # -- (e) the capacity follows the running spec and version ----------------------------------------------------------
@@ -383,7 +407,10 @@ async def test_only_the_leader_acts_and_a_new_leader_resumes_the_canary_in_fligh
             await until(lambda: not exists(k8s, "m1-canary"), "the resumed canary was not judged", timeout_s=20)
         assert running.leader.is_leader()
         assert running_spec(k8s.get("deployments", NS, "m1")) == NEW
-        assert metric(running, "shadowscale_rollouts_total", {"outcome": "promoted"}) == 1
+        await until(
+            lambda: metric(running, "shadowscale_rollouts_total", {"outcome": "promoted"}) == 1,
+            "metric shadowscale_rollouts_total promoted",
+        )
         assert metric(running, "shadowscale_rollouts_total", {"outcome": "started"}) == 0
 
 
