@@ -393,7 +393,8 @@ class RolloutController:
             canary.windows.append(window)
 
     async def step(self, now: float) -> dict[str, CanaryVerdict]:
-        """Judge every canary: promote (patch the Deployment, delete the canary) or roll back (delete it)."""
+        """Judge every canary: promote (patch the Deployment, delete the canary) or roll back (delete it). A verdict
+        whose calls fail is logged and the canary judged again at the next step (the other canaries go on)."""
         out: dict[str, CanaryVerdict] = {}
         for model, canary in list(self.canaries.items()):
             profile = self.profiles[model]
@@ -402,14 +403,26 @@ class RolloutController:
             if verdict.action == "wait":
                 continue
             self.decisions.append((now, model, verdict))
+            del self.decisions[:-1000]
+            try:
+                if verdict.action == "promote":
+                    await self.actuator.promote(model, canary.config, self.settings)
+                else:
+                    await self.actuator.delete_canary(model)
+            except Exception as e:  # the API server may be away: judged again at the next step, others go on
+                log.warning(
+                    "rollout verdict not carried out; will retry",
+                    model=model,
+                    action=verdict.action,
+                    error=f"{type(e).__name__}: {e}",
+                )
+                continue
             if verdict.action == "promote":
-                await self.actuator.promote(model, canary.config, self.settings)
                 log.info("rollout promoted", model=model, config=dict(canary.config), reason=verdict.reason)
                 if self.on_running is not None:
                     self.on_running(model, canary.config)
                 self._event(model, "promoted", f"{_spec(canary.config)} rolled out: {verdict.reason}")
             else:
-                await self.actuator.delete_canary(model)
                 log.warning("rollout rolled back", model=model, config=dict(canary.config), reason=verdict.reason)
                 self._event(model, "rolled_back", f"canary with {_spec(canary.config)} rolled back: {verdict.reason}")
             del self.canaries[model]

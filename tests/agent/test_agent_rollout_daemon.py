@@ -502,3 +502,49 @@ def test_a_profile_of_another_version_is_not_used_whichever_comes_first() -> Non
         assert book.profiles["m1"].stale and "profiled 'srv:1', running 'srv:2'" in book.profiles["m1"].stale_reason
         book.install(StoredProfile(profile("m1"), updated_at=9.0, version="srv:2"))  # the re-trial's profile
         assert book.capacity("m1") == (40.0, "profile 40 req/s per replica (the profile's trial of the running spec)")
+
+
+@pytest.mark.asyncio
+async def test_a_verdict_whose_call_fails_is_retried_and_the_other_canaries_go_on() -> None:
+    """m1's rollback cannot delete its canary (the API answers 500): m2 is still promoted in the same step, m1 stays
+    in progress and is rolled back at the next step. Mutation: letting the failure escape ``step`` leaves m2's
+    promotion undone."""
+    from shadowscale.agent.profiling.rollout import Canary, RolloutController
+    from shadowscale.policies.profiling.rollout import CanaryWindow, RolloutSettings
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.fail = True
+            self.calls: list[tuple[str, str]] = []
+
+        async def read(self, model: str) -> dict[str, Any]:
+            return {}
+
+        async def create_canary(self, model: str, config: Any, started: float | None = None) -> str:
+            return f"{model}-canary"
+
+        async def delete_canary(self, model: str) -> None:
+            if model == "m1" and self.fail:
+                self.fail = False
+                raise RuntimeError("HTTP 500")
+            self.calls.append(("delete", model))
+
+        async def promote(self, model: str, config: Any, settings: RolloutSettings) -> None:
+            self.calls.append(("promote", model))
+
+        async def mark_started(self, model: str, now: float) -> None:
+            pass
+
+        async def read_canary(self, model: str) -> dict[str, Any] | None:
+            return None
+
+    act = Flaky()
+    ctl = RolloutController(act, RolloutSettings(canary_windows=1, canary_min_requests=1))
+    slow = CanaryWindow(1.0, 10, 10, 0, 3 * SLO)
+    fast = CanaryWindow(1.0, 10, 10, 0, 0.5 * SLO)
+    ctl.canaries = {"m1": Canary(NEW, 0.0, [slow]), "m2": Canary(NEW, 0.0, [fast])}
+    ctl.profiles = {"m1": profile("m1"), "m2": profile("m2")}
+    first = await ctl.step(2.0)
+    assert first["m1"].action == "rollback" and act.calls == [("promote", "m2")] and set(ctl.canaries) == {"m1"}
+    await ctl.step(3.0)
+    assert act.calls[-1] == ("delete", "m1") and ctl.canaries == {}
