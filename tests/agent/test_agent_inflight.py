@@ -123,9 +123,9 @@ async def test_revocation_cancels_a_hung_call_after_the_wait_and_commits_nothing
 
 
 async def test_a_newer_target_waits_for_the_call_in_flight_and_is_applied_after_it() -> None:
-    """Catches: starting a second call for a model whose call is still in flight (two concurrent writes to one
-    workload, the older one may land last) and dropping the target decided meanwhile (the workload would stay at
-    the first, smaller target)."""
+    """Catches: starting a second call for a model whose call is still in flight — from a newer decision, or from
+    its pending target's back-off running out meanwhile (two concurrent writes to one workload: the older one may
+    land last) — and dropping the target decided meanwhile (the workload would stay at the first, smaller one)."""
     cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
     clock = VirtualClock(0.0)
     stop = asyncio.Event()
@@ -134,12 +134,18 @@ async def test_a_newer_target_waits_for_the_call_in_flight_and_is_applied_after_
     most = 0
 
     class Slow(RecordingActuator):
+        """The first call fails at once (the target becomes pending), the retry hangs until released."""
+
         async def scale(self, targets: Mapping[str, int]) -> ScaleResult:
             nonlocal running, most
             running += 1
             most = max(most, running)
+            n = len(self.calls)
             try:
-                if len(self.calls) == 0:
+                if n == 0:
+                    self.calls.append(dict(targets))
+                    return ScaleResult(failed={m: "HTTP 500 (injected)" for m in targets})
+                if n == 1:
                     self.calls.append(dict(targets))
                     await release.wait()
                     self.calls.pop()
@@ -148,13 +154,14 @@ async def test_a_newer_target_waits_for_the_call_in_flight_and_is_applied_after_
                 running -= 1
 
     steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)])]
-    steps += [Step(1.0, [busy("m1", 1.0, 1, 0, arrivals=100)])]  # first target, its call hangs until released
-    steps += [Step(1.1 + 0.1 * k, [busy("m1", 1.1 + 0.1 * k, 2 + k, 0, arrivals=1000)]) for k in range(5)]
-    steps += [Step(2.0 + 0.1 * k, []) for k in range(10)]
+    steps += [Step(1.0, [busy("m1", 1.0, 1, 0, arrivals=100)])]  # first target: its call fails
+    steps += [Step(1.6, [busy("m1", 1.6, 2, 0, arrivals=100)])]  # back-off over: the retry hangs until released
+    steps += [Step(1.7 + 0.1 * k, [busy("m1", 1.7 + 0.1 * k, 3 + k, 0, arrivals=1000)]) for k in range(4)]
+    steps += [Step(2.1 + 0.1 * k, []) for k in range(12)]  # the tick at 2.0 decided more; the back-off is long over
 
     class Releasing(ScriptedSource):
         async def poll(self, max_records: int, timeout_s: float) -> object:
-            if self.polls == 8:
+            if self.polls == 14:
                 release.set()
                 await asyncio.sleep(0.01)
             return await super().poll(max_records, timeout_s)
@@ -165,9 +172,41 @@ async def test_a_newer_target_waits_for_the_call_in_flight_and_is_applied_after_
     agent = Agent(cfg, source, act, sink, clock)
     await asyncio.wait_for(agent.run(stop), 5)
     assert most == 1
-    first, *later = act.calls
-    assert later and later[-1]["m1"] > first["m1"], act.calls
+    failed, retried, *later = act.calls
+    assert retried == failed
+    assert later and later[-1]["m1"] > retried["m1"], act.calls
     assert act.replicas["m1"] == later[-1]["m1"]
-    # the first decision was audited once its call ended, as applied
+
+
+async def test_a_decision_whose_call_outlives_the_iteration_is_audited_with_its_outcome() -> None:
+    """Catches: writing the audit record when the loop moves on (``applied: false`` for a scale that did take
+    effect a moment later), and never writing it at all."""
+    cfg = config(["m1"], kafka={"commit_interval_s": 0.0})
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    release = asyncio.Event()
+
+    class Slow(RecordingActuator):
+        async def scale(self, targets: Mapping[str, int]) -> ScaleResult:
+            await release.wait()
+            return await super().scale(targets)
+
+    class Releasing(ScriptedSource):
+        async def poll(self, max_records: int, timeout_s: float) -> object:
+            if self.polls == 4:
+                release.set()
+                await asyncio.sleep(0.01)
+            return await super().poll(max_records, timeout_s)
+
+    steps = [Step(0.0, [record(traffic("m1", 0.0, arrivals=1), 0)]), Step(1.0, [busy("m1", 1.0, 1, 0)])]
+    steps += [Step(1.0 + 0.1 * k, []) for k in range(1, 6)]
+    source = Releasing(clock, steps, stop, partitions={"m1": 0})
+    act = Slow({"m1": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, source, act, sink, clock)
+    await asyncio.wait_for(agent.run(stop), 5)
     recs = [json.loads(v) for _, v in sink.records.get(DECISIONS, [])]
-    assert any(r["target"] == first["m1"] and r["applied"] for r in recs), recs
+    assert act.replicas["m1"] > 1
+    at_1 = [r for r in recs if r["at"] == 1.0]
+    assert [(r["target"], r["applied"]) for r in at_1] == [(act.replicas["m1"], True)], recs
+    assert at_1[0]["latency_ms"] >= 50.0  # measured to the call's end, not to the iteration's
