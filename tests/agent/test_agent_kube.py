@@ -182,6 +182,12 @@ async def test_every_scale_writes_an_event_on_the_workload(cluster: tuple[K8s, K
         ({"shadowscale.io/max-replicas": "1e9"}, "max-replicas='1e9' ignored"),
         ({"shadowscale.io/min-replicas": "4", "shadowscale.io/max-replicas": "2"}, "both ignored"),
         ({"shadowscale.io/paused": "yes"}, "paused='yes' ignored"),
+        ({"shadowscale.io/target-rps": "0"}, "target-rps='0' ignored"),
+        ({"shadowscale.io/target-rps": "nan"}, "target-rps='nan' ignored"),
+        ({"shadowscale.io/target-rps": "-5"}, "target-rps='-5' ignored"),
+        ({"shadowscale.io/target-rps": "1e9"}, "target-rps='1e9' ignored"),
+        ({"shadowscale.io/slo-ms": "fast"}, "slo-ms='fast' ignored"),
+        ({"shadowscale.io/slo-ms": "inf"}, "slo-ms='inf' ignored"),
     ],
 )
 async def test_a_bad_annotation_is_ignored_with_a_warning_event(
@@ -197,6 +203,7 @@ async def test_a_bad_annotation_is_ignored_with_a_warning_event(
         other = WorkloadState("x", 2, 2, 1.0)
         assert seen["resnet"].gpu_fraction == 1.0 and seen["resnet"].hold is None
         assert (seen["resnet"].min_replicas, seen["resnet"].max_replicas) == (other.min_replicas, other.max_replicas)
+        assert (seen["resnet"].target_rps, seen["resnet"].slo_ms) == (None, None)
         warnings = [e for e in await settle(k8s, 1) if e["type"] == "Warning"]
         assert warnings and warnings[0]["reason"] == "InvalidAnnotation" and words in warnings[0]["message"]
         assert (await act.scale({"resnet": 3})).applied == {"resnet": 3}
@@ -230,6 +237,29 @@ async def test_workload_annotations_narrow_bounds_and_pause(k8s: K8s) -> None:
                 break
             await asyncio.sleep(0.02)
         assert (await act.scale({"bert": 2})).applied == {"bert": 2}
+    finally:
+        await act.stop()
+
+
+async def test_target_and_slo_annotations_are_read_live(k8s: K8s) -> None:
+    """Catches: ignoring the per-workload target and SLO (KEDA's trigger target, Knative's
+    ``autoscaling.knative.dev/target``), reading them only at start (a change needs no restart), and keeping a
+    value once the annotation is removed."""
+    ann = {"shadowscale.io/target-rps": "12.5", "shadowscale.io/slo-ms": "250"}
+    await k8s.create("deployments", "serving", workload("resnet-d", "resnet", 2, 2, annotations=ann))
+    act = KubeActuator(KubernetesConfig(host=k8s.url, request_timeout_s=0.5), MODELS)
+    await act.start(timeout_s=10)
+    try:
+        seen = await act.observe()
+        assert (seen["resnet"].target_rps, seen["resnet"].slo_ms) == (12.5, 250.0)
+        new = {"shadowscale.io/target-rps": "40", "shadowscale.io/slo-ms": None}
+        await k8s.patch("deployments", "serving", "resnet-d", {"metadata": {"annotations": new}})
+        for _ in range(100):
+            seen = await act.observe()
+            if seen["resnet"].target_rps == 40.0:
+                break
+            await asyncio.sleep(0.02)
+        assert (seen["resnet"].target_rps, seen["resnet"].slo_ms) == (40.0, None)
     finally:
         await act.stop()
 
