@@ -445,7 +445,8 @@ def load_dataset(name_or_path: str, *, prices: Mapping[str, float] | None = None
 
 
 BENCH_SETTINGS = PlannerSettings()
-"""The planner's settings; the benchmark only lifts the budget and the EI stop (the count runs to the hit)."""
+"""The planner's settings; for the oracle count the benchmark lifts the budget and both stopping rules (the count
+runs to the hit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +477,7 @@ def run_planner(
     runner = ds.runner(task)
     n = len(task)
     search = Search.start(
-        space, ds.objective(task), replace(settings, budget=n, ei_threshold=0.0), prior=prior, seed=seed
+        space, ds.objective(task), replace(settings, budget=n, ei_threshold=0.0, prior_trials=0), prior=prior, seed=seed
     )
     value, _ = ds.values(task)
     top = float(max(value[i] for i in good))

@@ -19,10 +19,18 @@ with skopt's Gaussian process and feature encoding, see :mod:`policies.profiling
    improvement over the best feasible trial × P(SLO met) × P(runs) (constrained EI). P(SLO met) is never more
    certain than a latency noise of ``margin_noise`` allows.
 3. A cold search (no prior) first spreads ``initial_points`` trials over the space (a seeded start, then the
-   candidates farthest from everything tried); a warm one starts at the prior's best.
-4. Stop when the trial budget is spent, every candidate was tried, or, after ``min_trials`` and once a feasible
-   configuration is known, the best acquisition, judged with the wider ``stop_margin_noise``, is below
-   ``ei_threshold`` (an expected gain of under 1 % by default).
+   candidates farthest from everything tried); a warm one starts with the prior's order (``prior_order`` trials:
+   the configurations the other models did best on, by their measured objective relative to each one's best).
+4. Stop when the trial budget is spent, every candidate was tried, or, once a feasible configuration is known:
+
+   - the *EI rule*: after ``min_trials``, the best acquisition, judged with the wider ``stop_margin_noise``, is
+     below ``ei_threshold`` (an expected gain of under 1 % by default). A warm search whose prior explains every
+     trial (none more than ``warm_misfit`` prior standard deviations off) may stop by it after
+     ``warm_min_trials``, judged with ``margin_noise``;
+   - the *agreement rule* (warm searches, after ``prior_trials``): the sources, each weighted by the likelihood of
+     the trials under it (relative objectives within ``agree_tolerance``, feasibility by its margin) against a
+     flat "none of them" component, give at most ``1 - agree_confidence`` to "an untried configuration that may
+     meet the SLO is ``agree_improvement`` better than the incumbent" (:meth:`Search.evidence`).
 
 The GP hyperparameters (amplitude, a length scale per feature, noise) stay at ``length_scale`` for the first
 ``fit_after`` trials, are then fitted by maximum likelihood every ``refit_every`` trials and reused in between.
@@ -67,21 +75,28 @@ class PlannerSettings:
     """Stop once the best expected improvement × P(feasible) is below this (log units: 0.01 ≈ 1 %)."""
     min_trials: int = 6
     """Never stop on the EI rule before this many trials."""
-    prior_trials: int = 2
+    warm_min_trials: int = 3
+    """With a transfer prior that explains every trial so far (``warm_misfit``), the EI rule may stop from this many
+    trials on instead of ``min_trials``, and judges the expected improvement with ``margin_noise`` instead of the
+    wider ``stop_margin_noise``."""
+    warm_misfit: float = 1.0
+    """A prior *explains* the trials when no trial's objective or margin is more than this many of the prior's
+    standard deviations from its mean (shifted by the offsets fitted to the trials)."""
+    prior_order: int = 1
     """Warm start: the first this many trials follow the transfer prior's order (the configurations the other
-    models did best on, by their expected objective relative to each one's best), and the agreement rule may
-    stop from this many trials on. 0 turns both off."""
-    prior_order: int = 2
-    """Warm start: the first this many trials follow the transfer prior's order (see ``prior_trials``)."""
+    models did best on, by their expected objective relative to each one's best, measured ones first)."""
+    prior_trials: int = 2
+    """The agreement rule may stop a warm search from this many trials on (0: never): once the sources, weighted
+    by how well they explain the trials, see no untried configuration ``agree_improvement`` better than the
+    incumbent with probability ``agree_confidence`` (see :meth:`Search.evidence`)."""
     agree_tolerance: float = 0.1
-    """Agreement rule: a source *fits* the trials when it predicted every tried configuration's feasibility and
-    each feasible one's objective relative to the incumbent within this (log units: 0.1 ≈ 10 %)."""
+    """Agreement rule: the error (log units: 0.1 ≈ 10 %) a source is expected to make in predicting a trial's
+    objective relative to the incumbent; its weight is the likelihood of the trials under that error."""
     agree_improvement: float = 0.05
-    """Agreement rule: a source is *settled* when it predicts no untried configuration that may meet the SLO and
-    is at least this much (a fraction: 0.05 = 5 %) better than the incumbent."""
+    """Agreement rule: the gain (a fraction: 0.05 = 5 %) over the incumbent that a source must rule out."""
     agree_confidence: float = 0.8
-    """Agreement rule: stop once the prior is this sure that no untried configuration is better (see
-    :meth:`Search.doubt`)."""
+    """Agreement rule: stop once P(an untried configuration is ``agree_improvement`` better) is at most
+    ``1 - agree_confidence``."""
     initial_points: int = 3
     """Cold start: trials spread over the space before the surrogate chooses."""
     fit_after: int = 6
@@ -111,8 +126,10 @@ class PlannerSettings:
             raise ValueError("planner: budget must be >= 1")
         if self.ei_threshold < 0 or self.min_trials < 0 or self.initial_points < 1:
             raise ValueError("planner: ei_threshold and min_trials must be >= 0, initial_points >= 1")
-        if self.prior_trials < 0 or self.agree_tolerance < 0 or self.agree_improvement < 0:
-            raise ValueError("planner: prior_trials, agree_tolerance and agree_improvement must be >= 0")
+        if min(self.prior_trials, self.prior_order, self.warm_min_trials) < 0 or self.warm_misfit < 0:
+            raise ValueError("planner: prior_trials, prior_order, warm_min_trials and warm_misfit must be >= 0")
+        if self.agree_tolerance <= 0 or self.agree_improvement < 0:
+            raise ValueError("planner: agree_tolerance must be > 0 and agree_improvement >= 0")
         if not 0 < self.agree_confidence <= 1:
             raise ValueError("planner: agree_confidence must be in (0, 1]")
         if self.length_scale <= 0 or self.prior_floor <= 0 or self.pool_size < 1:
@@ -136,6 +153,9 @@ class Posterior:
     margin_noise: float = 0.0
     p_ok: FloatArray | None = None
     """P(the configuration does not fail outright), when some trial did."""
+    misfit: float = math.inf
+    """Largest ``|trial - prior| / prior sd`` over the trials' objectives and margins, the prior's mean shifted by
+    the offsets fitted to the trials (how far the transfer prior is from explaining them); inf without a prior."""
 
     def p_feasible(self) -> FloatArray:
         """P(p99 within the SLO) × P(no crash, out-of-memory or failed start)."""
@@ -149,6 +169,18 @@ class Posterior:
         u = (self.mean_y - incumbent) / self.sd_y
         ei = self.sd_y * (u * _norm_cdf(u) + _norm_pdf(u))
         return np.asarray(np.maximum(ei, 0.0) * self.p_feasible(), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the transfer prior's sources, weighted by how well they explain the trials, say about stopping."""
+
+    doubt: float
+    """P(an untried configuration is ``agree_improvement`` better than the incumbent)."""
+    flat: float
+    """Posterior weight of the flat component (none of the sources explains the trials)."""
+    claim: FloatArray
+    """Per candidate: the weight of the sources that claim it may be better (0 for tried ones)."""
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -285,24 +317,27 @@ class Search:
         tried = [*self.observed, *sorted(self.pending)]
         if self.prior is None and len(tried) < self.settings.initial_points:
             return self._spread(free, tried, n), None
-        if self.prior is not None and self.settings.prior_trials:
-            w = self.weights()
-            if n_obs >= self.settings.prior_trials:
-                doubt = self.doubt()
-                if doubt <= 1.0 - self.settings.agree_confidence:
+        if self.prior is not None:
+            if self.settings.prior_trials and n_obs >= self.settings.prior_trials:
+                ev = self.evidence()
+                if ev.doubt <= 1.0 - self.settings.agree_confidence:
                     reason = (
                         f"the transfer prior fits the trials and expects no untried configuration to be "
-                        f"{self.settings.agree_improvement:.0%} better (P = {doubt:.2f})"
+                        f"{self.settings.agree_improvement:.0%} better (P = {ev.doubt:.2f})"
                     )
                     return Suggestion((), "converged", reason, 0.0), None
             if len(tried) < self.settings.prior_order:
-                order = self._prior_order(w, free)
+                order = self._prior_order(self.weights(), free)
                 return Suggestion(tuple(self.candidates[i] for i in order[:n]), None, "transfer prior", math.inf), None
         post = first = self.posterior()
         acq = post.acquisition()
-        wide = replace(post, margin_noise=max(post.margin_noise, self.settings.stop_margin_noise))
+        st = self.settings
+        explained = post.misfit <= st.warm_misfit  # a transfer prior that explains every trial so far
+        stop_noise = st.margin_noise if explained else st.stop_margin_noise
+        wide = replace(post, margin_noise=max(post.margin_noise, stop_noise))
         stop_acq = float(np.max(wide.acquisition()[free]))
-        if n_obs >= self.settings.min_trials and post.best_y is not None and stop_acq < self.settings.ei_threshold:
+        floor = min(st.warm_min_trials, st.min_trials) if explained else st.min_trials
+        if n_obs >= floor and post.best_y is not None and stop_acq < st.ei_threshold:
             reason = f"best expected improvement {stop_acq:.4f} < {self.settings.ei_threshold}"
             return Suggestion((), "converged", reason, stop_acq), first
         picks = [free[int(np.argmax(acq[free]))]]
@@ -356,6 +391,10 @@ class Search:
         return sorted(free, key=lambda i: (-float(score[i]), i))
 
     def doubt(self) -> float:
+        """``P(an untried configuration is better)`` as the transfer prior sees it (see :meth:`evidence`)."""
+        return self.evidence().doubt
+
+    def evidence(self) -> Evidence:
         """The agreement rule's evidence: ``P(an untried configuration is better)`` as the transfer prior sees it
         (1 without a prior or a feasible trial).
 
@@ -369,7 +408,7 @@ class Search:
         component's, which claims everything."""
         best = self.best()
         if self.prior is None or best is None:
-            return 1.0
+            return Evidence(1.0, 1.0, np.zeros(len(self.candidates)))
         p, st = self.prior, self.settings
         inc = self.index[best.point]
         y_inc = self.objective.log_value(self.space, best.point, best.result)
@@ -388,7 +427,7 @@ class Search:
             if feasible and lv is not None and col != inc:
                 rel_cols.append(col)
                 rel_obs.append(lv - y_inc)
-        tol = max(st.agree_tolerance, 1e-6)
+        tol = st.agree_tolerance
         rel = p.mean_y - p.mean_y[:, inc : inc + 1]  # (sources, candidates): relative to the incumbent
         log_like = np.zeros(len(p.models) + 1)
         if rel_cols:
@@ -408,8 +447,9 @@ class Search:
         gain = math.log1p(st.agree_improvement)
         may_meet = p.mean_m <= st.margin_noise
         better = rel + np.hypot(p.sd_y, st.agree_tolerance) >= gain
-        claims = np.any(untried[None, :] & may_meet & better, axis=1)
-        return float(np.sum(post[:-1] * claims) + post[-1])
+        claimed = untried[None, :] & may_meet & better
+        claims = np.any(claimed, axis=1)
+        return Evidence(float(np.sum(post[:-1] * claims) + post[-1]), float(post[-1]), post[:-1] @ claimed)
 
     # -- surrogates ---------------------------------------------------------------------------------------------
 
@@ -444,10 +484,17 @@ class Search:
             sd_y, sd_m = np.hypot(sd_y, spread_y), np.hypot(sd_m, spread_m)
             y_off = float(np.mean(ys - mu_y[y_cols])) if len(ys) else 0.0
             m_off = float(np.sum(ms - mu_m[m_cols]) / (len(ms) + 1.0)) if len(ms) else 0.0
+        misfit = math.inf
+        if self.prior is not None:
+            z_y = (ys - (mu_y + y_off)[y_cols]) / sd_y[y_cols]
+            z_m = (ms - (mu_m + m_off)[m_cols]) / sd_m[m_cols]
+            misfit = float(np.max(np.abs(np.concatenate([z_y, z_m])), initial=0.0))
         mean_y, dev_y, hy, ay = self._residual_gp(0, y_cols, ys, mu_y + y_off, sd_y, believed)
         mean_m, dev_m, hm, am = self._residual_gp(1, m_cols, ms, mu_m + m_off, sd_m, believed)
         p_ok = self._p_ok(obs_cols, failed)
-        return Posterior(mean_y, dev_y, mean_m, dev_m, best_y, (hy, hm), (ay, am), self.settings.margin_noise, p_ok)
+        return Posterior(
+            mean_y, dev_y, mean_m, dev_m, best_y, (hy, hm), (ay, am), self.settings.margin_noise, p_ok, misfit
+        )
 
     def _p_ok(self, obs_cols: list[int], failed: list[int]) -> FloatArray | None:
         """P(the configuration starts and runs) from the trials that failed outright, or None if none did: a GP
