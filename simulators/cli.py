@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     from shadowscale.policies.scaling import parse_policies
     from shadowscale.simulators.bound import fluid_bound_all_hours, fluid_bound_hours
     from shadowscale.simulators.engine import SimConfig
-    from shadowscale.simulators.report import plot, timeseries, write_summary, write_timeseries
+    from shadowscale.simulators.report import plot, reference_ratios, timeseries, write_summary, write_timeseries
     from shadowscale.simulators.run import run_policies, summarize
     from shadowscale.simulators.traces import load_trace
 
@@ -226,6 +226,15 @@ def main(args: argparse.Namespace) -> int:
             "gpu_hours_all_work": fluid_bound_all_hours(workload, config.warmup_s),
             "gpu_hours_for_served_work": {n: fluid_bound_hours(workload, r) for n, r in results.items()},
         }
+    if "shadowscale" in results and ("oracle" in results or want_bound):
+        ours = summaries["shadowscale"]
+        oracle = summaries.get("oracle")
+        extra["shadowscale_vs_references"] = reference_ratios(
+            (ours.gpu_hours, ours.gpus_held_hours),
+            None if oracle is None else (oracle.gpu_hours, oracle.gpus_held_hours),
+            extra["bound"]["gpu_hours_all_work"] if want_bound else None,
+            extra["bound"]["gpu_hours_for_served_work"]["shadowscale"] if want_bound else None,
+        )
     if args.sweep:
         from shadowscale.simulators.executor import make_executor
         from shadowscale.simulators.sweep import plot_sweep, run_sweep, summary_entries

@@ -62,6 +62,34 @@ def read_timeseries(path: Path) -> dict[str, FloatArray]:
     return {c: np.array([float(r[c]) for r in rows]) for c in COLUMNS}
 
 
+def reference_ratios(
+    ours: tuple[float, float],
+    oracle: tuple[float, float] | None,
+    bound_all_hours: float | None,
+    bound_served_hours: float | None,
+) -> dict[str, Any]:
+    """shadowscale's cost over the references', as ``summary.json`` carries it (``shadowscale_vs_references``).
+
+    ``ours`` and ``oracle`` are (GPU-hours, GPUs-held hours). ``to_oracle``: over the oracle's cost in both measures;
+    ``to_bound``: GPU-hours over the fluid bound for all of the trace's work and for the work this run served. A
+    reference that did not run, or costs nothing, gives None.
+    """
+
+    def over(a: float, b: float | None) -> float | None:
+        return None if b is None or b <= 0.0 else a / b
+
+    return {
+        "to_oracle": {
+            "gpu_hours": over(ours[0], None if oracle is None else oracle[0]),
+            "gpus_held_hours": over(ours[1], None if oracle is None else oracle[1]),
+        },
+        "to_bound": {
+            "gpu_hours_all_work": over(ours[0], bound_all_hours),
+            "gpu_hours_for_served_work": over(ours[0], bound_served_hours),
+        },
+    }
+
+
 def write_summary(
     out: Path,
     workload: Workload,

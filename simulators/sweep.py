@@ -36,6 +36,7 @@ from shadowscale.errors import MissingExtra
 from shadowscale.simulators.bound import fluid_bound_hours
 from shadowscale.simulators.engine import SimConfig
 from shadowscale.simulators.executor import Executor, LocalExecutor
+from shadowscale.simulators.report import reference_ratios
 from shadowscale.simulators.run import SPEC_SETS, prepare, run_policy, summarize
 from shadowscale.simulators.workload import Workload
 
@@ -257,8 +258,8 @@ def fair_ratio(sweep: Mapping[str, Sequence[Point]]) -> dict[str, Any] | None:
 
 
 def summary_entries(sweep: Mapping[str, Sequence[Point]], bound_all_hours: float) -> dict[str, Any]:
-    """What ``summary.json`` carries for a sweep: every point, each policy's frontier, the references and
-    ``fair_ratio``."""
+    """What ``summary.json`` carries for a sweep: every point, each policy's frontier, the references,
+    ``fair_ratio`` and shadowscale's default over the oracle and the bound (``shadowscale_vs_references``)."""
     doc: dict[str, Any] = {
         "sweep": {n: [p.as_dict() for p in pts] for n, pts in sweep.items()},
         "frontier": {n: [p.as_dict() for p in frontier(pts)] for n, pts in sweep.items() if n != "oracle"},
@@ -274,6 +275,15 @@ def summary_entries(sweep: Mapping[str, Sequence[Point]], bound_all_hours: float
     }
     if sweep.get("oracle"):
         doc["oracle"] = sweep["oracle"][0].as_dict()
+    ours = _ours_default(sweep.get(OURS, ()))
+    if ours is not None:
+        oracle = sweep["oracle"][0] if sweep.get("oracle") else None
+        doc["shadowscale_vs_references"] = reference_ratios(
+            (ours.gpu_hours, ours.gpus_held_hours),
+            None if oracle is None else (oracle.gpu_hours, oracle.gpus_held_hours),
+            bound_all_hours,
+            ours.bound_gpu_hours,
+        )
     return doc
 
 

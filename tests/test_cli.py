@@ -98,6 +98,21 @@ def test_sweep_writes_frontiers_references_and_the_fair_ratio(tmp_path: Path) ->
     assert set(doc["bound"]["gpu_hours_for_served_work"]) == {"hpa", "kpa", "oracle", "shadowscale"}
     fair = doc["fair_ratio"]
     assert set(fair) >= {"gpu_hours", "gpus_held_hours", "best_baseline"}
+    # shadowscale's default over the oracle and the bound, from the same sweep points
+    ours = next(
+        p
+        for p in doc["sweep"]["shadowscale"]
+        if p["knob"] == 2.0 and p["min_replicas"] == 0 and p["spec"] == "rightsized"
+    )
+    refs = doc["shadowscale_vs_references"]
+    assert refs["to_oracle"]["gpu_hours"] == pytest.approx(ours["gpu_hours"] / doc["oracle"]["gpu_hours"])
+    assert refs["to_oracle"]["gpus_held_hours"] == pytest.approx(
+        ours["gpus_held_hours"] / doc["oracle"]["gpus_held_hours"]
+    )
+    assert refs["to_bound"]["gpu_hours_all_work"] == pytest.approx(
+        ours["gpu_hours"] / doc["bound"]["gpu_hours_all_work"]
+    )
+    assert refs["to_bound"]["gpu_hours_for_served_work"] >= 1.0  # a lower bound is never above the cost
     assert doc["config"]["timeout_s"] == 300.0
     assert (out / "sweep.png").stat().st_size > 10_000
 

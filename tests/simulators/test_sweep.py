@@ -93,3 +93,20 @@ def test_summary_entries_carry_frontier_bound_oracle_and_fair_ratio() -> None:
             assert set(p) >= {"slo_attainment", "gpu_hours", "gpus_held_hours", "knob", "min_replicas", "spec"}
             assert p["spec"] in ("traced", "rightsized")
     assert doc["oracle"]["knob"] is None and doc["bound"]["gpu_hours_all_work"] == 1.5
+
+
+def test_summary_entries_carry_shadowscales_ratio_to_oracle_and_bound() -> None:
+    """Its default point (headroom 2, min 0, right-sized) over the oracle's cost in both measures and over the fluid
+    bound for all work and for the work it served. Catches a ratio read off another shadowscale point (the
+    headroom-4 one costs 30), inverted ratios, or the held measure divided by GPU-hours."""
+    ours = Point("shadowscale", 2.0, 0, "rightsized", 0.995, 20.0, 25.0, 4.0)
+    sweep = {
+        "shadowscale": [pt("shadowscale", 4.0, 0.999, 30.0, "rightsized", 0), ours],
+        "oracle": [Point("oracle", math.nan, 0, "rightsized", 1.0, 10.0, 12.5, 1.0)],
+    }
+    refs = summary_entries(sweep, 2.0)["shadowscale_vs_references"]
+    assert refs["to_oracle"] == {"gpu_hours": pytest.approx(2.0), "gpus_held_hours": pytest.approx(2.0)}
+    assert refs["to_bound"] == {"gpu_hours_all_work": pytest.approx(10.0), "gpu_hours_for_served_work": 5.0}
+    no_oracle = summary_entries({"shadowscale": [ours]}, 0.0)["shadowscale_vs_references"]
+    assert no_oracle["to_oracle"]["gpu_hours"] is None and no_oracle["to_bound"]["gpu_hours_all_work"] is None
+    assert "shadowscale_vs_references" not in summary_entries({"hpa": [pt("hpa", 0.1, 0.99, 1.0)]}, 1.0)
