@@ -115,7 +115,7 @@ class LlmSizing:
     short_output: float = 0.25
     """The short answer the TPOT guard protects, as a share of the mean answer (about the 22nd percentile of an
     exponential length distribution)."""
-    short_z: float = 3.0
+    short_z: float = 4.0
     """Standard deviations of the Poisson count of prompts landing during a short answer's decode."""
     trend_weight: float = 0.0
     """Share of the rising trend extrapolated over the cold start (0: the quantile forecast stands for it;
