@@ -47,6 +47,10 @@ CHUNKED_BATCHED_TOKENS = 2048
 """vLLM with ``--enable-chunked-prefill`` (the default for long contexts): the token budget of one engine step,
 decode tokens first, prefill chunks in the rest (``max_num_batched_tokens`` 2048)."""
 
+OUTPUT_TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+"""Upper bounds of vLLM's ``request_generation_tokens`` histogram (``build_1_2_5_buckets``), the last one
+standing for +Inf."""
+
 TTFT_SLO_FACTOR = 5.0
 TTFT_SLO_MIN_S = 1.0
 TPOT_SLO_FACTOR = 5.0

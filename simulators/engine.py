@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from shadowscale.policies.llm import OUTPUT_TOKEN_BUCKETS
 from shadowscale.policies.scaling.base import ScalingPolicy, Signals
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 from shadowscale.simulators.cluster import Replicas
@@ -345,7 +346,7 @@ class Engine:
                 single[idx] = res[:, 8] != 0.0
                 free0[idx] = res[:, 9]
 
-            finished_ctr = output_ctr = None
+            finished_ctr = output_ctr = by_output = None
             if prompt_ctr is not None and llm_prompt is not None:
                 if hi > lo:
                     np.add.at(prompt_ctr, self.model[lo:hi], llm_prompt[lo:hi])
@@ -353,6 +354,8 @@ class Engine:
                 output_ctr = np.zeros(n)
                 finished_ctr[llm_idx] = [m.finished for m in llm_models]
                 output_ctr[llm_idx] = [m.finished_out for m in llm_models]
+                by_output = np.zeros((n, len(OUTPUT_TOKEN_BUCKETS)))
+                by_output[llm_idx] = np.cumsum([m.out_hist for m in llm_models], axis=1)
             signals = Signals(
                 now,
                 held.copy(),
@@ -365,6 +368,7 @@ class Engine:
                 prompt_tokens=None if prompt_ctr is None else prompt_ctr.copy(),
                 output_tokens=output_ctr,
                 finished=finished_ctr,
+                finished_by_output=by_output,
             )
             decisions, state = policy.decide(signals, state)
             target = decisions.replicas

@@ -40,18 +40,20 @@ at which a replica takes the queue head, head time-outs.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 
 import numpy as np
 import numpy.typing as npt
 
-from shadowscale.policies.llm import LlmServing
+from shadowscale.policies.llm import OUTPUT_TOKEN_BUCKETS, LlmServing
 from shadowscale.policies.types import FloatArray
 
 BoolArray = npt.NDArray[np.bool_]
 
 INF = math.inf
+_LAST_BUCKET = len(OUTPUT_TOKEN_BUCKETS) - 1
 
 
 def steps_until(s0: float, h: float, x: float) -> int:
@@ -162,6 +164,8 @@ class LlmModel:
         """Counter: requests that finished (served to their last token)."""
         self.finished_out = 0.0
         """Counter: output tokens of the requests that finished."""
+        self.out_hist = [0] * len(OUTPUT_TOKEN_BUCKETS)
+        """Counters: finished requests by output-token bucket (not cumulative; the last bucket takes the rest)."""
         self.reps: list[_Rep] = []
         self.drain: list[_Rep] = []
         self.heap: list[tuple[float, int, _Rep, int, int]] = []
@@ -369,6 +373,7 @@ class LlmModel:
                 n -= 1
                 o = output[j]
                 out_tok += o
+                self.out_hist[min(bisect.bisect_left(OUTPUT_TOKEN_BUCKETS, o), _LAST_BUCKET)] += 1
                 need = prompt[j] + o
                 ctx -= need - 1.0
                 kv -= need

@@ -59,6 +59,9 @@ class Signals:
     requests: the length of an answer is known only once it is done)."""
     finished: FloatArray | None = None
     """Counter: requests that finished (vLLM's ``request_success_total``), the denominator of ``output_tokens``."""
+    finished_by_output: FloatArray | None = None
+    """Counters, shape (models, buckets): finished requests with at most ``policies.llm.OUTPUT_TOKEN_BUCKETS[k]``
+    output tokens (vLLM's ``request_generation_tokens`` histogram, cumulative as Prometheus buckets are)."""
 
     @property
     def n_models(self) -> int:

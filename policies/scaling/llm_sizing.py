@@ -41,7 +41,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from shadowscale.policies.llm import TPOT_SLO_FACTOR, TPOT_SLO_MIN_S, TTFT_SLO_FACTOR, TTFT_SLO_MIN_S
+from shadowscale.policies.llm import (
+    OUTPUT_TOKEN_BUCKETS,
+    TPOT_SLO_FACTOR,
+    TPOT_SLO_MIN_S,
+    TTFT_SLO_FACTOR,
+    TTFT_SLO_MIN_S,
+)
 from shadowscale.policies.scaling.base import Signals, ceil_int
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
@@ -64,6 +70,9 @@ class LlmSizingState:
     last_inflight: FloatArray
     prompt_mean: FloatArray
     output_mean: FloatArray
+    mix: FloatArray
+    """Exponentially weighted sums over ``mix_tau_s`` (rows: prompt tokens, arrivals, output tokens, finished):
+    the token means are their ratios, each request weighing the same."""
     fast: FloatArray
     slow: FloatArray
     var: FloatArray
@@ -74,6 +83,15 @@ class LlmSizingState:
     conc_avg: FloatArray
     seen: BoolArray
     """Whether a request of the model has arrived (the token means are still the prior until then)."""
+    hist_t: FloatArray
+    """The forecasts of the last ``max horizon`` (times, oldest first; -inf where empty) ..."""
+    hist_mean: FloatArray
+    """... and the mean arrival rate each forecast for one cold start later (rows: ticks)."""
+    log_q: FloatArray
+    """Tracked ``quantile`` of log(arrival rate observed / rate forecast one cold start earlier)."""
+    last_by_output: FloatArray
+    by_output: FloatArray
+    """Finished requests by output bucket (cumulative), exponentially weighted over ``mix_tau_s``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +104,7 @@ class LlmSizing:
     """Share of the KV cache (and of ``max_num_seqs``) the running requests are planned to hold."""
     fast_tau_s: float = 10.0
     slow_tau_s: float = 120.0
-    mix_tau_s: float = 120.0
+    mix_tau_s: float = 300.0
     """Averaging time of the token mix (mean prompt and answer tokens)."""
     window_s: float = 10.0
     """Time over which a burst must be absorbed (the arrival-rate quantile's averaging window)."""
@@ -94,6 +112,23 @@ class LlmSizing:
     correction_tau_s: float = 120.0
     min_kappa: float = 0.5
     max_kappa: float = 2.0
+    short_output: float = 0.25
+    """The short answer the TPOT guard protects, as a share of the mean answer (about the 22nd percentile of an
+    exponential length distribution)."""
+    short_z: float = 4.0
+    """Standard deviations of the Poisson count of prompts landing during a short answer's decode."""
+    trend_weight: float = 0.0
+    """Share of the rising trend extrapolated over the cold start (0: the quantile forecast stands for it;
+    extrapolating a burst's rise over a 4-minute cold start planned 8-GPU replicas for bursts long gone)."""
+    quantile: float = 0.99
+    """Quantile of the forecast error over the cold-start horizon that the replicas are planned for."""
+    quantile_step: float = 0.02
+    """Step of the stochastic quantile tracker (log units); an error above the quantile raises it by
+    ``step × quantile``, one below lowers it by ``step × (1 − quantile)``."""
+    isolation_miss: float = 1e-3
+    """Share of requests allowed to miss because they arrive when no replica is idle and are short enough to be
+    hurt by one prompt's chunks (the isolation rule; a 99.9 % objective's budget: the estimate is conservative,
+    as a newcomer with a short prompt hurts less than the mean one it is costed at)."""
     informative_rho: float = 0.35
     """The correction learns only while the modelled utilization is at least this: at a light load the observed
     concurrency is mostly the requests' own service time, and a bias there (heavy-tailed prompts: ``E[p²] >
@@ -124,6 +159,7 @@ class LlmSizing:
             last_inflight=z,
             prompt_mean=np.full(n, UNIT_PROMPT),
             output_mean=np.full(n, UNIT_OUTPUT),
+            mix=np.zeros((4, n)),
             fast=z,
             slow=z,
             var=z,
@@ -131,10 +167,16 @@ class LlmSizing:
             rate_avg=z,
             conc_avg=z,
             seen=np.zeros(n, dtype=np.bool_),
+            hist_t=np.full(1, -np.inf),
+            hist_mean=np.zeros((1, n)),
+            log_q=z,
+            last_by_output=np.zeros((n, len(OUTPUT_TOKEN_BUCKETS))),
+            by_output=np.zeros((n, len(OUTPUT_TOKEN_BUCKETS))),
         )
 
-    def model(self, st: LlmSizingState) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """(work per request w, ρ_max, T0 = prefill alone + (o − 1)·d0, R_max) at the current token mix."""
+    def model(self, st: LlmSizingState) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
+        """(work per request w, ρ_max, T0 = prefill alone + (o − 1)·d0, R_max, π_max) at the current token mix
+        (``π_max``: the arrivals per engine step a replica may take, the short-answer guard)."""
         a, b, c, e, d0, d1, d2, kv, seqs, budget = st.coef.T
         p = st.prompt_mean
         o = np.maximum(st.output_mean, 1.0)
@@ -155,13 +197,65 @@ class LlmSizing:
         rho_max = np.clip(rho_max, 0.05, 0.95)
         t0 = own_prefill + (o - 1.0) * d0
         r_max = self.kv_share * np.minimum(kv / (p + o), seqs)
-        return w, rho_max, t0, np.maximum(r_max, 1.0)
+        # Short answers: a prompt that lands on a replica while a request decodes turns ``m`` of its steps into
+        # mixed steps, each ``delta`` longer; a request of ``n + 1`` tokens misses its TPOT once more than
+        # ``k = slack·n / (delta·m)`` prompts land during its ``n`` steps. Arrivals per step ``π``: the count is
+        # about Poisson(n·π); keep ``n·π + z·sqrt(n·π) <= k`` for a short answer (``short_output`` of the mean).
+        chunk = np.where(chunked, np.minimum(p, np.maximum(budget, 1.0)), p)
+        m = np.where(chunked, np.ceil(steps), 1.0)
+        delta = np.maximum(a - d0, 0.0) + b * chunk + c * chunk * chunk + e
+        n = np.maximum(1.0, self.short_output * o - 1.0)
+        slack = np.maximum(tpot_slo - (d0 + d1 + d2 * p), 1e-6)
+        k = slack * n / np.maximum(delta * m, 1e-9)
+        z = self.short_z
+        u = (-z + np.sqrt(z * z + 4.0 * k)) / 2.0
+        pi_max = np.maximum(u * u / n, 1e-3)
+        return w, rho_max, t0, np.maximum(r_max, 1.0), pi_max
+
+    def vulnerable(self, st: LlmSizingState) -> FloatArray:
+        """Share of requests whose answer is short enough that one prompt landing on their replica while they
+        decode breaks their TPOT: fewer than ``k = m·delta / slack`` decode steps (the finished-request
+        histogram, interpolated linearly between bucket bounds; 0 before any request finished)."""
+        a, b, c, e, d0, d1, d2, _, _, budget = st.coef.T
+        p = st.prompt_mean
+        chunked = budget > 0
+        chunk = np.where(chunked, np.minimum(p, np.maximum(budget, 1.0)), p)
+        m = np.where(chunked, np.ceil(np.maximum(1.0, p / np.maximum(budget, 1.0))), 1.0)
+        delta = np.maximum(a - d0, 0.0) + b * chunk + c * chunk * chunk + e
+        tpot_slo = np.maximum(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (d0 + d1 + d2 * p))
+        slack = np.maximum(tpot_slo - (d0 + d1 + d2 * p), 1e-6)
+        harm_tokens = 1.0 + m * delta / slack  # answers shorter than this many tokens miss
+        total = st.by_output[:, -1]
+        bounds = np.array(OUTPUT_TOKEN_BUCKETS, dtype=np.float64)
+        out = np.zeros(st.coef.shape[0])
+        for i in np.flatnonzero(total > 1e-9):
+            cdf = np.concatenate([[0.0], st.by_output[i] / total[i]])
+            out[i] = float(np.interp(harm_tokens[i], np.concatenate([[0.0], bounds]), cdf))
+        return out
+
+    def isolation(self, st: LlmSizingState, rate: FloatArray, t0: FloatArray) -> IntArray:
+        """Replicas so that an arriving request finds an idle one (least-loaded routing) often enough.
+
+        At the forecast mean arrival rate the requests in the system are about Poisson(rate × T0); with ``c``
+        replicas a newcomer shares one when there are ``c`` or more, which may cost the short answers
+        (:meth:`vulnerable`) their TPOT. The fewest ``c`` with P(N ≥ c) × vulnerable ≤ ``isolation_miss``
+        (normal approximation); 0 where nobody is vulnerable."""
+        vuln = self.vulnerable(st)
+        active = st.is_llm & (vuln > self.isolation_miss) & (rate > 0)
+        tail = np.clip(self.isolation_miss / np.maximum(vuln, 1e-12), 1e-9, 0.5)
+        z = _normal_quantile(1.0 - tail)
+        load = rate * t0
+        need = np.where(active, load + z * np.sqrt(load), 0.0)
+        return ceil_int(need)
 
     def capacity(self, st: LlmSizingState) -> FloatArray:
         """Requests/s one replica takes within the planned TPOT, TTFT and KV occupancy."""
-        w, rho_max, t0, r_max = self.model(st)
+        w, rho_max, t0, r_max, pi_max = self.model(st)
+        d0 = st.coef[:, 4]
         kw = st.kappa * w
-        cap: FloatArray = np.minimum(rho_max / kw, r_max / (t0 + r_max * kw))
+        # arrivals per step x·TPOT = x·d0 / (1 − x·κ·w) <= π_max
+        short = pi_max / (d0 + pi_max * kw)
+        cap: FloatArray = np.minimum(np.minimum(rho_max / kw, r_max / (t0 + r_max * kw)), short)
         return cap
 
     def plan(
@@ -177,14 +271,12 @@ class LlmSizing:
         d_out = signals.output_tokens - st.last_output
         d_fin = signals.finished - st.last_finished
         a_mix = 1.0 - math.exp(-dt / self.mix_tau_s)
-        # the token means: averaged over requests (a tick's weight grows with its requests), the first ones set them
-        w_in = np.where(st.seen, 1.0 - (1.0 - a_mix) ** np.maximum(arrived, 0.0), 1.0)
-        w_in = np.where(arrived > 0, w_in, 0.0)
-        p_tick = np.divide(d_prompt, arrived, out=st.prompt_mean.copy(), where=arrived > 0)
-        prompt_mean = st.prompt_mean + w_in * (p_tick - st.prompt_mean)
-        w_out = np.where(d_fin > 0, 1.0 - (1.0 - a_mix) ** np.maximum(d_fin, 0.0), 0.0)
-        o_tick = np.divide(d_out, d_fin, out=st.output_mean.copy(), where=d_fin > 0)
-        output_mean = st.output_mean + w_out * (o_tick - st.output_mean)
+        tick = np.vstack([d_prompt, arrived, d_out, d_fin])
+        mix = st.mix + a_mix * (tick - st.mix)
+        # the first requests set the mean at once; later ones move it as the weighted sums do
+        mix = np.where(st.seen | (arrived <= 0), mix, tick)
+        prompt_mean = np.divide(mix[0], mix[1], out=st.prompt_mean.copy(), where=mix[1] > 1e-9)
+        output_mean = np.divide(mix[2], mix[3], out=st.output_mean.copy(), where=mix[3] > 1e-9)
         seen = st.seen | (arrived > 0)
 
         a_fast = 1.0 - math.exp(-dt / self.fast_tau_s)
@@ -193,10 +285,26 @@ class LlmSizing:
         slow = st.slow + a_slow * (rate - st.slow)
         var = st.var + a_slow * ((rate - st.fast) ** 2 - st.var)
         trend = np.maximum(fast - slow, 0.0) / (self.slow_tau_s - self.fast_tau_s)
-        mean = np.maximum(fast, slow) + trend * horizon
+        mean = np.maximum(fast, slow) + self.trend_weight * trend * horizon
         sigma = np.sqrt(np.maximum(var, 0.0) * min(1.0, dt / self.window_s))
-        st1 = replace(st, prompt_mean=prompt_mean, output_mean=output_mean)
-        w, _, t0, r_max = self.model(st1)
+        # Quantile forecast: how far the rate seen now (over ``window_s``) ran above what was forecast one cold
+        # start ago, tracked at ``quantile`` (log ratio; a floor of one request per window keeps idle models sane)
+        floor = 1.0 / self.window_s
+        idx = np.searchsorted(st.hist_t, signals.now - horizon, side="right") - 1
+        valid = st.is_llm & (idx >= 0) & np.isfinite(st.hist_t[np.maximum(idx, 0)])
+        past = st.hist_mean[np.maximum(idx, 0), np.arange(n)]
+        err = np.log((fast + floor) / (past + floor))
+        step = np.where(err > st.log_q, self.quantile_step * self.quantile, -self.quantile_step * (1 - self.quantile))
+        log_q = np.where(valid, st.log_q + step, st.log_q)
+        keep = math.ceil(float(np.max(horizon, initial=0.0)) / dt) + 2
+        hist_t = np.append(st.hist_t, signals.now)[-keep:]
+        hist_mean = np.vstack([st.hist_mean, mean[None, :]])[-keep:]
+        by_output = st.by_output
+        if signals.finished_by_output is not None:
+            d_hist = signals.finished_by_output - st.last_by_output
+            by_output = st.by_output + a_mix * (d_hist - st.by_output)
+        st1 = replace(st, prompt_mean=prompt_mean, output_mean=output_mean, mix=mix)
+        w, _, t0, r_max, _ = self.model(st1)
 
         # correction from the observed concurrency (Little): only with every replica ready and no queue beyond them
         ready = signals.ready.astype(np.float64)
@@ -232,9 +340,24 @@ class LlmSizing:
             rate_avg=rate_avg,
             conc_avg=conc_avg,
             seen=seen,
+            hist_t=hist_t,
+            hist_mean=hist_mean,
+            log_q=log_q,
+            last_by_output=st.last_by_output if signals.finished_by_output is None else signals.finished_by_output,
+            by_output=by_output,
         )
         per_replica = self.capacity(st2)
         backlog = np.maximum(signals.outstanding - ready * r_max, 0.0) / self.drain_s
-        demand = mean + z * sigma + backlog
+        demand = np.maximum((mean + floor) * np.exp(log_q) - floor, mean + z * sigma) + backlog
         need = ceil_int(demand / per_replica)
+        need = np.maximum(need, self.isolation(st2, mean, t0))
         return need, demand, per_replica, st.is_llm.copy(), st2
+
+
+def _normal_quantile(p: FloatArray) -> FloatArray:
+    """Φ⁻¹(p) for p in [0.5, 1) (Abramowitz & Stegun 26.2.23, error < 4.5e-4)."""
+    t = np.sqrt(-2.0 * np.log(np.clip(1.0 - p, 1e-300, 0.5)))
+    z: FloatArray = t - (2.515517 + 0.802853 * t + 0.010328 * t * t) / (
+        1.0 + 1.432788 * t + 0.189269 * t * t + 0.001308 * t * t * t
+    )
+    return z

@@ -241,3 +241,53 @@ def test_chunked_prefill_keeps_a_long_prompt_from_stalling_the_others_decode() -
     steps = math.ceil(30000 / 2047)  # 2,047 prompt tokens beside the one decoding request, 2,048 once it is done
     assert steps == 15
     assert ttft_c[1] + 0.1 >= steps * (a + e) + b * 30000 + c * 30000**2 - 1e-9
+
+
+class _Seen(_Scheduled):
+    """The scheduled policy that also keeps the signals it saw."""
+
+    def __init__(self, schedule: list[tuple[float, int]], n_models: int) -> None:
+        super().__init__(schedule, n_models)
+        self.signals: list[Signals] = []
+
+    def decide(self, signals: Signals, state: None) -> tuple[Decisions, None]:
+        self.signals.append(signals)
+        return super().decide(signals, state)
+
+
+def test_engine_counts_llm_tokens_and_finished_requests_for_the_policy() -> None:
+    """The token counters LLM sizing reads (Signals.prompt_tokens on arrival, output_tokens/finished and the
+    output-length histogram on completion) match the requests, tick by tick, per model; a non-LLM pipeline
+    leaves them None. Mutations caught: counting output tokens on arrival (the answer's length is not known
+    then: the counter runs ahead of the finished requests), a histogram that is not cumulative, prompt tokens
+    of another model."""
+    from shadowscale.policies.llm import OUTPUT_TOKEN_BUCKETS
+
+    rng = np.random.default_rng(11)
+    servings = [deployment("llama-2-7b@1xA100"), deployment("llama-3.1-8b@1xA100")]
+    n = 600
+    arrival = np.sort(rng.random(n) * 100.0)
+    model = rng.integers(0, 2, n).astype(np.int64)
+    prompt = rng.integers(1, 3000, n).astype(np.float64)
+    output = rng.integers(1, 300, n).astype(np.float64)
+    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=5.0, llm=s) for i, s in enumerate(servings))
+    policy = _Seen([(0.0, 2)], 2)
+    r = Engine(services, arrival, model, np.ones(n), 120.0, SimConfig(), prompt, output).run(policy)
+    done_at = arrival + r.latency_s
+    bounds = np.array(OUTPUT_TOKEN_BUCKETS, np.float64)
+    for sig in policy.signals[1:]:
+        assert sig.prompt_tokens is not None and sig.output_tokens is not None and sig.finished is not None
+        assert sig.finished_by_output is not None
+        for i in range(2):
+            mine = model == i
+            np.testing.assert_allclose(sig.prompt_tokens[i], prompt[mine & (arrival <= sig.now)].sum())
+            fin = mine & (done_at <= sig.now)
+            assert sig.finished[i] == fin.sum()
+            np.testing.assert_allclose(sig.output_tokens[i], output[fin].sum())
+            expected = [(output[fin] <= b).sum() for b in bounds[:-1]] + [fin.sum()]
+            np.testing.assert_array_equal(sig.finished_by_output[i], expected)
+    assert policy.signals[-1].finished is not None and policy.signals[-1].finished.sum() > n // 2
+    plain = ServiceConfig("cnn", unit_profile(servings[0]))
+    seen = _Seen([(0.0, 1)], 1)
+    Engine((plain,), arrival[:10], np.zeros(10, np.int64), np.ones(10), 20.0, SimConfig()).run(seen)
+    assert seen.signals[-1].prompt_tokens is None and seen.signals[-1].finished_by_output is None
