@@ -121,6 +121,8 @@ class Records:
     stall_at: tuple[float, int] = (0.0, -1)
     """When (wall time) the longest stall ended being measured, and on which partition."""
     injecting: bool = False
+    events_written: int = 0
+    """Kubernetes Events the agents wrote (Scaled, InvalidAnnotation, OtherAutoscaler)."""
 
 
 def _status(code: int, message: str) -> Any:
@@ -140,6 +142,14 @@ def fault_injector(original: Any, rec: Records, rng: random.Random, args: argpar
         plural = request.resource.plural if request.resource is not None else ""
         is_scale = request.subresource == "scale" and str(request.method).upper().endswith("PATCH")
         is_lease = plural == "leases"
+        if agent is not None and plural == "events" and str(request.method).upper().endswith("POST"):
+            # accepted, counted, not stored: kmock serves every request in time linear in the objects it holds
+            # (each GET took 15 times longer once 500 Events were stored), so over a run of several minutes the
+            # emulator itself stopped answering in time; the agents see the same 201 as from an API server
+            rec.events_written += 1
+            from aiohttp import web
+
+            return web.json_response(request.data if isinstance(request.data, dict) else {}, status=201)
         if agent is not None and is_scale and request.name == f"{FAILING}-d":
             rec.faults["scale_403_failing_model"] += 1
             return _status(403, "forbidden (injected: this model's scale always fails)")
@@ -706,6 +716,7 @@ async def account(
             "probes_without_dead_letter": probes_lost,
         },
         "scales_ok": len(rec.scales),
+        "kubernetes_events_written": rec.events_written,
         "scales_of_held_workloads": held,
         "decision_gap_by_model_s": {m: round(g, 2) for m, g in sorted(gaps.items())},
         "max_commit_stall_at": {
