@@ -63,6 +63,8 @@ CAPACITY_RPS = 10.0
 PARTITIONS = 4
 MIN_GAP_S = 4.0
 """With ``--rounds``: the least time between one membership fault's end (its agent ready again) and the next."""
+KEEP_REQUESTS = 64
+"""Past this many remembered requests the emulator forgets those it finished serving (see :func:`fault_injector`)."""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -136,7 +138,21 @@ def fault_injector(original: Any, rec: Records, rng: random.Random, args: argpar
     """Wraps the emulator's handler: 403 for ``m0``'s scale calls, random 409/429/500/time-outs on the agents'
     scale and Lease calls, and a record of every successful scale call."""
 
+    in_flight: set[int] = set()
+
     async def handle(self: Any, request: Any) -> Any:
+        in_flight.add(id(request))
+        try:
+            return await _handle(self, request)
+        finally:
+            in_flight.discard(id(request))
+
+    async def _handle(self: Any, request: Any) -> Any:
+        if len(self._requests) > KEEP_REQUESTS:
+            # kmock keeps every request and finds the reaction for each new one by scanning that history (time
+            # linear in the requests served so far, ~50 us each): over a run of minutes the emulator slowed down
+            # until the agents' calls timed out. Only the requests still being served are kept.
+            self._requests[:] = [r for r in self._requests if id(r) in in_flight]
         ua = str(request.headers.get("User-Agent", ""))
         agent = ua.split("/", 1)[1] if ua.startswith("shadowscale-agent/") else None
         plural = request.resource.plural if request.resource is not None else ""
