@@ -63,6 +63,8 @@ CAPACITY_RPS = 10.0
 PARTITIONS = 4
 MIN_GAP_S = 4.0
 """With ``--rounds``: the least time between one membership fault's end (its agent ready again) and the next."""
+KEEP_REQUESTS = 64
+"""Past this many remembered requests the emulator forgets those it finished serving (see :func:`fault_injector`)."""
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -121,6 +123,8 @@ class Records:
     stall_at: tuple[float, int] = (0.0, -1)
     """When (wall time) the longest stall ended being measured, and on which partition."""
     injecting: bool = False
+    events_written: int = 0
+    """Kubernetes Events the agents wrote (Scaled, InvalidAnnotation, OtherAutoscaler)."""
 
 
 def _status(code: int, message: str) -> Any:
@@ -134,12 +138,34 @@ def fault_injector(original: Any, rec: Records, rng: random.Random, args: argpar
     """Wraps the emulator's handler: 403 for ``m0``'s scale calls, random 409/429/500/time-outs on the agents'
     scale and Lease calls, and a record of every successful scale call."""
 
+    in_flight: set[int] = set()
+
     async def handle(self: Any, request: Any) -> Any:
+        in_flight.add(id(request))
+        try:
+            return await _handle(self, request)
+        finally:
+            in_flight.discard(id(request))
+
+    async def _handle(self: Any, request: Any) -> Any:
+        if len(self._requests) > KEEP_REQUESTS:
+            # kmock keeps every request and finds the reaction for each new one by scanning that history (time
+            # linear in the requests served so far, ~50 us each): over a run of minutes the emulator slowed down
+            # until the agents' calls timed out. Only the requests still being served are kept.
+            self._requests[:] = [r for r in self._requests if id(r) in in_flight]
         ua = str(request.headers.get("User-Agent", ""))
         agent = ua.split("/", 1)[1] if ua.startswith("shadowscale-agent/") else None
         plural = request.resource.plural if request.resource is not None else ""
         is_scale = request.subresource == "scale" and str(request.method).upper().endswith("PATCH")
         is_lease = plural == "leases"
+        if agent is not None and plural == "events" and str(request.method).upper().endswith("POST"):
+            # accepted, counted, not stored: kmock serves every request in time linear in the objects it holds
+            # (each GET took 15 times longer once 500 Events were stored), so over a run of several minutes the
+            # emulator itself stopped answering in time; the agents see the same 201 as from an API server
+            rec.events_written += 1
+            from aiohttp import web
+
+            return web.json_response(request.data if isinstance(request.data, dict) else {}, status=201)
         if agent is not None and is_scale and request.name == f"{FAILING}-d":
             rec.faults["scale_403_failing_model"] += 1
             return _status(403, "forbidden (injected: this model's scale always fails)")
@@ -706,6 +732,7 @@ async def account(
             "probes_without_dead_letter": probes_lost,
         },
         "scales_ok": len(rec.scales),
+        "kubernetes_events_written": rec.events_written,
         "scales_of_held_workloads": held,
         "decision_gap_by_model_s": {m: round(g, 2) for m, g in sorted(gaps.items())},
         "max_commit_stall_at": {
