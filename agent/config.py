@@ -279,6 +279,10 @@ class PlannerConfig(_Section, frozen=True, kw_only=True):
     ei_threshold: float = 0.01
     min_trials: int = 6
     initial_points: int = 3
+    warm_min_trials: int = 3
+    """With a transfer prior that explains every trial, the EI rule may stop from this many trials on."""
+    prior_trials: int = 2
+    """The transfer prior's agreement rule may stop a warm search from this many trials on (0: never)."""
 
 
 class LocalRunnerConfig(_Section, frozen=True, kw_only=True):

@@ -23,11 +23,14 @@ told ``-objective`` or 0 when the SLO is missed) and ``random`` (uniform samplin
 Two counts per planner. The oracle count (``median_trials`` …) switches the stopping rule off and counts until a
 near-best configuration is tried: it needs the optimum known, so no user gets it. The headline is ``stop_rule``:
 the planner as it runs live, until its own stopping rule ends the search, with the trials it used and how close
-its chosen configuration is to the task's best (``median_value``, ``within_5pct`` of the runs).
+its chosen configuration is to the task's best (``median_value``, ``within_5pct`` of the runs). ``consensus`` gets
+a stopping rule of its own so it is compared the same way: stop after k trials in a row without a better feasible
+configuration (``stop_rule`` for k = ``PATIENCE``, ``stop_rule_by_patience`` for each k in ``CONSENSUS_PATIENCE``).
 
 Prints ``{"dataset", "tasks", "methods": {name: {"median_trials", "p90_trials", "median_fraction",
 "p90_fraction"[, "stop_rule": {"median_trials", "p90_trials", "median_fraction", "p90_fraction", "median_value",
-"within_5pct"}]}}}``; the wall time goes to stderr and, with everything per task, to ``--details PATH``.
+"within_5pct"}][, "stop_rule_by_patience": {"1": {…}, …}]}}}``;
+the wall time goes to stderr and, with everything per task, to ``--details PATH``.
 ``llm-inference-bench-abs`` is the LLM dataset with one absolute SLO per workload (``TPOT_SLO_MS`` per output
 token) and cost by device price (``DEVICE_PRICES``, or ``--prices FILE``). Generic CSV form, one row per measured
 configuration: ``task``, configuration columns declared as ``cfg_NAME`` (any other unknown column is an error),

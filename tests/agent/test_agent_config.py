@@ -110,3 +110,17 @@ def test_mutual_tls_needs_cert_and_key_over_ssl(tmp_path: Path) -> None:
 
     with pytest.raises(KafkaUnavailable, match=r"cannot load the client certificate /nope/c\.pem"):
         KafkaSink(cfg.kafka)
+
+
+def test_the_agents_planner_defaults_are_the_benchmarked_planners() -> None:
+    """``profiling.planner`` left out gives the planner ``bench profiler`` measures (every field it exposes has
+    the planner's default, e.g. the stopping rules' minimum trials). Mutation caught: a default changed on one
+    side only (``PlannerConfig.min_trials`` 6 while the planner's is 3, or ``prior_trials`` 0)."""
+    from dataclasses import fields
+
+    from shadowscale.agent.config import PlannerConfig, ProfilingConfig, planner_settings
+    from shadowscale.policies.profiling.planner import PlannerSettings
+
+    assert planner_settings(ProfilingConfig()) == PlannerSettings()
+    exposed = set(PlannerConfig.__struct_fields__)
+    assert {"min_trials", "warm_min_trials", "prior_trials"} <= exposed <= {f.name for f in fields(PlannerSettings)}

@@ -184,3 +184,25 @@ def test_absolute_slo_and_price_variant(tmp_path: Path) -> None:
     prices.write_text(json.dumps({"Nvidia H100 GPU": -1}))
     with pytest.raises(ValueError, match="the price of 'Nvidia H100 GPU' must be a positive number"):
         bench.load_prices(prices)
+
+
+def test_consensus_with_its_own_stopping_rule(tmp_path: Path) -> None:
+    """``consensus`` as a user would run it: the other model's order (configuration k is its k-th best), stopped
+    after ``patience`` trials in a row without a better feasible one. The target's values in that order are
+    0.5, 0.8, 0.7, 1.0, 0.6, 0.4, so patience 1 stops after 3 trials at 0.8 of the best; patience 2 and 3 try
+    all 6 (the best is the 4th); a budget of 3 stops there. Mutations caught: the counter not reset by an
+    improvement, an off-by-one in the patience, the budget ignored, or the value of the last trial reported
+    instead of the best's."""
+    rows = ["task,model,cfg_k,throughput,latency_ms,slo_ms"]
+    target = [0.5, 0.8, 0.7, 1.0, 0.6, 0.4]
+    for k in range(6):
+        rows.append(f"src,src,{k},{10.0 - k},1,10")  # the source ranks configuration 0 first, then 1, …
+        rows.append(f"tgt,tgt,{k},{target[k]},1,10")
+    path = tmp_path / "order.csv"
+    path.write_text("\n".join(rows) + "\n")
+    ds = bench.load_dataset(str(path))
+    task = next(t for t in ds.tasks if t.name == "tgt")
+    assert bench.run_consensus_stopping(ds, task, 0, 1) == (3, pytest.approx(0.8))
+    assert bench.run_consensus_stopping(ds, task, 0, 2) == (6, pytest.approx(1.0))
+    assert bench.run_consensus_stopping(ds, task, 0, 3) == (6, pytest.approx(1.0))  # every configuration tried
+    assert bench.run_consensus_stopping(ds, task, 0, 2, budget=3) == (3, pytest.approx(0.8))

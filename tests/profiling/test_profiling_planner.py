@@ -14,7 +14,7 @@ from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricin
 from shadowscale.policies.profiling.planner import PlannerSettings, Search
 from shadowscale.policies.profiling.skopt_adapter import Encoder, FloatArray
 from shadowscale.policies.profiling.space import Categorical, Levels, Point, Range, SearchSpace
-from shadowscale.policies.profiling.transfer import SourceProfile, fit_source
+from shadowscale.policies.profiling.transfer import SourceModel, SourceProfile, fit_source
 from shadowscale.policies.profiling.types import Observation, TrialResult, TrialStatus
 
 SPACE = SearchSpace(
@@ -209,3 +209,104 @@ def test_continuous_ranges_are_searched_over_a_seeded_pool() -> None:
     search = drive(search, f, 20)
     best = search.best()
     assert best is not None and best.result.throughput >= 0.9
+
+
+def _family_sources(objective: Objective) -> list[SourceModel]:
+    """Three source models: :func:`quadratic` at other scales with slightly shifted optima (near (16, 5, b))."""
+    enc = Encoder(SPACE)
+    sources = []
+    for k, (shift, scale) in enumerate([(0.0, 30.0), (0.3, 300.0), (-0.3, 3000.0)]):
+        g = quadratic(shift, scale)
+        obs = tuple(Observation(p, g(p)) for p in SPACE.enumerate())
+        model = fit_source(enc, SourceProfile(f"m{k}", SPACE, objective, obs), seed=k)
+        assert model is not None
+        sources.append(model)
+    return sources
+
+
+def _run(search: Search, f: Toy, limit: int) -> tuple[Search, str | None, str]:
+    """Ask and record until the search stops or ``limit`` trials were made: ``(search, stop, reason)``."""
+    for _ in range(limit):
+        search, sug = search.ask()
+        if sug.stop:
+            return search, sug.stop, sug.reason
+        search = search.record(sug.points[0], f(sug.points[0]))
+    return search, None, ""
+
+
+NO_EI_STOP = PlannerSettings(ei_threshold=0.0, min_trials=40, restarts=0)
+"""The EI rule off: only the agreement rule (or the budget) can end a search."""
+
+
+def test_warm_start_tries_the_sources_best_configuration_first() -> None:
+    """The first trial of a warm search follows the transfer prior's order: where the other models did best
+    (batch 16, 5 threads, GPU b for every source). Mutation caught: the prior's order reversed or not used for the
+    first trial (the acquisition's first pick is elsewhere on this family)."""
+    objective = Objective(slo_ms=50.0)
+    s = Search.start(SPACE, objective, NO_EI_STOP, sources=_family_sources(objective), seed=0)
+    assert s.suggest().points == ((16, 5, "b"),)
+    assert s.suggest().reason == "transfer prior"
+
+
+def test_agreement_rule_stops_a_warm_search_the_sources_explain() -> None:
+    """Target and sources of one family (the target's optimum shifted by 0.15): with the EI rule off, the agreement
+    rule ends the search within 6 trials, at a configuration within 5 % of the best, and says why. Mutations
+    caught: no agreement rule; weights that ignore how well each source explains the trials (uniform: the flat
+    component keeps its prior share and the rule never settles); claims that count tried configurations."""
+    objective = Objective(slo_ms=50.0)
+    f = quadratic(0.15, 7.0)
+    s = Search.start(SPACE, objective, NO_EI_STOP, sources=_family_sources(objective), seed=0)
+    s, stop, reason = _run(s, f, 40)
+    assert stop == "converged" and "transfer prior" in reason, (stop, reason)
+    assert len(s.observations) <= 6
+    best = s.best()
+    assert best is not None
+    assert objective.value(SPACE, best.point, best.result) >= 0.95 * optimum(f, objective)
+    assert s.doubt() <= 1 - NO_EI_STOP.agree_confidence
+
+
+@pytest.mark.parametrize("shift", [2.5, -2.5])
+def test_agreement_rule_keeps_searching_when_the_sources_mislead(shift: float) -> None:
+    """The target's optimum is far from the sources' (shifted by ±2.5): the flat component explains the trials
+    better than any source, so the agreement rule does not stop the search in 12 trials (doubt stays high).
+    Mutation caught: the sources' claims of a better untried configuration not counted (the rule then ends the
+    search far from the best)."""
+    objective = Objective(slo_ms=50.0)
+    f = quadratic(shift, 7.0)
+    s = Search.start(SPACE, objective, NO_EI_STOP, sources=_family_sources(objective), seed=0)
+    s, stop, _ = _run(s, f, 12)
+    assert stop is None and len(s.observations) == 12
+    assert s.doubt() > 0.5
+
+
+def test_warm_ei_rule_stops_early_only_while_the_prior_explains_the_trials() -> None:
+    """With the agreement rule off, a warm search whose prior explains every trial may stop by the EI rule from
+    ``warm_min_trials`` (3) on; one whose prior is far off (optimum shifted by 2.5) never stops before
+    ``min_trials`` (6). Mutations caught: the early floor applied whatever the misfit (the misled search stops
+    early), or never applied (the explained one runs to 6)."""
+    objective = Objective(slo_ms=50.0)
+    sources = _family_sources(objective)
+    settings = PlannerSettings(prior_trials=0, restarts=0)
+    explained, stop, reason = _run(Search.start(SPACE, objective, settings, sources=sources), quadratic(0.15, 7.0), 40)
+    assert stop == "converged" and "expected improvement" in reason
+    assert settings.warm_min_trials <= len(explained.observations) < settings.min_trials
+    assert explained.posterior().misfit <= settings.warm_misfit
+    misled = Search.start(SPACE, objective, settings, sources=sources)
+    for _ in range(settings.min_trials):
+        assert misled.suggest().stop is None, len(misled.observations)
+        misled, sug = misled.ask()
+        misled = misled.record(sug.points[0], quadratic(2.5, 7.0)(sug.points[0]))
+    assert misled.posterior().misfit > settings.warm_misfit
+
+
+def test_new_settings_are_validated() -> None:
+    """Bad agreement-rule settings are refused with the field named. Mutation caught: a check removed."""
+    for bad, word in (
+        ({"agree_confidence": 0.0}, "agree_confidence"),
+        ({"agree_confidence": 1.5}, "agree_confidence"),
+        ({"agree_tolerance": 0.0}, "agree_tolerance"),
+        ({"prior_order": -1}, "prior_order"),
+        ({"warm_misfit": -0.1}, "warm_misfit"),
+    ):
+        with pytest.raises(ValueError, match=word):
+            PlannerSettings(**bad)  # type: ignore[arg-type]
