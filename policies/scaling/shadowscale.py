@@ -84,6 +84,8 @@ class ShadowscaleState:
     burst_open: FloatArray
     """Arrival counter at the end of the last idle gap while its cold-start window is still counting; NaN otherwise."""
     burst_t: FloatArray
+    planned_gaps: FloatArray
+    """Gaps in the histogram when the model's plan was last made (re-planned as it grows by ``replan_growth``)."""
     cold_arrivals: float
     """Requests that arrived at a model with no ready replica (what the cold-start budget is spent on)."""
     all_arrivals: float
@@ -106,6 +108,7 @@ class _ZeroPlan:
     burst: FloatArray
     burst_open: FloatArray
     burst_t: FloatArray
+    planned_gaps: FloatArray
     cold_arrivals: float
     all_arrivals: float
 
@@ -138,15 +141,21 @@ class Shadowscale:
     """Histogram bins of ``gap_bin_s`` (the last one collects longer gaps): two hours at one minute."""
     min_gaps: int = 4
     """Gaps a model must have shown, at least as long as the keep-alive, before its histogram plans anything."""
-    miss_cost_gpu_s: float = 3600.0
+    miss_cost_gpu_s: float = 20000.0
     """What one request missed on a cold model is worth in GPU-seconds: a plan goes to zero only when the GPU time it
     expects to save per gap exceeds this × the requests it expects to miss per gap."""
+    miss_prior: float = 0.5
+    """Misses added to those a plan's window has seen in the histogram (an unseen gap may still end in it)."""
     prewarm_margin_s: float = 30.0
     """A pre-warmed replica is planned to be ready this long before the earliest gap the plan bets against."""
     cold_budget_share: float = 0.35
     """Share of the SLO's error budget that cold starts may spend: no new predicted zero while the requests that
     arrived at a model without a ready replica exceed ``cold_budget_share × (1 − slo_target)`` of all requests."""
     slo_target: float = 0.999
+    replan_growth: float = 0.1
+    """A model's plan is made again once its histogram holds this share more gaps than when it was last made, and
+    at once after a gap that ended inside its zero window (a plan per gap would cost a histogram search per request
+    on busy models)."""
     llm_sizing: LlmSizing | None = field(default_factory=LlmSizing)
     """Sizes LLM models (continuous batching) in tokens from their serving model; None: as every other model."""
 
@@ -194,6 +203,7 @@ class Shadowscale:
             burst=np.ones(n),
             burst_open=np.full(n, math.nan),
             burst_t=zero,
+            planned_gaps=zero,
             cold_arrivals=0.0,
             all_arrivals=0.0,
             fraction=np.array([s.profile.gpu_fraction for s in services]),
@@ -323,6 +333,7 @@ class Shadowscale:
             burst=zero_plan.burst,
             burst_open=zero_plan.burst_open,
             burst_t=zero_plan.burst_t,
+            planned_gaps=zero_plan.planned_gaps,
             cold_arrivals=zero_plan.cold_arrivals,
             all_arrivals=zero_plan.all_arrivals,
             llm=llm_state,  # LLM sizing hook (i12-llm)
@@ -333,7 +344,7 @@ class Shadowscale:
         self, state: ShadowscaleState, now: float, arrived: FloatArray, active: BoolArray, signals: Signals
     ) -> _ZeroPlan:
         """Record the idle gaps that ended at this tick, the requests each gap's end brought within a cold start,
-        the cold-start budget's spending, and re-plan the models whose histogram changed."""
+        the cold-start budget's spending, and re-plan the models whose histogram has grown enough."""
         cold_arrivals = state.cold_arrivals + float(arrived[signals.ready == 0].sum())
         all_arrivals = state.all_arrivals + float(arrived.sum())
         # a burst window closes one cold start after the gap ended: the requests it saw are what a cold model misses
@@ -351,6 +362,7 @@ class Shadowscale:
                 burst,
                 burst_open,
                 state.burst_t,
+                state.planned_gaps,
                 cold_arrivals,
                 all_arrivals,
             )
@@ -362,13 +374,23 @@ class Shadowscale:
         burst_open[rows] = state.last_arrivals[rows]
         burst_t = state.burst_t.copy()
         burst_t[rows] = now
-        keep_alive = state.keep_alive.copy()
-        prewarm_at = state.prewarm_at.copy()
-        for i in rows:
-            keep_alive[i], prewarm_at[i] = self._plan(
-                hist[i], float(state.fraction[i]), float(burst[i]), float(state.horizon[i])
-            )
-        return _ZeroPlan(hist, keep_alive, prewarm_at, burst, burst_open, burst_t, cold_arrivals, all_arrivals)
+        keep_alive = state.keep_alive
+        prewarm_at = state.prewarm_at
+        planned = state.planned_gaps
+        count = hist[rows].sum(axis=1)
+        g = gap[rows]
+        # a gap that ended inside the model's zero window (a request that found it cold) re-plans at once
+        missed = (g >= keep_alive[rows]) & (g < prewarm_at[rows] + state.horizon[rows])
+        grown = count >= (1.0 + self.replan_growth) * planned[rows] + 1.0
+        due = rows[(count >= self.min_gaps) & (grown | missed)]
+        if due.size:
+            keep_alive, prewarm_at, planned = keep_alive.copy(), prewarm_at.copy(), planned.copy()
+            for i in due:
+                keep_alive[i], prewarm_at[i] = self._plan(
+                    hist[i], float(state.fraction[i]), float(burst[i]), float(state.horizon[i])
+                )
+                planned[i] = hist[i].sum()
+        return _ZeroPlan(hist, keep_alive, prewarm_at, burst, burst_open, burst_t, planned, cold_arrivals, all_arrivals)
 
     def _plan(self, h: FloatArray, fraction: float, burst: float, cold_start_s: float) -> tuple[float, float]:
         """(keep-alive, pre-warm point) that maximise, per idle gap, the GPU-seconds saved at zero minus
@@ -376,8 +398,8 @@ class Shadowscale:
 
         Zero from ``K = k`` bins after the last request until ``P = e`` bins − cold start − margin: a gap that ends
         in ``[K, e·bin)`` finds no ready replica (miss); a gap ``G ≥ K`` saves ``min(G, P) − K`` seconds of the
-        replica. Probabilities are over the gaps at least ``K`` long, with half a miss added to the ones observed
-        (an unseen gap in the window is possible: a thin histogram plans cautiously).
+        replica. Probabilities are over the gaps at least ``K`` long, with ``miss_prior`` misses added to the ones
+        observed (an unseen gap in the window is possible: a thin histogram plans cautiously).
         """
         nb = self.gap_bins
         w = self.gap_bin_s
@@ -397,7 +419,7 @@ class Shadowscale:
         saved = hc[j] - hc[k] + pre * (total - c[j]) - keep * n_k
         misses = c[e] - c[k]
         with np.errstate(divide="ignore", invalid="ignore"):
-            value = fraction * saved / n_k - self.miss_cost_gpu_s * burst * (misses + 0.5) / (n_k + 1.0)
+            value = fraction * saved / n_k - self.miss_cost_gpu_s * burst * (misses + self.miss_prior) / (n_k + 1.0)
         ok = (pre >= keep + w) & (n_k >= self.min_gaps) & (e > k)
         value = np.where(ok, value, -math.inf)
         best = int(np.argmax(value))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from policy_harness import Load, drive, service
 
@@ -119,3 +120,95 @@ def test_right_sizing_keeps_latency_margin() -> None:
     slow_small = _spec(0.4, 54.0, 0.6)
     svc = replace(SVC[0], specs=(_spec(0.2, 26.0, 0.7), slow_small, _spec(1.0, 100.0, 0.1)))
     assert choose_spec(svc, 1.0).gpu_fraction == 1.0
+
+
+# --- predictive scale to zero (idle-gap histograms, pre-warm, cold-start budget) ---------------------------------
+
+PERIOD_S = 300.0
+COLD_S = 60.0
+TIMER = [service(capacity_rps=20.0, cold_start_s=COLD_S)]
+EAGER = replace(Shadowscale(), miss_cost_gpu_s=2000.0)
+"""A miss priced low (the default's is tuned on a day of traffic): plans form after a few gaps, so the scenarios
+stay short; the memoryless test is the stronger for it."""
+
+
+def _timer(t: float) -> Load:
+    """One request every ``PERIOD_S`` (a timer every 5 minutes): 0.5 req/s over the 2 s tick ending at the fire."""
+    return Load(rate=0.5 if t > 0 and t % PERIOD_S == 10.0 else 0.0)
+
+
+def _fires(until: float) -> list[float]:
+    return [k * PERIOD_S + 10.0 for k in range(1, int(until // PERIOD_S) + 1) if k * PERIOD_S + 10.0 <= until]
+
+
+def test_periodic_timer_sleeps_between_fires_and_is_prewarmed_for_each() -> None:
+    """A function fired every 5 minutes: once its gap histogram has enough gaps it goes to zero after each fire,
+    is pre-warmed (reason PREWARM) a cold start ahead of the next one, and every later fire finds a ready replica.
+
+    Mutations caught: no pre-warm (the fire finds no replica), pre-warm planned without subtracting the cold start
+    (the replica is still starting at the fire), the lever never going to zero (no zero ticks), and a PREWARM code
+    lost to the generic ACTIVATE."""
+    until = 12 * PERIOD_S
+    run = drive(EAGER, TIMER, _timer, until=until, cold_start_s=COLD_S)
+    learned = [t for t in _fires(until) if t > 6 * PERIOD_S]
+    assert learned
+    for t in learned:
+        assert run.seen_at(t)[1] >= 1, f"the fire at t={t} found no ready replica"
+    late = run.between(6 * PERIOD_S + 20, until)
+    assert late.count(0) >= 0.3 * len(late), "the model should sleep through much of each predicted gap"
+    assert any(run.reason_at(t) == Reason.PREWARM for t in run.times if t > 6 * PERIOD_S)
+
+
+def test_lever_off_keeps_the_timer_warm() -> None:
+    """With ``predictive_zero`` off the same timer keeps its replica between fires (only the six-hour rule zeros);
+    catches a lever switch that does nothing (the ablation table would compare a policy with itself)."""
+    run = drive(replace(EAGER, predictive_zero=False), TIMER, _timer, until=8 * PERIOD_S, cold_start_s=COLD_S)
+    assert min(run.between(60, 8 * PERIOD_S)) >= 1
+
+
+def test_memoryless_gaps_are_not_bet_against() -> None:
+    """Requests at exponential gaps (mean 2.5 min): no window of the gap distribution is safe, so the model stays warm.
+    Catches a plan that ignores the misses it expects (it would zero after every request and miss most of them)."""
+    rng = np.random.default_rng(0)
+    times = set()
+    t = 0.0
+    while t < 5400:
+        t += rng.exponential(150.0)
+        times.add(round(t / 2.0) * 2.0)
+
+    load = lambda now: Load(rate=0.5 if now in times else 0.0)  # noqa: E731
+    run = drive(EAGER, TIMER, load, until=5400, check_purity=False)
+    assert min(run.between(600, 5400)) >= 1
+
+
+def test_no_cold_start_budget_no_predicted_zero() -> None:
+    """``cold_budget_share = 0``: requests that may arrive at a cold model are not affordable, so the timer stays warm.
+    Catches a budget gate that is not applied."""
+    pol = replace(EAGER, cold_budget_share=0.0)
+    run = drive(pol, TIMER, _timer, until=10 * PERIOD_S, cold_start_s=COLD_S)
+    assert min(run.between(60, 10 * PERIOD_S)) >= 1
+
+
+def test_min_replicas_one_is_never_zeroed_by_prediction() -> None:
+    """The predicted gaps never take a model below its min replicas (the sweep's min-1 runs rely on it)."""
+    svc = [service(capacity_rps=20.0, cold_start_s=COLD_S, min_replicas=1)]
+    run = drive(EAGER, svc, _timer, until=10 * PERIOD_S, cold_start_s=COLD_S)
+    assert min(run.between(0, 10 * PERIOD_S)) >= 1
+
+
+def test_flash_crowd_on_a_sleeping_model_is_sized_at_the_first_tick() -> None:
+    """A timer model asleep between fires is hit by a flash crowd (150 req/s at t = 2,000 s, between fires): the
+    first decision that sees it scales from zero to several replicas at once (its fast rate estimate has seen one
+    tick of the crowd) and within 10 s to the replicas the crowd needs (ceil(150 / 10) = 15, planned at half of
+    20 req/s), not to one replica. Catches an activation that only restores the floor."""
+
+    def load(t: float) -> Load:
+        if 2000.0 <= t <= 2100.0:
+            return Load(rate=150.0, outstanding=50)
+        return _timer(t)
+
+    run = drive(EAGER, TIMER, load, until=2100.0, cold_start_s=COLD_S)
+    assert run.replicas_at(1998.0) == 0, "the scenario needs the model asleep when the crowd arrives"
+    assert run.replicas_at(2000.0) >= 5
+    assert run.reason_at(2000.0) == Reason.ACTIVATE
+    assert max(run.between(2000.0, 2010.0)) >= 15
