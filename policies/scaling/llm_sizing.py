@@ -129,7 +129,7 @@ class LlmSizing:
     """Share of requests allowed to miss because they arrive when no replica is idle and are short enough to be
     hurt by one prompt's chunks (the isolation rule; a 99.9 % objective's budget: the estimate is conservative,
     as a newcomer with a short prompt hurts less than the mean one it is costed at)."""
-    informative_rho: float = 0.35
+    informative_rho: float = 0.5
     """The correction learns only while the modelled utilization is at least this: at a light load the observed
     concurrency is mostly the requests' own service time, and a bias there (heavy-tailed prompts: ``E[p²] >
     E[p]²``) would read as extra work per request — more replicas, a lighter load, a larger bias: a ratchet."""
@@ -185,9 +185,14 @@ class LlmSizing:
         prefill_alone = a + b * p + c * p * p + e
         # a prompt served alone: its chunks each pay the step's fixed costs; each of its tokens one decode step
         own_prefill = np.where(chunked, (a + e) * np.ceil(steps), a + e) + b * p + c * p * p
-        # unchunked: the prefill step holds the replica; chunked: its chunks ride on steps that run anyway,
-        # each costing (a − d0) more than a plain decode step, plus e per chunk
-        w_pre = np.where(chunked, b * p + c * p * p + (e + np.maximum(a - d0, 0.0)) * steps, prefill_alone)
+        # unchunked: the prefill step holds the replica; chunked: its chunks ride on steps that run anyway, each
+        # chunk costing e and each step (a − d0) more than a plain decode step — a step shared by the chunks of
+        # several prompts at a load that matters, so a prompt pays (a − d0) for the share of a step it fills
+        w_pre = np.where(
+            chunked,
+            b * p + c * p * p + e * np.ceil(steps) + np.maximum(a - d0, 0.0) * p / np.maximum(budget, 1.0),
+            prefill_alone,
+        )
         w = w_pre + (o - 1.0) * (d1 + d2 * (p + o / 2.0))
         tpot_slo = np.maximum(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (d0 + d1 + d2 * p))
         ttft_slo = np.maximum(TTFT_SLO_MIN_S, TTFT_SLO_FACTOR * prefill_alone)

@@ -3,8 +3,12 @@ continuous-batching model against its step-by-step reference."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +295,26 @@ def test_engine_counts_llm_tokens_and_finished_requests_for_the_policy() -> None
     seen = _Seen([(0.0, 1)], 1)
     Engine((plain,), arrival[:10], np.zeros(10, np.int64), np.ones(10), 20.0, SimConfig()).run(seen)
     assert seen.signals[-1].prompt_tokens is None and seen.signals[-1].finished_by_output is None
+
+
+def test_no_chunked_prefill_flag_serves_whole_prompts(tmp_path: Path) -> None:
+    """``simulate --no-chunked-prefill`` turns chunked prefill off for every LLM service (the summary says so) and
+    leaves other services alone. Mutations caught: the flag parsed but not applied to the workload, applied to
+    one service only."""
+    from shadowscale.simulators.cli import without_chunked_prefill
+    from shadowscale.simulators.traces import load_trace
+
+    w = load_trace("llm-fleet", hours=0.01)
+    off = without_chunked_prefill(w)
+    assert all(s.llm is not None and s.llm.chunked_prefill for s in w.services)
+    assert all(s.llm is not None and not s.llm.chunked_prefill for s in off.services)
+    out = tmp_path / "run"
+    args = ["simulate", "--trace", "mooncake", "--hours", "0.03", "--policies", "kpa", "--quiet", "--no-plots"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "shadowscale", *args, "--no-chunked-prefill", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["config"]["chunked_prefill"] is False
