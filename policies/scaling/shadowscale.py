@@ -133,6 +133,9 @@ class Shadowscale:
     predictive_zero: bool = True
     """Lever: scale to zero inside the idle gaps the model's gap histogram predicts, and pre-warm a cold start ahead
     of the predicted next request (Serverless in the Wild, ATC'20); off: only the ``idle_to_zero_s`` rule."""
+    prewarm: bool = True
+    """Lever (within ``predictive_zero``): start a replica a cold start ahead of the predicted end of a gap; off: a
+    model at zero waits for its next request (every gap past the keep-alive is a cold start)."""
     gap_bin_s: float = 60.0
     gap_bins: int = 120
     """Histogram bins of ``gap_bin_s`` (the last one collects longer gaps): two hours at one minute."""
@@ -391,6 +394,16 @@ class Shadowscale:
         c = np.concatenate(([0.0], np.cumsum(h)))  # c[j] = gaps in bins < j
         hc = np.concatenate(([0.0], np.cumsum(h * centre)))
         total = c[-1]
+        if not self.prewarm:
+            # zero from K until the next request: every gap at least K long pays a cold start
+            kk = np.arange(1, nb + 1)
+            n_kk = total - c[kk]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = fraction * (hc[-1] - hc[kk] - kk * w * n_kk) / n_kk
+                gain -= self.miss_cost_gpu_s * burst * (n_kk + self.miss_prior) / (n_kk + 1.0)
+            gain = np.where(n_kk >= self.min_gaps, gain, -math.inf)
+            top = int(np.argmax(gain))
+            return (float(kk[top] * w), math.inf) if gain[top] > 0.0 else (math.inf, math.inf)
         k = np.arange(1, nb)[:, None]  # keep-alive bins
         e = np.arange(2, nb + 1)[None, :]  # bins the plan bets no gap ends before
         keep = k * w
