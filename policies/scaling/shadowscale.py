@@ -16,11 +16,22 @@ time a new replica needs to warm up:
   a replica that needs a minute to start, so capacity for the last peak stays warm for a while.
 - **Fast scale-up** at the first tick that shows demand above capacity (the live agent decides on the event);
   **scale-down with hysteresis**: the target is the highest need of the last ``scale_down_window_s``.
-- **Scale to zero** only after ``idle_to_zero_s`` without traffic and only for models whose largest burst so far
-  would cost at most ``zero_burst_requests`` requests during a cold start (peak rate × cold start): a burst that
-  lands on a model at zero misses its SLO for a whole cold start. A model that has had no traffic yet is judged
-  by the median peak of the models that have (on the Azure Functions trace, functions first called after hours of
-  silence arrive as bursts like the others'). Back on the first request, cold start paid.
+- **Scale to zero** after ``idle_to_zero_s`` without traffic, only for models whose largest burst so far would
+  cost at most ``zero_burst_requests`` requests during a cold start (peak rate × cold start): a burst that lands on
+  a model at zero misses its SLO for a whole cold start. A model that has had no traffic yet is judged by the median
+  peak of the models that have (on the Azure Functions trace, functions first called after hours of silence arrive
+  as bursts like the others'). Back on the first request, cold start paid.
+- **Predicted idle gaps** (``predictive_zero``; Serverless in the Wild, ATC'20): per model a histogram of idle gaps
+  (one-minute bins up to two hours, longer ones in an overflow bin), and the requests that arrive within a cold
+  start of a gap's end (what a cold model misses). From them a plan: go to zero ``K`` after the last request and
+  start a replica again at ``P`` (``prewarm``: a cold start and a margin ahead of the shortest gaps the plan bets
+  against), chosen to maximise, per gap, the GPU-seconds saved minus ``miss_cost_gpu_s`` × the requests expected
+  to find no ready replica (observed misses in the window plus ``miss_prior``, over the gaps seen: a thin or
+  memoryless histogram plans nothing). A timer every N minutes sleeps through most of each period and is
+  pre-warmed before each fire (reason ``PREWARM``). A **cold-start budget** bounds the bet: no new predicted zero
+  while the requests that arrived at a model without a ready replica exceed ``cold_budget_share`` of the SLO's
+  error budget (``1 − slo_target``) of all requests so far. Plans are remade as a histogram grows by
+  ``replan_growth`` and at once after a gap that ended inside the zero window.
 - Replicas may hold a fraction of a GPU: the simulator right-sizes each model's spec with
   :func:`policies.scaling.rightsize.choose_spec` before the run; this policy plans with that spec's profile.
 
@@ -136,6 +147,9 @@ class Shadowscale:
     predictive_zero: bool = True
     """Lever: scale to zero inside the idle gaps the model's gap histogram predicts, and pre-warm a cold start ahead
     of the predicted next request (Serverless in the Wild, ATC'20); off: only the ``idle_to_zero_s`` rule."""
+    prewarm: bool = True
+    """Lever (within ``predictive_zero``): start a replica a cold start ahead of the predicted end of a gap; off: a
+    model at zero waits for its next request (every gap past the keep-alive is a cold start)."""
     gap_bin_s: float = 60.0
     gap_bins: int = 120
     """Histogram bins of ``gap_bin_s`` (the last one collects longer gaps): two hours at one minute."""
@@ -408,6 +422,16 @@ class Shadowscale:
         c = np.concatenate(([0.0], np.cumsum(h)))  # c[j] = gaps in bins < j
         hc = np.concatenate(([0.0], np.cumsum(h * centre)))
         total = c[-1]
+        if not self.prewarm:
+            # zero from K until the next request: every gap at least K long pays a cold start
+            kk = np.arange(1, nb + 1)
+            n_kk = total - c[kk]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = fraction * (hc[-1] - hc[kk] - kk * w * n_kk) / n_kk
+                gain -= self.miss_cost_gpu_s * burst * (n_kk + self.miss_prior) / (n_kk + 1.0)
+            gain = np.where(n_kk >= self.min_gaps, gain, -math.inf)
+            top = int(np.argmax(gain))
+            return (float(kk[top] * w), math.inf) if gain[top] > 0.0 else (math.inf, math.inf)
         k = np.arange(1, nb)[:, None]  # keep-alive bins
         e = np.arange(2, nb + 1)[None, :]  # bins the plan bets no gap ends before
         keep = k * w

@@ -1,7 +1,9 @@
-"""Scenario tests for the shadowscale policy: a step, a spike, a ramp, a lull to zero; right-sizing."""
+"""Scenario tests for the shadowscale policy: step, spike, ramp, lull to zero, periodic timer, memoryless gaps,
+flash crowd on a sleeping model, the cold-start budget; right-sizing."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -212,3 +214,17 @@ def test_flash_crowd_on_a_sleeping_model_is_sized_at_the_first_tick() -> None:
     assert run.replicas_at(2000.0) >= 5
     assert run.reason_at(2000.0) == Reason.ACTIVATE
     assert max(run.between(2000.0, 2010.0)) >= 15
+
+
+def test_without_prewarm_a_sleeping_timer_waits_for_its_request() -> None:
+    """``prewarm`` off (the ablation's lever): a timer priced to sleep (misses cheap, budget unlimited) goes to
+    zero and stays there until its next fire, whose request finds no ready replica; with it on the same fire finds
+    one (the test above). Catches a ``prewarm`` switch that does nothing."""
+    pol = replace(EAGER, prewarm=False, miss_cost_gpu_s=100.0, cold_budget_share=1.0, slo_target=0.0)
+    until = 12 * PERIOD_S
+    run = drive(pol, TIMER, _timer, until=until, cold_start_s=COLD_S)
+    late = [t for t in _fires(until) if t > 6 * PERIOD_S]
+    assert all(run.seen_at(t)[1] == 0 for t in late)
+    assert not any(run.reason_at(t) == Reason.PREWARM for t in run.times)
+    plan = run.states[-1]
+    assert math.isfinite(plan.keep_alive[0]) and plan.prewarm_at[0] == math.inf
