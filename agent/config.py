@@ -77,7 +77,8 @@ class KafkaConfig(_Section, frozen=True, kw_only=True):
     max_commit_hold_s: NonNegFloat = 2.0
     """Longest a model's failing scale call holds back the commit of its partition's offsets; after that the offsets
     are committed anyway (the target stays pending, retried with back-off): one failing model never stalls the
-    consumer group's progress for long, and every other partition commits at once."""
+    consumer group's progress for long, and every other partition commits at once. Also counted per partition: calls
+    that follow one another (each younger than the hold) never keep a partition uncommitted for longer in all."""
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=1000)] = 10_000
     heartbeat_interval_ms: Annotated[int, msgspec.Meta(ge=100)] = 3_000
     fetch_max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 20

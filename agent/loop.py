@@ -201,6 +201,10 @@ class Agent:
             actuator.fence = self.may_actuate
         self.gpus: dict[tuple[str, str], GpuEvent] = {}
         self._offsets: dict[Position, int] = {}
+        self._waiting_since: dict[Position, float] = {}
+        """Since when (the agent's clock) each partition has had handled offsets waiting for a commit: a partition
+        held longer than ``kafka.max_commit_hold_s`` commits anyway, even while one call after another (of its
+        models, each younger than the hold) keeps it held."""
         self._unsent: dict[str, list[tuple[bytes | None, bytes]]] = {}
         self._flushing: asyncio.Task[None] | None = None
         """The one audit/dead-letter write in flight: the loop keeps deciding while the broker is slow or away."""
@@ -302,6 +306,7 @@ class Agent:
             n += len(b)
             if b.topic != gpu_topic or self.gpu_source is None:  # the GPU tail is never committed
                 offsets[(b.topic, b.partition)] = b.offsets[-1] + 1
+                self._waiting_since.setdefault((b.topic, b.partition), now)
             if b.topic == traffic_topic:
                 n_traffic += len(b)
                 for k, value in enumerate(b.values):
@@ -614,7 +619,10 @@ class Agent:
             if pos is None:
                 return None
             held.add(pos)
-        return held
+        # the hold is per partition too: calls that follow one another (each younger than the hold) never keep a
+        # partition's commits back for longer than the hold in all
+        waiting = self._waiting_since
+        return {pos for pos in held if now - waiting.get(pos, now) < hold}
 
     async def _maybe_commit(self, now: float) -> None:
         # at-least-once: only once the decisions these events caused are applied and their audit records written;
@@ -641,6 +649,12 @@ class Agent:
             for k, v in offsets.items():
                 self._offsets[k] = max(v, self._offsets.get(k, 0))
             return
+        now = self.clock.now()
+        for k in offsets:  # what arrived while the commit was in flight waits from now
+            if k in self._offsets:
+                self._waiting_since[k] = now
+            else:
+                self._waiting_since.pop(k, None)
         self._last_commit = time.monotonic()
         self.last_commit_wall = time.time()
         self.committed.update(offsets)

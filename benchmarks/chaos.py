@@ -221,6 +221,12 @@ def agent_config(bootstrap: str, k8s_url: str, group: str) -> dict[str, Any]:
             "session_timeout_ms": 3000,
             "heartbeat_interval_ms": 500,
             "commit_interval_s": 0.2,
+            # tansu on S3 answers a fetch with what it has read from storage when fetch.max.wait.ms expires: at the
+            # agent's 20 ms default, a consumer behind the log end (a new owner after a rebalance) got one or two
+            # records per fetch (~40 records/s on an idle machine, less under load, while traffic came at ~9/s per
+            # partition), fell behind for good and committed nothing; Apache Kafka returns available records at
+            # once whatever the wait. 250 ms: the same catch-up reads take 0.3 s for 300 records.
+            "fetch_max_wait_ms": 250,
         },
         "actuator": {
             "kind": "kubernetes",
