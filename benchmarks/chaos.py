@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         default=0,
         help="inject this many rounds of the membership faults (one agent kill -9, one broker restart, one leader "
         "handover each), --spacing seconds apart; --seconds is then at least what they take (default 0: up to "
-        "two rounds, spread over --seconds)",
+        "two rounds, spread over --seconds). `--rounds 20 --scale-fault-rate 0.8` injects at least 20 of every "
+        "fault kind (about 10 minutes on 2 cores)",
     )
     p.add_argument(
         "--spacing", type=float, default=9.0, help="seconds between membership faults with --rounds (default 9)"
