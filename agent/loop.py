@@ -17,7 +17,8 @@ One task owns all decision state (no locks). Each iteration:
    longer owns is dropped;
 5. write the audit records (a decision whose call is still in flight is audited when it ends) and dead letters,
    and commit the handled offsets — once every record was written, and, for the partition carrying a model with
-   a call in flight or a pending target, only when it is applied or ``kafka.max_commit_hold_s`` has passed: a
+   a call in flight or a pending target, only when it is applied or ``kafka.max_commit_hold_s`` has passed (for
+   the model, and for the partition in all, however many calls follow one another): a
    crash replays, never loses, the events behind a decision (at-least-once), and one failing or slow model never
    stalls the others' commits, nor its own partition's beyond that hold.
 

@@ -9,7 +9,7 @@ import aiohttp
 
 from shadowscale.benchmarks.emulator import enforcing_resource_version, fixed_guess_k8s
 
-__all__ = ["K8s", "enforcing_resource_version", "fixed_guess_k8s"]
+__all__ = ["K8s", "deployment", "enforcing_resource_version", "fixed_guess_k8s"]
 
 
 @dataclass
@@ -42,3 +42,31 @@ class K8s:
         group = "coordination.k8s.io/v1" if kind == "leases" else "apps/v1"
         obj: dict[str, Any] = self.emulator.objects[f"{group}/{kind}", namespace, name].raw
         return obj
+
+
+def deployment(
+    name: str, namespace: str, *, replicas: int, image: str, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A one-container Deployment as the rollout tests start from: 1 CPU, ``BATCH_SIZE=1`` in its environment."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}, "annotations": annotations or {}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": image,
+                            "env": [{"name": "BATCH_SIZE", "value": "1"}],
+                            "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
+                        }
+                    ]
+                },
+            },
+        },
+    }

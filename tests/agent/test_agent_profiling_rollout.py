@@ -17,6 +17,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 from agent_fakes import VirtualClock
+from agent_k8s import deployment as k8s_deployment
 from agent_k8s import fixed_guess_k8s
 from kubernetes_asyncio import client
 
@@ -58,28 +59,7 @@ SLO = 100.0
 
 
 def deployment(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}, "annotations": annotations or {}},
-        "spec": {
-            "replicas": 6,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": f"{name}:1",
-                            "env": [{"name": "BATCH_SIZE", "value": "1"}],
-                            "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    return k8s_deployment(name, NS, replicas=6, image=f"{name}:1", annotations=annotations)
 
 
 OLD = {"cpu": 1.0, "batch": 1}

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from agent_fakes import RecordingActuator
 from agent_k8s import K8s
+from agent_k8s import deployment as k8s_deployment
 
 from shadowscale.agent.app import Running, serve
 from shadowscale.agent.broker import LocalBroker
@@ -56,28 +57,7 @@ def profile(model: str) -> Profile:
 
 
 def deployment(name: str, annotations: dict[str, str] | None = None, image: str = "srv:1") -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}, "annotations": annotations or {}},
-        "spec": {
-            "replicas": 4,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": image,
-                            "env": [{"name": "BATCH_SIZE", "value": "1"}],
-                            "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
+    return k8s_deployment(name, NS, replicas=4, image=image, annotations=annotations)
 
 
 def agent_config(
