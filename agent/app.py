@@ -116,14 +116,12 @@ async def serve(
             leader = LeaderElector(
                 cfg.leader_election, cfg.identity, api, on_change=lambda v: metrics.leader.set(1 if v else 0)
             )
-        gpu_tail: KafkaTail | None = KafkaTail(cfg.kafka, cfg.kafka.topics.gpu)
-        try:
-            assert gpu_tail is not None
-            await gpu_tail.start()
-            closers.append(gpu_tail.stop)
-        except KafkaUnavailable as e:
-            log.warning("GPU events not read (the topic is missing?); utilization from pods only", error=str(e))
-            gpu_tail = None
+        gpu_tail = await open_tail(
+            cfg,
+            cfg.kafka.topics.gpu,
+            closers,
+            "GPU events not read (the topic is missing?); utilization from pods only",
+        )
         agent = Agent(
             cfg,
             source,
@@ -237,6 +235,21 @@ async def connect(make: Callable[[], _Client], what: str, stop: asyncio.Event, t
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 5.0)
+
+
+async def open_tail(
+    cfg: AgentConfig, topic: str, closers: list[Callable[[], Any]], unavailable: str
+) -> KafkaTail | None:
+    """A started :class:`KafkaTail` of ``topic`` (its stop added to ``closers``), or None with the warning
+    ``unavailable`` when the topic cannot be read: the feature reading it goes on without."""
+    tail = KafkaTail(cfg.kafka, topic)
+    try:
+        await tail.start()
+    except KafkaUnavailable as e:
+        log.warning(unavailable, error=str(e))
+        return None
+    closers.append(tail.stop)
+    return tail
 
 
 async def open_profiles(cfg: AgentConfig, closers: list[Callable[[], Any]]) -> ProfileBook:
@@ -354,14 +367,12 @@ async def open_rollout(
     shadow = ShadowSettings(kafka_bootstrap="unused:0", gpu_type_label=cfg.profiling.shadow.gpu_type_label)
     actuator = RolloutActuator(api, model_workloads(cfg), shadow)
     controller = RolloutController(actuator, rollout_settings(cfg), on_running=book.set_running)
-    traffic: KafkaTail | None = KafkaTail(cfg.kafka, cfg.kafka.topics.traffic)
-    try:
-        assert traffic is not None
-        await traffic.start()
-        closers.append(traffic.stop)
-    except KafkaUnavailable as e:
-        log.warning("rollout: traffic topic unreadable; canaries will time out and roll back", error=str(e))
-        traffic = None
+    traffic = await open_tail(
+        cfg,
+        cfg.kafka.topics.traffic,
+        closers,
+        "rollout: traffic topic unreadable; canaries will time out and roll back",
+    )
     events = None
     if cfg.actuator.kubernetes.events:
         events = EventRecorder(api, cfg.identity, cfg.actuator.kubernetes.request_timeout_s)

@@ -124,3 +124,13 @@ def test_the_agents_planner_defaults_are_the_benchmarked_planners() -> None:
     assert planner_settings(ProfilingConfig()) == PlannerSettings()
     exposed = set(PlannerConfig.__struct_fields__)
     assert {"min_trials", "warm_min_trials", "prior_trials"} <= exposed <= {f.name for f in fields(PlannerSettings)}
+
+
+def test_rollout_defaults_are_the_policy_defaults() -> None:
+    """``rollout:`` mirrors :class:`RolloutSettings` field for field. Catches: a default changed on one side only
+    (the agent would roll out under other limits than the policy documents)."""
+    from shadowscale.agent.config import parse_config, rollout_settings
+    from shadowscale.policies.profiling.rollout import RolloutSettings
+
+    cfg = parse_config({"models": [{"name": "m", "capacity_rps": 1.0}]}, source="test")
+    assert rollout_settings(cfg) == RolloutSettings()

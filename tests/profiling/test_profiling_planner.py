@@ -176,14 +176,7 @@ def test_transfer_helps_on_a_family_of_models() -> None:
     """Three source models are the same function at other scales and slightly shifted optima; a warm search on a
     fourth needs fewer trials than a cold one, and starts at the sources' optimum."""
     objective = Objective(slo_ms=50.0)
-    enc = Encoder(SPACE)
-    sources = []
-    for k, (shift, scale) in enumerate([(0.0, 30.0), (0.3, 300.0), (-0.3, 3000.0)]):
-        g = quadratic(shift, scale)
-        obs = tuple(Observation(p, g(p)) for p in SPACE.enumerate())
-        model = fit_source(enc, SourceProfile(f"m{k}", SPACE, objective, obs), seed=k)
-        assert model is not None
-        sources.append(model)
+    sources = _family_sources(objective)
     f = quadratic(0.15, 7.0)
     best = optimum(f, objective)
     warm = [trials_to_within(Search.start(SPACE, objective, FAST, sources=sources, seed=s), f, best) for s in range(3)]
