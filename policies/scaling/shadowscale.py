@@ -17,10 +17,11 @@ time a new replica needs to warm up:
 - **Fast scale-up** at the first tick that shows demand above capacity (the live agent decides on the event);
   **scale-down with hysteresis**: the target is the highest need of the last ``scale_down_window_s``.
 - **Scale to zero** after ``idle_to_zero_s`` without traffic, only for models whose largest burst so far would
-  cost at most ``zero_burst_requests`` requests during a cold start (peak rate × cold start): a burst that lands on
-  a model at zero misses its SLO for a whole cold start. A model that has had no traffic yet is judged by the median
-  peak of the models that have (on the Azure Functions trace, functions first called after hours of silence arrive
-  as bursts like the others'). Back on the first request, cold start paid.
+  cost at most ``zero_burst_requests`` requests during a cold start (the most requests an exponential window of one
+  cold start has counted; ``burst_window``): a burst that lands on a model at zero misses its SLO for a whole cold
+  start, a lone request costs one. A model that has had no traffic yet is judged by the median of the models that
+  have (on the Azure Functions trace, functions first called after hours of silence arrive as bursts like the
+  others'). Back on the first request, cold start paid.
 - **Predicted idle gaps** (``predictive_zero``; Serverless in the Wild, ATC'20): per model a histogram of idle gaps
   (one-minute bins up to two hours, longer ones in an overflow bin), and the requests that arrive within a cold
   start of a gap's end (what a cold model misses). From them a plan: go to zero ``K`` after the last request and
@@ -61,6 +62,9 @@ _STABILIZED = int(Reason.STABILIZED)
 _SCALE_TO_ZERO = int(Reason.SCALE_TO_ZERO)
 _ACTIVATE = int(Reason.ACTIVATE)
 _PREWARM = int(Reason.PREWARM)
+BURST_TOLERANCE = 0.01
+"""Requests over a cold start below which the small-bursts rule does not count (the exponential window keeps a
+trace ``exp(-gap / cold start)`` of every earlier request: two lone requests 10 minutes apart count 1.00005)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,10 @@ class ShadowscaleState:
     horizon: FloatArray
     lo: IntArray
     hi: IntArray
+    window: FloatArray
+    """Requests over the last cold start (exponentially weighted, time constant = the cold start)."""
+    max_window: FloatArray
+    """Largest ``window`` seen: the most requests a cold start has met."""
     llm: LlmSizingState | None = None
     """LLM sizing in tokens (:mod:`policies.scaling.llm_sizing`); None without LLM models."""
 
@@ -138,6 +146,11 @@ class Shadowscale:
     scale_down_window_s: float = 180.0
     idle_to_zero_s: float = 6 * 3600.0
     zero_burst_requests: float = 1.0
+    burst_window: bool = True
+    """Lever: the small-bursts rule counts a model's requests over one cold start (an exponential window of the
+    cold start's length, at its peak); off: its peak 10-second rate × the cold start, which counts one lone request
+    as cold start / ``fast_tau_s`` (6 on a 60 s cold start) and so kept nearly every model that was ever called
+    warm all day."""
     correction_tau_s: float = 300.0
     relax_tau_s: float = 1800.0
     min_correction: float = 0.1
@@ -227,6 +240,8 @@ class Shadowscale:
             horizon=horizon,
             lo=lo,
             hi=hi,
+            window=zero,
+            max_window=zero,
             llm=self.llm_sizing.init(services) if self.llm_sizing and any(s.llm for s in services) else None,
         )
         return initial, state
@@ -297,12 +312,18 @@ class Shadowscale:
         active = (arrived > 0) | (signals.outstanding > 0)
         last_active = np.where(active, now, state.last_active)
         zero_plan = self._learn_gaps(state, now, arrived, active, signals)
-        # A model that has shown no traffic yet has shown no burst either: it is judged by the bursts the other
-        # models have shown (their median peak), not taken to be quiet.
-        seen = max_peak > 0
-        prior = float(np.median(max_peak[seen])) if seen.any() else 0.0
-        burst = np.where(seen, max_peak, prior)
-        awake = (now - last_active < self.idle_to_zero_s) | (burst * state.horizon > self.zero_burst_requests)
+        # Requests a cold start would meet: arrivals counted over an exponential window of the cold start's length,
+        # at their peak. A model that has shown no traffic yet has shown no burst either: it is judged by the bursts
+        # the other models have shown (their median), not taken to be quiet.
+        window = state.window * np.exp(-dt / np.maximum(state.horizon, dt)) + arrived
+        max_window = np.maximum(state.max_window, window)
+        if self.burst_window:
+            seen, peaks = max_window > 0, max_window
+        else:  # issue 12's first measure: the peak 10-second rate over a cold start
+            seen, peaks = max_peak > 0, max_peak * state.horizon
+        prior = float(np.median(peaks[seen])) if seen.any() else 0.0
+        at_wake = np.where(seen, peaks, prior)
+        awake = (now - last_active < self.idle_to_zero_s) | (at_wake > self.zero_burst_requests + BURST_TOLERANCE)
         floor = np.where(awake, np.maximum(state.lo, 1), state.lo)
         # asleep (idle long, small bursts): zero unless requests are arriving or waiting right now
         need = np.where(awake | active, np.maximum(need, floor), state.lo)
@@ -351,6 +372,8 @@ class Shadowscale:
             cold_arrivals=zero_plan.cold_arrivals,
             all_arrivals=zero_plan.all_arrivals,
             llm=llm_state,  # LLM sizing hook (i12-llm)
+            window=window,
+            max_window=max_window,
         )
         return decisions, new_state
 

@@ -4,6 +4,7 @@ flash crowd on a sleeping model, the cold-start budget; right-sizing."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -64,6 +65,31 @@ def test_bursty_model_is_not_scaled_to_zero() -> None:
     pol = replace(Shadowscale(), idle_to_zero_s=600.0)
     run = drive(pol, SVC, lambda t: Load(rate=50.0 if 20 <= t < 40 else 0.0), until=2000)
     assert min(run.between(40, 2000)) >= 1
+
+
+def _requests_at(*times: float) -> Callable[[float], Load]:
+    """One request in the 2 s tick that starts at each of ``times``."""
+    return lambda t: Load(rate=0.5 if any(s <= t < s + 2.0 for s in times) else 0.0)
+
+
+def test_lone_requests_let_a_model_sleep_but_two_within_a_cold_start_keep_it_warm() -> None:
+    """The small-bursts rule counts requests over one cold start (60 s here). Lone requests ten minutes apart would
+    each meet a cold start alone: after ``idle_to_zero_s`` the model goes to zero. Two requests 30 s apart would
+    both meet one: that model stays warm.
+
+    Mutations caught: the old measure (peak 10 s rate × cold start, ``burst_window=False``) counts a lone request as
+    about 5 and keeps the first model warm; dropping ``BURST_TOLERANCE`` counts the first model's two requests as
+    1.00005 and keeps it warm too."""
+    pol = replace(Shadowscale(), idle_to_zero_s=600.0)
+    lone = drive(pol, SVC, _requests_at(100.0, 700.0), until=2000)
+    assert lone.replicas_at(1200) == 1, "warm while idle for less than idle_to_zero_s"
+    t_zero = lone.first_time(lambda d: int(d.replicas[0]) == 0)
+    assert t_zero is not None and 1300 <= t_zero <= 1400
+    assert lone.reason_at(t_zero) == Reason.SCALE_TO_ZERO
+    pair = drive(pol, SVC, _requests_at(100.0, 130.0, 700.0), until=2000)
+    assert min(pair.between(100, 2000)) >= 1
+    old = drive(replace(pol, burst_window=False), SVC, _requests_at(100.0, 700.0), until=2000)
+    assert min(old.between(100, 2000)) >= 1, "the old measure keeps even a lone-request model warm"
 
 
 def test_model_without_traffic_is_judged_by_the_others_bursts() -> None:
