@@ -146,8 +146,8 @@ class Shadowscale:
     scale_down_window_s: float = 180.0
     idle_to_zero_s: float = 12 * 3600.0
     """Idle time after which a model whose bursts are small goes to zero. 12 h: at 6 h the lone-request models that
-    sleep and later burst cost the Azure Functions day 99.89–99.90 % on three of four arrival spreads (seeds 0–3);
-    at 12 h 99.914–99.927 % (see docs/results.md)."""
+    sleep and later burst put the Azure Functions day at 99.903 / 99.890 / 99.887 % on arrival spreads (seeds)
+    0 / 1 / 2; at 12 h seeds 0–3 give 99.914–99.927 % (see docs/results.md)."""
     zero_burst_requests: float = 1.0
     burst_window: bool = True
     """Lever: the small-bursts rule counts a model's requests over one cold start (an exponential window of the
