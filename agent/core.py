@@ -29,7 +29,7 @@ from shadowscale.agent.events import TrafficEvent
 from shadowscale.agent.guards import Guarded, Guards, Proposal
 from shadowscale.agent.windows import Windows
 from shadowscale.policies.ports import WorkloadState
-from shadowscale.policies.scaling import Decisions, ScalingPolicy, Signals, make_policy
+from shadowscale.policies.scaling import Decisions, Resumable, ScalingPolicy, Signals, make_policy
 from shadowscale.policies.types import ModelProfile, ServiceConfig
 
 Trigger = Literal["event", "tick"]
@@ -132,6 +132,31 @@ class DecisionCore:
         self.last_decisions: Decisions | None = None
         self.other_gpus = 0.0
         """GPUs held by labelled workloads this agent does not manage (counted against the budget)."""
+
+    def resume(self, state: Any) -> None:
+        """Start from a policy state learnt elsewhere instead of the policy's blank ``init``: the state of this
+        same policy over these same models, in order (``make demo`` replays the trace hours before its slice
+        through the simulator with ``self.policy``, so that the agent starts with hours of idle-gap histograms).
+        The policy re-bases the state's counter snapshots to this core's counters (zero: call it before any event
+        is ingested); its times stay, so the clock must continue the one the state was learnt on."""
+        if not isinstance(self.policy, Resumable):
+            raise ValueError(f"resume: policy {self.policy.name} cannot resume from a state learnt elsewhere")
+        if self.windows.counters()[0].any():
+            raise ValueError("resume: events were already ingested; resume before the first event")
+        if type(state) is not type(self.state):
+            raise ValueError(
+                f"resume: a {type(state).__name__} is not a state of policy {self.policy.name} "
+                f"({type(self.state).__name__})"
+            )
+        if dataclasses.is_dataclass(state):
+            for f in dataclasses.fields(state):
+                old, new = getattr(self.state, f.name), getattr(state, f.name)
+                if isinstance(old, np.ndarray) and (not isinstance(new, np.ndarray) or new.shape != old.shape):
+                    raise ValueError(
+                        f"resume: the state's {f.name} has shape {getattr(new, 'shape', None)}, not {old.shape} "
+                        f"({len(self.models)} models)"
+                    )
+        self.state = self.policy.rebase(state)
 
     # -- observations ---------------------------------------------------------------------------------------
     def observe(self, workloads: Mapping[str, WorkloadState]) -> None:

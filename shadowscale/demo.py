@@ -5,6 +5,13 @@ trace is replayed ``--speed`` times faster than real time (agent, replayer and c
 every policy window stays in trace time), shows a live table (model, demand, replicas, p99), stops by itself after
 ``--seconds`` (or on Ctrl-C) and leaves the audit log (one JSON decision record per line) in ``--out``.
 
+The replayed slice starts ``--history`` hours into the trace. The agent does not start blank: the simulator first
+replays those hours through the agent's own policy object, and the agent resumes from the state that leaves
+(:meth:`DecisionCore.resume`): the idle-gap histograms a pre-warm plan needs take hours of traffic to fill, which
+an agent running since midnight would have. The minute or so of trace time that the consumer group takes to form
+is not replayed. The table holds the ``--timers`` most regular functions of those hours (timer-like: the smallest
+spread of their idle gaps) and the busiest others.
+
     python -m shadowscale.demo --seconds 60 --speed 30 --out out/demo-agent
 """
 
@@ -22,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -29,13 +37,15 @@ from rich.table import Table
 from shadowscale.agent.broker import LocalBroker
 from shadowscale.agent.clock import ScaledClock
 from shadowscale.agent.config import AgentConfig, LogConfig, parse_config
+from shadowscale.agent.core import DecisionCore
 from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
 from shadowscale.agent.logs import configure
 from shadowscale.agent.loop import Agent
 from shadowscale.agent.tasks import guarded
-from shadowscale.policies.scaling import make_policy
 from shadowscale.replay import Replayer
 from shadowscale.simulators.actuator import SimulatedCluster
+from shadowscale.simulators.engine import SimConfig
+from shadowscale.simulators.run import engine_for
 from shadowscale.simulators.traces import load_trace
 from shadowscale.simulators.workload import Workload
 
@@ -55,12 +65,72 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=30.0, help="trace seconds per wall second (default 30)")
     p.add_argument("--seconds", type=float, default=60.0, help="stop after this many wall seconds (default 60)")
     p.add_argument("--cold-start", type=float, default=30.0, help="trace seconds before a new replica serves")
+    p.add_argument(
+        "--history",
+        type=float,
+        default=7.0,
+        help="trace hours before the replayed slice that the policy learns from in the simulator first (default 7: "
+        "the slice holds the morning rise; 0: the agent starts blank at the trace's start)",
+    )
+    p.add_argument(
+        "--timers",
+        type=int,
+        default=4,
+        help="of the --models, this many are the most regular (timer-like) functions of the history (default 4)",
+    )
     p.add_argument("--out", type=Path, default=Path("out/demo-agent"), help="directory for audit.jsonl")
     p.add_argument("--quiet", action="store_true", help="no live table, only the summary")
     args = p.parse_args(argv)
     if not (args.speed > 0 and args.seconds > 0 and args.models >= 1 and args.cold_start >= 0):
         p.error("--speed, --seconds and --models must be positive, --cold-start >= 0")
+    if not (0.0 <= args.history < 24.0) or args.history + slice_hours(args) > 24.0:
+        p.error(f"--history must lie in [0, 24) with room for the slice of {slice_hours(args):.2f} trace hours")
+    if not (0 <= args.timers <= args.models) or (args.timers and args.history <= 0.0):
+        p.error("--timers must lie in [0, --models] and needs --history > 0 (timers are found in the history)")
     return args
+
+
+TIMER_MIN_GAP_S = 120.0
+"""An idle gap that counts towards a function's regularity: at least this long (a timer's period, not a burst)."""
+TIMER_MIN_GAPS = 40
+"""A timer-like function shows at least this many such gaps in the history (a 15-minute timer shows 47 in 12 h)."""
+
+
+def slice_hours(args: argparse.Namespace) -> float:
+    """Trace hours the live part replays: the run at ``--speed`` plus room for the consumer group to form."""
+    return float(args.seconds * args.speed / 3600.0 + 0.1)
+
+
+def pick_models(workload: Workload, models: int, timers: int, history_s: float) -> list[int]:
+    """``timers`` timer-like models (at least ``TIMER_MIN_GAPS`` idle gaps of ``TIMER_MIN_GAP_S`` or more before
+    ``history_s``, the smallest coefficient of variation of those gaps first), then the busiest others, up to
+    ``models`` (ties by name). Fewer timers when the history has fewer."""
+    names = [s.model for s in workload.services]
+    chosen: list[int] = []
+    if timers:
+        keep = workload.arrival_s < history_s
+        t, m = workload.arrival_s[keep], workload.model[keep]
+        order = np.lexsort((t, m))
+        t, m = t[order], m[order]
+        gap = np.diff(t)
+        ok = (np.diff(m) == 0) & (gap >= TIMER_MIN_GAP_S)
+        n = len(names)
+        count = np.bincount(m[1:][ok], minlength=n).astype(np.float64)
+        total = np.bincount(m[1:][ok], weights=gap[ok], minlength=n)
+        square = np.bincount(m[1:][ok], weights=gap[ok] ** 2, minlength=n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = total / count
+            cv = np.sqrt(np.maximum(square / count - mean**2, 0.0)) / mean
+        candidates = [i for i in range(n) if count[i] >= TIMER_MIN_GAPS]
+        chosen = sorted(candidates, key=lambda i: (float(cv[i]), names[i]))[:timers]
+    counts = workload.requests_per_model()
+    busiest = sorted(range(len(names)), key=lambda i: (-int(counts[i]), names[i]))
+    for i in busiest:
+        if len(chosen) >= models:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return chosen
 
 
 def demo_config(workload: Workload, bootstrap: str, policy: str, audit: Path) -> AgentConfig:
@@ -96,7 +166,7 @@ def demo_config(workload: Workload, bootstrap: str, policy: str, audit: Path) ->
 
 
 def table(agent: Agent, clock: ScaledClock, started: float, speed: float) -> Table:
-    trace_s = clock.now() - started
+    trace_s = max(0.0, clock.now())
     hh, rem = divmod(int(trace_s), 3600)
     mm, ss = divmod(rem, 60)
     c = agent.counts
@@ -123,8 +193,9 @@ def table(agent: Agent, clock: ScaledClock, started: float, speed: float) -> Tab
 
 
 async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, Any]:
-    hours = min(24.0, args.seconds * args.speed / 3600.0 + 0.05)
-    workload = load_trace(args.trace, hours=hours, models=args.models, cold_start_s=args.cold_start)
+    history_s = args.history * 3600.0
+    full = load_trace(args.trace, hours=min(24.0, args.history + slice_hours(args)), cold_start_s=args.cold_start)
+    workload = full.select(pick_models(full, args.models, args.timers, history_s))
     args.out.mkdir(parents=True, exist_ok=True)
     audit = args.out / "audit.jsonl"
     audit.unlink(missing_ok=True)
@@ -132,12 +203,22 @@ async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, A
     t = cfg.kafka.topics
     await ensure_topics(cfg.kafka, [t.traffic, t.gpu, t.decisions, t.dead_letter], cfg.kafka.partitions)
 
-    clock = ScaledClock(args.speed)
-    initial, _ = make_policy(args.policy).init(workload.services)
+    core = DecisionCore(cfg)
     services = [
         replace(s, min_replicas=m.min_replicas, max_replicas=m.max_replicas)
         for s, m in zip(workload.services, cfg.models, strict=True)
     ]
+    workload = replace(workload, services=tuple(services))
+    initial, _ = core.policy.init(services)
+    learnt: dict[str, Any] = {}
+    if history_s > 0.0:
+        # the hours before the slice, through the agent's own policy object: the agent resumes where they end
+        past = engine_for(workload.truncate(history_s), SimConfig()).run(core.policy)
+        core.resume(past.final_state)
+        assert past.final_replicas is not None
+        initial = past.final_replicas
+        learnt = {"history_hours": args.history, "history_requests": past.requests}
+    clock = ScaledClock(args.speed, start=history_s)
     cluster = SimulatedCluster(
         services, clock, initial={s.model: int(r) for s, r in zip(services, initial, strict=True)}
     )
@@ -152,14 +233,14 @@ async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, A
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    agent = Agent(cfg, source, cluster, sink, clock, audit_file=audit)
+    agent = Agent(cfg, source, cluster, sink, clock, core=core, audit_file=audit)
     console = Console()
     live_console = Console(quiet=args.quiet)
     try:
         agent_task = guarded(agent.run(stop), "decision-loop", stop)
         await asyncio.wait_for(source.assigned_event.wait(), 30)  # the consumer group has formed
-        started = clock.now()
-        replayer = Replayer(workload, cluster, clock, start=started)
+        started = clock.now()  # trace time: the slice replays the trace from here on
+        replayer = Replayer(workload.since(started), cluster, clock, start=started)
 
         async def send(batch: Sequence[tuple[bytes | None, bytes]]) -> None:
             await producer.write(t.traffic, batch)
@@ -178,7 +259,8 @@ async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, A
         await sink.stop()
         await source.stop()
     lines = audit.read_text().splitlines() if audit.exists() else []
-    changes = sum(1 for x in lines if json.loads(x)["target"] != json.loads(x)["current"])
+    records = [json.loads(x) for x in lines]
+    changes = sum(1 for r in records if r["target"] != r["current"])
     if args.quiet:
         console.print(table(agent, clock, started, args.speed))
     return {
@@ -189,8 +271,27 @@ async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, A
         "scale_calls": len(cluster.calls),
         "audit_records": len(lines),
         "scale_changes_audited": changes,
+        "applied": applied_kinds(records),
+        **learnt,
         "audit_log": str(audit),
     }
+
+
+def applied_kinds(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The applied scale changes of an audit log by kind: up, down, to zero, back from zero on a request, and
+    pre-warms (from zero ahead of a predicted request, before it arrives)."""
+    kinds = dict.fromkeys(("scale_up", "scale_down", "to_zero", "from_zero", "prewarm"), 0)
+    for r in records:
+        cur, tgt = int(r["current"]), int(r["target"])
+        if not r.get("applied") or cur == tgt:
+            continue
+        if tgt == 0:
+            kinds["to_zero"] += 1
+        elif cur == 0:
+            kinds["prewarm" if "pre-warm" in str(r.get("reason", "")) else "from_zero"] += 1
+        else:
+            kinds["scale_up" if tgt > cur else "scale_down"] += 1
+    return kinds
 
 
 async def _replay(replayer: Replayer, send: Any, stop: asyncio.Event) -> None:

@@ -96,6 +96,10 @@ class SimResult:
     """Per request of an LLM service: time to first token (NaN when not served); None without LLM services."""
     rejected: npt_bool | None = None
     """Per request: refused on arrival because prompt + output exceed the model's context (LLM services)."""
+    final_state: Any = None
+    """The policy's state after the last tick: what it learnt from the run (the live demo starts the agent from it)."""
+    final_replicas: IntArray | None = None
+    """Per model: the replicas held after the last tick."""
 
     @property
     def requests(self) -> int:
@@ -452,6 +456,8 @@ class Engine:
             scored=self.arrival_s >= warm if warm > 0 else None,
             ttft_s=ttft,
             rejected=rejected,
+            final_state=state,
+            final_replicas=held.copy(),
         )
 
 

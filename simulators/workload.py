@@ -7,6 +7,7 @@ is a value: frozen, with read-only arrays, so a simulator or a policy cannot cha
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,13 @@ class Workload:
             raise ValueError(f"models must be >= 1, got {models}")
         counts = self.requests_per_model()
         order = sorted(range(len(self.services)), key=lambda i: (-int(counts[i]), self.services[i].model))
-        keep = order[:models]
+        return self.select(order[:models])
+
+    def select(self, keep: Sequence[int]) -> Workload:
+        """The models ``keep`` (indices, no repeats), re-indexed 0..len(keep)-1 in that order; the others' requests
+        are dropped and arrival order is kept."""
+        if not keep or len(set(keep)) != len(keep) or min(keep) < 0 or max(keep) >= len(self.services):
+            raise ValueError(f"workload {self.name}: select needs distinct model indices in [0, {len(self.services)})")
         remap = np.full(len(self.services), -1, dtype=np.int64)
         remap[np.asarray(keep, dtype=np.int64)] = np.arange(len(keep), dtype=np.int64)
         new_model = remap[self.model]
@@ -112,6 +119,22 @@ class Workload:
             size=self.size[mask],
             prompt_tokens=None if self.prompt_tokens is None else self.prompt_tokens[mask],
             output_tokens=None if self.output_tokens is None else self.output_tokens[mask],
+        )
+
+    def since(self, start_s: float) -> Workload:
+        """Only the requests that arrive at or after ``start_s``, with time re-based so that ``start_s`` is 0."""
+        if not (0.0 <= start_s < self.duration_s):
+            raise ValueError(f"workload {self.name}: start {start_s} must lie in [0, {self.duration_s})")
+        lo = int(np.searchsorted(self.arrival_s, start_s, side="left"))
+        return make_workload(
+            name=self.name,
+            duration_s=self.duration_s - start_s,
+            services=self.services,
+            arrival_s=self.arrival_s[lo:] - start_s,
+            model=self.model[lo:],
+            size=self.size[lo:],
+            prompt_tokens=None if self.prompt_tokens is None else self.prompt_tokens[lo:],
+            output_tokens=None if self.output_tokens is None else self.output_tokens[lo:],
         )
 
     def truncate(self, duration_s: float) -> Workload:

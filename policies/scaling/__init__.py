@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from shadowscale.errors import UsageError
-from shadowscale.policies.scaling.base import Decisions, Reason, ScalingPolicy, Signals
+from shadowscale.policies.scaling.base import Decisions, Reason, Resumable, ScalingPolicy, Signals
 from shadowscale.policies.scaling.demand import Demand
 from shadowscale.policies.scaling.hpa import HPA
 from shadowscale.policies.scaling.keda import KEDA
@@ -79,6 +79,7 @@ __all__ = [
     "Demand",
     "Oracle",
     "Reason",
+    "Resumable",
     "ScalingPolicy",
     "Shadowscale",
     "Signals",

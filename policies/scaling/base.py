@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -147,6 +147,14 @@ class ScalingPolicy(Protocol, Generic[S]):
         ...
 
     def decide(self, signals: Signals, state: S) -> tuple[Decisions, S]: ...
+
+
+@runtime_checkable
+class Resumable(Protocol[S]):
+    """A policy whose state, learnt from one source of cumulative counters (the simulator), can go on with another
+    that starts from zero (the agent): ``rebase`` keeps what was learnt and zeroes the counter snapshots."""
+
+    def rebase(self, state: S) -> S: ...
 
 
 def bounds(services: Sequence[ServiceConfig]) -> tuple[IntArray, IntArray]:

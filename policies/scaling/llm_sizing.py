@@ -134,6 +134,20 @@ class LlmSizing:
     concurrency is mostly the requests' own service time, and a bias there (heavy-tailed prompts: ``E[p²] >
     E[p]²``) would read as extra work per request — more replicas, a lighter load, a larger bias: a ratchet."""
 
+    def rebase(self, st: LlmSizingState) -> LlmSizingState:
+        """``st`` with its counter snapshots at zero: for a source of counters that starts from zero (an agent that
+        resumes from a state the simulator learnt; see :meth:`ShadowscalePolicy.rebase`)."""
+        z = np.zeros_like(st.last_arrivals)
+        return replace(
+            st,
+            last_prompt=z,
+            last_output=z,
+            last_finished=z,
+            last_arrivals=z,
+            last_inflight=z,
+            last_by_output=np.zeros_like(st.last_by_output),
+        )
+
     def init(self, services: Sequence[ServiceConfig]) -> LlmSizingState:
         n = len(services)
         coef = np.zeros((n, 10))

@@ -201,6 +201,24 @@ class Shadowscale:
     def hindsight(self) -> bool:
         return False
 
+    def rebase(self, state: ShadowscaleState) -> ShadowscaleState:
+        """``state`` with its counter snapshots at zero, for a new source of cumulative counters that starts from
+        zero: an agent that resumes from the state the simulator learnt over earlier hours (``make demo``). What
+        was learnt (rates, peaks, gap histograms, plans, times) stays; an open burst window keeps the requests it has
+        counted. Times are kept as they are: the new clock must continue the old one."""
+        z = np.zeros_like(state.last_arrivals)
+        llm = state.llm
+        if llm is not None and self.llm_sizing is not None:
+            llm = self.llm_sizing.rebase(llm)
+        return replace(
+            state,
+            last_arrivals=z,
+            last_busy=z,
+            last_inflight=z,
+            burst_open=state.burst_open - state.last_arrivals,
+            llm=llm,
+        )
+
     def init(self, services: Sequence[ServiceConfig]) -> tuple[IntArray, ShadowscaleState]:
         lo, hi = bounds(services)
         n = len(services)
