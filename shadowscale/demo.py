@@ -7,10 +7,11 @@ every policy window stays in trace time), shows a live table (model, demand, rep
 
 The replayed slice starts ``--history`` hours into the trace. The agent does not start blank: the simulator first
 replays those hours through the agent's own policy object, and the agent resumes from the state that leaves
-(:meth:`DecisionCore.resume`): the idle-gap histograms a pre-warm plan needs take hours of traffic to fill, which
-an agent running since midnight would have. The minute or so of trace time that the consumer group takes to form
-is not replayed. The table holds the ``--timers`` most regular functions of those hours (timer-like: the smallest
-spread of their idle gaps) and the busiest others.
+(:meth:`DecisionCore.resume`; shadowscale only: HPA, KEDA and Knative start blank at the slice): the idle-gap
+histograms a pre-warm plan needs take hours of traffic to fill, which an agent running since midnight would have.
+The minute or so of trace time that the consumer group takes to form is not replayed. The table holds the
+``--timers`` most regular functions of those hours (timer-like: the smallest spread of their idle gaps) and the
+busiest others.
 
     python -m shadowscale.demo --seconds 60 --speed 30 --out out/demo-agent
 """
@@ -42,6 +43,7 @@ from shadowscale.agent.kafka import KafkaSink, KafkaSource, ensure_topics
 from shadowscale.agent.logs import configure
 from shadowscale.agent.loop import Agent
 from shadowscale.agent.tasks import guarded
+from shadowscale.policies.scaling import Resumable
 from shadowscale.replay import Replayer
 from shadowscale.simulators.actuator import SimulatedCluster
 from shadowscale.simulators.engine import SimConfig
@@ -211,13 +213,15 @@ async def run_demo(args: argparse.Namespace, broker: LocalBroker) -> dict[str, A
     workload = replace(workload, services=tuple(services))
     initial, _ = core.policy.init(services)
     learnt: dict[str, Any] = {}
-    if history_s > 0.0:
+    if history_s > 0.0 and isinstance(core.policy, Resumable):
         # the hours before the slice, through the agent's own policy object: the agent resumes where they end
         past = engine_for(workload.truncate(history_s), SimConfig()).run(core.policy)
         core.resume(past.final_state)
         assert past.final_replicas is not None
         initial = past.final_replicas
         learnt = {"history_hours": args.history, "history_requests": past.requests}
+    elif history_s > 0.0:  # HPA, KEDA and Knative keep no long memory: they start blank at the slice
+        learnt = {"history_hours": 0.0, "history_requests": 0}
     clock = ScaledClock(args.speed, start=history_s)
     cluster = SimulatedCluster(
         services, clock, initial={s.model: int(r) for s, r in zip(services, initial, strict=True)}
