@@ -136,7 +136,7 @@ class LlmSizing:
 
     def rebase(self, st: LlmSizingState) -> LlmSizingState:
         """``st`` with its counter snapshots at zero: for a source of counters that starts from zero (an agent that
-        resumes from a state the simulator learnt; see :meth:`ShadowscalePolicy.rebase`)."""
+        resumes from a state the simulator learnt; see :meth:`Shadowscale.rebase`)."""
         z = np.zeros_like(st.last_arrivals)
         return replace(
             st,
