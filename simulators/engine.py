@@ -350,7 +350,7 @@ class Engine:
                 single[idx] = res[:, 8] != 0.0
                 free0[idx] = res[:, 9]
 
-            finished_ctr = output_ctr = by_output = None
+            finished_ctr = output_ctr = by_output = missed_ctr = None
             if prompt_ctr is not None and llm_prompt is not None:
                 if hi > lo:
                     np.add.at(prompt_ctr, self.model[lo:hi], llm_prompt[lo:hi])
@@ -360,6 +360,8 @@ class Engine:
                 output_ctr[llm_idx] = [m.finished_out for m in llm_models]
                 by_output = np.zeros((n, len(OUTPUT_TOKEN_BUCKETS)))
                 by_output[llm_idx] = np.cumsum([m.out_hist for m in llm_models], axis=1)
+                missed_ctr = np.zeros(n)
+                missed_ctr[llm_idx] = [m.missed for m in llm_models]
             signals = Signals(
                 now,
                 held.copy(),
@@ -373,6 +375,7 @@ class Engine:
                 output_tokens=output_ctr,
                 finished=finished_ctr,
                 finished_by_output=by_output,
+                slo_missed=missed_ctr,
             )
             decisions, state = policy.decide(signals, state)
             target = decisions.replicas

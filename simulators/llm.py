@@ -47,7 +47,14 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from shadowscale.policies.llm import OUTPUT_TOKEN_BUCKETS, LlmServing
+from shadowscale.policies.llm import (
+    OUTPUT_TOKEN_BUCKETS,
+    TPOT_SLO_FACTOR,
+    TPOT_SLO_MIN_S,
+    TTFT_SLO_FACTOR,
+    TTFT_SLO_MIN_S,
+    LlmServing,
+)
 from shadowscale.policies.types import FloatArray
 
 BoolArray = npt.NDArray[np.bool_]
@@ -166,6 +173,9 @@ class LlmModel:
         """Counter: output tokens of the requests that finished."""
         self.out_hist = [0] * len(OUTPUT_TOKEN_BUCKETS)
         """Counters: finished requests by output-token bucket (not cumulative; the last bucket takes the rest)."""
+        self.missed = 0
+        """Counter: requests that missed their objective (``request_met``: a finished one over its TTFT or TPOT
+        objective, one that timed out in the queue, one rejected as too long), counted when that is known."""
         self.reps: list[_Rep] = []
         self.drain: list[_Rep] = []
         self.heap: list[tuple[float, int, _Rep, int, int]] = []
@@ -342,6 +352,19 @@ class LlmModel:
             self.seq += 1
             heapq.heappush(self.heap, (best_t, self.seq, best, best.ver, best_k))
 
+    def _late(self, j: int, latency: float) -> bool:
+        """Whether finished request ``j`` missed its TTFT or TPOT objective (``request_met`` for one request)."""
+        p = self.prompt[j]
+        o = self.output[j]
+        ttft = self.ttft[j]
+        ttft_slo = TTFT_SLO_FACTOR * (self.pa + self.pb * p + self.pc * p * p + self.pe)
+        if ttft > max(TTFT_SLO_MIN_S, ttft_slo) + 1e-12:
+            return True
+        if o <= 1:
+            return False
+        tpot_slo = max(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (self.d0 + self.d1 + self.d2 * p))
+        return (latency - ttft) / (o - 1.0) > tpot_slo + 1e-12
+
     def _step(self, r: _Rep, w: float, k: int, lat: list[float], timeout: float) -> None:
         """Move ``r`` to its boundary ``w`` (``k`` decode steps on), let finished requests leave, admit."""
         arr = self._arr
@@ -374,6 +397,8 @@ class LlmModel:
                 o = output[j]
                 out_tok += o
                 self.out_hist[min(bisect.bisect_left(OUTPUT_TOKEN_BUCKETS, o), _LAST_BUCKET)] += 1
+                if self._late(j, w - a):
+                    self.missed += 1
                 need = prompt[j] + o
                 ctx -= need - 1.0
                 kv -= need
@@ -515,6 +540,7 @@ class LlmModel:
                 self.arrived += 1
                 if prompt[j] + output[j] > context:
                     self.rejected[j] = 1
+                    self.missed += 1
                     continue
                 q.append(j)
                 self.q_sum_a += na
@@ -535,6 +561,7 @@ class LlmModel:
             self.qh += 1
             self.q_sum_a -= a
             self.inflight_done += timeout
+            self.missed += 1
             if self.qh < len(q):
                 self._assign_head(ex)
         self.ptr = ptr

@@ -62,6 +62,11 @@ class Signals:
     finished_by_output: FloatArray | None = None
     """Counters, shape (models, buckets): finished requests with at most ``policies.llm.OUTPUT_TOKEN_BUCKETS[k]``
     output tokens (vLLM's ``request_generation_tokens`` histogram, cumulative as Prometheus buckets are)."""
+    slo_missed: FloatArray | None = None
+    """Counter: requests that missed their latency objective (finished over their TTFT or TPOT objective, timed
+    out or rejected), counted when that is known — what a router's per-request latencies, or the server's
+    per-request TTFT and TPOT histograms with a bucket at the objective, give. None where nobody counts them; the
+    error-budget lever of the LLM sizing reads it."""
 
     @property
     def n_models(self) -> int:

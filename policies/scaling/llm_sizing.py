@@ -27,6 +27,13 @@ model of :mod:`policies.llm`:
   mean time in system with the unit request's SLO, so on heavy-tailed traffic the long requests' own service time
   read as slowness at any replica count and it only ever shrank; here the requests' own work is in the
   prediction, and ``κ`` stays near 1 when the model is right.
+- **Error budget** (needs ``Signals.slo_missed``): the margins above (the TPOT and TTFT shares, the forecast
+  quantile) are what a model needs when nothing is known about how much of its error budget it spends. A model
+  that serves requests without missing earns *credit* (``relax_per_budget`` per budget's worth of requests: 1,000
+  at 99.9 %) and its margins relax with it, up to level 1 (shares + 0.1, quantile 0.95); every miss while it was
+  relaxed (or within ``attribution_s`` of it) costs ``tighten_per_miss``, and a debt keeps the default margins
+  until it is earned back. Misses at the default margins (a start from one replica, a burst beyond any
+  forecast) are not charged: they are not the relaxation's doing.
 
 Pure: numpy only; time comes in with the signals. Without token counters (a pipeline that does not count
 tokens) :meth:`LlmSizing.plan` leaves every model to the caller's own sizing (``use`` all False).
@@ -92,6 +99,15 @@ class LlmSizingState:
     last_by_output: FloatArray
     by_output: FloatArray
     """Finished requests by output bucket (cumulative), exponentially weighted over ``mix_tau_s``."""
+    last_missed: FloatArray
+    credit: FloatArray
+    """Error-budget credit: up by ``relax_per_budget`` for every budget's worth of requests served (``1 / (1 −
+    slo_target)`` of them), down by ``tighten_per_miss`` for every miss the relaxation may have caused (one while
+    the model was relaxed, or within ``attribution_s`` of it); at most ``max_level``, unbounded below (a debt)."""
+    level: FloatArray
+    """Margin level: the credit within ``[min_level, max_level]`` (0: the default margins, 1: relaxed)."""
+    relaxed_t: FloatArray
+    """When the model was last relaxed (level at least ``attribute_level``; -inf: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +145,29 @@ class LlmSizing:
     """Share of requests allowed to miss because they arrive when no replica is idle and are short enough to be
     hurt by one prompt's chunks (the isolation rule; a 99.9 % objective's budget: the estimate is conservative,
     as a newcomer with a short prompt hurts less than the mean one it is costed at)."""
+    error_budget: bool = True
+    """The error-budget lever: margins follow the share of the SLO's error budget each model has spent (needs
+    ``Signals.slo_missed``; without it the margins stay at their defaults)."""
+    relax_per_budget: float = 0.2
+    """Credit gained per budget's worth of requests served (1,000 requests at a 99.9 % objective)."""
+    tighten_per_miss: float = 1.0
+    """Credit lost per request that missed while the model was relaxed or within ``attribution_s`` of it. A model
+    is relaxed only while the misses charged so far stay below ``relax_per_budget / tighten_per_miss`` (a fifth)
+    of the error budget of the requests it served, plus ``max_level / tighten_per_miss``: over any period its
+    charged misses are at most that plus what one event costs before the counts show it, whatever the traffic's
+    shape, and a costly event leaves a debt that keeps the default margins until it is earned back."""
+    attribution_s: float = 600.0
+    """A miss this long after the model was last relaxed is still charged to the relaxation (the scale-down window,
+    a cold start and a request's own latency)."""
+    attribute_level: float = 0.2
+    """Level from which a model counts as relaxed (below it the margins differ by less than 0.02 of a share)."""
+    min_level: float = 0.0
+    max_level: float = 1.0
+    """Bounds of the margin level (0 and 0: the lever off; a relax-only or tighten-only lever in between)."""
+    level_quantile_factor: float = 5.0
+    """``1 − quantile`` is multiplied by this per level (0.99 → 0.95 at level 1, 0.998 at −1)."""
+    level_share_step: float = 0.1
+    """TPOT and TTFT shares move by this per level (0.6 / 0.5 → 0.7 / 0.6 at level 1, 0.5 / 0.4 at −1)."""
     informative_rho: float = 0.5
     """The correction learns only while the modelled utilization is at least this: at a light load the observed
     concurrency is mostly the requests' own service time, and a bias there (heavy-tailed prompts: ``E[p²] >
@@ -146,6 +185,7 @@ class LlmSizing:
             last_arrivals=z,
             last_inflight=z,
             last_by_output=np.zeros_like(st.last_by_output),
+            last_missed=z,
         )
 
     def init(self, services: Sequence[ServiceConfig]) -> LlmSizingState:
@@ -186,6 +226,10 @@ class LlmSizing:
             log_q=z,
             last_by_output=np.zeros((n, len(OUTPUT_TOKEN_BUCKETS))),
             by_output=np.zeros((n, len(OUTPUT_TOKEN_BUCKETS))),
+            last_missed=z,
+            credit=z,
+            level=z,
+            relaxed_t=np.full(n, -np.inf),
         )
 
     def model(self, st: LlmSizingState) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -210,9 +254,8 @@ class LlmSizing:
         w = w_pre + (o - 1.0) * (d1 + d2 * (p + o / 2.0))
         tpot_slo = np.maximum(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (d0 + d1 + d2 * p))
         ttft_slo = np.maximum(TTFT_SLO_MIN_S, TTFT_SLO_FACTOR * prefill_alone)
-        rho_max = np.minimum(
-            1.0 - d0 / (self.tpot_share * tpot_slo), 1.0 - prefill_alone / (self.ttft_share * ttft_slo)
-        )
+        tpot_share, ttft_share = self.shares(st.level)
+        rho_max = np.minimum(1.0 - d0 / (tpot_share * tpot_slo), 1.0 - prefill_alone / (ttft_share * ttft_slo))
         rho_max = np.clip(rho_max, 0.05, 0.95)
         t0 = own_prefill + (o - 1.0) * d0
         r_max = self.kv_share * np.minimum(kv / (p + o), seqs)
@@ -230,6 +273,26 @@ class LlmSizing:
         u = (-z + np.sqrt(z * z + 4.0 * k)) / 2.0
         pi_max = np.maximum(u * u / n, 1e-3)
         return w, rho_max, t0, np.maximum(r_max, 1.0), pi_max
+
+    def shares(self, level: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """(TPOT share, TTFT share) per model at its error-budget ``level``."""
+        step = self.level_share_step * level
+        return np.clip(self.tpot_share + step, 0.05, 0.95), np.clip(self.ttft_share + step, 0.05, 0.95)
+
+    def quantiles(self, level: FloatArray) -> FloatArray:
+        """The forecast error's quantile per model at its error-budget ``level``."""
+        q: FloatArray = np.clip(1.0 - (1.0 - self.quantile) * self.level_quantile_factor**level, 0.5, 0.9999)
+        return q
+
+    def budget_credit(
+        self, credit: FloatArray, served: FloatArray, charged: FloatArray, slo_target: float
+    ) -> FloatArray:
+        """The credit after ``served`` requests finished or missed and ``charged`` misses were charged to the
+        relaxation: up by ``relax_per_budget`` per ``1 / (1 − slo_target)`` served, down by ``tighten_per_miss``
+        per charged miss, at most ``max_level``."""
+        step = self.relax_per_budget * (1.0 - slo_target) * served - self.tighten_per_miss * charged
+        out: FloatArray = np.minimum(credit + step, self.max_level)
+        return out
 
     def vulnerable(self, st: LlmSizingState) -> FloatArray:
         """Share of requests whose answer is short enough that one prompt landing on their replica while they
@@ -278,7 +341,13 @@ class LlmSizing:
         return cap
 
     def plan(
-        self, signals: Signals, st: LlmSizingState, dt: float, z: float, horizon: FloatArray
+        self,
+        signals: Signals,
+        st: LlmSizingState,
+        dt: float,
+        z: float,
+        horizon: FloatArray,
+        slo_target: float = 0.999,
     ) -> tuple[IntArray, FloatArray, FloatArray, BoolArray, LlmSizingState]:
         """(replicas needed, demand in requests/s, capacity per replica, which models this sized, new state)."""
         n = signals.n_models
@@ -313,7 +382,18 @@ class LlmSizing:
         valid = st.is_llm & (idx >= 0) & np.isfinite(st.hist_t[np.maximum(idx, 0)])
         past = st.hist_mean[np.maximum(idx, 0), np.arange(n)]
         err = np.log((fast + floor) / (past + floor))
-        step = np.where(err > st.log_q, self.quantile_step * self.quantile, -self.quantile_step * (1 - self.quantile))
+        # Error budget: the credit rises with the requests served and falls with the misses charged to relaxing
+        credit, level, relaxed_t, last_missed = st.credit, st.level, st.relaxed_t, st.last_missed
+        if self.error_budget and signals.slo_missed is not None:
+            d_miss = np.maximum(signals.slo_missed - st.last_missed, 0.0)
+            served = np.maximum(d_fin, 0.0) + d_miss
+            charged = np.where(signals.now - st.relaxed_t <= self.attribution_s, d_miss, 0.0)
+            credit = np.where(st.is_llm, self.budget_credit(st.credit, served, charged, slo_target), 0.0)
+            level = np.clip(credit, self.min_level, self.max_level)
+            relaxed_t = np.where(level >= self.attribute_level, signals.now, st.relaxed_t)
+            last_missed = signals.slo_missed
+        q = self.quantiles(level)
+        step = np.where(err > st.log_q, self.quantile_step * q, -self.quantile_step * (1 - q))
         log_q = np.where(valid, st.log_q + step, st.log_q)
         keep = math.ceil(float(np.max(horizon, initial=0.0)) / dt) + 2
         hist_t = np.append(st.hist_t, signals.now)[-keep:]
@@ -322,7 +402,7 @@ class LlmSizing:
         if signals.finished_by_output is not None:
             d_hist = signals.finished_by_output - st.last_by_output
             by_output = st.by_output + a_mix * (d_hist - st.by_output)
-        st1 = replace(st, prompt_mean=prompt_mean, output_mean=output_mean, mix=mix)
+        st1 = replace(st, prompt_mean=prompt_mean, output_mean=output_mean, mix=mix, level=level)
         w, _, t0, r_max, _ = self.model(st1)
 
         # correction from the observed concurrency (Little): only with every replica ready and no queue beyond them
@@ -364,6 +444,9 @@ class LlmSizing:
             log_q=log_q,
             last_by_output=st.last_by_output if signals.finished_by_output is None else signals.finished_by_output,
             by_output=by_output,
+            last_missed=last_missed,
+            credit=credit,
+            relaxed_t=relaxed_t,
         )
         per_replica = self.capacity(st2)
         backlog = np.maximum(signals.outstanding - ready * r_max, 0.0) / self.drain_s

@@ -323,7 +323,7 @@ class Shadowscale:
         llm_state = state.llm
         if llm_state is not None and self.llm_sizing is not None:
             llm_need, llm_demand, llm_per, sized, llm_state = self.llm_sizing.plan(
-                signals, llm_state, dt, self.headroom, state.horizon
+                signals, llm_state, dt, self.headroom, state.horizon, self.slo_target
             )
             need = np.where(sized, llm_need, need)
             demand = np.where(sized, llm_demand, demand)

@@ -297,6 +297,50 @@ def test_engine_counts_llm_tokens_and_finished_requests_for_the_policy() -> None
     assert seen.signals[-1].prompt_tokens is None and seen.signals[-1].finished_by_output is None
 
 
+def test_engine_counts_slo_misses_when_they_are_known() -> None:
+    """``Signals.slo_missed`` (what the error-budget lever reads) at every tick equals the requests finished by then
+    that missed their TTFT or TPOT objective (``request_met``), per model, on a load that makes about half of
+    one model's requests miss. Mutations caught: counting every finished request, counting misses of another
+    model, counting a miss on arrival (the counter runs ahead of the finished requests)."""
+    rng = np.random.default_rng(11)
+    servings = [deployment("llama-2-7b@1xA100"), deployment("llama-3.1-8b@1xA100")]
+    n = 1500
+    arrival = np.sort(rng.random(n) * 100.0)
+    model = rng.integers(0, 2, n).astype(np.int64)
+    prompt = rng.integers(1, 3000, n).astype(np.float64)
+    output = rng.integers(1, 300, n).astype(np.float64)
+    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=5.0, llm=s) for i, s in enumerate(servings))
+    policy = _Seen([(0.0, 2)], 2)
+    r = Engine(services, arrival, model, np.ones(n), 120.0, SimConfig(), prompt, output).run(policy)
+    assert not r.dropped.any()
+    done_at = arrival + r.latency_s
+    checked = 0
+    for sig in policy.signals:
+        assert sig.slo_missed is not None
+        for i in range(2):
+            late = (model == i) & (done_at <= sig.now) & ~r.met
+            assert sig.slo_missed[i] == late.sum()
+            checked += int(late.sum())
+    assert checked > 0
+    last = policy.signals[-1].slo_missed
+    assert last is not None and 0 < last.sum() < n
+    # a request longer than the context is rejected on arrival: a miss known at once
+    too_long = float(servings[0].arch.context) + 1.0
+    seen = _Seen([(0.0, 1)], 1)
+    one = (ServiceConfig("m0", unit_profile(servings[0]), llm=servings[0]),)
+    Engine(
+        one,
+        np.array([1.0]),
+        np.zeros(1, np.int64),
+        np.ones(1),
+        30.0,
+        SimConfig(),
+        np.array([too_long]),
+        np.array([10.0]),
+    ).run(seen)
+    assert seen.signals[-1].slo_missed is not None and seen.signals[-1].slo_missed[0] == 1.0
+
+
 def test_no_chunked_prefill_flag_serves_whole_prompts(tmp_path: Path) -> None:
     """``simulate --no-chunked-prefill`` turns chunked prefill off for every LLM service (the summary says so) and
     leaves other services alone. Mutations caught: the flag parsed but not applied to the workload, applied to
