@@ -115,6 +115,11 @@ class Shared:
         self.most_held = max(self.most_held, self.held)
         self.overlapped |= sum(1 for n in self.in_flight.values() if n) > 1
         try:
+            # until two models' trials have run together, a trial waits (up to 2 s) for the other search: on a
+            # loaded machine one search's planning can otherwise outlast all of the other's 20 ms trials
+            deadline = asyncio.get_running_loop().time() + 2.0
+            while not self.overlapped and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
             await asyncio.sleep(0.02)
             return self.replay.measure(t)
         finally:
