@@ -146,8 +146,8 @@ class LlmSizing:
     hurt by one prompt's chunks (the isolation rule; a 99.9 % objective's budget: the estimate is conservative,
     as a newcomer with a short prompt hurts less than the mean one it is costed at)."""
     error_budget: bool = True
-    """The error-budget lever: margins follow the share of the SLO's error budget each model has spent (needs
-    ``Signals.slo_missed``; without it the margins stay at their defaults)."""
+    """The error-budget lever: margins relax with the credit each model earns by serving requests within the SLO
+    (needs ``Signals.slo_missed``; without it the margins stay at their defaults)."""
     relax_per_budget: float = 0.2
     """Credit gained per budget's worth of requests served (1,000 requests at a 99.9 % objective)."""
     tighten_per_miss: float = 1.0
@@ -163,7 +163,9 @@ class LlmSizing:
     """Level from which a model counts as relaxed (below it the margins differ by less than 0.02 of a share)."""
     min_level: float = 0.0
     max_level: float = 1.0
-    """Bounds of the margin level (0 and 0: the lever off; a relax-only or tighten-only lever in between)."""
+    """Bounds of the margin level (the credit clipped to them). ``min_level`` below 0 would let a debt tighten
+    the margins beyond the defaults; measured with an earlier burn-ratio level, that kept azure-llm-2023-conv at its
+    tightest after the misses of its start from one replica (docs/results.md), so the default is 0."""
     level_quantile_factor: float = 5.0
     """``1 − quantile`` is multiplied by this per level (0.99 → 0.95 at level 1, 0.998 at −1)."""
     level_share_step: float = 0.1
