@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shadowscale.policies.llm import BLOOM_176B, LLAMA2_7B, LLAMA2_70B, cold_start_s
+from shadowscale.policies.llm import BLOOM_176B, LLAMA2_7B, LLAMA2_70B, LlmServing, cold_start_s
 from shadowscale.policies.scaling.base import Decisions, Signals
 from shadowscale.policies.types import IntArray, ServiceConfig
-from shadowscale.simulators.engine import Engine, SimConfig
+from shadowscale.simulators.engine import Engine, SimConfig, SimResult
 from shadowscale.simulators.llm import request_met, simulate_fast, simulate_iterations, steps_until
 from shadowscale.simulators.llm_profiles import deployment, splitwise_bench, unit_profile
 from shadowscale.simulators.run import summarize
@@ -259,6 +259,21 @@ class _Seen(_Scheduled):
         return super().decide(signals, state)
 
 
+def _two_models(n: int) -> tuple[list[LlmServing], np.ndarray, np.ndarray, np.ndarray, np.ndarray, _Seen, SimResult]:
+    """``n`` random requests over 100 s for two LLM models (two replicas each, cold start 5 s), run with the
+    signals kept: (servings, arrival, model, prompt, output, the policy with its signals, the result)."""
+    rng = np.random.default_rng(11)
+    servings = [deployment("llama-2-7b@1xA100"), deployment("llama-3.1-8b@1xA100")]
+    arrival = np.sort(rng.random(n) * 100.0)
+    model = rng.integers(0, 2, n).astype(np.int64)
+    prompt = rng.integers(1, 3000, n).astype(np.float64)
+    output = rng.integers(1, 300, n).astype(np.float64)
+    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=5.0, llm=s) for i, s in enumerate(servings))
+    policy = _Seen([(0.0, 2)], 2)
+    r = Engine(services, arrival, model, np.ones(n), 120.0, SimConfig(), prompt, output).run(policy)
+    return servings, arrival, model, prompt, output, policy, r
+
+
 def test_engine_counts_llm_tokens_and_finished_requests_for_the_policy() -> None:
     """The token counters LLM sizing reads (Signals.prompt_tokens on arrival, output_tokens/finished and the
     output-length histogram on completion) match the requests, tick by tick, per model; a non-LLM pipeline
@@ -267,16 +282,8 @@ def test_engine_counts_llm_tokens_and_finished_requests_for_the_policy() -> None
     of another model."""
     from shadowscale.policies.llm import OUTPUT_TOKEN_BUCKETS
 
-    rng = np.random.default_rng(11)
-    servings = [deployment("llama-2-7b@1xA100"), deployment("llama-3.1-8b@1xA100")]
     n = 600
-    arrival = np.sort(rng.random(n) * 100.0)
-    model = rng.integers(0, 2, n).astype(np.int64)
-    prompt = rng.integers(1, 3000, n).astype(np.float64)
-    output = rng.integers(1, 300, n).astype(np.float64)
-    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=5.0, llm=s) for i, s in enumerate(servings))
-    policy = _Seen([(0.0, 2)], 2)
-    r = Engine(services, arrival, model, np.ones(n), 120.0, SimConfig(), prompt, output).run(policy)
+    servings, arrival, model, prompt, output, policy, r = _two_models(n)
     done_at = arrival + r.latency_s
     bounds = np.array(OUTPUT_TOKEN_BUCKETS, np.float64)
     for sig in policy.signals[1:]:
@@ -302,16 +309,8 @@ def test_engine_counts_slo_misses_when_they_are_known() -> None:
     that missed their TTFT or TPOT objective (``request_met``), per model, on a load that makes about half of
     one model's requests miss. Mutations caught: counting every finished request, counting misses of another
     model, counting a miss on arrival (the counter runs ahead of the finished requests)."""
-    rng = np.random.default_rng(11)
-    servings = [deployment("llama-2-7b@1xA100"), deployment("llama-3.1-8b@1xA100")]
     n = 1500
-    arrival = np.sort(rng.random(n) * 100.0)
-    model = rng.integers(0, 2, n).astype(np.int64)
-    prompt = rng.integers(1, 3000, n).astype(np.float64)
-    output = rng.integers(1, 300, n).astype(np.float64)
-    services = tuple(ServiceConfig(f"m{i}", unit_profile(s), cold_start_s=5.0, llm=s) for i, s in enumerate(servings))
-    policy = _Seen([(0.0, 2)], 2)
-    r = Engine(services, arrival, model, np.ones(n), 120.0, SimConfig(), prompt, output).run(policy)
+    servings, arrival, model, _, _, policy, r = _two_models(n)
     assert not r.dropped.any()
     done_at = arrival + r.latency_s
     checked = 0
