@@ -206,18 +206,36 @@ class Engine:
         is_llm = [s.llm is not None for s in services]
         ttft_list: list[float] = []
         rejected_list: list[int] = []
+        slo_lists: tuple[list[float], list[float]] | None = None
         if any(is_llm):
             assert self.prompt_tokens is not None and self.output_tokens is not None
             prompt_l: list[float] = self.prompt_tokens.tolist()
             output_l: list[float] = np.maximum(self.output_tokens, 1.0).tolist()
             ttft_list = [math.nan] * n_req
             rejected_list = [0] * n_req
+            # per-request objectives (the miss counter's, as request_met scores them), each model's own
+            ttft_slo = np.full(n_req, np.inf)
+            tpot_slo = np.full(n_req, np.inf)
+            for i, s in enumerate(services):
+                if s.llm is not None:
+                    j = self.order[seg[i] : seg[i + 1]]
+                    ttft_slo[j] = s.llm.ttft_slo_s(self.prompt_tokens[j])
+                    tpot_slo[j] = s.llm.tpot_slo_s(self.prompt_tokens[j])
+            slo_lists = (ttft_slo.tolist(), tpot_slo.tolist())
         timeouts = [model_timeout(self.config, self.cold_start(i)) for i in range(n)]
         for i, s in enumerate(services):
             if s.llm is not None:
                 models.append(
                     LlmModel(
-                        seg[i], seg[i + 1], s.llm, prompt_l, output_l, ttft_list, rejected_list, s.profile.max_batch
+                        seg[i],
+                        seg[i + 1],
+                        s.llm,
+                        prompt_l,
+                        output_l,
+                        ttft_list,
+                        rejected_list,
+                        s.profile.max_batch,
+                        slo_lists,
                     )
                 )
                 continue

@@ -47,14 +47,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from shadowscale.policies.llm import (
-    OUTPUT_TOKEN_BUCKETS,
-    TPOT_SLO_FACTOR,
-    TPOT_SLO_MIN_S,
-    TTFT_SLO_FACTOR,
-    TTFT_SLO_MIN_S,
-    LlmServing,
-)
+from shadowscale.policies.llm import OUTPUT_TOKEN_BUCKETS, LlmServing
 from shadowscale.policies.types import FloatArray
 
 BoolArray = npt.NDArray[np.bool_]
@@ -142,6 +135,7 @@ class LlmModel:
         ttft: list[float],
         rejected: list[int],
         batch_capacity: int = 0,
+        slo: tuple[list[float], list[float]] | None = None,
     ) -> None:
         self.ptr = start
         self.inv_cap = 1.0 / (batch_capacity if batch_capacity > 0 else serving.max_num_seqs)
@@ -173,6 +167,12 @@ class LlmModel:
         """Counter: output tokens of the requests that finished."""
         self.out_hist = [0] * len(OUTPUT_TOKEN_BUCKETS)
         """Counters: finished requests by output-token bucket (not cumulative; the last bucket takes the rest)."""
+        if slo is None:  # one model's requests only (simulate_fast): its objectives, computed here
+            p = np.asarray(prompt, dtype=np.float64)
+            slo = (serving.ttft_slo_s(p).tolist(), serving.tpot_slo_s(p).tolist())
+        self.ttft_slo, self.tpot_slo = slo
+        """Per request (indexed as ``prompt``): its TTFT and TPOT objectives (``LlmServing.ttft_slo_s`` and
+        ``tpot_slo_s``)."""
         self.missed = 0
         """Counter: requests that missed their objective (``request_met``: a finished one over its TTFT or TPOT
         objective, one that timed out in the queue, one rejected as too long), counted when that is known."""
@@ -354,16 +354,11 @@ class LlmModel:
 
     def _late(self, j: int, latency: float) -> bool:
         """Whether finished request ``j`` missed its TTFT or TPOT objective (``request_met`` for one request)."""
-        p = self.prompt[j]
-        o = self.output[j]
         ttft = self.ttft[j]
-        ttft_slo = TTFT_SLO_FACTOR * (self.pa + self.pb * p + self.pc * p * p + self.pe)
-        if ttft > max(TTFT_SLO_MIN_S, ttft_slo) + 1e-12:
+        if ttft > self.ttft_slo[j] + 1e-12:
             return True
-        if o <= 1:
-            return False
-        tpot_slo = max(TPOT_SLO_MIN_S, TPOT_SLO_FACTOR * (self.d0 + self.d1 + self.d2 * p))
-        return (latency - ttft) / (o - 1.0) > tpot_slo + 1e-12
+        o = self.output[j]
+        return o > 1 and (latency - ttft) / (o - 1.0) > self.tpot_slo[j] + 1e-12
 
     def _step(self, r: _Rep, w: float, k: int, lat: list[float], timeout: float) -> None:
         """Move ``r`` to its boundary ``w`` (``k`` decode steps on), let finished requests leave, admit."""
