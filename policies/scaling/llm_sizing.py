@@ -34,6 +34,15 @@ model of :mod:`policies.llm`:
   relaxed (or within ``attribution_s`` of it) costs ``tighten_per_miss``, and a debt keeps the default margins
   until it is earned back. Misses at the default margins (a start from one replica, a burst beyond any
   forecast) are not charged: they are not the relaxation's doing.
+- **Burst hold** (needs ``Signals.slo_missed``): a burst shorter than a cold start is over before the replicas it
+  called up are ready, so reacting to it buys replicas that serve nothing and the burst misses anyway. A model
+  whose misses come while fewer replicas are ready than its own peak rate of the last ``hold_window_s`` needed
+  (the peak of the fast average over the capacity per replica) — more than ``hold_trigger`` × its error budget of
+  the requests it served, both counted over ``hold_tau_s`` — *holds* that peak: its replicas stay at the window's
+  peak need, so the next burst finds them warm, and its forecast trusts a burst only as far as bursts have
+  lasted: the excursion above the slow average is scaled by its learned **persistence** (the regression of what
+  remained one cold start later on the excursion then, over ``persistence_tau_s``). A model whose bursts persist
+  (persistence near 1) keeps its forecast; one whose bursts vanish within a cold start is sized by the held peak.
 
 Pure: numpy only; time comes in with the signals. Without token counters (a pipeline that does not count
 tokens) :meth:`LlmSizing.plan` leaves every model to the caller's own sizing (``use`` all False).
@@ -55,7 +64,7 @@ from shadowscale.policies.llm import (
     TTFT_SLO_FACTOR,
     TTFT_SLO_MIN_S,
 )
-from shadowscale.policies.scaling.base import Signals, ceil_int
+from shadowscale.policies.scaling.base import Signals, WindowMax, ceil_int
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 BoolArray = npt.NDArray[np.bool_]
@@ -108,6 +117,20 @@ class LlmSizingState:
     """Margin level: the credit within ``[min_level, max_level]`` (0: the default margins, 1: relaxed)."""
     relaxed_t: FloatArray
     """When the model was last relaxed (level at least ``attribute_level``; -inf: never)."""
+    peak_needs: WindowMax
+    """Replicas the fast arrival rate needed at each tick of the last ``hold_window_s`` (their maximum is held)."""
+    held: FloatArray
+    """Misses while fewer replicas were ready than the window's peak need, and requests served (rows), each decayed
+    over ``hold_tau_s``."""
+    hold: BoolArray
+    """Whether the model holds its window's peak need (burst hold)."""
+    hist_excess: FloatArray
+    """Per forecast tick (rows, as ``hist_t``): the fast average's excess over the slow one ..."""
+    hist_slow: FloatArray
+    """... and the slow average then."""
+    persistence: FloatArray
+    """E[x·y] and E[x²] (rows) over ``persistence_tau_s``: x a burst's excess over the slow average, y what of it
+    remained one cold start later (the fast average then minus the slow average at the burst)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +193,16 @@ class LlmSizing:
     """``1 − quantile`` is multiplied by this per level (0.99 → 0.95 at level 1, 0.998 at −1)."""
     level_share_step: float = 0.1
     """TPOT and TTFT shares move by this per level (0.6 / 0.5 → 0.7 / 0.6 at level 1, 0.5 / 0.4 at −1)."""
+    burst_hold: bool = True
+    """Lever: burst hold (the module docstring; needs ``Signals.slo_missed``)."""
+    hold_window_s: float = 600.0
+    """How long a model that holds keeps its peak need (bursts of the code trace recur within minutes)."""
+    hold_tau_s: float = 1800.0
+    """Time constant of the counts that decide whether a model holds."""
+    hold_trigger: float = 1.0
+    """A model holds while its misses below the peak need exceed this many error budgets of the requests served."""
+    persistence_tau_s: float = 1800.0
+    """Time constant of the persistence regression."""
     informative_rho: float = 0.5
     """The correction learns only while the modelled utilization is at least this: at a light load the observed
     concurrency is mostly the requests' own service time, and a bias there (heavy-tailed prompts: ``E[p²] >
@@ -232,6 +265,12 @@ class LlmSizing:
             credit=z,
             level=z,
             relaxed_t=np.full(n, -np.inf),
+            peak_needs=WindowMax(),
+            held=np.zeros((2, n)),
+            hold=np.zeros(n, dtype=np.bool_),
+            hist_excess=np.zeros((1, n)),
+            hist_slow=np.zeros((1, n)),
+            persistence=np.zeros((2, n)),
         )
 
     def model(self, st: LlmSizingState) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -384,22 +423,44 @@ class LlmSizing:
         valid = st.is_llm & (idx >= 0) & np.isfinite(st.hist_t[np.maximum(idx, 0)])
         past = st.hist_mean[np.maximum(idx, 0), np.arange(n)]
         err = np.log((fast + floor) / (past + floor))
-        # Error budget: the credit rises with the requests served and falls with the misses charged to relaxing
-        credit, level, relaxed_t, last_missed = st.credit, st.level, st.relaxed_t, st.last_missed
-        if self.error_budget and signals.slo_missed is not None:
+        d_miss = np.zeros(n)
+        last_missed = st.last_missed
+        if signals.slo_missed is not None:
             d_miss = np.maximum(signals.slo_missed - st.last_missed, 0.0)
-            served = np.maximum(d_fin, 0.0) + d_miss
+            last_missed = signals.slo_missed
+        served = np.maximum(d_fin, 0.0) + d_miss
+        # Error budget: the credit rises with the requests served and falls with the misses charged to relaxing
+        credit, level, relaxed_t = st.credit, st.level, st.relaxed_t
+        if self.error_budget and signals.slo_missed is not None:
             charged = np.where(signals.now - st.relaxed_t <= self.attribution_s, d_miss, 0.0)
             credit = np.where(st.is_llm, self.budget_credit(st.credit, served, charged, slo_target), 0.0)
             level = np.clip(credit, self.min_level, self.max_level)
             relaxed_t = np.where(level >= self.attribute_level, signals.now, st.relaxed_t)
-            last_missed = signals.slo_missed
+        # Burst hold: misses while fewer replicas were ready than the window's peak need, against requests served
+        peak_needs = st.peak_needs.expire(signals.now - self.hold_window_s)
+        peak_max = peak_needs.max()
+        ready = signals.ready.astype(np.float64)
+        below = np.zeros(n, dtype=np.bool_) if peak_max is None else ready < peak_max
+        decay = math.exp(-dt / self.hold_tau_s)
+        held = st.held * decay + np.vstack([np.where(below, d_miss, 0.0), served])
+        hold = st.is_llm & (held[0] > self.hold_trigger * (1.0 - slo_target) * held[1])
+        if not self.burst_hold or signals.slo_missed is None:
+            hold = np.zeros(n, dtype=np.bool_)
+        # Persistence: what of a burst's excess one cold start ago remains now
+        x = st.hist_excess[np.maximum(idx, 0), np.arange(n)]
+        y = fast - st.hist_slow[np.maximum(idx, 0), np.arange(n)]
+        a_p = 1.0 - math.exp(-dt / self.persistence_tau_s)
+        persistence = np.where(
+            valid & (x > 0), st.persistence + a_p * (np.vstack([x * y, x * x]) - st.persistence), st.persistence
+        )
         q = self.quantiles(level)
         step = np.where(err > st.log_q, self.quantile_step * q, -self.quantile_step * (1 - q))
         log_q = np.where(valid, st.log_q + step, st.log_q)
         keep = math.ceil(float(np.max(horizon, initial=0.0)) / dt) + 2
         hist_t = np.append(st.hist_t, signals.now)[-keep:]
         hist_mean = np.vstack([st.hist_mean, mean[None, :]])[-keep:]
+        hist_excess = np.vstack([st.hist_excess, (fast - slow)[None, :]])[-keep:]
+        hist_slow = np.vstack([st.hist_slow, slow[None, :]])[-keep:]
         by_output = st.by_output
         if signals.finished_by_output is not None:
             d_hist = signals.finished_by_output - st.last_by_output
@@ -408,7 +469,6 @@ class LlmSizing:
         w, _, t0, r_max, _ = self.model(st1)
 
         # correction from the observed concurrency (Little): only with every replica ready and no queue beyond them
-        ready = signals.ready.astype(np.float64)
         conc = (signals.inflight_s - st.last_inflight) / dt
         steady = st.is_llm & (ready > 0) & (signals.ready == signals.replicas) & (signals.outstanding <= ready * r_max)
         a_corr = 1.0 - math.exp(-dt / self.correction_tau_s)
@@ -449,13 +509,25 @@ class LlmSizing:
             last_missed=last_missed,
             credit=credit,
             relaxed_t=relaxed_t,
+            held=held,
+            hold=hold,
+            hist_excess=hist_excess,
+            hist_slow=hist_slow,
+            persistence=persistence,
         )
         per_replica = self.capacity(st2)
         backlog = np.maximum(signals.outstanding - ready * r_max, 0.0) / self.drain_s
+        # a holding model trusts a burst only as far as bursts have persisted over a cold start
+        kept = np.clip(np.divide(persistence[0], persistence[1], out=np.ones(n), where=persistence[1] > 0), 0.0, 1.0)
+        mean = np.where(hold, np.minimum(mean, slow + kept * np.maximum(mean - slow, 0.0)), mean)
         demand = np.maximum((mean + floor) * np.exp(log_q) - floor, mean + z * sigma) + backlog
-        need = ceil_int(demand / per_replica)
-        need = np.maximum(need, self.isolation(st2, mean, t0))
-        return need, demand, per_replica, st.is_llm.copy(), st2
+        isolation = self.isolation(st2, mean, t0)
+        need = np.maximum(ceil_int(demand / per_replica), isolation)
+        peak_needs = peak_needs.push(signals.now, np.maximum(ceil_int(fast / per_replica), isolation))
+        held_max = peak_needs.max()
+        assert held_max is not None
+        need = np.where(hold, np.maximum(need, held_max), need)
+        return need, demand, per_replica, st.is_llm.copy(), replace(st2, peak_needs=peak_needs)
 
 
 def _normal_quantile(p: FloatArray) -> FloatArray:
