@@ -334,3 +334,17 @@ def test_bursts_shorter_than_a_cold_start_are_held_not_chased() -> None:
     assert misses <= 0.25 * misses0
     assert res.gpu_s.sum() <= 0.5 * res0.gpu_s.sum()
     assert all(bool(s.hold[0]) for t, _, s in rec.log if s is not None and t >= 1800)
+
+
+def test_half_the_headroom_is_enough_where_the_quantile_tracks_the_noise() -> None:
+    """A flat 8 req/s (1,000-token prompts, 200-token answers) for an hour: the forecast's quantile already tracks
+    the rate's noise over a cold start, so adding half of shadowscale's headroom (σ of the rate) where it asks for
+    less holds fewer replicas than the full headroom (measured 2.55 against 2.73 GPU-hours) and still meets every
+    objective after the first five minutes. Mutation caught: the full headroom (``headroom_share`` 1: the same
+    GPU-seconds)."""
+    _, res, arr = run(lambda t: 8.0, const(1000.0), const(200.0), 3600.0, seed=11)
+    full = Shadowscale(llm_sizing=LlmSizing(headroom_share=1.0))
+    _, res1, _ = run(lambda t: 8.0, const(1000.0), const(200.0), 3600.0, seed=11, policy=full)
+    scored = arr >= 300.0
+    assert res.met[scored].mean() >= 0.999
+    assert res.gpu_s.sum() <= 0.97 * res1.gpu_s.sum()
