@@ -300,8 +300,9 @@ def test_a_model_holds_its_peak_only_when_it_misses_with_fewer_replicas_ready_th
     peak need, make the model hold it; misses at 0.05 % (within a 99.9 % budget), the same 1 % with 50 replicas
     ready (misses that more replicas would not have prevented), no miss, no miss counter, or the lever off leave it
     free. Mutations caught: counting every miss (the 50-replica case holds), a trigger that ignores the requests
-    served (the 0.05 % case holds), not reading ``slo_missed``."""
-    sizing = LlmSizing()
+    served (the 0.05 % case holds), not reading ``slo_missed``. The persistence gate is opened here
+    (``hold_persistence`` above 1: this steady rate's rise persists; the gate has its own test below)."""
+    sizing = LlmSizing(hold_persistence=1.01)
     short, _ = _plan(lambda t, n: 0.01 * n, sizing)
     peak = short.peak_needs.max()
     assert peak is not None and 2 < int(peak[0]) <= 50
@@ -348,3 +349,19 @@ def test_half_the_headroom_is_enough_where_the_quantile_tracks_the_noise() -> No
     scored = arr >= 300.0
     assert res.met[scored].mean() >= 0.999
     assert res.gpu_s.sum() <= 0.97 * res1.gpu_s.sum()
+
+
+def test_a_start_from_one_replica_under_a_steady_load_is_not_held() -> None:
+    """A steady 8 req/s from t = 0 (one replica at the start, 1,000-token prompts, 200-token answers, 40 minutes):
+    the requests of the first cold start miss while fewer replicas are ready than the load needs — what the burst
+    hold counts — but the load's rise lasts (its persistence over a cold start is near 0.9), so reacting meets it
+    and the model never holds. With every persistence allowed to hold (``hold_persistence`` above 1) it holds for
+    the rest of the run and spends about 20 % more GPU-seconds (measured 1.86 against 1.55 GPU-hours) for the same
+    309 misses. Mutation caught: the persistence gate dropped (the model holds)."""
+    rec, res, _ = run(lambda t: 8.0, const(1000.0), const(200.0), 2400.0, seed=5)
+    assert not any(bool(s.hold[0]) for _, _, s in rec.log if s is not None)
+    ungated = Shadowscale(llm_sizing=LlmSizing(hold_persistence=1.01))
+    rec1, res1, _ = run(lambda t: 8.0, const(1000.0), const(200.0), 2400.0, seed=5, policy=ungated)
+    assert bool(rec1.log[-1][2] is not None and rec1.log[-1][2].hold[0])
+    assert int((~res1.met).sum()) == int((~res.met).sum())
+    assert res1.gpu_s.sum() >= 1.1 * res.gpu_s.sum()
