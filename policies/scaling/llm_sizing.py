@@ -458,12 +458,11 @@ class LlmSizing:
         held = st.held * decay + np.vstack([np.where(below, d_miss, 0.0), served])
         hold = st.is_llm & (held[0] > self.hold_trigger * (1.0 - slo_target) * held[1])
         # Persistence: what of a burst's excess one cold start ago remains now
-        x = st.hist_excess[np.maximum(idx, 0), np.arange(n)]
-        y = fast - st.hist_slow[np.maximum(idx, 0), np.arange(n)]
+        excess = st.hist_excess[np.maximum(idx, 0), np.arange(n)]
+        remained = fast - st.hist_slow[np.maximum(idx, 0), np.arange(n)]
         a_p = 1.0 - math.exp(-dt / self.persistence_tau_s)
-        persistence = np.where(
-            valid & (x > 0), st.persistence + a_p * (np.vstack([x * y, x * x]) - st.persistence), st.persistence
-        )
+        moments = np.vstack([excess * remained, excess * excess])
+        persistence = np.where(valid & (excess > 0), st.persistence + a_p * (moments - st.persistence), st.persistence)
         kept = np.clip(np.divide(persistence[0], persistence[1], out=np.ones(n), where=persistence[1] > 0), 0.0, 1.0)
         # a model whose bursts last is met by reacting to them: only one whose bursts vanish holds
         hold &= kept < self.hold_persistence
