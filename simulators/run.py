@@ -156,13 +156,37 @@ def learned_peaks(workload: Workload, learn_s: float) -> FloatArray:
     return peaks
 
 
+def learned_bursts(workload: Workload, learn_s: float) -> FloatArray:
+    """Per model, the most work (Σ size) that arrived within one of its cold starts, over windows that start in
+    ``[0, learn_s)`` and are cut at ``learn_s`` (zeros when ``learn_s`` is 0 or the model had no request)."""
+    n = len(workload.services)
+    out = np.zeros(n)
+    horizon = min(learn_s, workload.duration_s)
+    if horizon <= 0.0:
+        return out
+    keep = workload.arrival_s < horizon
+    t_all, m_all, w_all = workload.arrival_s[keep], workload.model[keep], workload.size[keep]
+    order = np.argsort(m_all, kind="stable")
+    bounds = np.searchsorted(m_all[order], np.arange(n + 1))
+    for i in range(n):
+        j = order[bounds[i] : bounds[i + 1]]
+        if j.size == 0:
+            continue
+        t = t_all[j]
+        work = np.concatenate([[0.0], np.cumsum(w_all[j])])
+        end = np.searchsorted(t, t + workload.services[i].cold_start_s, side="left")
+        out[i] = float((work[end] - work[: t.size]).max())
+    return out
+
+
 def right_sized(workload: Workload, learn_s: float = 0.0) -> Workload:
     """The workload with every model on its right-sized spec (see :mod:`policies.scaling.rightsize`), chosen from
-    what is known before the scored window: the peaks of ``[0, learn_s)`` (the warm-up), and with no warm-up the
-    profiles alone (peak 0: the smallest share the latency and burst rules admit)."""
+    what is known before the scored window: the peaks and bursts of ``[0, learn_s)`` (the warm-up), and with no
+    warm-up the profiles alone (peak 0, no burst seen: the smallest share the latency and burst rules admit)."""
     if all(not s.specs for s in workload.services):
         return workload
-    return replace(workload, services=right_size(workload.services, learned_peaks(workload, learn_s)))
+    services = right_size(workload.services, learned_peaks(workload, learn_s), learned_bursts(workload, learn_s))
+    return replace(workload, services=services)
 
 
 def _run_oracle(

@@ -143,6 +143,26 @@ def test_right_sizing_picks_the_smallest_share_that_serves_the_peak(peak: float,
     assert choose_spec(svc, peak).gpu_fraction == expected
 
 
+@pytest.mark.parametrize(
+    ("burst", "expected"),
+    [
+        pytest.param(0.0, 0.4, id="no-burst-seen-keeps-the-burst-share"),
+        pytest.param(3.0, 0.2, id="three-requests-a-cold-start-fit-a-fifth"),
+        pytest.param(390.0, 0.2, id="a-quarter-of-the-fifth-s-cold-start-capacity"),
+        pytest.param(500.0, 0.4, id="one-fifth-serves-it-once-not-four-times"),
+        pytest.param(5000.0, 0.4, id="a-burst-too-large-for-any-small-share"),
+    ],
+)
+def test_right_sizing_reads_a_measured_burst_in_place_of_the_burst_share(burst: float, expected: float) -> None:
+    """One hour of history showing a model's bursts (work within one 60 s cold start) admits a share below
+    ``BURST_SHARE`` when one replica serves four times that burst within the cold start (0.2: 26 req/s × 60 s =
+    1,560 ≥ 4 × 390); with no burst seen the share keeps half the whole GPU's capacity. Catches ignoring the
+    measured burst (3 → 0.4), dropping the margin of four (500 → 0.2) and letting any measured burst admit every
+    share whatever its size (5000 → 0.2, where four times the burst is 20,000)."""
+    svc = replace(SVC[0], specs=SPECS)
+    assert choose_spec(svc, 1.0, burst_work=burst).gpu_fraction == expected
+
+
 def test_right_sizing_keeps_latency_margin() -> None:
     """A share where a lone request already takes most of the SLO is never chosen."""
     slow_small = _spec(0.4, 54.0, 0.6)

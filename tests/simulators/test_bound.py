@@ -11,7 +11,7 @@ import pytest
 from shadowscale.policies.types import ModelProfile, ServiceConfig
 from shadowscale.simulators.bound import best_gpu_seconds_per_work, fluid_bound_all_hours, fluid_bound_hours
 from shadowscale.simulators.engine import SimConfig
-from shadowscale.simulators.run import learned_peaks, prepare, right_sized, run_policy, summarize
+from shadowscale.simulators.run import learned_bursts, learned_peaks, prepare, right_sized, run_policy, summarize
 from shadowscale.simulators.sweep import run_sweep
 from shadowscale.simulators.traces import load_trace
 from shadowscale.simulators.workload import Workload, make_workload
@@ -118,3 +118,22 @@ def test_right_sizing_uses_only_the_warm_up() -> None:
     assert right_sized(flood, learn).services == right_sized(w, learn).services
     assert right_sized(flood, 0.0).services == right_sized(w, 0.0).services
     assert prepare(w, "rightsized", 1, learn).services[0].min_replicas == 1
+
+
+def test_learned_bursts_count_work_within_one_cold_start_of_the_warm_up() -> None:
+    """The most work (Σ size) within one cold start, from the warm-up only, per model; a model with no request in
+    it has none. Catches counting requests instead of work (3 instead of 4), a window longer than the cold start
+    (t = 0 and 70 s would join), and windows that reach past the warm-up (the 4-request cluster at 95-99 s)."""
+    svc = ServiceConfig("a", _profile(1.0), cold_start_s=60.0)
+    arrivals = np.array([0.0, 10.0, 20.0, 70.0, 95.0, 97.0, 98.0, 99.0])
+    w = make_workload(
+        name="bursts",
+        duration_s=200.0,
+        services=(svc, replace(svc, model="b")),
+        arrival_s=arrivals,
+        model=np.zeros(arrivals.size, np.int64),
+        size=np.array([1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    )
+    np.testing.assert_array_equal(learned_bursts(w, 90.0), [4.0, 0.0])
+    np.testing.assert_array_equal(learned_bursts(w, 200.0), [5.0, 0.0])
+    np.testing.assert_array_equal(learned_bursts(w, 0.0), [0.0, 0.0])
