@@ -17,6 +17,14 @@ Semantics (the event-loop reference in :mod:`simulators.reference` implements th
 - GPU time: every replica holds ``gpu_fraction`` of a GPU from creation (cold start included) until removal,
   or until the batch it was running when removed ends; counted up to the end of the trace.
 - After the last tick the replicas stay as they are and every remaining request is served or dropped.
+- Spec moves (``Decisions.spec``, an index into the service's ``specs``): a model at zero replicas takes the new
+  spec at once (nothing runs). A model at one replica is rolled by a surge (maxSurge 1, maxUnavailable 0): a
+  replica of the new spec is created (placed, its GPU share charged, a cold start counted) while the old one
+  keeps serving; at the first tick at which the new one is ready and the old one is idle, the old one is removed
+  and the new one serves from then on (its profile, share and capacity). A rollout is cancelled, its surge
+  replica's time charged, when the model's replica count leaves one or the wanted spec changes; models with more
+  replicas keep their spec until they are back at one. ``Signals.capacity_rps`` reports the running spec's
+  capacity wherever a service has alternative specs.
 - Services with ``llm`` set are served with continuous batching instead (:mod:`simulators.llm`: iteration-level
   steps, KV-cache admission, context limit, TTFT and TPOT objectives); the rest of the loop is the same.
 
@@ -308,7 +316,26 @@ class Engine:
         prev_t = 0.0
         prev_cut = 0
         report_every = max(1, n_ticks // 200)
-        frac = self.gpu_fraction
+        frac = self.gpu_fraction.copy()  # per run: spec moves change it
+        # spec moves: the running spec per model (index into its specs, -1 when not one of them) and the rollouts
+        # under way: model -> (spec, start, ready at, gpu, milli, fraction)
+        movable = any(len(s.specs) > 1 for s in services)
+        spec_now = np.array([spec_index(s) for s in services], np.int64)
+        cap = np.array([s.profile.capacity_rps for s in services])
+        rollouts: dict[int, tuple[int, float, float, int, int, float]] = {}
+
+        def switch(i: int, k: int) -> None:
+            p = services[i].specs[k]
+            m = models[i]
+            assert isinstance(m, _Model)
+            table: list[float] = p.latency_table().tolist()
+            m.table, m.l1, m.max_batch, m.slo = table, table[1], p.max_batch, p.slo_s
+            l1[i] = table[1]
+            single_ok[i] = table[1] <= p.slo_s
+            frac[i] = p.gpu_fraction
+            milli[i] = to_milli(p.gpu_fraction)
+            cap[i] = p.capacity_rps
+            spec_now[i] = k
 
         advance = _advance
         vec = _VectorPath(
@@ -368,6 +395,27 @@ class Engine:
                 single[idx] = res[:, 8] != 0.0
                 free0[idx] = res[:, 9]
 
+            # rollouts whose new replica is ready take over while the old one is idle
+            for i in sorted(rollouts):
+                k_new, start, ready_at, g_new, mi_new, f_new = rollouts[i]
+                m = models[i]
+                if ready_at > now:
+                    continue
+                if pend_cnt[i]:
+                    vec.sync(i)
+                reps = _replicas(m)
+                if len(reps) != 1 or reps.free[0] > now or reps.draining:
+                    continue
+                del rollouts[i]
+                gpu_s[i] += f_new * _after(start, now, warm)
+                reps.remove_one(now)
+                pool.release(reps.last_removed_gpu, milli[i])
+                switch(i, k_new)
+                reps.add(now, 0.0, g_new)
+                ready[i] = reps.ready_count(now)
+                next_event[i] = _next_event(m, now, arr, timeouts[i])
+                single[i], free0[i] = _single(m, now)
+
             finished_ctr = output_ctr = by_output = missed_ctr = None
             if prompt_ctr is not None and llm_prompt is not None:
                 if hi > lo:
@@ -394,6 +442,7 @@ class Engine:
                 finished=finished_ctr,
                 finished_by_output=by_output,
                 slo_missed=missed_ctr,
+                capacity_rps=cap.copy() if movable else None,
             )
             decisions, state = policy.decide(signals, state)
             target = decisions.replicas
@@ -424,6 +473,26 @@ class Engine:
                 ready[i] = reps.ready_count(now)
                 next_event[i] = _next_event(m, now, arr, timeouts[i])
                 single[i], free0[i] = _single(m, now)
+            if decisions.spec is not None and movable:
+                want_spec = decisions.spec
+                for i in sorted(rollouts):
+                    if held[i] != 1 or want_spec[i] != rollouts[i][0]:
+                        _, start, _, g_new, mi_new, f_new = rollouts.pop(i)
+                        gpu_s[i] += f_new * _after(start, now, warm)
+                        pool.release(g_new, mi_new)
+                for i in np.flatnonzero((want_spec >= 0) & (want_spec != spec_now)).tolist():
+                    k_new = int(want_spec[i])
+                    if i in rollouts or not isinstance(models[i], _Model) or k_new >= len(services[i].specs):
+                        continue
+                    if held[i] == 0:
+                        switch(i, k_new)
+                    elif held[i] == 1:
+                        p_new = services[i].specs[k_new]
+                        mi_new = to_milli(p_new.gpu_fraction)
+                        cold = 0.0 if hindsight else self.cold_start(i)
+                        rollouts[i] = (k_new, now, now + cold, pool.place(mi_new), mi_new, p_new.gpu_fraction)
+                        if cold > 0 and now >= warm:
+                            cold_starts += 1
             rec_rep[k] = held.sum()
             rec_ready[k] = ready.sum()
             rec_gpu[k] = float(held @ frac)
@@ -433,8 +502,10 @@ class Engine:
 
         # Last interval: GPU held until the end of the trace; then serve or drop everything left.
         if duration > prev_t:
-            gpu_s += held * self.gpu_fraction * _after(prev_t, duration, warm)
+            gpu_s += held * frac * _after(prev_t, duration, warm)
             gpus_held_s += _held_until(pool, releases, prev_t, duration, warm)
+        for i, (_, start, _, _, _, f_new) in rollouts.items():  # surge replicas still starting at the end
+            gpu_s[i] += f_new * _after(start, duration, warm)
         for i in np.flatnonzero(pend_cnt).tolist():
             vec.sync(i)
         for i in range(n):
@@ -799,6 +870,14 @@ def _next_event(m: _Model | LlmModel, now: float, arr: list[float], timeout: flo
             if now < c < nxt:
                 nxt = c
     return nxt
+
+
+def spec_index(s: ServiceConfig) -> int:
+    """Index of the service's running profile among its ``specs`` (-1 when it is not one of them)."""
+    for k, p in enumerate(s.specs):
+        if p == s.profile:
+            return k
+    return -1
 
 
 def _single(m: _Model | LlmModel, now: float) -> tuple[bool, float]:

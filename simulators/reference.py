@@ -20,7 +20,7 @@ import numpy as np
 from shadowscale.policies.scaling.base import ScalingPolicy, Signals
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 from shadowscale.simulators.cluster import Replicas
-from shadowscale.simulators.engine import SimConfig, SimResult, model_timeout
+from shadowscale.simulators.engine import SimConfig, SimResult, model_timeout, spec_index
 
 _DONE, _END, _READY, _ARRIVAL, _DISPATCH, _TICK, _DISPATCH_AFTER_TICK, _EXPIRE = range(8)
 
@@ -75,6 +75,11 @@ def simulate_reference(
     sz = size.tolist()
     mdl = model.tolist()
     frac = [s.profile.gpu_fraction for s in services]
+    # spec moves (the engine's semantics): the running spec, the capacity it reports and the rollouts under way
+    movable = any(len(s.specs) > 1 for s in services)
+    spec_now = [spec_index(s) for s in services]
+    cap = [s.profile.capacity_rps for s in services]
+    rollouts: dict[int, tuple[int, float, float, float]] = {}  # model -> (spec, start, ready at, fraction)
     warm = config.warmup_s
     ms = [_M(s.profile.latency_table().tolist(), s.profile.max_batch, duration_s, warm) for s in services]
     lat = [math.nan] * len(arr)
@@ -96,6 +101,15 @@ def simulate_reference(
     timeouts = [model_timeout(config, cold_of(i)) for i in range(n)]
     l1 = [s.profile.latency_table()[1] for s in services]
     slo_of = [s.profile.slo_s for s in services]
+
+    def surge_s(start: float, t: float) -> float:
+        return max(0.0, min(t, duration_s) - max(start, warm))
+
+    def switch(i: int, k: int) -> None:
+        p = services[i].specs[k]
+        table = p.latency_table().tolist()
+        ms[i].table, ms[i].max_batch = table, p.max_batch
+        l1[i], slo_of[i], frac[i], cap[i], spec_now[i] = table[1], p.slo_s, p.gpu_fraction, p.capacity_rps, k
 
     def dispatch(i: int, t: float) -> None:
         m = ms[i]
@@ -208,6 +222,17 @@ def simulate_reference(
         else:  # tick
             for i in range(n):
                 ms[i].integrate(t, frac[i])
+            for i in sorted(rollouts):
+                k_new, start, ready_at, f_new = rollouts[i]
+                reps = ms[i].reps
+                if ready_at > t or len(reps) != 1 or reps.free[0] > t or reps.draining:
+                    continue
+                del rollouts[i]
+                ms[i].gpu_s += f_new * surge_s(start, t)
+                reps.remove_one(t)
+                switch(i, k_new)
+                reps.add(t, 0.0)
+                ms[i].n_ready = reps.ready_count(t)
             signals = Signals(
                 t,
                 np.array([len(m.reps) for m in ms], np.int64),
@@ -217,6 +242,7 @@ def simulate_reference(
                 np.array([m.ready_s for m in ms]),
                 np.array([m.inflight_s for m in ms]),
                 np.array([m.n_out for m in ms], np.int64),
+                capacity_rps=np.array(cap) if movable else None,
             )
             decisions, state = policy.decide(signals, state)
             for i in range(n):
@@ -244,6 +270,24 @@ def simulate_reference(
                         m.n_held -= 1
                 m.n_ready = reps.ready_count(t)
                 push(t, _DISPATCH_AFTER_TICK, i, 0)
+            if decisions.spec is not None and movable:
+                want_spec = decisions.spec
+                for i in sorted(rollouts):
+                    if len(ms[i].reps) != 1 or int(want_spec[i]) != rollouts[i][0]:
+                        _, start, _, f_new = rollouts.pop(i)
+                        ms[i].gpu_s += f_new * surge_s(start, t)
+                for i in range(n):
+                    k_new = int(want_spec[i])
+                    if k_new < 0 or k_new == spec_now[i] or i in rollouts or k_new >= len(services[i].specs):
+                        continue
+                    if len(ms[i].reps) == 0:
+                        switch(i, k_new)
+                    elif len(ms[i].reps) == 1:
+                        c = cold(i)
+                        rollouts[i] = (k_new, t, t + c, services[i].specs[k_new].gpu_fraction)
+                        if c > 0 and t >= warm:
+                            cold_starts += 1
+                        # the new replica's readiness is checked at the ticks (it takes over at a tick)
             rec_rep[a] = sum(len(m.reps) for m in ms)
             rec_ready[a] = sum(m.n_ready for m in ms)
             rec_gpu[a] = sum(len(m.reps) * frac[i] for i, m in enumerate(ms))
@@ -254,6 +298,8 @@ def simulate_reference(
     for i, m in enumerate(ms):
         m.integrate(max(duration_s, m.last), frac[i])  # GPU time is capped at the end of the trace
         gpu_s[i] = m.gpu_s
+    for i, (_, start, _, f_new) in rollouts.items():  # surge replicas still starting at the end
+        gpu_s[i] += f_new * surge_s(start, duration_s)
     lat_a = np.array(lat, dtype=np.float64)
     dropped = np.isnan(lat_a)
     slo = np.array([s.profile.slo_s for s in services])[model] * size

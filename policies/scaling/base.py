@@ -121,6 +121,10 @@ class Decisions:
     metric: FloatArray
     target: FloatArray
     raw: FloatArray
+    spec: IntArray | None = None
+    """Per model, the index into its service's ``specs`` it should run (−1: keep what runs); None: no opinion for
+    any model. The simulator moves a model at zero replicas at once and one at one replica by a surge rollout
+    (:mod:`simulators.engine`); models with more replicas keep their spec until they are back at one."""
 
     def explain(self, i: int) -> str:
         """The audit-log reason for model ``i``, with the numbers that produced it."""

@@ -34,7 +34,14 @@ time a new replica needs to warm up:
   error budget (``1 − slo_target``) of all requests so far. Plans are remade as a histogram grows by
   ``replan_growth`` and at once after a gap that ended inside the zero window.
 - Replicas may hold a fraction of a GPU: the simulator right-sizes each model's spec with
-  :func:`policies.scaling.rightsize.choose_spec` before the run; this policy plans with that spec's profile.
+  :func:`policies.scaling.rightsize.choose_spec` before the run from what the warm-up showed; this policy plans
+  with the running spec's capacity (``Signals.capacity_rps``).
+- **Right-sizing that moves** (``move_specs``): once a model has been watched for ``spec_learn_s`` since its first
+  request, the same rule picks its spec from what this policy has seen of it (the peak fast rate, the most requests
+  one cold start has met) and asks for it (``Decisions.spec``; the simulator moves a model at zero at once and one
+  at one replica by a surge rollout it charges). A model first called after the warm-up ran on the half-GPU burst
+  floor for want of evidence; an hour of its traffic is evidence. The measures only grow, so a model moves down
+  once and up when a larger burst shows.
 
 Every decision carries its reason: the forecast (``metric``, requests/s), the planned capacity per replica
 (``target``) and the replicas that needs (``raw``).
@@ -52,6 +59,7 @@ import numpy.typing as npt
 from shadowscale.policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
 from shadowscale.policies.scaling.hpa import label_direction
 from shadowscale.policies.scaling.llm_sizing import LlmSizing, LlmSizingState
+from shadowscale.policies.scaling.rightsize import BURST_MARGIN, BURST_SHARE, LATENCY_MARGIN, TARGET_LOAD
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 BoolArray = npt.NDArray[np.bool_]
@@ -117,6 +125,53 @@ class ShadowscaleState:
     """Largest ``window`` seen: the most requests a cold start has met."""
     llm: LlmSizingState | None = None
     """LLM sizing in tokens (:mod:`policies.scaling.llm_sizing`); None without LLM models."""
+    specs: SpecTable | None = None
+    """The services' alternative specs (right-sizing that moves); None when no model has more than one."""
+    first_seen: FloatArray | None = None
+    """Per model, when its first request was seen (inf: not yet); kept with ``specs``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpecTable:
+    """Per model and alternative spec (padded to the most specs any model has): GPU share, capacity (requests/s at
+    the SLO) and whether a lone request stays within ``LATENCY_MARGIN`` of the SLO there."""
+
+    fraction: FloatArray
+    capacity: FloatArray
+    usable: BoolArray
+    top: FloatArray
+    """Per model, the largest capacity among its specs."""
+
+    @staticmethod
+    def of(services: Sequence[ServiceConfig]) -> SpecTable | None:
+        k = max((len(s.specs) for s in services), default=0)
+        if k < 2:
+            return None
+        n = len(services)
+        fraction = np.full((n, k), np.inf)
+        capacity = np.zeros((n, k))
+        usable = np.zeros((n, k), np.bool_)
+        for i, s in enumerate(services):
+            if s.llm is not None or len(s.specs) < 2:
+                continue
+            for j, p in enumerate(s.specs):
+                fraction[i, j] = p.gpu_fraction
+                capacity[i, j] = p.capacity_rps
+                usable[i, j] = p.batch_latency_s[0] <= LATENCY_MARGIN * p.slo_s
+        return SpecTable(fraction, capacity, usable, capacity.max(axis=1))
+
+    def choose(self, peak_rps: FloatArray, burst: FloatArray, horizon: FloatArray) -> IntArray:
+        """Per model, the spec :func:`policies.scaling.rightsize.choose_spec` picks for this peak and burst
+        (requests within one cold start; 0: none seen, the burst floor holds); -1 where no spec qualifies."""
+        cap = self.capacity
+        shown = np.where(burst > 0.0, burst * BURST_MARGIN, np.inf)[:, None]
+        admit = self.usable & ((cap >= BURST_SHARE * self.top[:, None] - 1e-9) | (cap * horizon[:, None] >= shown))
+        fits = admit & (cap * TARGET_LOAD >= peak_rps[:, None])
+        # smallest share that fits (ties: more capacity); else the most capacity among the admitted
+        by_share = np.where(fits, self.fraction - 1e-9 * cap, np.inf)
+        by_cap = np.where(admit, cap - 1e-9 * self.fraction, -np.inf)
+        pick = np.where(fits.any(axis=1), np.argmin(by_share, axis=1), np.argmax(by_cap, axis=1))
+        return np.where(admit.any(axis=1), pick, -1).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +243,13 @@ class Shadowscale:
     on busy models)."""
     llm_sizing: LlmSizing | None = field(default_factory=LlmSizing)
     """Sizes LLM models (continuous batching) in tokens from their serving model; None: as every other model."""
+    move_specs: bool = True
+    """Lever: right-sizing that moves. A model watched ``spec_learn_s`` since its first request asks for the spec
+    the right-sizing rule picks from what was seen of it (``Decisions.spec``); off: the spec chosen before the run
+    stays."""
+    spec_learn_s: float = 3600.0
+    """Traffic a model must have shown (time since its first request) before its spec moves: the simulator's
+    right-sizing learns from a one-hour warm-up too."""
 
     @property
     def name(self) -> str:
@@ -265,6 +327,9 @@ class Shadowscale:
             max_window=zero,
             llm=self.llm_sizing.init(services) if self.llm_sizing and any(s.llm for s in services) else None,
         )
+        table = SpecTable.of(services) if self.move_specs else None
+        if table is not None:
+            state = replace(state, specs=table, first_seen=np.full(n, math.inf))
         return initial, state
 
     def decide(self, signals: Signals, state: ShadowscaleState) -> tuple[Decisions, ShadowscaleState]:
@@ -368,7 +433,15 @@ class Shadowscale:
         code = np.where((current == 0) & (out > 0), _ACTIVATE, code)
         code = np.where(prewarm, _PREWARM, code)
         code = label_direction(code, out, current)
-        decisions = Decisions(self.name, now, out.astype(np.int64), code, demand, per_replica, need.astype(np.float64))
+        spec = None
+        first_seen = state.first_seen
+        if state.specs is not None and first_seen is not None:
+            first_seen = np.where((arrived > 0) & np.isinf(first_seen), now, first_seen)
+            spec = state.specs.choose(max_peak, max_window, state.horizon)
+            spec = np.where(now - first_seen >= self.spec_learn_s, spec, -1)
+        decisions = Decisions(
+            self.name, now, out.astype(np.int64), code, demand, per_replica, need.astype(np.float64), spec
+        )
         new_state = replace(
             state,
             last_t=now,
@@ -395,6 +468,7 @@ class Shadowscale:
             llm=llm_state,  # LLM sizing hook (i12-llm)
             window=window,
             max_window=max_window,
+            first_seen=first_seen,
         )
         return decisions, new_state
 

@@ -274,3 +274,48 @@ def test_without_prewarm_a_sleeping_timer_waits_for_its_request() -> None:
     assert not any(run.reason_at(t) == Reason.PREWARM for t in run.times)
     plan = run.states[-1]
     assert math.isfinite(plan.keep_alive[0]) and plan.prewarm_at[0] == math.inf
+
+
+# --- right-sizing that moves (Decisions.spec) ---------------------------------------------------------------------
+
+
+def test_spec_table_picks_what_right_sizing_picks() -> None:
+    """The policy's vectorised rule (``SpecTable.choose``) and :func:`choose_spec` agree on every peak and burst of a
+    grid, latency margin included. Mutations caught: preferring the most capacity where a share fits (peak 1 → 1.0
+    instead of 0.2 / 0.4), ignoring the burst (burst 500 → 0.2), dropping the latency rule (the slow 0.4 share)."""
+    from shadowscale.policies.scaling.shadowscale import SpecTable
+
+    specs = (*SPECS, _spec(0.6, 70.0, 0.6))
+    svc = replace(SVC[0], specs=specs, cold_start_s=60.0)
+    table = SpecTable.of([svc])
+    assert table is not None
+    for peak in (0.0, 1.0, 20.0, 40.0, 50.0, 80.0, 500.0):
+        for burst in (0.0, 3.0, 390.0, 500.0, 5000.0):
+            want = choose_spec(svc, peak, burst_work=burst)
+            got = int(table.choose(np.array([peak]), np.array([burst]), np.array([60.0]))[0])
+            assert specs[got] == want, (peak, burst)
+
+
+def test_a_model_first_called_late_moves_its_spec_an_hour_after_its_first_request() -> None:
+    """Three models on the 0.4 share (the burst floor): one called alone every 5 minutes from t = 1,000, one never
+    called, one whose first calls are a burst of 10 requests/s for 90 s (a rate one 0.2 replica serves, but about 470
+    requests within one cold start). An hour after its first request the quiet one asks for the 0.2 share
+    (``Decisions.spec`` 0), the bursty one for the 0.4 it runs (its burst is more than a quarter of the 1,560
+    requests a 0.2 replica serves in a cold start), the silent one for nothing (-1). Mutations caught: asking before
+    ``spec_learn_s`` of evidence (-1 at 4,598 s fails), judging a never-called model (its -1), ignoring the burst
+    (the bursty one asks for 0.2)."""
+    svc = replace(SVC[0], profile=SPECS[1], specs=SPECS, cold_start_s=60.0, min_replicas=0)
+    services = [replace(svc, model=f"m{i}") for i in range(3)]
+
+    def load(t: float) -> list[Load]:
+        quiet = Load(rate=0.5 if t >= 1000.0 and (t - 1000.0) % 300.0 == 0.0 else 0.0)
+        burst = Load(rate=10.0 if 1000.0 <= t < 1090.0 else 0.0)
+        return [quiet, Load(), burst]
+
+    run = drive(Shadowscale(), services, load, until=5000.0)
+    assert run.at(4598.0).spec is not None
+    assert list(run.at(4598.0).spec) == [-1, -1, -1]
+    assert list(run.at(4600.0).spec) == [0, -1, 1]
+    assert list(run.at(5000.0).spec) == [0, -1, 1]
+    off = drive(replace(Shadowscale(), move_specs=False), services, load, until=100.0)
+    assert off.at(100.0).spec is None
