@@ -272,6 +272,43 @@ def test_agreement_rule_keeps_searching_when_the_sources_mislead(shift: float) -
     assert s.doubt() > 0.5
 
 
+def _sized(latency_scale: float, scale: float = 100.0, shift: float = 0.0) -> Toy:
+    """A bump whose best GPU is "b", with "a" within 1 % of it; a lone request takes 30 ms on "a" and 10 ms on
+    "b"/"c", times ``latency_scale`` (a larger model of the same family is slower everywhere)."""
+
+    def f(p: Point) -> TrialResult:
+        lb, t, g = math.log2(float(p[0])), float(p[1]), str(p[2])
+        thr = scale * {"a": 0.99, "b": 1.0, "c": 0.5}[g] * math.exp(-((lb - 4 - shift) ** 2) / 6 - (t - 5) ** 2 / 12)
+        return TrialResult(TrialStatus.MEASURED, throughput=thr, p99_ms=latency_scale * (30.0 if g == "a" else 10.0))
+
+    return f
+
+
+def test_sources_claims_are_judged_at_the_target_s_measured_latency() -> None:
+    """Small source models (GPU "a" meets their 50 ms SLO at 30 ms) and a target three times slower (90 ms on "a":
+    never feasible). After four trials on "b", whose margins are 1.1 log units above the sources', the sources'
+    claims that an untried "a" configuration meets the SLO and may be better are judged, with ``margin_offset``,
+    at that offset and withdrawn: the agreement rule's doubt falls to its stopping level; without it the claims
+    stand. Mutations caught: the offset not applied, or applied with its sign reversed (the claims grow)."""
+    objective = Objective(slo_ms=50.0)
+    enc = Encoder(SPACE)
+    sources = []
+    for k, (shift, scale) in enumerate([(0.0, 30.0), (0.3, 300.0), (-0.3, 3000.0)]):
+        g = _sized(1.0, scale, shift)
+        obs = tuple(Observation(p, g(p)) for p in SPACE.enumerate())
+        model = fit_source(enc, SourceProfile(f"m{k}", SPACE, objective, obs), seed=k)
+        assert model is not None
+        sources.append(model)
+    target = _sized(3.0, 7.0, 0.15)
+    doubt = {}
+    for flag in (True, False):
+        s = Search.start(SPACE, objective, replace(NO_EI_STOP, margin_offset=flag), sources=sources, seed=0)
+        for p in ((16, 5, "b"), (16, 6, "b"), (32, 5, "b"), (16, 4, "b")):
+            s = s.record(p, target(p))
+        doubt[flag] = s.doubt()
+    assert doubt[True] <= 1 - NO_EI_STOP.agree_confidence < doubt[False], doubt
+
+
 def test_warm_ei_rule_stops_early_only_while_the_prior_explains_the_trials() -> None:
     """With the agreement rule off, a warm search whose prior explains every trial may stop by the EI rule from
     ``warm_min_trials`` (3) on; one whose prior is far off (optimum shifted by 2.5) never stops before
