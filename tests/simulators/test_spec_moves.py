@@ -64,10 +64,15 @@ class Scripted:
         )
 
 
+def _arrivals() -> np.ndarray:
+    """A request every 10 s."""
+    return np.arange(5.0, DURATION, 10.0)
+
+
 def _run(script: Callable[[float], tuple[int, int]]) -> tuple[SimResult, SimResult]:
     """One model at 0.5 GPU (specs 0.5 and 0.2), a request every 10 s; the engine's and the reference's results."""
     services = (ServiceConfig("m", BIG, cold_start_s=COLD, specs=(BIG, SMALL)),)
-    a = np.arange(5.0, DURATION, 10.0)
+    a = _arrivals()
     m = np.zeros(a.size, np.int64)
     s = np.ones(a.size)
     config = SimConfig(record_decisions=True, vector_min_requests=0)
@@ -78,10 +83,6 @@ def _run(script: Callable[[float], tuple[int, int]]) -> tuple[SimResult, SimResu
     assert fast.cold_starts == ref.cold_starts
     assert fast.decisions == ref.decisions
     return fast, ref
-
-
-def _arrivals() -> np.ndarray:
-    return np.arange(5.0, DURATION, 10.0)
 
 
 def test_a_surge_rollout_serves_on_the_old_spec_until_the_new_replica_is_ready_and_charges_both() -> None:
