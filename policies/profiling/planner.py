@@ -95,12 +95,12 @@ class PlannerSettings:
     agree_improvement: float = 0.05
     """Agreement rule: the gain (a fraction: 0.05 = 5 %) over the incumbent that a source must rule out."""
     agree_confidence: float = 0.8
+    """Agreement rule: stop once P(an untried configuration is ``agree_improvement`` better) is at most
+    ``1 - agree_confidence``."""
     margin_offset: bool = True
     """Agreement rule: shift each source's margins by its mean error on the target's measured margins before it
     may claim an untried configuration meets the SLO (a smaller source model claims configurations too small for a
     larger target)."""
-    """Agreement rule: stop once P(an untried configuration is ``agree_improvement`` better) is at most
-    ``1 - agree_confidence``."""
     initial_points: int = 3
     """Cold start: trials spread over the space before the surrogate chooses."""
     fit_after: int = 6
@@ -421,9 +421,15 @@ class Search:
         ok: list[bool] = []
         rel_cols: list[int] = []
         rel_obs: list[float] = []
+        m_cols: list[int] = []
+        m_obs: list[float] = []
         for o, col in zip(self.observations, self.observed, strict=True):
             if not o.result.measured:
                 continue
+            mv = self.objective.margin(o.result)
+            if mv is not None and math.isfinite(mv):
+                m_cols.append(col)
+                m_obs.append(mv)
             feasible = self.objective.feasible(o.result)
             cols.append(col)
             ok.append(feasible)
@@ -450,16 +456,9 @@ class Search:
         untried[list(self.observed)] = False
         gain = math.log1p(st.agree_improvement)
         mean_m = p.mean_m
-        if st.margin_offset:
-            m_cols, m_obs = [], []
-            for o, col in zip(self.observations, self.observed, strict=True):
-                mv = self.objective.margin(o.result) if o.result.measured else None
-                if mv is not None and math.isfinite(mv):
-                    m_cols.append(col)
-                    m_obs.append(mv)
-            if m_cols:
-                shift = np.mean(np.asarray(m_obs)[None, :] - p.mean_m[:, m_cols], axis=1)
-                mean_m = p.mean_m + shift[:, None]
+        if st.margin_offset and m_cols:
+            shift = np.mean(np.asarray(m_obs)[None, :] - p.mean_m[:, m_cols], axis=1)
+            mean_m = p.mean_m + shift[:, None]
         may_meet = mean_m <= st.margin_noise
         better = rel + np.hypot(p.sd_y, st.agree_tolerance) >= gain
         claimed = untried[None, :] & may_meet & better

@@ -59,7 +59,7 @@ import numpy.typing as npt
 from shadowscale.policies.scaling.base import Decisions, Reason, Signals, WindowMax, bounds, ceil_int
 from shadowscale.policies.scaling.hpa import label_direction
 from shadowscale.policies.scaling.llm_sizing import LlmSizing, LlmSizingState
-from shadowscale.policies.scaling.rightsize import BURST_MARGIN, BURST_SHARE, LATENCY_MARGIN, TARGET_LOAD
+from shadowscale.policies.scaling.rightsize import SpecTable
 from shadowscale.policies.types import FloatArray, IntArray, ServiceConfig
 
 BoolArray = npt.NDArray[np.bool_]
@@ -129,49 +129,6 @@ class ShadowscaleState:
     """The services' alternative specs (right-sizing that moves); None when no model has more than one."""
     first_seen: FloatArray | None = None
     """Per model, when its first request was seen (inf: not yet); kept with ``specs``."""
-
-
-@dataclass(frozen=True, slots=True)
-class SpecTable:
-    """Per model and alternative spec (padded to the most specs any model has): GPU share, capacity (requests/s at
-    the SLO) and whether a lone request stays within ``LATENCY_MARGIN`` of the SLO there."""
-
-    fraction: FloatArray
-    capacity: FloatArray
-    usable: BoolArray
-    top: FloatArray
-    """Per model, the largest capacity among its specs."""
-
-    @staticmethod
-    def of(services: Sequence[ServiceConfig]) -> SpecTable | None:
-        k = max((len(s.specs) for s in services), default=0)
-        if k < 2:
-            return None
-        n = len(services)
-        fraction = np.full((n, k), np.inf)
-        capacity = np.zeros((n, k))
-        usable = np.zeros((n, k), np.bool_)
-        for i, s in enumerate(services):
-            if s.llm is not None or len(s.specs) < 2:
-                continue
-            for j, p in enumerate(s.specs):
-                fraction[i, j] = p.gpu_fraction
-                capacity[i, j] = p.capacity_rps
-                usable[i, j] = p.batch_latency_s[0] <= LATENCY_MARGIN * p.slo_s
-        return SpecTable(fraction, capacity, usable, capacity.max(axis=1))
-
-    def choose(self, peak_rps: FloatArray, burst: FloatArray, horizon: FloatArray) -> IntArray:
-        """Per model, the spec :func:`policies.scaling.rightsize.choose_spec` picks for this peak and burst
-        (requests within one cold start; 0: none seen, the burst floor holds); -1 where no spec qualifies."""
-        cap = self.capacity
-        shown = np.where(burst > 0.0, burst * BURST_MARGIN, np.inf)[:, None]
-        admit = self.usable & ((cap >= BURST_SHARE * self.top[:, None] - 1e-9) | (cap * horizon[:, None] >= shown))
-        fits = admit & (cap * TARGET_LOAD >= peak_rps[:, None])
-        # smallest share that fits (ties: more capacity); else the most capacity among the admitted
-        by_share = np.where(fits, self.fraction - 1e-9 * cap, np.inf)
-        by_cap = np.where(admit, cap - 1e-9 * self.fraction, -np.inf)
-        pick = np.where(fits.any(axis=1), np.argmin(by_share, axis=1), np.argmax(by_cap, axis=1))
-        return np.where(admit.any(axis=1), pick, -1).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import pytest
 from policy_harness import Load, drive, service
 
 from shadowscale.policies.scaling import Reason, Shadowscale, make_policy
-from shadowscale.policies.scaling.rightsize import choose_spec
+from shadowscale.policies.scaling.rightsize import SpecTable, choose_spec
 from shadowscale.policies.types import ModelProfile
 
 SVC = [service(capacity_rps=20.0)]  # one replica serves 20 req/s at the SLO; planned at 50 % = 10 req/s
@@ -283,8 +283,6 @@ def test_spec_table_picks_what_right_sizing_picks() -> None:
     """The policy's vectorised rule (``SpecTable.choose``) and :func:`choose_spec` agree on every peak and burst of a
     grid, latency margin included. Mutations caught: preferring the most capacity where a share fits (peak 1 → 1.0
     instead of 0.2 / 0.4), ignoring the burst (burst 500 → 0.2), dropping the latency rule (the slow 0.4 share)."""
-    from shadowscale.policies.scaling.shadowscale import SpecTable
-
     specs = (*SPECS, _spec(0.6, 70.0, 0.6))
     svc = replace(SVC[0], specs=specs, cold_start_s=60.0)
     table = SpecTable.of([svc])
