@@ -58,7 +58,7 @@ import numpy.typing as npt
 from shadowscale.errors import MissingExtra, UsageError
 
 try:
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # scikit-learn's dependency
+    from threadpoolctl import threadpool_info, threadpool_limits  # type: ignore[import-untyped]  # sklearn's dep
 except ImportError as e:
     raise MissingExtra("shadowscale bench profiler", "profiling", "threadpoolctl") from e
 from shadowscale.policies.profiling.objective import CostTerm, Objective, Pricing
@@ -818,11 +818,36 @@ def bench(
         "wall_s": round(time.perf_counter() - t0, 2),
         "source_fit_s": round(fit_s, 2),
         "executor": repr(ex),
+        "environment": environment(),
         "tasks": {ds.tasks[k].name: {"model": ds.tasks[k].model, "configs": len(ds.tasks[k])} for k in scored},
         "per_task": per,
         "report": report,
     }
     return report, details
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers depend on beyond the code and the data (of this process; Dask workers may differ): the
+    numeric libraries' versions and the BLAS kernels they run. The planner's searches follow argmax decisions on
+    GP fits, so a different BLAS kernel (one CPU's AVX-512 code path against another's) may change rounding and,
+    where a decision is close, a search; record it with every result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "python": sys.version.split()[0],
+        "packages": {n: ver(n) for n in ("numpy", "scipy", "scikit-learn", "scikit-optimize")},
+        "blas": [
+            {k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        ],
+    }
 
 
 def _stop_summary(per: dict[str, Any]) -> dict[str, float]:

@@ -69,6 +69,9 @@ def test_generic_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     d = json.loads(details.read_text())
     assert d["wall_s"] > 0 and d["seeds"] == [0, 1]
     assert d["per_task"]["random"]["m1-s1"]["configs"] == 12
+    env = d["environment"]  # the BLAS kernel decides rounding, and close calls with it: recorded with the numbers
+    assert env["packages"]["numpy"] and env["packages"]["scikit-learn"] and env["python"].startswith("3.")
+    assert env["blas"] and all(b["internal_api"] for b in env["blas"])
 
 
 def test_rules_slo_cost_and_within_five_percent(tmp_path: Path) -> None:
