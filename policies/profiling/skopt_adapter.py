@@ -187,9 +187,10 @@ def fit_gp(
     fitted = Hyper(amp_fit, tuple(float(v) for v in ls_fit), float(model.noise_ or noise))
     constant = np.ptp(x, axis=0) == 0 if len(x) else np.ones(n_features, dtype=bool)
     if constant.any() and len(ls_fit) == n_features:
-        # The likelihood does not depend on the length scale of a feature that no training row varies, so the
-        # optimiser leaves it wherever the last bits of its arithmetic take it (two CPUs gave 0.06 and 1.0 for the
-        # same source) -- yet it decides how the GP extrapolates along that feature. Keep the starting value.
+        # The likelihood does not depend on the length scale of a feature that no training row varies, so it is
+        # the start's value or a random restart's draw, whichever start won by the last bits of the arithmetic (two
+        # CPUs gave 1.0 and 0.06 for the same source) -- yet it decides how the GP extrapolates along that
+        # feature. Keep the starting value.
         kept = tuple(float(s) if c else f for s, f, c in zip(ls, fitted.length_scales, constant, strict=True))
         return fit_gp(x, y, start=Hyper(fitted.amplitude, kept, fitted.noise), optimize=False)
     return GP(model, fitted)
