@@ -185,7 +185,7 @@ def fit_gp(
         np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in params.items() if k.endswith("length_scale")
     )
     fitted = Hyper(amp_fit, tuple(float(v) for v in ls_fit), float(model.noise_ or noise))
-    constant = np.ptp(x, axis=0) == 0 if len(x) else np.ones(n_features, dtype=bool)
+    constant = np.ptp(x, axis=0) == 0
     if constant.any() and len(ls_fit) == n_features:
         # The likelihood does not depend on the length scale of a feature that no training row varies, so it is
         # the start's value or a random restart's draw, whichever start won by the last bits of the arithmetic (two
