@@ -427,6 +427,23 @@ class RolloutConfig(_Section, frozen=True, kw_only=True):
     """A workload with this annotation set to ``disabled`` is never rolled out to."""
 
 
+SPEC_NAME = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"
+"""A spec's name: a Prometheus label value and a log field, so letters, digits, ``.``, ``_`` and ``-``."""
+
+
+class SpecOption(_Section, frozen=True, kw_only=True):
+    """A measured alternative spec of a model (another GPU share), which the shadowscale policy's right-sizing may
+    recommend in place of the configured one (``gpu_fraction`` and ``capacity_rps``)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=SPEC_NAME)]
+    gpu_fraction: Annotated[float, msgspec.Meta(gt=0.0, le=8.0)]
+    capacity_rps: PositiveFloat
+    """Requests per second one replica on this spec serves within the model's SLO (measured, like the model's)."""
+    latency_ms: PositiveFloat | None = None
+    """One request's latency on this spec at low load; default 1000 / ``capacity_rps``. A spec whose lone request
+    already takes most of the SLO is never recommended."""
+
+
 class ModelConfig(_Section, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
     namespace: str = "default"
@@ -442,6 +459,10 @@ class ModelConfig(_Section, frozen=True, kw_only=True):
     fallback_replicas: NonNegInt | None = None
     """KEDA's ``fallback``: when the model's traffic events are older than ``ingest.stale_s`` (its producers or
     their pipeline broke), ask for this many replicas instead of deciding on stale data; None: keep deciding."""
+    specs: Annotated[tuple[SpecOption, ...], msgspec.Meta(max_length=16)] = ()
+    """Measured alternatives to the configured spec (policy shadowscale): its right-sizing recommends one once it
+    has watched the model's traffic for ``spec_learn_s``; the agent reports it (audit record, log, metric
+    ``shadowscale_spec_recommended``) and does not apply it."""
 
 
 class AgentConfig(_Section, frozen=True, kw_only=True):
@@ -486,6 +507,24 @@ def _check(cfg: AgentConfig) -> None:
     for m in cfg.models:
         if m.min_replicas > m.max_replicas:
             raise ConfigError(f"model {m.name!r}: min_replicas {m.min_replicas} > max_replicas {m.max_replicas}")
+        if m.specs and cfg.policy != "shadowscale":
+            raise ConfigError(
+                f"model {m.name!r}: specs are recommended by policy shadowscale's right-sizing only (policy is "
+                f"{cfg.policy!r})"
+            )
+        if m.specs and m.slo_ms is None:
+            raise ConfigError(
+                f"model {m.name!r}: specs need slo_ms (the default, twice the configured spec's time per request, "
+                "would rule out every slower spec)"
+            )
+        spec_names = [o.name for o in m.specs]
+        twice = sorted({n for n in spec_names if spec_names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"model {m.name!r}: specs named twice: {', '.join(twice)}")
+        for o in m.specs:
+            for field, v in (("gpu_fraction", o.gpu_fraction), ("capacity_rps", o.capacity_rps)):
+                if not math.isfinite(v):
+                    raise ConfigError(f"model {m.name!r}: specs.{o.name}.{field} must be finite")
     if cfg.scheduler.enabled:
         from shadowscale.policies.placement import UnknownPolicyError, canonical_name
 

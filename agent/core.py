@@ -54,6 +54,8 @@ class Plan:
     decisions: Decisions
     capacity_note: str | None = None
     """Where the model's capacity came from, when not the configuration (a profile, or live data when it is stale)."""
+    spec: str | None = None
+    """The alternative spec (``models[].specs``) the policy recommends instead of the configured one, if any."""
 
     @property
     def changes(self) -> bool:
@@ -72,19 +74,50 @@ class Plan:
 
 
 def services_of(cfg: AgentConfig) -> list[ServiceConfig]:
-    """Policy-side :class:`ServiceConfig` per configured model (a one-point profile at the configured capacity)."""
+    """Policy-side :class:`ServiceConfig` per configured model (a one-point profile at the configured capacity).
+    A model with alternative ``specs`` gets them as the service's ``specs``, the configured one first (index 0),
+    so that right-sizing can also say "keep it"."""
     out = []
     for m in cfg.models:
+        slo_s = 2.0 / m.capacity_rps if m.slo_ms is None else m.slo_ms / 1000.0
         profile = ModelProfile(
             name=m.name,
             source="agent configuration",
             batch_sizes=(1,),
             batch_latency_s=(1.0 / m.capacity_rps,),
-            slo_s=2.0 / m.capacity_rps if m.slo_ms is None else m.slo_ms / 1000.0,
+            slo_s=slo_s,
             max_batch=1,
             gpu_fraction=min(m.gpu_fraction, 1.0),
         )
-        out.append(ServiceConfig(m.name, profile, m.min_replicas, m.max_replicas, cold_start_s=m.cold_start_s))
+        alternatives = tuple(
+            ModelProfile(
+                name=m.name,
+                source=f"agent configuration, spec {o.name}",
+                batch_sizes=(1,),
+                batch_latency_s=(1.0 / o.capacity_rps if o.latency_ms is None else o.latency_ms / 1000.0,),
+                slo_s=slo_s,
+                max_batch=1,
+                gpu_fraction=min(o.gpu_fraction, 1.0),
+            )
+            for o in m.specs
+        )
+        specs = (profile, *alternatives) if alternatives else ()
+        out.append(
+            ServiceConfig(m.name, profile, m.min_replicas, m.max_replicas, cold_start_s=m.cold_start_s, specs=specs)
+        )
+    return out
+
+
+def spec_advice(cfg: AgentConfig, decisions: Decisions) -> list[str | None]:
+    """Per model, the name of the alternative spec the policy recommends (None: no opinion, or keep the configured
+    one); ``decisions.spec`` indexes :func:`services_of`'s specs, the configured one first."""
+    out: list[str | None] = [None] * len(cfg.models)
+    if decisions.spec is None:
+        return out
+    for i, m in enumerate(cfg.models):
+        k = int(decisions.spec[i])
+        if 1 <= k <= len(m.specs):
+            out[i] = m.specs[k - 1].name
     return out
 
 
@@ -132,6 +165,7 @@ class DecisionCore:
         self.last_decisions: Decisions | None = None
         self.other_gpus = 0.0
         """GPUs held by labelled workloads this agent does not manage (counted against the budget)."""
+        self._has_specs = any(m.specs for m in cfg.models)
 
     def resume(self, state: Any) -> None:
         """Start from a policy state learnt elsewhere instead of the policy's blank ``init``: the state of this
@@ -256,6 +290,7 @@ class DecisionCore:
             self.windows.expire(now)
         decisions, self.state = self.policy.decide(self.signals(now), self.state)
         self.last_decisions = decisions
+        advice = spec_advice(self.cfg, decisions) if self._has_specs else None
         idx = sorted({i for i in scope if self.known[i] and self.models[i] in owned})
         fallback: dict[int, str] = {}
         for i in idx:
@@ -291,6 +326,7 @@ class DecisionCore:
                     outstanding=int(outstanding[i]),
                     decisions=decisions,
                     capacity_note=self.capacity_notes[i],
+                    spec=None if advice is None else advice[i],
                 )
             )
         return plans

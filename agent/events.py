@@ -126,6 +126,9 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     outstanding: int = 0
     latency_ms: float = 0.0
     """From receiving the batch that caused it (or the tick) to the actuator's answer."""
+    spec_recommended: str | None = None
+    """The alternative spec (``models[].specs``) policy shadowscale's right-sizing recommends instead of the
+    configured one; the agent reports it and does not apply it."""
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

@@ -194,6 +194,8 @@ class Agent:
         """Scale calls running in the background, by model (at most one per model)."""
         self._after: dict[str, Plan] = {}
         """A newer target decided while the model's call was in flight: applied once that call ended."""
+        self._advised: dict[str, str | None] = {}
+        """Per model, the spec recommendation last reported (metric and log)."""
         self._rng = random.Random(cfg.identity)
         self._failing_since: dict[str, float] = {}
         """When each model's scale calls started failing (kept across a rebalance that drops its pending target):
@@ -429,6 +431,8 @@ class Agent:
                 changes[pe.plan.model] = pe.plan.target
         for p in plans:
             self.metrics.desired.labels(p.model).set(p.target)
+            if p.spec != self._advised.get(p.model):
+                self._advise(p)
             if p.model in inflight:
                 if p is not inflight[p.model].plan:
                     self._after[p.model] = p  # the newest target waits for the call in flight
@@ -466,6 +470,18 @@ class Agent:
         self.counts.decisions += len(plans)
         self.metrics.pending.set(len(self.pending))
         self._write_audit(records)
+
+    def _advise(self, p: Plan) -> None:
+        """A new spec recommendation for ``p.model`` (or none any more): the metric and one log line."""
+        old = self._advised.get(p.model)
+        if old is not None:
+            self.metrics.spec_recommended.remove(p.model, old)
+        self._advised[p.model] = p.spec
+        if p.spec is None:
+            log.info("spec recommendation withdrawn", model=p.model, was=old)
+            return
+        self.metrics.spec_recommended.labels(p.model, p.spec).set(1)
+        log.info("spec recommended", model=p.model, spec=p.spec, demand_rps=round(p.demand_rps, 3))
 
     async def _scale_one(self, model: str, target: int) -> ScaleResult:
         try:
@@ -561,6 +577,7 @@ class Agent:
             capacity_rps=round(p.capacity_rps, 6),
             outstanding=p.outstanding,
             latency_ms=round(latency * 1000.0, 3),
+            spec_recommended=p.spec,
         )
         return p.model.encode(), encode(rec)
 

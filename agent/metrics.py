@@ -26,6 +26,12 @@ class Metrics:
             registry=r,
         )
         self.desired = Gauge("shadowscale_desired_replicas", "Target replicas last decided", ["model"], registry=r)
+        self.spec_recommended = Gauge(
+            "shadowscale_spec_recommended",
+            "1 for the alternative spec (models[].specs) right-sizing recommends instead of the configured one",
+            ["model", "spec"],
+            registry=r,
+        )
         self.actual = Gauge("shadowscale_actual_replicas", "Replicas the actuator reports", ["model"], registry=r)
         self.ready = Gauge("shadowscale_ready_replicas", "Ready replicas the actuator reports", ["model"], registry=r)
         self.scale_failures = Counter(

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from agent_fakes import MemorySink, RecordingActuator, ScriptedSource, Step, VirtualClock, config, record, traffic
 
+from shadowscale.agent.config import parse_config
 from shadowscale.agent.loop import Agent
 
 pytestmark = pytest.mark.asyncio
@@ -363,3 +364,50 @@ async def test_gpu_events_come_from_a_tail_every_replica_reads_and_are_never_com
     await run(agent, stop)
     assert ("n7", "GPU-x") in agent.gpus and agent.counts.gpu == 1
     assert source.committed() == {("shadowscale.traffic", 0): 1}  # the GPU offset is not committed
+
+
+async def test_right_sizing_recommends_a_measured_spec_after_its_learning_hour() -> None:
+    """A model with measured alternative specs (policy shadowscale) gets, once the policy has watched it for
+    ``spec_learn_s`` (1 h), the smallest share that serves its traffic: the audit record, the log and
+    ``shadowscale_spec_recommended`` say so, and nothing is applied (the replica calls are the policy's alone).
+    Mutations caught: the configured spec left out of the service's specs (the indices shift: "half" would be
+    named), the index read without the configured one first (``specs[k]``: "half"), the recommendation shown
+    before the learning hour."""
+    models = [
+        {
+            "name": "m1",
+            "capacity_rps": 100.0,
+            "slo_ms": 200.0,
+            "min_replicas": 1,
+            "max_replicas": 5,
+            "specs": [
+                {"name": "quarter", "gpu_fraction": 0.25, "capacity_rps": 30.0},
+                {"name": "half", "gpu_fraction": 0.5, "capacity_rps": 60.0},
+            ],
+        },
+        {"name": "m2", "capacity_rps": 100.0, "min_replicas": 1, "max_replicas": 5},
+    ]
+    base = msgspec.structs.asdict(config(["m1", "m2"], policy="shadowscale", kafka={"commit_interval_s": 0.0}))
+    cfg = parse_config(msgspec.to_builtins({**base, "models": models}), source="test")
+    clock = VirtualClock(0.0)
+    stop = asyncio.Event()
+    steps = [
+        Step(
+            60.0 * k,
+            [record(traffic(m, 60.0 * k, window_s=60.0, arrivals=120), 2 * k + j) for j, m in enumerate(("m1", "m2"))],
+        )
+        for k in range(70)  # 2 req/s for 70 minutes: the quarter GPU (30 req/s) serves it, bursts included
+    ]
+    act = RecordingActuator({"m1": 1, "m2": 1})
+    sink = MemorySink()
+    agent = Agent(cfg, ScriptedSource(clock, steps, stop), act, sink, clock)
+    await run(agent, stop)
+    recs = [r for r in audits(sink) if r["trigger"] == "tick"]
+    m1 = [(r["at"], r["spec_recommended"]) for r in recs if r["model"] == "m1"]
+    assert all(spec is None for at, spec in m1 if at < 3600.0), m1
+    assert m1[-1] == (m1[-1][0], "quarter") and m1[-1][0] >= 3600.0, m1[-3:]
+    assert all(r["spec_recommended"] is None for r in recs if r["model"] == "m2")
+    text = agent.metrics.render().decode()
+    assert 'shadowscale_spec_recommended{model="m1",spec="quarter"} 1.0' in text
+    assert 'spec="half"' not in text and 'model="m2",spec' not in text
+    assert all(set(c) <= {"m1", "m2"} for c in act.calls)  # only replica counts were ever set
