@@ -438,10 +438,9 @@ class SpecOption(_Section, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=SPEC_NAME)]
     gpu_fraction: Annotated[float, msgspec.Meta(gt=0.0, le=8.0)]
     capacity_rps: PositiveFloat
-    """Requests per second one replica on this spec serves within the model's SLO (measured, like the model's)."""
-    latency_ms: PositiveFloat | None = None
-    """One request's latency on this spec at low load; default 1000 / ``capacity_rps``. A spec whose lone request
-    already takes most of the SLO is never recommended."""
+    """Requests per second one replica on this spec serves within the model's SLO (measured, like the model's).
+    As for the configured spec, one request is taken to need ``1 / capacity_rps`` s, and a spec where that is
+    over 40 % of the model's SLO is never recommended."""
 
 
 class ModelConfig(_Section, frozen=True, kw_only=True):

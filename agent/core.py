@@ -73,6 +73,19 @@ class Plan:
         return text
 
 
+def _one_point(name: str, source: str, latency_s: float, slo_s: float, gpu_fraction: float) -> ModelProfile:
+    """A profile measured at one point: one request at a time, ``latency_s`` each."""
+    return ModelProfile(
+        name=name,
+        source=source,
+        batch_sizes=(1,),
+        batch_latency_s=(latency_s,),
+        slo_s=slo_s,
+        max_batch=1,
+        gpu_fraction=min(gpu_fraction, 1.0),
+    )
+
+
 def services_of(cfg: AgentConfig) -> list[ServiceConfig]:
     """Policy-side :class:`ServiceConfig` per configured model (a one-point profile at the configured capacity).
     A model with alternative ``specs`` gets them as the service's ``specs``, the configured one first (index 0),
@@ -80,25 +93,9 @@ def services_of(cfg: AgentConfig) -> list[ServiceConfig]:
     out = []
     for m in cfg.models:
         slo_s = 2.0 / m.capacity_rps if m.slo_ms is None else m.slo_ms / 1000.0
-        profile = ModelProfile(
-            name=m.name,
-            source="agent configuration",
-            batch_sizes=(1,),
-            batch_latency_s=(1.0 / m.capacity_rps,),
-            slo_s=slo_s,
-            max_batch=1,
-            gpu_fraction=min(m.gpu_fraction, 1.0),
-        )
+        profile = _one_point(m.name, "agent configuration", 1.0 / m.capacity_rps, slo_s, m.gpu_fraction)
         alternatives = tuple(
-            ModelProfile(
-                name=m.name,
-                source=f"agent configuration, spec {o.name}",
-                batch_sizes=(1,),
-                batch_latency_s=(1.0 / o.capacity_rps if o.latency_ms is None else o.latency_ms / 1000.0,),
-                slo_s=slo_s,
-                max_batch=1,
-                gpu_fraction=min(o.gpu_fraction, 1.0),
-            )
+            _one_point(m.name, f"agent configuration, spec {o.name}", 1.0 / o.capacity_rps, slo_s, o.gpu_fraction)
             for o in m.specs
         )
         specs = (profile, *alternatives) if alternatives else ()

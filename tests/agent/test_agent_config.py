@@ -140,15 +140,15 @@ SPECS = GOOD.replace("policy: hpa", "policy: shadowscale").replace(
     "    max_replicas: 8\n",
     "    max_replicas: 8\n    slo_ms: 100\n    specs:\n"
     "      - {name: quarter, gpu_fraction: 0.25, capacity_rps: 50}\n"
-    "      - {name: half, gpu_fraction: 0.5, capacity_rps: 95, latency_ms: 12}\n",
+    "      - {name: half, gpu_fraction: 0.5, capacity_rps: 95}\n",
 )
 
 
 def test_alternative_specs_are_read(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, SPECS), {})
-    assert [(o.name, o.gpu_fraction, o.capacity_rps, o.latency_ms) for o in cfg.models[0].specs] == [
-        ("quarter", 0.25, 50.0, None),
-        ("half", 0.5, 95.0, 12.0),
+    assert [(o.name, o.gpu_fraction, o.capacity_rps) for o in cfg.models[0].specs] == [
+        ("quarter", 0.25, 50.0),
+        ("half", 0.5, 95.0),
     ]
 
 
@@ -161,8 +161,8 @@ def test_alternative_specs_are_read(tmp_path: Path) -> None:
         (("name: half", "name: 'half life'"), "at `$.models[0].specs[1].name`"),
         (("gpu_fraction: 0.25", "gpu_fraction: 0"), "at `$.models[0].specs[0].gpu_fraction`"),
         (("capacity_rps: 50", "capacity_rps: .inf"), "specs.quarter.capacity_rps must be finite"),
-        (("latency_ms: 12", "latency_ms: -1"), "at `$.models[0].specs[1].latency_ms`"),
-        (("latency_ms: 12", "colour: red"), "unknown field `colour`"),
+        (("capacity_rps: 95", "capacity_rps: -1"), "at `$.models[0].specs[1].capacity_rps`"),
+        (("capacity_rps: 95", "capacity_rps: 95, latency_ms: 9"), "unknown field `latency_ms`"),
     ],
 )
 def test_bad_specs_are_named(tmp_path: Path, edit: tuple[str, str], words: str) -> None:

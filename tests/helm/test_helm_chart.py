@@ -524,17 +524,17 @@ def test_rollout_needs_profiles_and_bad_values_name_the_field() -> None:
 
 
 def test_alternative_specs_render_into_the_agents_models() -> None:
-    """Catches: the chart dropping a model's specs (or its optional latencyMs), or passing camelCase keys the
-    agent refuses; a spec the schema cannot accept fails at render with the path."""
+    """Catches: the chart dropping a model's specs or passing camelCase keys the agent refuses; a spec the schema
+    cannot accept fails at render with the path."""
     specs = [
         {"name": "quarter", "gpuFraction": 0.25, "capacityRps": 40},
-        {"name": "half", "gpuFraction": 0.5, "capacityRps": 80, "latencyMs": 9},
+        {"name": "half", "gpuFraction": 0.5, "capacityRps": 80},
     ]
     model = {"name": "bert", "capacityRps": 150, "sloMs": 100, "specs": specs}
     cfg = parse_config(agent_config(render({**REQUIRED, "agent": {"policy": "shadowscale", "models": [model]}})))
-    assert [(o.name, o.gpu_fraction, o.capacity_rps, o.latency_ms) for o in cfg.models[0].specs] == [
-        ("quarter", 0.25, 40.0, None),
-        ("half", 0.5, 80.0, 9.0),
+    assert [(o.name, o.gpu_fraction, o.capacity_rps) for o in cfg.models[0].specs] == [
+        ("quarter", 0.25, 40.0),
+        ("half", 0.5, 80.0),
     ]
     bad = {**model, "specs": [{"name": "half life", "gpuFraction": 0.5, "capacityRps": 80}]}
     with pytest.raises(helm.HelmError) as e, helm.Chart.load(str(CHART)) as ch:
