@@ -477,6 +477,7 @@ def test_the_dashboard_queries_only_metrics_the_agent_exports() -> None:
         m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"shadowscale_[a-z_]+", t["expr"])
     }
     assert {"shadowscale_consumer_lag_events", "shadowscale_event_age_seconds", "shadowscale_fallback_active"} <= every
+    assert "shadowscale_spec_recommended" in every  # right-sizing's advice, which the agent does not apply
     off = render({**REQUIRED, "metrics": {"dashboard": {"enabled": False}}})
     assert not [c for c in by_kind(off, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
 
