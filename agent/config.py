@@ -524,6 +524,11 @@ def _check(cfg: AgentConfig) -> None:
             for field, v in (("gpu_fraction", o.gpu_fraction), ("capacity_rps", o.capacity_rps)):
                 if not math.isfinite(v):
                     raise ConfigError(f"model {m.name!r}: specs.{o.name}.{field} must be finite")
+            if (o.gpu_fraction, o.capacity_rps) == (m.gpu_fraction, m.capacity_rps):
+                raise ConfigError(
+                    f"model {m.name!r}: specs.{o.name} is the configured spec (gpu_fraction and capacity_rps); "
+                    "list only the alternatives"
+                )
     if cfg.scheduler.enabled:
         from shadowscale.policies.placement import UnknownPolicyError, canonical_name
 

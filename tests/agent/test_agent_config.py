@@ -163,6 +163,7 @@ def test_alternative_specs_are_read(tmp_path: Path) -> None:
         (("capacity_rps: 50", "capacity_rps: .inf"), "specs.quarter.capacity_rps must be finite"),
         (("capacity_rps: 95", "capacity_rps: -1"), "at `$.models[0].specs[1].capacity_rps`"),
         (("capacity_rps: 95", "capacity_rps: 95, latency_ms: 9"), "unknown field `latency_ms`"),
+        (("gpu_fraction: 0.5, capacity_rps: 95", "gpu_fraction: 1, capacity_rps: 180"), "is the configured spec"),
     ],
 )
 def test_bad_specs_are_named(tmp_path: Path, edit: tuple[str, str], words: str) -> None:
