@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -146,6 +148,20 @@ class GP:
         return fit_gp(x, y, start=self.hyper, optimize=False)
 
 
+_QUIET = threading.Lock()
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Warnings off around a scikit-learn / scikit-optimize call (ConvergenceWarning when a hyperparameter sits on
+    its bound), one thread at a time: ``warnings.catch_warnings`` saves and restores the process-wide filter list,
+    so two threads inside it at once (the agent's concurrent searches ask in threads) leaked warnings and could
+    leave the filters of one thread's block installed for good."""
+    with _QUIET, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def default_hyper(n_features: int, length_scale: float, noise: float = 1e-3) -> Hyper:
     return Hyper(1.0, (length_scale,) * n_features, noise)
 
@@ -174,8 +190,7 @@ def fit_gp(
         )
     else:
         model = GaussianProcessRegressor(kernel=matern, normalize_y=False, optimizer=None, alpha=noise)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning when a hyperparameter sits on its bound
+    with _quiet():
         model.fit(x, y)
     if not optimize:
         return GP(model, Hyper(amp, tuple(float(v) for v in ls), noise))
@@ -208,13 +223,11 @@ class DefaultGP:
         """The next point skopt wants (anywhere in the box; a caller restricted to candidates snaps it)."""
         if self._opt is None:
             return self._enc._complete([])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             return self._enc._complete(list(self._opt.ask()))
 
     def tell(self, p: Point, y: float) -> None:
         if self._opt is None:
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             self._opt.tell(self._enc.reduce(p), float(y))

@@ -366,3 +366,34 @@ def test_new_settings_are_validated() -> None:
     ):
         with pytest.raises(ValueError, match=word):
             PlannerSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_gp_fits_in_threads_leak_no_warning_and_leave_the_warning_filters_alone() -> None:
+    """The agent's searches ask in threads, several at once. ``warnings.catch_warnings`` around each fit is not
+    thread-safe: two threads inside it at once leaked ConvergenceWarnings and, worse, left the process-wide
+    filter list of one block installed (every warning of the agent silenced, or its own filters lost). Mutation
+    caught: the lock dropped (``with warnings.catch_warnings()`` alone): one round failed in two of three runs,
+    the test's three rounds failed in 5 of 5 runs."""
+    import threading
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (15, 4))
+    y = np.sin(3 * x[:, 0])
+    y = (y - y.mean()) / y.std()
+
+    def work() -> None:
+        for s in range(15):
+            fit_gp(x, y, start=default_hyper(4, 1.0), seed=s, restarts=1)
+
+    for _ in range(3):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            before = list(warnings.filters)
+            threads = [threading.Thread(target=work) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert warnings.filters == before
+            assert not [w for w in caught if "gaussian_process" in str(w.filename)], [str(w.message) for w in caught]
