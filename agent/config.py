@@ -521,9 +521,8 @@ def _check(cfg: AgentConfig) -> None:
         if twice:
             raise ConfigError(f"model {m.name!r}: specs named twice: {', '.join(twice)}")
         for o in m.specs:
-            for field, v in (("gpu_fraction", o.gpu_fraction), ("capacity_rps", o.capacity_rps)):
-                if not math.isfinite(v):
-                    raise ConfigError(f"model {m.name!r}: specs.{o.name}.{field} must be finite")
+            if not math.isfinite(o.capacity_rps):  # gpu_fraction is bounded by its type
+                raise ConfigError(f"model {m.name!r}: specs.{o.name}.capacity_rps must be finite")
             if (o.gpu_fraction, o.capacity_rps) == (m.gpu_fraction, m.capacity_rps):
                 raise ConfigError(
                     f"model {m.name!r}: specs.{o.name} is the configured spec (gpu_fraction and capacity_rps); "

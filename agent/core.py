@@ -162,7 +162,6 @@ class DecisionCore:
         self.last_decisions: Decisions | None = None
         self.other_gpus = 0.0
         """GPUs held by labelled workloads this agent does not manage (counted against the budget)."""
-        self._has_specs = any(m.specs for m in cfg.models)
 
     def resume(self, state: Any) -> None:
         """Start from a policy state learnt elsewhere instead of the policy's blank ``init``: the state of this
@@ -287,7 +286,7 @@ class DecisionCore:
             self.windows.expire(now)
         decisions, self.state = self.policy.decide(self.signals(now), self.state)
         self.last_decisions = decisions
-        advice = spec_advice(self.cfg, decisions) if self._has_specs else None
+        advice = spec_advice(self.cfg, decisions)
         idx = sorted({i for i in scope if self.known[i] and self.models[i] in owned})
         fallback: dict[int, str] = {}
         for i in idx:
@@ -323,7 +322,7 @@ class DecisionCore:
                     outstanding=int(outstanding[i]),
                     decisions=decisions,
                     capacity_note=self.capacity_notes[i],
-                    spec=None if advice is None else advice[i],
+                    spec=advice[i],
                 )
             )
         return plans

@@ -201,7 +201,7 @@ def fit_gp(
     )
     fitted = Hyper(amp_fit, tuple(float(v) for v in ls_fit), float(model.noise_ or noise))
     constant = np.ptp(x, axis=0) == 0
-    if constant.any() and len(ls_fit) == n_features:
+    if constant.any():
         # The likelihood does not depend on the length scale of a feature that no training row varies, so it is
         # the start's value or a random restart's draw, whichever start won by the last bits of the arithmetic (two
         # CPUs gave 1.0 and 0.06 for the same source) -- yet it decides how the GP extrapolates along that
